@@ -1,0 +1,1158 @@
+//! Certificates: building their digests and verifying a chain offline, from the
+//! certificate alone, with nothing but the public keys it names.
+//!
+//! [`verify_chain`] checks, for the root and recursively for every carried child:
+//! sizes and counts within limits; the task id is the digest of the carried task;
+//! every signature (one `verify_batch` per certificate, weak keys rejected first);
+//! every signer is a member and no member is counted twice; every statement is for
+//! the certificate's slot; the report is signed by the round's collector
+//! (`members[round % n]`); the report's value and tally recomputed from the included
+//! observations equal the report's; the path's quorum rule ([`crate::quorum`]); and
+//! the child links (digest, level, task, value, one child per group).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ed25519_dalek::{Signature, VerifyingKey};
+use polity_proto::{
+    Aggregation, Attestation, Certificate, ConsensusPath, Level, Observation, RaftCommit, Report,
+    SignedStatement, Slot, StatementKind,
+};
+use prost::Message;
+use sha2::{Digest, Sha256};
+
+use crate::aggregate::{AnswerVerifier, Ballot, aggregate, normalize};
+use crate::ids::{IdError, PublicKey, TaskId};
+use crate::quorum::QuorumRule;
+use crate::statement::{
+    ANSWER_BYTES_MAX, StatementError, check_shape, decode_body, domain_tag, signed_message,
+    statement_digest,
+};
+use crate::task::{TASK_BYTES_MAX, task_id};
+
+/// Domain tag of group digests.
+pub const GROUP_TAG: &[u8] = b"polity/v1/group\0";
+/// Domain tag of certificate digests.
+pub const CERTIFICATE_TAG: &[u8] = b"polity/v1/certificate\0";
+/// Largest group a certificate (or a round) may name.
+pub const MEMBERS_MAX: usize = 1024;
+/// Levels in a chain: region, continent, global.
+pub const LEVELS_MAX: usize = 3;
+/// Largest encoded certificate, children included.
+pub const CERTIFICATE_BYTES_MAX: usize = 64 << 20;
+/// Longest group name.
+pub const GROUP_BYTES_MAX: usize = 256;
+/// Longest `path_reason`.
+pub const PATH_REASON_BYTES_MAX: usize = 1024;
+/// Rounds per group decision; a slot's round is below this.
+pub const ROUNDS_MAX: u32 = 64;
+
+/// What a verified chain decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainSummary {
+    /// Certificates verified: the root and every carried descendant.
+    pub certificates: u32,
+    /// Signatures verified across the chain.
+    pub signatures: u32,
+    /// The root report's value.
+    pub value: Vec<u8>,
+    /// [`certificate_digest`] of the root.
+    pub root_digest: [u8; 32],
+    /// The root's path.
+    pub path: ConsensusPath,
+    /// Members of the root group.
+    pub members: usize,
+    pub task_id: TaskId,
+    /// The root's level.
+    pub level: Level,
+    /// True only from [`verify_degraded`].
+    pub degraded: bool,
+}
+
+/// Why a certificate chain does not verify. `level` says at which level of the chain.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("chain deeper than {LEVELS_MAX} levels")]
+    TooDeep,
+    #[error("{what} too large: {size} > {limit}")]
+    TooLarge {
+        what: &'static str,
+        size: usize,
+        limit: usize,
+    },
+    #[error("{what} missing")]
+    Missing { what: &'static str },
+    #[error("member {index}: {error}")]
+    MemberKey { index: usize, error: IdError },
+    #[error("member {index} listed twice")]
+    DuplicateMember { index: usize },
+    #[error("group must have 1..={MEMBERS_MAX} members, has {members}")]
+    MemberCount { members: usize },
+    #[error("task id in slot is not the digest of the carried task")]
+    TaskIdMismatch,
+    #[error("invalid {what}: {value}")]
+    Invalid { what: &'static str, value: String },
+    #[error("{what}: {error}")]
+    Statement {
+        what: &'static str,
+        error: StatementError,
+    },
+    #[error("{what} signed by a non-member {signer}")]
+    NotMember {
+        what: &'static str,
+        signer: PublicKey,
+    },
+    #[error("{what} signed twice by member {index}")]
+    CountedTwice { what: &'static str, index: usize },
+    #[error("observations are not in member order")]
+    NotMemberOrder,
+    #[error("signature batch does not verify")]
+    BadSignature,
+    #[error("{what} is for another slot")]
+    SlotMismatch { what: &'static str },
+    #[error("report is degraded: {reason}")]
+    Degraded { reason: String },
+    #[error("report is not degraded")]
+    NotDegraded,
+    #[error(
+        "report signed by member {signer_index}, but round {round}'s collector is {collector_index}"
+    )]
+    NotCollector {
+        signer_index: usize,
+        collector_index: usize,
+        round: u32,
+    },
+    #[error("{what} was signed for another group (path, aggregation or members)")]
+    GroupMismatch { what: &'static str },
+    #[error("report's observation digests do not match the observations")]
+    ObservationDigests,
+    #[error("report's tally does not match the observations")]
+    TallyMismatch,
+    #[error("report's value does not match the aggregation of the observations")]
+    ValueMismatch,
+    #[error("{what} names another report")]
+    ReportDigestMismatch { what: &'static str },
+    #[error("no quorum: {detail}")]
+    NoQuorum { detail: String },
+    #[error("{what} not allowed on this path or level")]
+    Unexpected { what: &'static str },
+    #[error("child {index}: {detail}")]
+    Child { index: usize, detail: String },
+    #[error("in child {index}: {error}")]
+    InChild {
+        index: usize,
+        error: Box<VerifyError>,
+    },
+}
+
+/// The digest every observation and report carries in `group_digest`:
+/// `sha256("polity/v1/group\0" || u32be(path) || u32be(aggregation) || u32be(n) ||
+/// for each member in order: public_key (32 bytes) || u64be(weight))`, with the
+/// aggregation normalized (unspecified means majority). It binds each signature to
+/// the group's path, aggregation, member list and weights.
+pub fn group_digest(
+    path: ConsensusPath,
+    aggregation: Aggregation,
+    members: &[polity_proto::Member],
+) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(GROUP_TAG);
+    hasher.update((path as i32 as u32).to_be_bytes());
+    hasher.update((normalize(aggregation) as i32 as u32).to_be_bytes());
+    hasher.update(
+        u32::try_from(members.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
+    for member in members {
+        hasher.update(&member.public_key);
+        hasher.update(member.weight.to_be_bytes());
+    }
+    hasher.finalize().into()
+}
+
+/// `sha256("polity/v1/certificate\0" || certificate_bytes)`.
+pub fn certificate_bytes_digest(certificate_bytes: &[u8]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(CERTIFICATE_TAG);
+    hasher.update(certificate_bytes);
+    hasher.finalize().into()
+}
+
+/// `sha256("polity/v1/certificate\0" || prost encoding of certificate)`.
+pub fn certificate_digest(certificate: &Certificate) -> [u8; 32] {
+    certificate_bytes_digest(&certificate.encode_to_vec())
+}
+
+/// `sha256("polity/v1/report\0" || report_body)`: what attestations and raft commits sign.
+pub fn report_digest(report_body: &[u8]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(domain_tag(StatementKind::Report));
+    hasher.update(report_body);
+    hasher.finalize().into()
+}
+
+/// Verifies a certificate chain offline (see the module doc). `first-valid` reports
+/// are only checked to pick one of the included answers, since the task's verifier
+/// is not in the certificate; use [`verify_chain_with`] to supply it.
+pub fn verify_chain(root: &Certificate) -> Result<ChainSummary, VerifyError> {
+    verify_chain_with(root, None)
+}
+
+/// [`verify_chain`] with the task's answer verifier for `first-valid` aggregation.
+pub fn verify_chain_with(
+    root: &Certificate,
+    verifier: Option<&dyn AnswerVerifier>,
+) -> Result<ChainSummary, VerifyError> {
+    verify_certificate(root, verifier, 0, Mode::Final)
+}
+
+/// Verifies a degraded certificate: every check of [`verify_chain`] except the quorum
+/// and the collector (a degraded report is signed by whichever member gave up), and
+/// the report must say it is degraded. A degraded certificate proves who said what;
+/// it does not prove the group decided.
+pub fn verify_degraded(root: &Certificate) -> Result<ChainSummary, VerifyError> {
+    verify_certificate(root, None, 0, Mode::Degraded)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Final,
+    Degraded,
+}
+
+/// The signed statements of one certificate, shape-checked, waiting for one batch.
+struct Batch<'a> {
+    members: &'a BTreeMap<PublicKey, usize>,
+    keys: &'a [VerifyingKey],
+    messages: Vec<Vec<u8>>,
+    signatures: Vec<Signature>,
+    verifying_keys: Vec<VerifyingKey>,
+}
+
+impl Batch<'_> {
+    /// Checks shape and membership and queues the signature; returns the member index.
+    fn add(
+        &mut self,
+        what: &'static str,
+        statement: &SignedStatement,
+        kind: StatementKind,
+    ) -> Result<usize, VerifyError> {
+        if statement.kind != kind as i32 {
+            return Err(VerifyError::Statement {
+                what,
+                error: StatementError::WrongKind {
+                    expected: kind,
+                    found: statement.kind,
+                },
+            });
+        }
+        let (kind, signer, _, signature) =
+            check_shape(statement).map_err(|error| VerifyError::Statement { what, error })?;
+        let index = *self
+            .members
+            .get(&signer)
+            .ok_or(VerifyError::NotMember { what, signer })?;
+        self.messages.push(signed_message(kind, &statement.body));
+        self.signatures.push(signature);
+        self.verifying_keys.push(self.keys[index]);
+        Ok(index)
+    }
+
+    fn verify(self) -> Result<u32, VerifyError> {
+        let messages: Vec<&[u8]> = self.messages.iter().map(Vec::as_slice).collect();
+        ed25519_dalek::verify_batch(&messages, &self.signatures, &self.verifying_keys)
+            .map_err(|_| VerifyError::BadSignature)?;
+        Ok(u32::try_from(messages.len()).unwrap_or(u32::MAX))
+    }
+}
+
+fn limit(what: &'static str, size: usize, limit: usize) -> Result<(), VerifyError> {
+    if size > limit {
+        Err(VerifyError::TooLarge { what, size, limit })
+    } else {
+        Ok(())
+    }
+}
+
+fn decode<M: Message + Default>(what: &'static str, body: &[u8]) -> Result<M, VerifyError> {
+    decode_body(body).map_err(|error| VerifyError::Statement { what, error })
+}
+
+fn check_slot(what: &'static str, found: Option<&Slot>, slot: &Slot) -> Result<(), VerifyError> {
+    if found == Some(slot) {
+        Ok(())
+    } else {
+        Err(VerifyError::SlotMismatch { what })
+    }
+}
+
+/// Checks the slot's own fields and returns its level.
+pub(crate) fn check_slot_fields(slot: &Slot) -> Result<Level, VerifyError> {
+    let level = match Level::try_from(slot.level) {
+        Ok(Level::Unspecified) | Err(_) => {
+            return Err(VerifyError::Invalid {
+                what: "level",
+                value: slot.level.to_string(),
+            });
+        }
+        Ok(level) => level,
+    };
+    if slot.group.is_empty() {
+        return Err(VerifyError::Invalid {
+            what: "group",
+            value: "empty".into(),
+        });
+    }
+    limit("group", slot.group.len(), GROUP_BYTES_MAX)?;
+    if slot.round >= ROUNDS_MAX {
+        return Err(VerifyError::Invalid {
+            what: "round",
+            value: slot.round.to_string(),
+        });
+    }
+    Ok(level)
+}
+
+/// Member keys, checked: count, valid, not weak, distinct.
+pub(crate) fn member_keys(
+    members: &[polity_proto::Member],
+) -> Result<(Vec<VerifyingKey>, BTreeMap<PublicKey, usize>), VerifyError> {
+    if members.is_empty() || members.len() > MEMBERS_MAX {
+        return Err(VerifyError::MemberCount {
+            members: members.len(),
+        });
+    }
+    let mut keys = Vec::with_capacity(members.len());
+    let mut index_of = BTreeMap::new();
+    for (index, member) in members.iter().enumerate() {
+        let public_key = PublicKey::from_slice(&member.public_key)
+            .map_err(|error| VerifyError::MemberKey { index, error })?;
+        let key = public_key
+            .to_verifying_key()
+            .map_err(|error| VerifyError::MemberKey { index, error })?;
+        if index_of.insert(public_key, index).is_some() {
+            return Err(VerifyError::DuplicateMember { index });
+        }
+        keys.push(key);
+    }
+    Ok((keys, index_of))
+}
+
+/// Ballots of decoded observations, with their member indices and weights.
+pub(crate) fn ballots<'a>(
+    observations: &'a [(usize, Observation)],
+    members: &[polity_proto::Member],
+) -> Vec<Ballot<'a>> {
+    observations
+        .iter()
+        .map(|(index, observation)| Ballot {
+            member_index: *index,
+            weight: members[*index].weight,
+            answer: observation
+                .error
+                .is_empty()
+                .then_some(observation.answer.as_slice()),
+        })
+        .collect()
+}
+
+fn verify_certificate(
+    certificate: &Certificate,
+    verifier: Option<&dyn AnswerVerifier>,
+    depth: usize,
+    mode: Mode,
+) -> Result<ChainSummary, VerifyError> {
+    if depth >= LEVELS_MAX {
+        return Err(VerifyError::TooDeep);
+    }
+    limit(
+        "certificate",
+        certificate.encoded_len(),
+        CERTIFICATE_BYTES_MAX,
+    )?;
+    limit("task", certificate.task.len(), TASK_BYTES_MAX)?;
+    limit(
+        "path_reason",
+        certificate.path_reason.len(),
+        PATH_REASON_BYTES_MAX,
+    )?;
+    let (keys, index_of) = member_keys(&certificate.members)?;
+    let members = certificate.members.len();
+    let slot = certificate
+        .slot
+        .as_ref()
+        .ok_or(VerifyError::Missing { what: "slot" })?;
+    let task_id = task_id(&certificate.task);
+    if slot.task_id != task_id.0 {
+        return Err(VerifyError::TaskIdMismatch);
+    }
+    let level = check_slot_fields(slot)?;
+    let path = match ConsensusPath::try_from(certificate.path) {
+        Ok(ConsensusPath::Unspecified) | Err(_) => {
+            return Err(VerifyError::Invalid {
+                what: "path",
+                value: certificate.path.to_string(),
+            });
+        }
+        Ok(path) => path,
+    };
+    limit("observations", certificate.observations.len(), members)?;
+    limit("attestations", certificate.attestations.len(), members)?;
+
+    // Signatures first: nothing is decoded before its signature is checked.
+    let report_statement = certificate
+        .report
+        .as_ref()
+        .ok_or(VerifyError::Missing { what: "report" })?;
+    let mut batch = Batch {
+        members: &index_of,
+        keys: &keys,
+        messages: Vec::new(),
+        signatures: Vec::new(),
+        verifying_keys: Vec::new(),
+    };
+    let report_signer = batch.add("report", report_statement, StatementKind::Report)?;
+    let observation_signers = certificate
+        .observations
+        .iter()
+        .map(|statement| batch.add("observation", statement, StatementKind::Observation))
+        .collect::<Result<Vec<usize>, VerifyError>>()?;
+    let attestation_signers = certificate
+        .attestations
+        .iter()
+        .map(|statement| batch.add("attestation", statement, StatementKind::Attestation))
+        .collect::<Result<Vec<usize>, VerifyError>>()?;
+    if let Some(commit) = &certificate.raft_commit {
+        batch.add("raft_commit", commit, StatementKind::RaftCommit)?;
+    }
+    let mut signatures = batch.verify()?;
+
+    let report: Report = decode("report", &report_statement.body)?;
+    check_slot("report", report.slot.as_ref(), slot)?;
+    match mode {
+        Mode::Final if report.degraded => {
+            return Err(VerifyError::Degraded {
+                reason: report.degraded_reason,
+            });
+        }
+        Mode::Degraded if !report.degraded => return Err(VerifyError::NotDegraded),
+        _ => {}
+    }
+    let collector_index = slot.round as usize % members;
+    if mode == Mode::Final && report_signer != collector_index {
+        return Err(VerifyError::NotCollector {
+            signer_index: report_signer,
+            collector_index,
+            round: slot.round,
+        });
+    }
+    let aggregation = match Aggregation::try_from(report.aggregation) {
+        Ok(aggregation) => normalize(aggregation),
+        Err(_) => {
+            return Err(VerifyError::Invalid {
+                what: "aggregation",
+                value: report.aggregation.to_string(),
+            });
+        }
+    };
+
+    let group = group_digest(path, aggregation, &certificate.members);
+    if report.group_digest != group {
+        return Err(VerifyError::GroupMismatch { what: "report" });
+    }
+
+    // Observations: decoded, for this slot and group, one per member, in member order.
+    if observation_signers
+        .windows(2)
+        .any(|pair| pair[0] >= pair[1])
+    {
+        return Err(VerifyError::NotMemberOrder);
+    }
+    let mut observations: Vec<(usize, Observation)> = Vec::with_capacity(members);
+    for (statement, &index) in certificate.observations.iter().zip(&observation_signers) {
+        let observation: Observation = decode("observation", &statement.body)?;
+        check_slot("observation", observation.slot.as_ref(), slot)?;
+        if observation.group_digest != group {
+            return Err(VerifyError::GroupMismatch {
+                what: "observation",
+            });
+        }
+        limit("answer", observation.answer.len(), ANSWER_BYTES_MAX)?;
+        if !observation.error.is_empty() && !observation.answer.is_empty() {
+            return Err(VerifyError::Invalid {
+                what: "observation",
+                value: "both an answer and an error".into(),
+            });
+        }
+        observations.push((index, observation));
+    }
+    let digests: Vec<Vec<u8>> = certificate
+        .observations
+        .iter()
+        .map(|s| statement_digest(s).to_vec())
+        .collect();
+    if digests != report.observation_digests {
+        return Err(VerifyError::ObservationDigests);
+    }
+    let outcome = aggregate(
+        aggregation,
+        &ballots(&observations, &certificate.members),
+        verifier,
+    );
+    if outcome.tally != report.tally {
+        return Err(VerifyError::TallyMismatch);
+    }
+    let value_matches = match (&outcome.value, aggregation, verifier) {
+        // Without the task's verifier, first-valid can only be checked to be an answer.
+        (_, Aggregation::FirstValid, None) if !report.degraded => outcome
+            .tally
+            .iter()
+            .any(|entry| entry.answer == report.value),
+        (Some(value), _, _) => *value == report.value,
+        (None, _, _) => report.degraded && report.value.is_empty(),
+    };
+    if !value_matches {
+        return Err(VerifyError::ValueMismatch);
+    }
+
+    let mut certificates = 1u32;
+    let children = verify_children(certificate, level, &observations, verifier, depth)?;
+    certificates = certificates.saturating_add(children.certificates);
+    signatures = signatures.saturating_add(children.signatures);
+
+    if mode == Mode::Final {
+        let digest = report_digest(&report_statement.body);
+        check_quorum(
+            certificate,
+            path,
+            slot,
+            &digest,
+            &report.value,
+            &observations,
+            &attestation_signers,
+        )?;
+    }
+    Ok(ChainSummary {
+        certificates,
+        signatures,
+        value: report.value,
+        root_digest: certificate_digest(certificate),
+        path,
+        members,
+        task_id,
+        level,
+        degraded: report.degraded,
+    })
+}
+
+fn check_quorum(
+    certificate: &Certificate,
+    path: ConsensusPath,
+    slot: &Slot,
+    digest: &[u8; 32],
+    value: &[u8],
+    observations: &[(usize, Observation)],
+    attestation_signers: &[usize],
+) -> Result<(), VerifyError> {
+    let rule = QuorumRule::new(path, &certificate.members);
+    let observed: Vec<usize> = observations.iter().map(|(index, _)| *index).collect();
+    match path {
+        ConsensusPath::Bft | ConsensusPath::Stake => {
+            if certificate.raft_commit.is_some() {
+                return Err(VerifyError::Unexpected {
+                    what: "raft_commit",
+                });
+            }
+            if certificate.attestations.is_empty() {
+                // Fast path: a quorum of identical observations attests by itself.
+                let agreeing: Vec<usize> = observations
+                    .iter()
+                    .filter(|(_, o)| o.error.is_empty() && o.answer == value)
+                    .map(|(index, _)| *index)
+                    .collect();
+                if !rule.is_quorum(&agreeing) {
+                    return Err(VerifyError::NoQuorum {
+                        detail: format!(
+                            "{} of {} identical observations on {path:?}",
+                            agreeing.len(),
+                            rule.members()
+                        ),
+                    });
+                }
+                return Ok(());
+            }
+            let mut seen = BTreeSet::new();
+            for (statement, &index) in certificate.attestations.iter().zip(attestation_signers) {
+                if !seen.insert(index) {
+                    return Err(VerifyError::CountedTwice {
+                        what: "attestation",
+                        index,
+                    });
+                }
+                let attestation: Attestation = decode("attestation", &statement.body)?;
+                check_slot("attestation", attestation.slot.as_ref(), slot)?;
+                if attestation.report_digest != digest {
+                    return Err(VerifyError::ReportDigestMismatch {
+                        what: "attestation",
+                    });
+                }
+            }
+            if !rule.is_quorum(&observed) || !rule.is_quorum(attestation_signers) {
+                return Err(VerifyError::NoQuorum {
+                    detail: format!(
+                        "{} observations and {} attestations of {} members on {path:?}",
+                        observed.len(),
+                        attestation_signers.len(),
+                        rule.members()
+                    ),
+                });
+            }
+            Ok(())
+        }
+        ConsensusPath::Raft => {
+            if !certificate.attestations.is_empty() {
+                return Err(VerifyError::Unexpected {
+                    what: "attestations",
+                });
+            }
+            let statement = certificate
+                .raft_commit
+                .as_ref()
+                .ok_or(VerifyError::Missing {
+                    what: "raft_commit",
+                })?;
+            let commit: RaftCommit = decode("raft_commit", &statement.body)?;
+            check_slot("raft_commit", commit.slot.as_ref(), slot)?;
+            if commit.report_digest != digest {
+                return Err(VerifyError::ReportDigestMismatch {
+                    what: "raft_commit",
+                });
+            }
+            if !rule.is_quorum(&observed) {
+                return Err(VerifyError::NoQuorum {
+                    detail: format!(
+                        "{} observations of {} members on raft",
+                        observed.len(),
+                        rule.members()
+                    ),
+                });
+            }
+            Ok(())
+        }
+        ConsensusPath::Unspecified => Err(VerifyError::Invalid {
+            what: "path",
+            value: "0".into(),
+        }),
+    }
+}
+
+struct ChildTotals {
+    certificates: u32,
+    signatures: u32,
+}
+
+/// Levels 2 and 3: every answering observation names a child certificate; the
+/// certificate carries each child, which hashes to its digest, verifies, is one level
+/// down, is for the same task, is of a distinct group, and decided the observation's
+/// answer. Level 1 has no children.
+fn verify_children(
+    certificate: &Certificate,
+    level: Level,
+    observations: &[(usize, Observation)],
+    verifier: Option<&dyn AnswerVerifier>,
+    depth: usize,
+) -> Result<ChildTotals, VerifyError> {
+    let mut totals = ChildTotals {
+        certificates: 0,
+        signatures: 0,
+    };
+    if level == Level::Region {
+        if !certificate.child_digests.is_empty() || !certificate.children.is_empty() {
+            return Err(VerifyError::Unexpected { what: "children" });
+        }
+        if observations
+            .iter()
+            .any(|(_, o)| !o.child_certificate_digest.is_empty())
+        {
+            return Err(VerifyError::Unexpected {
+                what: "child_certificate_digest",
+            });
+        }
+        return Ok(totals);
+    }
+    let answering: Vec<&Observation> = observations
+        .iter()
+        .map(|(_, observation)| observation)
+        .filter(|observation| {
+            observation.error.is_empty() || !observation.child_certificate_digest.is_empty()
+        })
+        .collect();
+    let named: Vec<&[u8]> = answering
+        .iter()
+        .map(|o| o.child_certificate_digest.as_slice())
+        .collect();
+    let listed: Vec<&[u8]> = certificate
+        .child_digests
+        .iter()
+        .map(Vec::as_slice)
+        .collect();
+    if named != listed {
+        return Err(VerifyError::Child {
+            index: 0,
+            detail: "child_digests differ from the observations' child digests".into(),
+        });
+    }
+    if certificate.children.len() != certificate.child_digests.len() {
+        return Err(VerifyError::Missing {
+            what: "children (levels 2 and 3 carry them)",
+        });
+    }
+    let mut groups = BTreeSet::new();
+    for (index, ((bytes, digest), observation)) in certificate
+        .children
+        .iter()
+        .zip(&certificate.child_digests)
+        .zip(&answering)
+        .enumerate()
+    {
+        if certificate_bytes_digest(bytes).as_slice() != digest.as_slice() {
+            return Err(VerifyError::Child {
+                index,
+                detail: "does not hash to its digest".into(),
+            });
+        }
+        if !observation.error.is_empty() {
+            return Err(VerifyError::Child {
+                index,
+                detail: "an error observation names a child".into(),
+            });
+        }
+        let child = Certificate::decode(bytes.as_slice()).map_err(|error| VerifyError::Child {
+            index,
+            detail: error.to_string(),
+        })?;
+        let summary =
+            verify_certificate(&child, verifier, depth + 1, Mode::Final).map_err(|error| {
+                VerifyError::InChild {
+                    index,
+                    error: Box::new(error),
+                }
+            })?;
+        let child_slot = child
+            .slot
+            .as_ref()
+            .ok_or(VerifyError::Missing { what: "child slot" })?;
+        if summary.level as i32 != level as i32 - 1 {
+            return Err(VerifyError::Child {
+                index,
+                detail: "not one level down".into(),
+            });
+        }
+        if child.task != certificate.task {
+            return Err(VerifyError::Child {
+                index,
+                detail: "for another task".into(),
+            });
+        }
+        if !groups.insert(child_slot.group.clone()) {
+            return Err(VerifyError::Child {
+                index,
+                detail: format!("group {} counted twice", child_slot.group),
+            });
+        }
+        if summary.value != observation.answer {
+            return Err(VerifyError::Child {
+                index,
+                detail: "observation's answer is not the child's value".into(),
+            });
+        }
+        totals.certificates = totals.certificates.saturating_add(summary.certificates);
+        totals.signatures = totals.signatures.saturating_add(summary.signatures);
+    }
+    Ok(totals)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::statement::sign_message;
+    use ed25519_dalek::SigningKey;
+    use polity_proto::{Member, TaskSpec};
+    use proptest::prelude::*;
+
+    /// Signs certificates by hand, so tests control every field.
+    pub(crate) struct Fixture {
+        pub keys: Vec<SigningKey>,
+        pub members: Vec<Member>,
+        pub task: Vec<u8>,
+        pub path: ConsensusPath,
+        pub aggregation: Aggregation,
+        pub level: Level,
+        pub round: u32,
+    }
+
+    impl Fixture {
+        pub fn new(members: usize, path: ConsensusPath) -> Fixture {
+            let keys: Vec<SigningKey> = (0..members)
+                .map(|i| SigningKey::from_bytes(&[i as u8 + 1; 32]))
+                .collect();
+            Fixture {
+                members: keys
+                    .iter()
+                    .map(|k| Member {
+                        public_key: k.verifying_key().to_bytes().to_vec(),
+                        weight: 1,
+                    })
+                    .collect(),
+                keys,
+                task: crate::task::encode_task(&TaskSpec {
+                    nonce: 1,
+                    ..TaskSpec::default()
+                }),
+                path,
+                aggregation: Aggregation::Majority,
+                level: Level::Region,
+                round: 0,
+            }
+        }
+
+        pub fn slot(&self) -> Slot {
+            Slot {
+                task_id: task_id(&self.task).0.to_vec(),
+                level: self.level as i32,
+                group: format!("group-{}", self.level as i32),
+                round: self.round,
+            }
+        }
+
+        pub fn observe(&self, member: usize, answer: &str) -> SignedStatement {
+            let observation = Observation {
+                slot: Some(self.slot()),
+                answer: answer.as_bytes().to_vec(),
+                group_digest: self.group_digest().to_vec(),
+                ..Observation::default()
+            };
+            sign_message(&self.keys[member], StatementKind::Observation, &observation)
+        }
+
+        pub fn group_digest(&self) -> [u8; 32] {
+            group_digest(self.path, self.aggregation, &self.members)
+        }
+
+        /// A report by the round's collector over `observations` (with the honest
+        /// aggregate, or `value` when given), and attestations by `attesters`.
+        pub fn certify(
+            &self,
+            observations: Vec<SignedStatement>,
+            attesters: &[usize],
+            value: Option<&str>,
+        ) -> Certificate {
+            let decoded: Vec<(usize, Observation)> = observations
+                .iter()
+                .map(|s| {
+                    let index = self
+                        .keys
+                        .iter()
+                        .position(|k| k.verifying_key().to_bytes().as_slice() == s.signer)
+                        .unwrap();
+                    (index, decode_body(&s.body).unwrap())
+                })
+                .collect();
+            let outcome = aggregate(self.aggregation, &ballots(&decoded, &self.members), None);
+            let report = Report {
+                slot: Some(self.slot()),
+                aggregation: self.aggregation as i32,
+                value: value
+                    .map(|v| v.as_bytes().to_vec())
+                    .or(outcome.value)
+                    .unwrap_or_default(),
+                tally: outcome.tally,
+                observation_digests: observations
+                    .iter()
+                    .map(|s| statement_digest(s).to_vec())
+                    .collect(),
+                degraded: false,
+                degraded_reason: String::new(),
+                group_digest: self.group_digest().to_vec(),
+            };
+            let collector = &self.keys[self.round as usize % self.keys.len()];
+            let report = sign_message(collector, StatementKind::Report, &report);
+            let digest = report_digest(&report.body);
+            let attestations = attesters
+                .iter()
+                .map(|&i| {
+                    let attestation = Attestation {
+                        slot: Some(self.slot()),
+                        report_digest: digest.to_vec(),
+                    };
+                    sign_message(&self.keys[i], StatementKind::Attestation, &attestation)
+                })
+                .collect();
+            Certificate {
+                task: self.task.clone(),
+                slot: Some(self.slot()),
+                members: self.members.clone(),
+                path: self.path as i32,
+                path_reason: "test".into(),
+                report: Some(report),
+                observations,
+                attestations,
+                raft_commit: None,
+                child_digests: Vec::new(),
+                children: Vec::new(),
+            }
+        }
+    }
+
+    /// Verifies `certificate`; `expected` is `Ok(value)` or a fragment of the error.
+    fn check(certificate: &Certificate, expected: Result<&str, &str>) {
+        match (verify_chain(certificate), expected) {
+            (Ok(summary), Ok(value)) => assert_eq!(summary.value, value.as_bytes()),
+            (Err(error), Err(fragment)) => {
+                assert!(
+                    error.to_string().contains(fragment),
+                    "{error} should contain {fragment}"
+                )
+            }
+            (result, expected) => panic!("got {result:?}, expected {expected:?}"),
+        }
+    }
+
+    fn four() -> (Fixture, Vec<SignedStatement>) {
+        let fixture = Fixture::new(4, ConsensusPath::Bft);
+        let observations = (0..3).map(|i| fixture.observe(i, "v")).collect();
+        (fixture, observations)
+    }
+
+    #[test]
+    fn fast_and_attested_certificates_verify() {
+        let (fixture, observations) = four();
+        check(&fixture.certify(observations.clone(), &[], None), Ok("v"));
+        check(
+            &fixture.certify(observations[..2].to_vec(), &[], None),
+            Err("no quorum"),
+        );
+        let mut mixed = observations.clone();
+        mixed[2] = fixture.observe(2, "w");
+        check(&fixture.certify(mixed.clone(), &[], None), Err("no quorum"));
+        check(&fixture.certify(mixed.clone(), &[0, 1, 3], None), Ok("v"));
+        check(
+            &fixture.certify(mixed.clone(), &[0, 1], None),
+            Err("no quorum"),
+        );
+        check(
+            &fixture.certify(mixed[..2].to_vec(), &[0, 1, 2], None),
+            Err("no quorum"),
+        );
+    }
+
+    #[test]
+    fn every_field_is_checked() {
+        let (fixture, observations) = four();
+        let good = fixture.certify(observations.clone(), &[0, 1, 2], None);
+        check(&good, Ok("v"));
+        let tampered = |edit: &dyn Fn(&mut Certificate)| {
+            let mut certificate = good.clone();
+            edit(&mut certificate);
+            certificate
+        };
+        check(&tampered(&|c| c.task.push(0)), Err("task id"));
+        check(
+            &tampered(&|c| c.observations[1].signature[5] ^= 1),
+            Err("signature batch"),
+        );
+        check(
+            &tampered(&|c| c.attestations[0].body[3] ^= 1),
+            Err("signature batch"),
+        );
+        check(&tampered(&|c| c.members.truncate(3)), Err("another group"));
+        check(
+            &tampered(&|c| {
+                let outsider = SigningKey::from_bytes(&[99; 32]);
+                let body = c.attestations[0].body.clone();
+                c.attestations[0] =
+                    crate::statement::sign_statement(&outsider, StatementKind::Attestation, body);
+            }),
+            Err("non-member"),
+        );
+        check(
+            &tampered(&|c| c.members[0].weight = 5),
+            Err("another group"),
+        );
+        check(
+            &tampered(&|c| {
+                c.members[3].public_key = {
+                    let mut k = vec![0; 32];
+                    k[0] = 1;
+                    k
+                }
+            }),
+            Err("weak"),
+        );
+        check(
+            &tampered(&|c| c.members.push(c.members[0].clone())),
+            Err("listed twice"),
+        );
+        check(&tampered(&|c| c.members.clear()), Err("1..=1024 members"));
+        check(
+            &tampered(&|c| c.observations.swap(0, 1)),
+            Err("member order"),
+        );
+        check(
+            &tampered(&|c| c.observations.insert(1, c.observations[0].clone())),
+            Err("member order"),
+        );
+        check(
+            &tampered(&|c| c.attestations.push(c.attestations[0].clone())),
+            Err("signed twice"),
+        );
+        check(
+            &tampered(&|c| c.observations.pop().map(drop).unwrap_or(())),
+            Err("digests"),
+        );
+        check(&tampered(&|c| c.path = 0), Err("invalid path"));
+        check(
+            &tampered(&|c| c.path = ConsensusPath::Raft as i32),
+            Err("attestations not allowed"),
+        );
+        check(&tampered(&|c| c.report = None), Err("report missing"));
+        check(
+            &tampered(&|c| c.report.as_mut().unwrap().kind = StatementKind::Attestation as i32),
+            Err("expected a Report"),
+        );
+        check(
+            &tampered(&|c| c.slot.as_mut().unwrap().round = 1),
+            Err("another slot"),
+        );
+        check(
+            &tampered(&|c| c.slot.as_mut().unwrap().round = ROUNDS_MAX),
+            Err("invalid round"),
+        );
+        check(
+            &tampered(&|c| c.children.push(vec![1])),
+            Err("children not allowed"),
+        );
+
+        let mut other_round = Fixture::new(4, ConsensusPath::Bft);
+        other_round.round = 1;
+        let mut stray = observations.clone();
+        stray[2] = other_round.observe(2, "v");
+        check(
+            &fixture.certify(stray, &[0, 1, 2], None),
+            Err("another slot"),
+        );
+        check(
+            &fixture.certify(observations.clone(), &[0, 1, 2], Some("w")),
+            Err("value does not match"),
+        );
+        let mut by_stranger = fixture.certify(observations, &[0, 1, 2], None);
+        let report: Report = decode_body(&by_stranger.report.as_ref().unwrap().body).unwrap();
+        by_stranger.report = Some(sign_message(
+            &fixture.keys[1],
+            StatementKind::Report,
+            &report,
+        ));
+        check(&by_stranger, Err("collector"));
+    }
+
+    #[test]
+    fn raft_needs_a_commit_and_a_majority() {
+        let fixture = Fixture::new(3, ConsensusPath::Raft);
+        let observations: Vec<SignedStatement> = (0..2).map(|i| fixture.observe(i, "v")).collect();
+        let mut certificate = fixture.certify(observations.clone(), &[], None);
+        check(&certificate, Err("raft_commit missing"));
+        let digest = report_digest(&certificate.report.as_ref().unwrap().body);
+        let commit = |digest: &[u8]| {
+            let commit = RaftCommit {
+                slot: Some(fixture.slot()),
+                report_digest: digest.to_vec(),
+                term: 1,
+                commit_index: 9,
+            };
+            Some(sign_message(
+                &fixture.keys[2],
+                StatementKind::RaftCommit,
+                &commit,
+            ))
+        };
+        certificate.raft_commit = commit(&digest);
+        check(&certificate, Ok("v"));
+        certificate.raft_commit = commit(&[0; 32]);
+        check(&certificate, Err("names another report"));
+        let mut minority = fixture.certify(observations[..1].to_vec(), &[], None);
+        minority.raft_commit = commit(&report_digest(&minority.report.as_ref().unwrap().body));
+        check(&minority, Err("no quorum"));
+    }
+
+    #[test]
+    fn stake_counts_weight() {
+        let mut fixture = Fixture::new(4, ConsensusPath::Stake);
+        fixture.members[0].weight = 10;
+        fixture.aggregation = Aggregation::FirstValid;
+        // Member 0 alone has 10 of 13: a fast-path quorum, though a minority by count.
+        let observations = vec![fixture.observe(0, "v"), fixture.observe(1, "w")];
+        check(
+            &fixture.certify(vec![observations[0].clone()], &[], None),
+            Ok("v"),
+        );
+        check(
+            &fixture.certify(vec![observations[1].clone()], &[], None),
+            Err("no quorum"),
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// Quorum intersection: with at most `f` byzantine members that sign anything
+        /// (including two reports as collector) and honest members that sign one
+        /// observation and follow the attestation rule, two certificates of one slot
+        /// never both verify with different values. (Without the rule's dissent check
+        /// this fails: see `round::tests::a_fast_certificate_and_an_attested_one_cannot_disagree`.)
+        #[test]
+        fn no_two_certificates_for_one_slot(
+            members in 1usize..8,
+            stake in any::<bool>(),
+            honest_answers in proptest::collection::vec(any::<bool>(), 8),
+            honest_attests in proptest::collection::vec(0u8..3, 8),
+            byzantine_first in any::<bool>(),
+        ) {
+            let path = if stake { ConsensusPath::Stake } else { ConsensusPath::Bft };
+            let fixture = Fixture::new(members, path);
+            let f = crate::quorum::faults_max(members);
+            // Byzantine members: the first `f` (or the last `f`), collector included.
+            let byzantine = |i: usize| if byzantine_first { i < f } else { i >= members - f };
+            let answer = |i: usize| if honest_answers[i] { "a" } else { "b" };
+            let build = |value: &str, mine: u8| {
+                let observations: Vec<SignedStatement> = (0..members)
+                    .map(|i| fixture.observe(i, if byzantine(i) { value } else { answer(i) }))
+                    .collect();
+                // Honest members attest at most one report, and a value other than
+                // their own answer only when the report's dissent rules out a quorum
+                // for their answer (the round's attestation rule).
+                let rule = QuorumRule::new(path, &fixture.members);
+                let said = |i: usize| if byzantine(i) { value } else { answer(i) };
+                let attesters: Vec<usize> = (0..members)
+                    .filter(|&i| {
+                        let dissent: Vec<usize> =
+                            (0..members).filter(|&j| said(j) != answer(i)).collect();
+                        byzantine(i)
+                            || (honest_attests[i] == mine
+                                && (answer(i) == value || rule.excludes_quorum(&dissent)))
+                    })
+                    .collect();
+                // The collector may be honest; then it only signs the report it was
+                // going to sign anyway, which this test over-approximates.
+                let fast: Vec<SignedStatement> = observations
+                    .iter()
+                    .zip(0..)
+                    .filter(|(_, i)| byzantine(*i) || answer(*i) == value)
+                    .map(|(s, _)| s.clone())
+                    .collect();
+                [fixture.certify(observations, &attesters, Some(value)), fixture.certify(fast, &[], Some(value))]
+            };
+            let a_ok = build("a", 1).iter().any(|c| verify_chain(c).is_ok());
+            let b_ok = build("b", 2).iter().any(|c| verify_chain(c).is_ok());
+            prop_assert!(!(a_ok && b_ok), "two certificates for one slot");
+        }
+    }
+}

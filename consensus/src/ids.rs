@@ -1,0 +1,162 @@
+//! Identifiers that travel everywhere: [`TaskId`] (the SHA-256 of a canonical task) and
+//! [`PublicKey`] (a member's ed25519 key). Both are 32-byte newtypes that print and parse
+//! as lowercase hex, so logs, JSON and the command line agree on one spelling.
+
+use std::fmt;
+use std::str::FromStr;
+
+use ed25519_dalek::VerifyingKey;
+
+/// Why bytes or text are not a valid identifier or key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    /// Not 32 bytes.
+    #[error("expected 32 bytes, got {length_bytes}")]
+    Length { length_bytes: usize },
+    /// Not hex.
+    #[error("invalid hex: {0}")]
+    Hex(String),
+    /// 32 bytes that are not a point on the curve.
+    #[error("not a valid ed25519 public key")]
+    InvalidKey,
+    /// A key of small order, for which signatures prove nothing.
+    #[error("weak ed25519 public key")]
+    WeakKey,
+}
+
+fn parse_32(text: &str) -> Result<[u8; 32], IdError> {
+    let bytes = hex::decode(text).map_err(|error| IdError::Hex(error.to_string()))?;
+    bytes_32(&bytes)
+}
+
+fn bytes_32(bytes: &[u8]) -> Result<[u8; 32], IdError> {
+    <[u8; 32]>::try_from(bytes).map_err(|_| IdError::Length {
+        length_bytes: bytes.len(),
+    })
+}
+
+/// SHA-256 of `"polity/v1/task\0" || TaskSpec bytes` (see [`crate::task_id`]).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TaskId(pub [u8; 32]);
+
+impl TaskId {
+    /// The raw digest.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// From a 32-byte slice, e.g. `Slot::task_id`.
+    pub fn from_slice(bytes: &[u8]) -> Result<TaskId, IdError> {
+        bytes_32(bytes).map(TaskId)
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TaskId({self})")
+    }
+}
+
+impl FromStr for TaskId {
+    type Err = IdError;
+    fn from_str(text: &str) -> Result<TaskId, IdError> {
+        parse_32(text).map(TaskId)
+    }
+}
+
+/// A member's ed25519 public key, as the 32 bytes that go on the wire.
+///
+/// Holding a `PublicKey` does not mean the bytes are a usable key: call
+/// [`PublicKey::to_verifying_key`], which also rejects weak keys.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PublicKey(pub [u8; 32]);
+
+impl PublicKey {
+    /// The key of a verifying key.
+    pub fn from_verifying_key(key: &VerifyingKey) -> PublicKey {
+        PublicKey(key.to_bytes())
+    }
+
+    /// From a 32-byte slice, e.g. `SignedStatement::signer`. Does not check the curve.
+    pub fn from_slice(bytes: &[u8]) -> Result<PublicKey, IdError> {
+        bytes_32(bytes).map(PublicKey)
+    }
+
+    /// The raw key bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// A verifying key, if the bytes are a valid point and not of small order.
+    pub fn to_verifying_key(&self) -> Result<VerifyingKey, IdError> {
+        let key = VerifyingKey::from_bytes(&self.0).map_err(|_| IdError::InvalidKey)?;
+        if key.is_weak() {
+            return Err(IdError::WeakKey);
+        }
+        Ok(key)
+    }
+}
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({self})")
+    }
+}
+
+impl FromStr for PublicKey {
+    type Err = IdError;
+    fn from_str(text: &str) -> Result<PublicKey, IdError> {
+        parse_32(text).map(PublicKey)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str, expected: Result<[u8; 32], IdError>) {
+        assert_eq!(text.parse::<TaskId>().map(|id| id.0), expected.clone());
+        assert_eq!(text.parse::<PublicKey>().map(|key| key.0), expected.clone());
+        if let Ok(bytes) = expected {
+            assert_eq!(TaskId(bytes).to_string(), text.to_lowercase());
+            assert_eq!(PublicKey(bytes).to_string(), text.to_lowercase());
+        }
+    }
+
+    #[test]
+    fn hex_round_trip_and_errors() {
+        check(&"ab".repeat(32), Ok([0xab; 32]));
+        check(&"AB".repeat(32), Ok([0xab; 32]));
+        check(&"ab".repeat(31), Err(IdError::Length { length_bytes: 31 }));
+        assert!(matches!("zz".parse::<TaskId>(), Err(IdError::Hex(_))));
+    }
+
+    #[test]
+    fn weak_key_is_rejected() {
+        // The identity point (y = 1) is of small order.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        assert_eq!(
+            PublicKey(identity).to_verifying_key(),
+            Err(IdError::WeakKey)
+        );
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key();
+        assert!(
+            PublicKey::from_verifying_key(&key)
+                .to_verifying_key()
+                .is_ok()
+        );
+    }
+}

@@ -1,0 +1,294 @@
+//! Signed statements: the only thing a Polity node ever signs or trusts.
+//!
+//! A statement is signed over `domain_tag(kind) || body`, where `body` is the exact
+//! protobuf encoding of the statement message. Verification checks the carried bytes
+//! *before* anything decodes them, so no verifier depends on re-encoding being
+//! canonical, and a signature made for one kind can never be replayed as another.
+
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use polity_proto::{SignedStatement, StatementKind};
+use sha2::{Digest, Sha256};
+
+use crate::ids::{IdError, PublicKey};
+
+/// Largest statement body accepted or produced. A report carries its tally (one entry
+/// per distinct answer), so this is [`ANSWER_BYTES_MAX`] times a generous number of
+/// distinct answers.
+pub const STATEMENT_BODY_BYTES_MAX: usize = 8 << 20;
+
+/// Largest answer an observation may carry.
+pub const ANSWER_BYTES_MAX: usize = 64 << 10;
+
+const TAG_OBSERVATION: &[u8] = b"polity/v1/observation\0";
+const TAG_REPORT: &[u8] = b"polity/v1/report\0";
+const TAG_ATTESTATION: &[u8] = b"polity/v1/attestation\0";
+const TAG_NODE_INFO: &[u8] = b"polity/v1/node-info\0";
+const TAG_RAFT_COMMIT: &[u8] = b"polity/v1/raft-commit\0";
+
+/// Why a statement is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StatementError {
+    #[error("signer must be 32 bytes, got {length_bytes}")]
+    SignerLength { length_bytes: usize },
+    #[error("signature must be 64 bytes, got {length_bytes}")]
+    SignatureLength { length_bytes: usize },
+    #[error("body of {length_bytes} bytes exceeds {STATEMENT_BODY_BYTES_MAX}")]
+    BodyTooLarge { length_bytes: usize },
+    #[error("unknown or unspecified statement kind {kind}")]
+    UnknownKind { kind: i32 },
+    #[error("expected a {expected:?} statement, got kind {found}")]
+    WrongKind { expected: StatementKind, found: i32 },
+    #[error("signer key: {0}")]
+    Key(#[from] IdError),
+    #[error("bad signature")]
+    BadSignature,
+    #[error("body does not decode: {0}")]
+    Decode(String),
+}
+
+/// The domain tag of a statement kind; empty for `Unspecified`, which no verifier
+/// accepts.
+pub fn domain_tag(kind: StatementKind) -> &'static [u8] {
+    match kind {
+        StatementKind::Unspecified => b"",
+        StatementKind::Observation => TAG_OBSERVATION,
+        StatementKind::Report => TAG_REPORT,
+        StatementKind::Attestation => TAG_ATTESTATION,
+        StatementKind::NodeInfo => TAG_NODE_INFO,
+        StatementKind::RaftCommit => TAG_RAFT_COMMIT,
+    }
+}
+
+/// The exact bytes a signature covers: `domain_tag(kind) || body`.
+pub fn signed_message(kind: StatementKind, body: &[u8]) -> Vec<u8> {
+    let tag = domain_tag(kind);
+    let mut message = Vec::with_capacity(tag.len() + body.len());
+    message.extend_from_slice(tag);
+    message.extend_from_slice(body);
+    message
+}
+
+/// Signs `body` as a statement of `kind`.
+pub fn sign_statement(key: &SigningKey, kind: StatementKind, body: Vec<u8>) -> SignedStatement {
+    debug_assert!(kind != StatementKind::Unspecified, "statements have a kind");
+    debug_assert!(body.len() <= STATEMENT_BODY_BYTES_MAX, "body within limit");
+    let signature = key.sign(&signed_message(kind, &body));
+    SignedStatement {
+        kind: kind as i32,
+        body,
+        signer: key.verifying_key().to_bytes().to_vec(),
+        signature: signature.to_bytes().to_vec(),
+    }
+}
+
+/// Encodes `message` and signs it as a statement of `kind`.
+pub fn sign_message<M: prost::Message>(
+    key: &SigningKey,
+    kind: StatementKind,
+    message: &M,
+) -> SignedStatement {
+    sign_statement(key, kind, message.encode_to_vec())
+}
+
+/// The kind of a statement, if it is one a verifier accepts.
+pub fn statement_kind(statement: &SignedStatement) -> Result<StatementKind, StatementError> {
+    match StatementKind::try_from(statement.kind) {
+        Ok(StatementKind::Unspecified) | Err(_) => Err(StatementError::UnknownKind {
+            kind: statement.kind,
+        }),
+        Ok(kind) => Ok(kind),
+    }
+}
+
+/// Everything about a statement that can be checked without the signature math:
+/// lengths, kind, and a valid, non-weak signer key.
+pub(crate) fn check_shape(
+    statement: &SignedStatement,
+) -> Result<(StatementKind, PublicKey, VerifyingKey, Signature), StatementError> {
+    let kind = statement_kind(statement)?;
+    if statement.body.len() > STATEMENT_BODY_BYTES_MAX {
+        return Err(StatementError::BodyTooLarge {
+            length_bytes: statement.body.len(),
+        });
+    }
+    let signer =
+        PublicKey::from_slice(&statement.signer).map_err(|_| StatementError::SignerLength {
+            length_bytes: statement.signer.len(),
+        })?;
+    let signature = Signature::from_slice(&statement.signature).map_err(|_| {
+        StatementError::SignatureLength {
+            length_bytes: statement.signature.len(),
+        }
+    })?;
+    let verifying_key = signer.to_verifying_key()?;
+    Ok((kind, signer, verifying_key, signature))
+}
+
+/// Verifies one statement (lengths, kind, weak key, then `verify_strict`) and returns
+/// its signer. The body is not decoded.
+pub fn verify_statement(statement: &SignedStatement) -> Result<PublicKey, StatementError> {
+    let (kind, signer, verifying_key, signature) = check_shape(statement)?;
+    verifying_key
+        .verify_strict(&signed_message(kind, &statement.body), &signature)
+        .map_err(|_| StatementError::BadSignature)?;
+    Ok(signer)
+}
+
+/// Verifies a statement of the expected `kind`, then decodes its body.
+pub fn open<M: prost::Message + Default>(
+    statement: &SignedStatement,
+    kind: StatementKind,
+) -> Result<(PublicKey, M), StatementError> {
+    let verified = Verified::open(statement, kind)?;
+    Ok((verified.signer, verified.message))
+}
+
+/// Decodes a body whose signature has already been checked.
+pub(crate) fn decode_body<M: prost::Message + Default>(body: &[u8]) -> Result<M, StatementError> {
+    M::decode(body).map_err(|error| StatementError::Decode(error.to_string()))
+}
+
+/// SHA-256 over `domain_tag(kind) || body || signature`: how reports name the
+/// observations they aggregate.
+pub fn statement_digest(statement: &SignedStatement) -> [u8; 32] {
+    let kind = StatementKind::try_from(statement.kind).unwrap_or(StatementKind::Unspecified);
+    let mut hasher = Sha256::new();
+    hasher.update(domain_tag(kind));
+    hasher.update(&statement.body);
+    hasher.update(&statement.signature);
+    hasher.finalize().into()
+}
+
+/// A statement whose signature checked out, with its decoded message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verified<M> {
+    /// Who signed it.
+    pub signer: PublicKey,
+    /// The decoded body.
+    pub message: M,
+    /// [`statement_digest`] of the statement.
+    pub digest: [u8; 32],
+}
+
+impl<M: prost::Message + Default> Verified<M> {
+    /// Verifies `statement` as a `kind` statement, then decodes it.
+    pub fn open(statement: &SignedStatement, kind: StatementKind) -> Result<Self, StatementError> {
+        if statement.kind != kind as i32 {
+            return Err(StatementError::WrongKind {
+                expected: kind,
+                found: statement.kind,
+            });
+        }
+        let signer = verify_statement(statement)?;
+        let message = decode_body(&statement.body)?;
+        Ok(Verified {
+            signer,
+            message,
+            digest: statement_digest(statement),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use polity_proto::{Attestation, Slot};
+    use proptest::prelude::*;
+
+    fn key(seed: u8) -> SigningKey {
+        SigningKey::from_bytes(&[seed; 32])
+    }
+
+    fn attestation() -> Attestation {
+        Attestation {
+            slot: Some(Slot {
+                task_id: vec![1; 32],
+                level: 1,
+                group: "eu".into(),
+                round: 0,
+            }),
+            report_digest: vec![2; 32],
+        }
+    }
+
+    fn check(statement: &SignedStatement, expected: Result<PublicKey, StatementError>) {
+        assert_eq!(verify_statement(statement), expected);
+    }
+
+    #[test]
+    fn sign_then_verify() {
+        let key = key(1);
+        let signer = PublicKey::from_verifying_key(&key.verifying_key());
+        let statement = sign_message(&key, StatementKind::Attestation, &attestation());
+        check(&statement, Ok(signer));
+        let (opened_signer, opened) =
+            open::<Attestation>(&statement, StatementKind::Attestation).unwrap();
+        assert_eq!((opened_signer, opened), (signer, attestation()));
+        assert_eq!(
+            open::<Attestation>(&statement, StatementKind::Observation),
+            Err(StatementError::WrongKind {
+                expected: StatementKind::Observation,
+                found: StatementKind::Attestation as i32
+            })
+        );
+    }
+
+    #[test]
+    fn a_signature_does_not_transfer_to_another_kind() {
+        let mut statement = sign_message(&key(1), StatementKind::Attestation, &attestation());
+        statement.kind = StatementKind::Observation as i32;
+        check(&statement, Err(StatementError::BadSignature));
+        statement.kind = 0;
+        check(&statement, Err(StatementError::UnknownKind { kind: 0 }));
+        statement.kind = 99;
+        check(&statement, Err(StatementError::UnknownKind { kind: 99 }));
+    }
+
+    #[test]
+    fn malformed_statements_are_rejected() {
+        let good = sign_message(&key(1), StatementKind::Attestation, &attestation());
+        let mut short = good.clone();
+        short.signer.pop();
+        check(
+            &short,
+            Err(StatementError::SignerLength { length_bytes: 31 }),
+        );
+        let mut short = good.clone();
+        short.signature.pop();
+        check(
+            &short,
+            Err(StatementError::SignatureLength { length_bytes: 63 }),
+        );
+        let mut weak = good.clone();
+        weak.signer = {
+            let mut identity = vec![0u8; 32];
+            identity[0] = 1;
+            identity
+        };
+        check(&weak, Err(StatementError::Key(IdError::WeakKey)));
+        let mut large = good;
+        large.body = vec![0; STATEMENT_BODY_BYTES_MAX + 1];
+        check(
+            &large,
+            Err(StatementError::BodyTooLarge {
+                length_bytes: STATEMENT_BODY_BYTES_MAX + 1,
+            }),
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Any single flipped bit in the kind, body, signer or signature is rejected.
+        #[test]
+        fn any_flipped_bit_is_rejected(field in 0usize..4, bit in 0usize..4096, seed in 1u8..255) {
+            let mut statement = sign_message(&key(seed), StatementKind::Attestation, &attestation());
+            match field {
+                0 => statement.kind ^= 1 << (bit % 31),
+                1 => { let n = statement.body.len() * 8; statement.body[(bit % n) / 8] ^= 1 << (bit % 8); }
+                2 => statement.signer[(bit % 256) / 8] ^= 1 << (bit % 8),
+                _ => statement.signature[(bit % 512) / 8] ^= 1 << (bit % 8),
+            }
+            prop_assert!(verify_statement(&statement).is_err());
+        }
+    }
+}

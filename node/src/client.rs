@@ -1,0 +1,593 @@
+//! The CLI's gRPC client: `polity submit|get|watch|info|peers|verify`.
+//!
+//! Human-readable output by default, `--json` for scripts. `verify FILE` runs fully
+//! offline: it needs no node, only the certificate's bytes.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use polity_consensus::{TaskId, certificate_json};
+use polity_proto::federation_client::FederationClient;
+use polity_proto::{
+    Aggregation, Certificate, ConsensusPath, GetNodeInfoRequest, GetTaskRequest, Level,
+    ListPeersRequest, RiskPolicy, Scope, SubmitTaskRequest, TaskEventKind, TaskRecord, TaskState,
+    VerifyCertificateRequest, VerifyCertificateResponse, WatchTaskRequest,
+};
+use prost::Message;
+use serde_json::json;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{
+    Certificate as TlsCertificate, Channel, ClientTlsConfig, Identity as TlsIdentity,
+};
+
+use crate::tasks::{level_name, path_name};
+
+/// How to reach a node.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Connection {
+    /// The node's gRPC endpoint.
+    #[arg(
+        long,
+        env = "POLITY_ADDR",
+        default_value = "http://127.0.0.1:7001",
+        global = true
+    )]
+    pub addr: String,
+    /// File holding the bearer token, when the node requires one.
+    #[arg(long, env = "POLITY_TOKEN_FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+    /// PEM CA to trust for an https:// endpoint.
+    #[arg(long, global = true)]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate, for nodes that require mutual TLS.
+    #[arg(long, global = true, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM client key, for nodes that require mutual TLS.
+    #[arg(long, global = true, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Server name to expect in the node's certificate (default: the host of --addr).
+    #[arg(long, global = true)]
+    pub tls_domain: Option<String>,
+}
+
+/// Adds the bearer token to every request.
+#[derive(Clone)]
+pub struct BearerToken(Option<AsciiMetadataValue>);
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+pub type Client = FederationClient<InterceptedService<Channel, BearerToken>>;
+
+impl Connection {
+    pub async fn connect(&self) -> anyhow::Result<Client> {
+        let mut endpoint = Channel::from_shared(self.addr.clone())
+            .with_context(|| format!("bad --addr {:?}", self.addr))?;
+        if self.addr.starts_with("https://") || self.tls_ca.is_some() {
+            let mut tls = ClientTlsConfig::new();
+            if let Some(ca) = &self.tls_ca {
+                tls = tls.ca_certificate(TlsCertificate::from_pem(read(ca)?));
+            }
+            if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+                tls = tls.identity(TlsIdentity::from_pem(read(cert)?, read(key)?));
+            }
+            if let Some(domain) = &self.tls_domain {
+                tls = tls.domain_name(domain.clone());
+            }
+            endpoint = endpoint.tls_config(tls).context("configuring TLS")?;
+        }
+        let channel = endpoint
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {}", self.addr))?;
+        let token = match &self.token_file {
+            Some(path) => {
+                let token = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading token file {}", path.display()))?;
+                Some(
+                    format!("Bearer {}", token.trim())
+                        .parse()
+                        .context("the token must be printable ASCII")?,
+                )
+            }
+            None => None,
+        };
+        Ok(
+            FederationClient::with_interceptor(channel, BearerToken(token))
+                .max_decoding_message_size(64 * 1024 * 1024),
+        )
+    }
+}
+
+fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// `polity submit` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SubmitArgs {
+    /// Capability to run, e.g. sha256.
+    #[arg(long)]
+    pub capability: String,
+    /// Payload as a UTF-8 string.
+    #[arg(long, conflicts_with = "payload_file")]
+    pub payload: Option<String>,
+    /// Payload read from a file ("-" for stdin).
+    #[arg(long)]
+    pub payload_file: Option<PathBuf>,
+    /// region[:NAME], continent[:NAME] or global (default: the entry node's region).
+    #[arg(long)]
+    pub scope: Option<String>,
+    /// Members per region group.
+    #[arg(long, default_value_t = 1)]
+    pub replication: u32,
+    /// majority, tally, median or first-valid.
+    #[arg(long, default_value = "majority")]
+    pub aggregation: String,
+    /// Force a consensus path: bft, raft or stake.
+    #[arg(long)]
+    pub path: Option<String>,
+    /// Adversarial risk in [0,1] (> 0.7 selects bft).
+    #[arg(long, default_value_t = 0.0)]
+    pub adversarial_risk: f64,
+    /// Consistency requirement in [0,1] (> 0.8 selects raft).
+    #[arg(long, default_value_t = 0.0)]
+    pub consistency: f64,
+    /// Time budget in milliseconds (0: the node's default).
+    #[arg(long, default_value_t = 0)]
+    pub deadline_ms: u64,
+    /// Nonce: the same task with another nonce is another task.
+    #[arg(long, default_value_t = 0)]
+    pub nonce: u64,
+    /// Return at once with the task id instead of waiting for the decision.
+    #[arg(long)]
+    pub no_wait: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// How to show a task record.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct OutputArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Write the root certificate's exact protobuf bytes to this file (for `polity verify`).
+    #[arg(long)]
+    pub certificate_out: Option<PathBuf>,
+    /// Write the certificate chain's JSON export (see SIGNING.md) to this file.
+    #[arg(long)]
+    pub certificate_json_out: Option<PathBuf>,
+}
+
+pub fn parse_scope(text: &str) -> anyhow::Result<Scope> {
+    let (kind, name) = match text.split_once(':') {
+        Some((kind, name)) => (kind, name.to_string()),
+        None => (text, String::new()),
+    };
+    let level = match kind {
+        "region" => Level::Region,
+        "continent" => Level::Continent,
+        "global" if name.is_empty() => Level::Global,
+        "global" => bail!("a global scope has no name"),
+        other => bail!("scope {other:?}: use region[:NAME], continent[:NAME] or global"),
+    };
+    Ok(Scope {
+        level: level as i32,
+        name,
+    })
+}
+
+pub fn parse_aggregation(text: &str) -> anyhow::Result<Aggregation> {
+    Ok(match text {
+        "majority" => Aggregation::Majority,
+        "tally" => Aggregation::Tally,
+        "median" => Aggregation::Median,
+        "first-valid" => Aggregation::FirstValid,
+        other => bail!("aggregation {other:?}: use majority, tally, median or first-valid"),
+    })
+}
+
+pub fn parse_path(text: &str) -> anyhow::Result<ConsensusPath> {
+    Ok(match text {
+        "bft" => ConsensusPath::Bft,
+        "raft" => ConsensusPath::Raft,
+        "stake" => ConsensusPath::Stake,
+        other => bail!("path {other:?}: use bft, raft or stake"),
+    })
+}
+
+impl SubmitArgs {
+    pub fn request(&self) -> anyhow::Result<SubmitTaskRequest> {
+        let payload = match (&self.payload, &self.payload_file) {
+            (Some(text), _) => text.clone().into_bytes(),
+            (None, Some(path)) if path.as_os_str() == "-" => {
+                let mut bytes = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)?;
+                bytes
+            }
+            (None, Some(path)) => read(path)?,
+            (None, None) => Vec::new(),
+        };
+        Ok(SubmitTaskRequest {
+            capability: self.capability.clone(),
+            payload,
+            scope: self.scope.as_deref().map(parse_scope).transpose()?,
+            replication: self.replication,
+            aggregation: parse_aggregation(&self.aggregation)? as i32,
+            policy: Some(RiskPolicy {
+                adversarial_risk: self.adversarial_risk,
+                consistency: self.consistency,
+                path_override: match &self.path {
+                    Some(path) => parse_path(path)? as i32,
+                    None => ConsensusPath::Unspecified as i32,
+                },
+            }),
+            deadline_ms: self.deadline_ms,
+            nonce: self.nonce,
+            wait: !self.no_wait,
+        })
+    }
+}
+
+pub async fn submit(connection: &Connection, args: &SubmitArgs) -> anyhow::Result<()> {
+    let request = args.request()?;
+    let mut client = connection.connect().await?;
+    let record = client
+        .submit_task(request)
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    show_record(&record, &args.output)
+}
+
+pub fn parse_task_id(text: &str) -> anyhow::Result<TaskId> {
+    text.parse()
+        .map_err(|_| anyhow::anyhow!("task id {text:?} is not 64 hex digits"))
+}
+
+pub async fn get(connection: &Connection, id: &str, output: &OutputArgs) -> anyhow::Result<()> {
+    let id = parse_task_id(id)?;
+    let mut client = connection.connect().await?;
+    let record = client
+        .get_task(GetTaskRequest {
+            task_id: id.as_bytes().to_vec(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    show_record(&record, output)
+}
+
+pub async fn watch(connection: &Connection, id: &str, json: bool) -> anyhow::Result<()> {
+    let id = parse_task_id(id)?;
+    let mut client = connection.connect().await?;
+    let mut stream = client
+        .watch_task(WatchTaskRequest {
+            task_id: id.as_bytes().to_vec(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    while let Some(event) = stream.message().await.map_err(status_error)? {
+        let kind = TaskEventKind::try_from(event.kind).unwrap_or(TaskEventKind::Unspecified);
+        if json {
+            let mut line = json!({
+                "kind": kind.as_str_name(),
+                "at_ms": event.at_ms,
+                "level": Level::try_from(event.level).map(level_name).unwrap_or("unspecified"),
+                "group": event.group,
+                "member": event.member,
+                "detail": event.detail,
+            });
+            if let Some(record) = &event.record {
+                line["record"] = record_json(record);
+            }
+            println!("{line}");
+        } else {
+            let level = Level::try_from(event.level).map(level_name).unwrap_or("");
+            let what = kind.as_str_name().trim_start_matches("TASK_EVENT_KIND_");
+            println!(
+                "{:>13}  {what:<14} {level} {} {}",
+                event.at_ms,
+                event.group,
+                if event.member.is_empty() {
+                    event.detail.clone()
+                } else {
+                    format!("{}: {}", short(&event.member), event.detail)
+                }
+            );
+            if let Some(record) = &event.record {
+                show_record(record, &OutputArgs::default())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn info(connection: &Connection, json: bool) -> anyhow::Result<()> {
+    let mut client = connection.connect().await?;
+    let response = client
+        .get_node_info(GetNodeInfoRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let info = response.info.unwrap_or_default();
+    let value = json!({
+        "peer_id": info.peer_id,
+        "public_key": hex::encode(&info.public_key),
+        "region": info.region,
+        "continent": info.continent,
+        "capabilities": info.capabilities,
+        "stake": info.stake,
+        "grpc": info.grpc_endpoint,
+        "version": info.version,
+        "uptime_ms": response.uptime_ms,
+        "tasks_stored": response.tasks_stored,
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        println!("peer id       {}", info.peer_id);
+        println!("public key    {}", hex::encode(&info.public_key));
+        println!("region        {} ({})", info.region, info.continent);
+        println!("capabilities  {}", info.capabilities.join(", "));
+        println!("stake         {}", info.stake);
+        println!("version       {}", info.version);
+        println!("uptime        {} s", response.uptime_ms / 1000);
+        println!("tasks stored  {}", response.tasks_stored);
+    }
+    Ok(())
+}
+
+pub async fn peers(connection: &Connection, json: bool) -> anyhow::Result<()> {
+    let mut client = connection.connect().await?;
+    let peers = client
+        .list_peers(ListPeersRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .peers;
+    let rows: Vec<_> = peers
+        .iter()
+        .map(|peer| {
+            let info = peer.info.clone().unwrap_or_default();
+            json!({
+                "peer_id": info.peer_id, "region": info.region, "continent": info.continent,
+                "capabilities": info.capabilities, "trust": peer.trust, "rtt_ms": peer.rtt_ms,
+                "connected": peer.connected,
+            })
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else if rows.is_empty() {
+        println!("no peers known");
+    } else {
+        println!(
+            "{:<54} {:<12} {:<12} {:>6} {:>7} connected",
+            "peer", "region", "continent", "trust", "rtt ms"
+        );
+        for peer in &peers {
+            let info = peer.info.clone().unwrap_or_default();
+            println!(
+                "{:<54} {:<12} {:<12} {:>6.3} {:>7} {}",
+                info.peer_id, info.region, info.continent, peer.trust, peer.rtt_ms, peer.connected
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Where `polity verify` finds the certificate.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VerifyArgs {
+    /// A certificate file (exact protobuf bytes, as written by --certificate-out).
+    /// Checked offline, without any node.
+    #[arg(conflicts_with = "task")]
+    pub file: Option<PathBuf>,
+    /// Instead, ask the node at --addr to verify the certificate of this task.
+    #[arg(long)]
+    pub task: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Returns whether the certificate is valid; the caller sets the exit code.
+pub async fn verify(connection: &Connection, args: &VerifyArgs) -> anyhow::Result<bool> {
+    let response = match (&args.file, &args.task) {
+        (Some(path), _) => {
+            let bytes = read(path)?;
+            if bytes.len() > crate::api::CERTIFICATE_BYTES_MAX {
+                bail!(
+                    "{} is larger than {} bytes",
+                    path.display(),
+                    crate::api::CERTIFICATE_BYTES_MAX
+                );
+            }
+            let certificate = Certificate::decode(bytes.as_slice())
+                .with_context(|| format!("{} is not a polity.v1.Certificate", path.display()))?;
+            crate::api::verification(&certificate)
+        }
+        (None, Some(task)) => {
+            let id = parse_task_id(task)?;
+            let mut client = connection.connect().await?;
+            client
+                .verify_certificate(VerifyCertificateRequest {
+                    source: Some(polity_proto::verify_certificate_request::Source::TaskId(
+                        id.as_bytes().to_vec(),
+                    )),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+        }
+        (None, None) => bail!("give a certificate FILE or --task ID"),
+    };
+    show_verification(&response, args.json)?;
+    Ok(response.valid)
+}
+
+fn show_verification(response: &VerifyCertificateResponse, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!(
+            "{}",
+            json!({
+                "valid": response.valid, "error": response.error,
+                "certificates": response.certificates, "signatures": response.signatures,
+                "value": String::from_utf8_lossy(&response.value), "value_hex": hex::encode(&response.value),
+                "root_digest": response.root_digest,
+            })
+        );
+    } else if response.valid {
+        println!(
+            "valid: {} certificate(s), {} signature(s) checked; value {}; root digest {}",
+            response.certificates,
+            response.signatures,
+            printable(&response.value),
+            response.root_digest
+        );
+    } else {
+        println!(
+            "INVALID: {} (root digest {})",
+            response.error, response.root_digest
+        );
+    }
+    Ok(())
+}
+
+/// A gRPC status as an error message a person can read.
+fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
+}
+
+fn short(hex_key: &str) -> &str {
+    &hex_key[..hex_key.len().min(12)]
+}
+
+/// The value as text when it is printable UTF-8, else as hex.
+pub fn printable(value: &[u8]) -> String {
+    match std::str::from_utf8(value) {
+        Ok(text) if !text.chars().any(|c| c.is_control() && c != '\n') => format!("{text:?}"),
+        _ => format!("0x{}", hex::encode(value)),
+    }
+}
+
+pub fn record_json(record: &TaskRecord) -> serde_json::Value {
+    let state = TaskState::try_from(record.state).unwrap_or(TaskState::Unspecified);
+    let spec = record.spec.clone().unwrap_or_default();
+    json!({
+        "task_id": hex::encode(&record.task_id),
+        "state": state.as_str_name().trim_start_matches("TASK_STATE_"),
+        "value": String::from_utf8_lossy(&record.value),
+        "value_hex": hex::encode(&record.value),
+        "error": record.error,
+        "degraded_reason": record.degraded_reason,
+        "entry_node": record.entry_node,
+        "submitted_at_ms": record.submitted_at_ms,
+        "finished_at_ms": record.finished_at_ms,
+        "spec": {
+            "capability": spec.capability,
+            "payload_bytes": spec.payload.len(),
+            "replication": spec.replication,
+            "deadline_ms": spec.deadline_ms,
+            "nonce": spec.nonce,
+        },
+        "groups": record.groups.iter().map(|group| json!({
+            "level": Level::try_from(group.level).map(level_name).unwrap_or("unspecified"),
+            "group": group.group,
+            "path": ConsensusPath::try_from(group.path).map(path_name).unwrap_or("unspecified"),
+            "agreed": group.agreed, "disagreed": group.disagreed, "timed_out": group.timed_out,
+            "latency_ms": group.latency_ms, "rounds": group.rounds,
+        })).collect::<Vec<_>>(),
+        "certificate": record.certificate.as_ref().map(certificate_json),
+    })
+}
+
+fn show_record(record: &TaskRecord, output: &OutputArgs) -> anyhow::Result<()> {
+    if let Some(certificate) = &record.certificate {
+        if let Some(path) = &output.certificate_out {
+            std::fs::write(path, certificate.encode_to_vec())
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        if let Some(path) = &output.certificate_json_out {
+            std::fs::write(
+                path,
+                serde_json::to_vec_pretty(&certificate_json(certificate))?,
+            )
+            .with_context(|| format!("writing {}", path.display()))?;
+        }
+    } else if output.certificate_out.is_some() || output.certificate_json_out.is_some() {
+        bail!(
+            "task {} has no certificate (yet)",
+            hex::encode(&record.task_id)
+        );
+    }
+    if output.json {
+        println!("{}", serde_json::to_string_pretty(&record_json(record))?);
+        return Ok(());
+    }
+    let state = TaskState::try_from(record.state).unwrap_or(TaskState::Unspecified);
+    println!("task         {}", hex::encode(&record.task_id));
+    println!(
+        "state        {}",
+        state.as_str_name().trim_start_matches("TASK_STATE_")
+    );
+    if !record.error.is_empty() {
+        println!("error        {}", record.error);
+    }
+    if !record.degraded_reason.is_empty() {
+        println!("degraded     {}", record.degraded_reason);
+    }
+    if state == TaskState::Decided || state == TaskState::Degraded {
+        println!("value        {}", printable(&record.value));
+    }
+    for group in &record.groups {
+        println!(
+            "group        {} {:?}: {} agreed, {} disagreed, {} timed out; {} ms, {} round(s), path {}",
+            Level::try_from(group.level).map(level_name).unwrap_or("?"),
+            group.group,
+            group.agreed.len(),
+            group.disagreed.len(),
+            group.timed_out.len(),
+            group.latency_ms,
+            group.rounds,
+            ConsensusPath::try_from(group.path)
+                .map(path_name)
+                .unwrap_or("?"),
+        );
+    }
+    if let Some(certificate) = &record.certificate {
+        let verification = crate::api::verification(certificate);
+        println!(
+            "certificate  {} ({}; {} signature(s))",
+            verification.root_digest,
+            if verification.valid {
+                "verifies".to_string()
+            } else {
+                format!("INVALID: {}", verification.error)
+            },
+            verification.signatures,
+        );
+        println!(
+            "path         {} ({})",
+            ConsensusPath::try_from(certificate.path)
+                .map(path_name)
+                .unwrap_or("?"),
+            certificate.path_reason
+        );
+    }
+    Ok(())
+}

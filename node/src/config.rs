@@ -1,0 +1,424 @@
+//! Node configuration: command-line flags over an optional TOML file over defaults.
+//!
+//! Every field has a default that works on a laptop: a data dir under the current
+//! directory, loopback listeners, region and continent "local", the builtin
+//! executors for `echo`, `sha256` and `wordcount`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::executor::ExecutorSpec;
+
+/// Everything a node needs to start, after merging defaults, file and flags.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Where the identity key and the sled database live.
+    pub data_dir: PathBuf,
+    /// libp2p listen multiaddrs.
+    pub listen: Vec<String>,
+    /// gRPC listen address; port 0 picks a free port (see `endpoints.json`).
+    pub grpc_addr: SocketAddr,
+    /// HTTP listen address for /health, /ready and /metrics.
+    pub http_addr: SocketAddr,
+    pub region: String,
+    pub continent: String,
+    /// Voting weight on the stake path.
+    pub stake: u64,
+    /// Multiaddrs of peers to join at start.
+    pub bootstrap: Vec<String>,
+    /// Capability name → executor spec (`builtin:NAME`, `exec:COMMAND`, `http:URL`).
+    pub capabilities: BTreeMap<String, String>,
+    pub api: ApiConfig,
+    pub tls: TlsConfig,
+    pub executor: ExecutorLimits,
+    pub tasks: TaskLimits,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Client-facing limits of the gRPC API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// File holding the bearer token clients must send; none means no auth.
+    pub token_file: Option<PathBuf>,
+    /// Sustained requests per second allowed per client IP.
+    pub rate_limit_per_second: u32,
+    /// Requests a client may burst above the sustained rate.
+    pub rate_limit_burst: u32,
+    /// Largest task payload accepted.
+    pub payload_bytes_max: usize,
+    /// Concurrent requests per connection.
+    pub concurrency_per_connection_max: usize,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain of the gRPC server; with `key`, enables TLS.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of the gRPC server.
+    pub key: Option<PathBuf>,
+    /// PEM CA bundle; when set, clients must present a certificate it signed (mTLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecutorLimits {
+    /// Time an executor may take for one task.
+    pub timeout_ms: u64,
+    /// Largest answer an executor may return.
+    pub output_bytes_max: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TaskLimits {
+    /// Deadline used when a client gives none.
+    pub deadline_ms_default: u64,
+    /// Largest deadline a client may ask for.
+    pub deadline_ms_max: u64,
+    /// Tasks being decided at once on this node; more get RESOURCE_EXHAUSTED.
+    pub inflight_max: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        let mut capabilities = BTreeMap::new();
+        for name in ["echo", "sha256", "wordcount"] {
+            capabilities.insert(name.to_string(), format!("builtin:{name}"));
+        }
+        NodeConfig {
+            data_dir: PathBuf::from("polity-data"),
+            listen: vec!["/ip4/0.0.0.0/tcp/0".to_string()],
+            grpc_addr: "127.0.0.1:7001".parse().expect("valid address"),
+            http_addr: "127.0.0.1:7002".parse().expect("valid address"),
+            region: "local".to_string(),
+            continent: "local".to_string(),
+            stake: 1,
+            bootstrap: Vec::new(),
+            capabilities,
+            api: ApiConfig::default(),
+            tls: TlsConfig::default(),
+            executor: ExecutorLimits::default(),
+            tasks: TaskLimits::default(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            token_file: None,
+            rate_limit_per_second: 1_000,
+            rate_limit_burst: 2_000,
+            payload_bytes_max: 1024 * 1024,
+            concurrency_per_connection_max: 256,
+        }
+    }
+}
+
+impl Default for ExecutorLimits {
+    fn default() -> Self {
+        ExecutorLimits {
+            timeout_ms: 5_000,
+            output_bytes_max: 1024 * 1024,
+        }
+    }
+}
+
+impl Default for TaskLimits {
+    fn default() -> Self {
+        TaskLimits {
+            deadline_ms_default: 10_000,
+            deadline_ms_max: 600_000,
+            inflight_max: 4_096,
+        }
+    }
+}
+
+/// `polity node` flags. Each one, when given, overrides the config file.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct NodeFlags {
+    /// TOML config file; flags override it.
+    #[arg(long, short = 'c')]
+    pub config: Option<PathBuf>,
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// libp2p listen multiaddr (repeatable).
+    #[arg(long = "listen")]
+    pub listen: Vec<String>,
+    /// gRPC listen address, e.g. 127.0.0.1:7001 (port 0 picks one).
+    #[arg(long)]
+    pub grpc_addr: Option<SocketAddr>,
+    /// HTTP listen address for /health, /ready, /metrics.
+    #[arg(long)]
+    pub http_addr: Option<SocketAddr>,
+    #[arg(long)]
+    pub region: Option<String>,
+    #[arg(long)]
+    pub continent: Option<String>,
+    #[arg(long)]
+    pub stake: Option<u64>,
+    /// Multiaddr of a peer to join (repeatable).
+    #[arg(long = "bootstrap")]
+    pub bootstrap: Vec<String>,
+    /// NAME=EXECUTOR, e.g. sha256=builtin:sha256 or grep=exec:'grep -c x' (repeatable).
+    /// Given at least once, it replaces the file's and the default capabilities.
+    #[arg(long = "capability")]
+    pub capabilities: Vec<String>,
+    /// File holding the bearer token gRPC clients must send.
+    #[arg(long)]
+    pub api_token_file: Option<PathBuf>,
+    /// Sustained gRPC requests per second per client IP.
+    #[arg(long)]
+    pub rate_limit: Option<u32>,
+    /// Largest task payload in bytes.
+    #[arg(long)]
+    pub payload_bytes_max: Option<usize>,
+    /// PEM certificate for gRPC TLS.
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for gRPC TLS.
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA that client certificates must chain to (mutual TLS).
+    #[arg(long)]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Executor timeout in milliseconds.
+    #[arg(long)]
+    pub executor_timeout_ms: Option<u64>,
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+impl NodeConfig {
+    /// Defaults, then the file named by `--config`, then the flags.
+    pub fn load(flags: &NodeFlags) -> anyhow::Result<NodeConfig> {
+        let mut config = match &flags.config {
+            Some(path) => NodeConfig::from_file(path)?,
+            None => NodeConfig::default(),
+        };
+        config.apply(flags)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> anyhow::Result<NodeConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing config {}", path.display()))
+    }
+
+    fn apply(&mut self, flags: &NodeFlags) -> anyhow::Result<()> {
+        fn set<T: Clone>(target: &mut T, value: &Option<T>) {
+            if let Some(value) = value {
+                *target = value.clone();
+            }
+        }
+        set(&mut self.data_dir, &flags.data_dir);
+        set(&mut self.grpc_addr, &flags.grpc_addr);
+        set(&mut self.http_addr, &flags.http_addr);
+        set(&mut self.region, &flags.region);
+        set(&mut self.continent, &flags.continent);
+        set(&mut self.stake, &flags.stake);
+        set(&mut self.api.rate_limit_per_second, &flags.rate_limit);
+        set(&mut self.api.payload_bytes_max, &flags.payload_bytes_max);
+        set(&mut self.executor.timeout_ms, &flags.executor_timeout_ms);
+        set(&mut self.log_format, &flags.log_format);
+        if flags.api_token_file.is_some() {
+            self.api.token_file = flags.api_token_file.clone();
+        }
+        if flags.tls_cert.is_some() {
+            self.tls.cert = flags.tls_cert.clone();
+        }
+        if flags.tls_key.is_some() {
+            self.tls.key = flags.tls_key.clone();
+        }
+        if flags.tls_client_ca.is_some() {
+            self.tls.client_ca = flags.tls_client_ca.clone();
+        }
+        if !flags.listen.is_empty() {
+            self.listen = flags.listen.clone();
+        }
+        if !flags.bootstrap.is_empty() {
+            self.bootstrap = flags.bootstrap.clone();
+        }
+        if !flags.capabilities.is_empty() {
+            self.capabilities.clear();
+            for entry in &flags.capabilities {
+                let Some((name, spec)) = entry.split_once('=') else {
+                    bail!(
+                        "--capability {entry:?}: expected NAME=EXECUTOR, e.g. sha256=builtin:sha256"
+                    );
+                };
+                self.capabilities.insert(name.to_string(), spec.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks what the types cannot: names, executor specs, TLS pairs, limits.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        for (name, spec) in &self.capabilities {
+            validate_capability_name(name)
+                .map_err(|reason| anyhow::anyhow!("capability {name:?}: {reason}"))?;
+            ExecutorSpec::parse(spec).with_context(|| format!("capability {name:?}"))?;
+        }
+        for (what, value) in [("region", &self.region), ("continent", &self.continent)] {
+            validate_label(value)
+                .map_err(|reason| anyhow::anyhow!("{what} {value:?}: {reason}"))?;
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            bail!("TLS needs both a certificate and a key (--tls-cert and --tls-key)");
+        }
+        if self.tls.client_ca.is_some() && self.tls.cert.is_none() {
+            bail!("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key");
+        }
+        if self.stake == 0 {
+            bail!("stake must be at least 1");
+        }
+        if self.api.rate_limit_per_second == 0 || self.api.rate_limit_burst == 0 {
+            bail!("rate limits must be at least 1");
+        }
+        if self.executor.timeout_ms == 0 || self.tasks.deadline_ms_default == 0 {
+            bail!("timeouts must be at least 1 ms");
+        }
+        Ok(())
+    }
+}
+
+/// Longest capability, region or continent name.
+pub const NAME_BYTES_MAX: usize = 64;
+
+/// Capability names: 1..=64 bytes of `[a-z0-9._-]`.
+pub fn validate_capability_name(name: &str) -> Result<(), String> {
+    validate_label(name)
+}
+
+/// Region and continent labels follow the capability-name rule.
+pub fn validate_label(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".to_string());
+    }
+    if name.len() > NAME_BYTES_MAX {
+        return Err(format!("longer than {NAME_BYTES_MAX} bytes"));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "character {bad:?} is not allowed (use a-z, 0-9, '.', '_', '-')"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(
+            &file,
+            r#"
+region = "eu-west"
+continent = "europe"
+stake = 5
+[capabilities]
+sha256 = "builtin:sha256"
+[api]
+rate_limit_per_second = 7
+"#,
+        )
+        .unwrap();
+        let flags = NodeFlags {
+            config: Some(file),
+            region: Some("eu-north".to_string()),
+            ..NodeFlags::default()
+        };
+        let config = NodeConfig::load(&flags).unwrap();
+        assert_eq!(config.region, "eu-north");
+        assert_eq!(config.continent, "europe");
+        assert_eq!(config.stake, 5);
+        assert_eq!(config.api.rate_limit_per_second, 7);
+        assert_eq!(config.capabilities.len(), 1);
+        assert_eq!(
+            config.api.payload_bytes_max,
+            ApiConfig::default().payload_bytes_max
+        );
+    }
+
+    #[test]
+    fn bad_configs_are_refused_with_a_reason() {
+        let check = |flags: NodeFlags, expected: &str| {
+            let error = format!("{:#}", NodeConfig::load(&flags).unwrap_err());
+            assert!(
+                error.contains(expected),
+                "{error:?} does not mention {expected:?}"
+            );
+        };
+        check(
+            NodeFlags {
+                capabilities: vec!["sha256".into()],
+                ..Default::default()
+            },
+            "expected NAME=EXECUTOR",
+        );
+        check(
+            NodeFlags {
+                capabilities: vec!["x=magic:thing".into()],
+                ..Default::default()
+            },
+            "unknown executor kind",
+        );
+        check(
+            NodeFlags {
+                capabilities: vec!["Big=builtin:echo".into()],
+                ..Default::default()
+            },
+            "not allowed",
+        );
+        check(
+            NodeFlags {
+                tls_cert: Some("c.pem".into()),
+                ..Default::default()
+            },
+            "both a certificate and a key",
+        );
+        check(
+            NodeFlags {
+                stake: Some(0),
+                ..Default::default()
+            },
+            "stake",
+        );
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(&file, "regoin = \"typo\"\n").unwrap();
+        let error = format!("{:#}", NodeConfig::from_file(&file).unwrap_err());
+        assert!(error.contains("regoin"), "{error}");
+    }
+}

@@ -1,0 +1,48 @@
+//! # polity-node
+//!
+//! The `polity` binary: one federation node, and the command-line gRPC client that
+//! talks to nodes.
+//!
+//! A node owns an ed25519 identity, a sled data dir, a set of executors (one per
+//! capability), a gRPC API (`polity.v1.Federation`, reflection, health) and an HTTP
+//! endpoint (`/health`, `/ready`, `/metrics`). It turns a submitted task into a
+//! signed certificate by driving `polity_consensus::Round`: the round decides, the
+//! node does the I/O (executing, storing, answering).
+//!
+//! This crate must never decide anything itself: quorum rules, signatures and
+//! certificate checks belong to `polity-consensus`. It must never let a client or a
+//! peer crash the process: every input is validated at the edge and every queue is
+//! bounded.
+//!
+//! # Layout
+//!
+//! - [`config`]: flags + TOML file, merged into one [`config::NodeConfig`].
+//! - [`identity`]: the node's key file in the data dir.
+//! - [`storage`]: the [`storage::Store`] trait and its sled implementation.
+//! - [`executor`]: `builtin:`, `exec:` and `http:` executors.
+//! - [`tasks`]: the task engine: validation, execution, rounds, events.
+//! - [`api`]: the gRPC service, auth and rate limiting.
+//! - [`http`]: health, readiness and Prometheus metrics.
+//! - [`metrics`]: the metric registry.
+//! - [`server`]: starts everything, shuts it down on SIGINT/SIGTERM.
+//! - [`client`]: the CLI's gRPC client commands.
+
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod executor;
+pub mod http;
+pub mod identity;
+pub mod metrics;
+pub mod server;
+pub mod storage;
+pub mod tasks;
+
+/// Milliseconds since the Unix epoch, from the wall clock. The only clock read in
+/// the node's task path; rounds receive it as an argument.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

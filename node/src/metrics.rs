@@ -1,0 +1,222 @@
+//! The node's Prometheus metrics, in one registry.
+//!
+//! Names follow the seed where they apply (`federation_tasks_total{outcome}`,
+//! `federation_byzantine_attacks_detected_total`, `federation_cascade_prevented_total`;
+//! counters carry `_total` as both exposition formats require). The seed's
+//! `federation_agent_count` is exported as the gauge `federation_agents`: promtool
+//! rejects a `_count` suffix on anything but histograms and summaries.
+//!
+//! `/metrics` speaks both formats: OpenMetrics to scrapers that ask for it in their
+//! `Accept` header, the classic Prometheus text format (0.0.4) to everyone else.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// decided, degraded or failed.
+    pub outcome: String,
+    /// bft, raft or stake.
+    pub path: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LevelLabels {
+    /// region, continent or global.
+    pub level: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    /// What was wrong: invalid_argument, unauthenticated, rate_limited, overloaded.
+    pub reason: String,
+}
+
+fn decision_latency_histogram() -> Histogram {
+    // 0.5 ms .. ~16 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+/// Every metric the node exports.
+pub struct Metrics {
+    pub registry: Registry,
+    /// Nodes this node knows, itself included.
+    pub agents: Gauge,
+    pub tasks: Family<OutcomeLabels, Counter>,
+    pub byzantine_attacks_detected: Counter,
+    pub cascade_prevented: Counter,
+    pub decision_latency_seconds: Family<LevelLabels, Histogram, fn() -> Histogram>,
+    pub tasks_inflight: Gauge,
+    pub requests_rejected: Family<RejectLabels, Counter>,
+    pub executor_errors: Counter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let agents = Gauge::default();
+        registry.register(
+            "federation_agents",
+            "Nodes this node knows in the federation, itself included",
+            agents.clone(),
+        );
+        let tasks = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "federation_tasks",
+            "Tasks finished on this entry node, by outcome and consensus path",
+            tasks.clone(),
+        );
+        let byzantine_attacks_detected = Counter::default();
+        registry.register(
+            "federation_byzantine_attacks_detected",
+            "Verified evidence of misbehaviour (equivocation, forged signatures)",
+            byzantine_attacks_detected.clone(),
+        );
+        let cascade_prevented = Counter::default();
+        registry.register(
+            "federation_cascade_prevented",
+            "Groups that failed to decide without holding back their siblings",
+            cascade_prevented.clone(),
+        );
+        let decision_latency_seconds =
+            Family::<LevelLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                decision_latency_histogram,
+            );
+        registry.register(
+            "federation_decision_latency_seconds",
+            "Time from dispatch to a group's decision, by level",
+            decision_latency_seconds.clone(),
+        );
+        let tasks_inflight = Gauge::default();
+        registry.register(
+            "polity_tasks_inflight",
+            "Tasks being decided on this node",
+            tasks_inflight.clone(),
+        );
+        let requests_rejected = Family::<RejectLabels, Counter>::default();
+        registry.register(
+            "polity_grpc_requests_rejected",
+            "gRPC requests refused before any work, by reason",
+            requests_rejected.clone(),
+        );
+        let executor_errors = Counter::default();
+        registry.register(
+            "polity_executor_errors",
+            "Executor runs that produced an error instead of an answer",
+            executor_errors.clone(),
+        );
+        Metrics {
+            registry,
+            agents,
+            tasks,
+            byzantine_attacks_detected,
+            cascade_prevented,
+            decision_latency_seconds,
+            tasks_inflight,
+            requests_rejected,
+            executor_errors,
+        }
+    }
+
+    pub fn reject(&self, reason: &str) {
+        self.requests_rejected
+            .get_or_create(&RejectLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// The OpenMetrics exposition of every metric.
+    pub fn encode_openmetrics(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+
+    /// The classic Prometheus text exposition (format 0.0.4) of every metric.
+    pub fn encode_prometheus(&self) -> String {
+        openmetrics_to_prometheus(&self.encode_openmetrics())
+    }
+}
+
+/// Rewrites an OpenMetrics exposition into the Prometheus 0.0.4 text format. The
+/// two differ only in metadata: OpenMetrics names a counter family without its
+/// `_total` suffix, has `# UNIT` lines and ends with `# EOF`; samples are identical
+/// for the types this node exports (counters, gauges, histograms).
+pub fn openmetrics_to_prometheus(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let metadata = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|prefix| line.strip_prefix(prefix).map(|rest| (prefix, rest)));
+        match metadata {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                if counters.contains(name) {
+                    out.push_str(&format!("{prefix}{name}_total {tail}"));
+                } else {
+                    out.push_str(line);
+                }
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_get_their_total_name_in_prometheus_text() {
+        let metrics = Metrics::new();
+        metrics.byzantine_attacks_detected.inc();
+        metrics.agents.set(3);
+        let text = metrics.encode_prometheus();
+        assert!(
+            text.contains("# TYPE federation_byzantine_attacks_detected_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# HELP federation_byzantine_attacks_detected_total Verified"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\nfederation_byzantine_attacks_detected_total 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE federation_agents gauge\nfederation_agents 3\n"),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF"));
+        assert!(metrics.encode_openmetrics().ends_with("# EOF\n"));
+    }
+}

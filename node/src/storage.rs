@@ -1,0 +1,247 @@
+//! Durable state of a node, in sled, behind the [`Store`] trait.
+//!
+//! Trees: `meta` (identity record), `tasks` (task id → `TaskRecord` protobuf),
+//! `trust` (public key → score). The raft log and state machine get their own trees
+//! when raft groups land. The sled handle is owned by [`SledStore`]; the rest of
+//! the node holds an `Arc<dyn Store>`.
+//!
+//! **Invariant:** a record is written whole (one sled insert) and flushed before the
+//! node reports it final; a crash never leaves half a record.
+
+use std::path::{Path, PathBuf};
+
+use polity_consensus::{PublicKey, TaskId};
+use polity_proto::TaskRecord;
+use prost::Message;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "data dir {0} is in use by another polity process (its database is locked); \
+         stop that process or choose another --data-dir"
+    )]
+    Locked(PathBuf),
+    #[error("storage: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("stored record {key} is corrupt: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("data dir {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Typed access to a node's durable state.
+pub trait Store: Send + Sync + 'static {
+    /// The public key the data dir belongs to, recorded at first start.
+    fn identity(&self) -> Result<Option<PublicKey>, StoreError>;
+    fn set_identity(&self, key: &PublicKey) -> Result<(), StoreError>;
+
+    /// Writes (or replaces) a task record.
+    fn put_task(&self, record: &TaskRecord) -> Result<(), StoreError>;
+    fn task(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError>;
+    /// Every stored task id, in key order, at most `limit`.
+    fn task_ids(&self, limit: usize) -> Result<Vec<TaskId>, StoreError>;
+    fn task_count(&self) -> u64;
+
+    fn trust(&self, peer: &PublicKey) -> Result<Option<f64>, StoreError>;
+    fn set_trust(&self, peer: &PublicKey, score: f64) -> Result<(), StoreError>;
+
+    /// Makes every write so far durable.
+    fn flush(&self) -> Result<(), StoreError>;
+    /// Cheap liveness probe for /ready.
+    fn is_healthy(&self) -> bool;
+}
+
+/// The sled-backed [`Store`].
+pub struct SledStore {
+    db: sled::Db,
+    meta: sled::Tree,
+    tasks: sled::Tree,
+    trust: sled::Tree,
+}
+
+const IDENTITY_KEY: &[u8] = b"identity";
+
+impl SledStore {
+    /// Opens (or creates) the database in `data_dir/db`. Fails at once when another
+    /// process holds it.
+    pub fn open(data_dir: &Path) -> Result<SledStore, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::Io {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        let db = sled::Config::new()
+            .path(data_dir.join("db"))
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .map_err(|error| match error {
+                sled::Error::Io(ref io) if is_lock_error(io) => {
+                    StoreError::Locked(data_dir.to_path_buf())
+                }
+                other => StoreError::Sled(other),
+            })?;
+        Ok(SledStore {
+            meta: db.open_tree("meta")?,
+            tasks: db.open_tree("tasks")?,
+            trust: db.open_tree("trust")?,
+            db,
+        })
+    }
+}
+
+fn is_lock_error(error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::WouldBlock
+        || error.to_string().contains("lock")
+        || error.raw_os_error() == Some(libc::EWOULDBLOCK)
+}
+
+impl Store for SledStore {
+    fn identity(&self) -> Result<Option<PublicKey>, StoreError> {
+        let Some(bytes) = self.meta.get(IDENTITY_KEY)? else {
+            return Ok(None);
+        };
+        let key: [u8; 32] = bytes.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+            key: "meta/identity".into(),
+            reason: format!("{} bytes, expected 32", bytes.len()),
+        })?;
+        Ok(Some(PublicKey(key)))
+    }
+
+    fn set_identity(&self, key: &PublicKey) -> Result<(), StoreError> {
+        self.meta.insert(IDENTITY_KEY, key.0.as_slice())?;
+        Ok(())
+    }
+
+    fn put_task(&self, record: &TaskRecord) -> Result<(), StoreError> {
+        debug_assert_eq!(record.task_id.len(), 32, "task ids are SHA-256 digests");
+        self.tasks
+            .insert(record.task_id.as_slice(), record.encode_to_vec())?;
+        Ok(())
+    }
+
+    fn task(&self, id: &TaskId) -> Result<Option<TaskRecord>, StoreError> {
+        let Some(bytes) = self.tasks.get(id.as_bytes())? else {
+            return Ok(None);
+        };
+        TaskRecord::decode(bytes.as_ref())
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                key: format!("tasks/{id}"),
+                reason: e.to_string(),
+            })
+    }
+
+    fn task_ids(&self, limit: usize) -> Result<Vec<TaskId>, StoreError> {
+        let mut ids = Vec::new();
+        for entry in self.tasks.iter().keys().take(limit) {
+            let key = entry?;
+            if let Ok(bytes) = <[u8; 32]>::try_from(key.as_ref()) {
+                ids.push(TaskId(bytes));
+            }
+        }
+        Ok(ids)
+    }
+
+    fn task_count(&self) -> u64 {
+        self.tasks.len() as u64
+    }
+
+    fn trust(&self, peer: &PublicKey) -> Result<Option<f64>, StoreError> {
+        let Some(bytes) = self.trust.get(peer.0)? else {
+            return Ok(None);
+        };
+        let raw: [u8; 8] = bytes.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+            key: format!("trust/{peer}"),
+            reason: format!("{} bytes, expected 8", bytes.len()),
+        })?;
+        Ok(Some(f64::from_be_bytes(raw)))
+    }
+
+    fn set_trust(&self, peer: &PublicKey, score: f64) -> Result<(), StoreError> {
+        assert!(
+            (0.0..=1.0).contains(&score),
+            "trust scores live in [0,1], got {score}"
+        );
+        self.trust.insert(peer.0, score.to_be_bytes().as_slice())?;
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn is_healthy(&self) -> bool {
+        self.meta.get(IDENTITY_KEY).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use polity_proto::TaskState;
+
+    fn record(byte: u8) -> TaskRecord {
+        TaskRecord {
+            task_id: vec![byte; 32],
+            state: TaskState::Decided as i32,
+            value: format!("value-{byte}").into_bytes(),
+            ..TaskRecord::default()
+        }
+    }
+
+    #[test]
+    fn writes_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = PublicKey([9; 32]);
+        {
+            let store = SledStore::open(dir.path()).unwrap();
+            store.set_identity(&key).unwrap();
+            store.put_task(&record(1)).unwrap();
+            store.put_task(&record(2)).unwrap();
+            store.set_trust(&key, 0.25).unwrap();
+            store.flush().unwrap();
+        }
+        let store = SledStore::open(dir.path()).unwrap();
+        assert_eq!(store.identity().unwrap(), Some(key));
+        assert_eq!(store.task(&TaskId([1; 32])).unwrap(), Some(record(1)));
+        assert_eq!(store.task(&TaskId([2; 32])).unwrap(), Some(record(2)));
+        assert_eq!(store.task(&TaskId([3; 32])).unwrap(), None);
+        assert_eq!(store.task_count(), 2);
+        assert_eq!(
+            store.task_ids(10).unwrap(),
+            vec![TaskId([1; 32]), TaskId([2; 32])]
+        );
+        assert_eq!(store.task_ids(1).unwrap().len(), 1);
+        assert_eq!(store.trust(&key).unwrap(), Some(0.25));
+    }
+
+    #[test]
+    fn a_second_opener_fails_naming_the_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = SledStore::open(dir.path()).unwrap();
+        let error = SledStore::open(dir.path())
+            .err()
+            .expect("second open must fail");
+        assert!(matches!(error, StoreError::Locked(_)), "{error}");
+        assert!(
+            error
+                .to_string()
+                .contains(&dir.path().display().to_string())
+        );
+    }
+
+    #[test]
+    fn a_corrupt_record_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        store
+            .tasks
+            .insert([4u8; 32], &[0xff, 0xff, 0xff][..])
+            .unwrap();
+        let error = store.task(&TaskId([4; 32])).unwrap_err();
+        assert!(matches!(error, StoreError::Corrupt { .. }), "{error}");
+    }
+}

@@ -1,0 +1,39 @@
+//! `polity-testnet`: local Polity clusters and demos.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use polity_testnet::demo::{self, DemoArgs};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "polity-testnet",
+    version,
+    about = "Local Polity testnets and demos"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start a node, decide tasks at every scope, show and verify the certificate
+    /// chains, restart the node and read them back.
+    Demo(DemoArgs),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo(args) => demo::run(args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! Node processes: spawn `polity node`, wait until it has written its
+//! `endpoints.json`, connect over gRPC, stop with SIGTERM (SIGKILL after a grace
+//! period). A [`NodeProcess`] kills its child when dropped, so no test or demo leaves
+//! a node behind.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use polity_proto::federation_client::FederationClient;
+use serde::Deserialize;
+use tonic::transport::Channel;
+
+/// How long a node gets to write its endpoints file.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a node gets to exit after SIGTERM.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// What a running node writes into `<data dir>/endpoints.json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Endpoints {
+    pub peer_id: String,
+    pub public_key: String,
+    pub grpc: String,
+    pub http: String,
+    pub pid: u32,
+}
+
+/// The `polity` binary next to the running executable (both are built into the
+/// same target dir), or `POLITY_BIN` when set.
+pub fn polity_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("POLITY_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().context("locating polity-testnet")?;
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    // Test binaries live one level down, in target/<profile>/deps.
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let candidate = dir.join("polity");
+    if candidate.exists() {
+        Ok(candidate)
+    } else {
+        bail!(
+            "no polity binary at {}; build it (cargo build --bins) or set POLITY_BIN",
+            candidate.display()
+        )
+    }
+}
+
+/// How to start one node.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub region: String,
+    pub continent: String,
+    pub extra_args: Vec<String>,
+}
+
+/// A running `polity node`.
+pub struct NodeProcess {
+    pub spec: NodeSpec,
+    pub endpoints: Endpoints,
+    child: Option<Child>,
+}
+
+impl NodeProcess {
+    /// Spawns the node and waits until it is serving.
+    pub fn start(binary: &Path, spec: NodeSpec) -> anyhow::Result<NodeProcess> {
+        std::fs::create_dir_all(&spec.data_dir)
+            .with_context(|| format!("creating {}", spec.data_dir.display()))?;
+        let endpoints_path = spec.data_dir.join("endpoints.json");
+        let _ = std::fs::remove_file(&endpoints_path);
+        let log_path = spec.data_dir.join("node.log");
+        let log = std::fs::File::create(&log_path)?;
+        let mut child = Command::new(binary)
+            .arg("node")
+            .arg("--data-dir")
+            .arg(&spec.data_dir)
+            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .args(["--region", &spec.region, "--continent", &spec.continent])
+            .args(&spec.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawning {}", binary.display()))?;
+        let started = Instant::now();
+        loop {
+            if let Some(endpoints) = read_endpoints(&endpoints_path)
+                && endpoints.pid == child.id()
+            {
+                return Ok(NodeProcess {
+                    spec,
+                    endpoints,
+                    child: Some(child),
+                });
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "node {} exited with {status} while starting; its log ({}):\n{}",
+                    spec.name,
+                    log_path.display(),
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
+            }
+            if started.elapsed() > START_TIMEOUT {
+                let _ = child.kill();
+                bail!("node {} did not start within {START_TIMEOUT:?}", spec.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub async fn client(&self) -> anyhow::Result<FederationClient<Channel>> {
+        FederationClient::connect(self.endpoints.grpc.clone())
+            .await
+            .with_context(|| {
+                format!(
+                    "connecting to node {} at {}",
+                    self.spec.name, self.endpoints.grpc
+                )
+            })
+    }
+
+    /// SIGTERM, then waits; SIGKILL if the node overstays [`STOP_GRACE`].
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .context("running kill")?;
+        if !status.success() {
+            bail!("could not signal node {}", self.spec.name);
+        }
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait()? {
+                if !status.success() {
+                    bail!("node {} exited with {status} on SIGTERM", self.spec.name);
+                }
+                return Ok(());
+            }
+            if started.elapsed() > STOP_GRACE {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "node {} ignored SIGTERM for {STOP_GRACE:?}; killed",
+                    self.spec.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn read_endpoints(path: &Path) -> Option<Endpoints> {
+    let text = std::fs::read_to_string(path).ok()?;
+    serde_json::from_str(&text).ok()
+}
