@@ -5,7 +5,9 @@
 //! sizes and counts within limits; the task id is the digest of the carried task;
 //! every signature (one `verify_batch` per certificate, weak keys rejected first);
 //! every signer is a member and no member is counted twice; every statement is for
-//! the certificate's slot; the report is signed by the round's collector
+//! the certificate's slot and carries its [`group_digest`] (path, aggregation,
+//! members, weights — so a signature cannot be re-presented under a smaller member
+//! list or a weaker path); the report is signed by the round's collector
 //! (`members[round % n]`); the report's value and tally recomputed from the included
 //! observations equal the report's; the path's quorum rule ([`crate::quorum`]); and
 //! the child links (digest, level, task, value, one child per group).
@@ -1013,7 +1015,7 @@ pub(crate) mod tests {
         check(&tampered(&|c| c.path = 0), Err("invalid path"));
         check(
             &tampered(&|c| c.path = ConsensusPath::Raft as i32),
-            Err("attestations not allowed"),
+            Err("another group"),
         );
         check(&tampered(&|c| c.report = None), Err("report missing"));
         check(
@@ -1090,7 +1092,7 @@ pub(crate) mod tests {
         fixture.members[0].weight = 10;
         fixture.aggregation = Aggregation::FirstValid;
         // Member 0 alone has 10 of 13: a fast-path quorum, though a minority by count.
-        let observations = vec![fixture.observe(0, "v"), fixture.observe(1, "w")];
+        let observations = [fixture.observe(0, "v"), fixture.observe(1, "w")];
         check(
             &fixture.certify(vec![observations[0].clone()], &[], None),
             Ok("v"),
@@ -1153,6 +1155,40 @@ pub(crate) mod tests {
             let a_ok = build("a", 1).iter().any(|c| verify_chain(c).is_ok());
             let b_ok = build("b", 2).iter().any(|c| verify_chain(c).is_ok());
             prop_assert!(!(a_ok && b_ok), "two certificates for one slot");
+        }
+    }
+}
+
+#[cfg(test)]
+mod flipped_bits {
+    use super::tests::Fixture;
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Any flipped bit in any signed statement of a certificate (kind, body,
+        /// signer or signature) makes it fail verification.
+        #[test]
+        fn any_flipped_bit_in_a_certificate_is_rejected(
+            statement in 0usize..7, field in 0usize..4, bit in any::<usize>(),
+        ) {
+            let fixture = Fixture::new(4, ConsensusPath::Bft);
+            let observations = (0..3).map(|i| fixture.observe(i, "v")).collect();
+            let mut certificate = fixture.certify(observations, &[0, 1, 2], None);
+            prop_assert!(verify_chain(&certificate).is_ok());
+            let target = match statement {
+                0 => certificate.report.as_mut().unwrap(),
+                1..=3 => &mut certificate.observations[statement - 1],
+                _ => &mut certificate.attestations[statement - 4],
+            };
+            match field {
+                0 => target.kind ^= 1 << (bit % 31),
+                1 => { let n = target.body.len() * 8; target.body[(bit % n) / 8] ^= 1 << (bit % 8); }
+                2 => target.signer[(bit % 256) / 8] ^= 1 << (bit % 8),
+                _ => target.signature[(bit % 512) / 8] ^= 1 << (bit % 8),
+            }
+            prop_assert!(verify_chain(&certificate).is_err());
         }
     }
 }

@@ -138,3 +138,94 @@ fn kind_name(kind: StatementKind) -> &'static str {
         StatementKind::RaftCommit => "raft-commit",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::round::tests::{config, key};
+    use crate::round::{Action, Input, Round};
+    use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+    use polity_proto::Aggregation;
+
+    /// Checks every signed statement in `json` the way an independent verifier would:
+    /// hex-decode `signer`, `signature` and `signed_message`, verify with plain
+    /// ed25519, and check that `signed_message` is the kind's tag followed by `body`.
+    /// Returns how many it checked, children included.
+    fn check(json: &Value) -> usize {
+        let hex_field =
+            |value: &Value, name: &str| hex::decode(value[name].as_str().unwrap()).unwrap();
+        let mut statements: Vec<&Value> = Vec::new();
+        statements.extend(json["report"].as_object().map(|_| &json["report"]));
+        statements.extend(json["observations"].as_array().unwrap());
+        statements.extend(json["attestations"].as_array().unwrap());
+        statements.extend(
+            json["raft_commit"]
+                .as_object()
+                .map(|_| &json["raft_commit"]),
+        );
+        for statement in &statements {
+            let signer: [u8; 32] = hex_field(statement, "signer").try_into().unwrap();
+            let signature: [u8; 64] = hex_field(statement, "signature").try_into().unwrap();
+            let message = hex_field(statement, "signed_message");
+            let tag = format!("polity/v1/{}\0", statement["kind"].as_str().unwrap());
+            assert_eq!(
+                message,
+                [tag.as_bytes(), &hex_field(statement, "body")].concat()
+            );
+            VerifyingKey::from_bytes(&signer)
+                .unwrap()
+                .verify(&message, &Signature::from_bytes(&signature))
+                .unwrap();
+        }
+        statements.len()
+            + json["children"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(check)
+                .sum::<usize>()
+    }
+
+    #[test]
+    fn every_statement_verifies_with_plain_ed25519() {
+        let me = key(1);
+        let region = config(
+            std::slice::from_ref(&me),
+            ConsensusPath::Stake,
+            Aggregation::Majority,
+            Level::Region,
+        );
+        let mut round = Round::new(region.clone(), me.clone()).unwrap();
+        let input = Input::LocalAnswer {
+            answer: Ok(b"42".to_vec()),
+            child_certificate: None,
+        };
+        let child = round
+            .step(10_000, input)
+            .into_iter()
+            .find_map(|action| match action {
+                Action::Decided(certificate) => Some(certificate),
+                _ => None,
+            })
+            .unwrap();
+        let continent = crate::round::RoundConfig {
+            level: Level::Continent,
+            group: "europe".into(),
+            ..region
+        };
+        let mut parent = Round::new(continent, me).unwrap();
+        let input = Input::LocalAnswer {
+            answer: Ok(b"42".to_vec()),
+            child_certificate: Some(child.encode_to_vec()),
+        };
+        parent.step(10_000, input);
+        let json = certificate_json(parent.decided().unwrap());
+        assert_eq!(json["format"], CERTIFICATE_JSON_FORMAT);
+        assert_eq!(json["value"]["utf8"], "42");
+        assert_eq!(json["slot"]["level"], "LEVEL_CONTINENT");
+        assert_eq!(json["children"][0]["slot"]["level"], "LEVEL_REGION");
+        assert_eq!(json["child_digests"][0], json["children"][0]["digest"]);
+        assert_eq!(json["task_id"], json["slot"]["task_id"]);
+        assert_eq!(check(&json), 4);
+    }
+}

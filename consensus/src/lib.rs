@@ -16,15 +16,17 @@
 //! - [`ids`]: [`TaskId`], [`PublicKey`] (32-byte newtypes, hex on the outside).
 //! - [`statement`]: signing and verifying `SignedStatement`s (domain tags, digests).
 //! - [`task`]: canonical task bytes and task ids.
-//! - [`select`]: which consensus path a risk policy selects, and why.
-//! - [`aggregate`]: majority, tally, median, first-valid; order-independent.
+//! - [`select`](mod@select): which consensus path a risk policy selects, and why.
+//! - [`aggregate`](mod@aggregate): majority, tally, median, first-valid; order-independent.
 //! - [`quorum`]: the quorum rule of each path, shared by rounds and verifiers.
 //! - [`round`]: one group's decision as a state machine ([`Round`]).
 //! - [`certificate`]: certificate digests and offline chain verification.
 //! - [`evidence`]: equivocation evidence and its verification.
 //! - [`export`]: the JSON form of a certificate for independent verifiers.
 //! - [`reliability`]: P(correct) per aggregation and level, for the node to print.
+//! - [`trust`]: per-peer trust scores and their update rules.
 //! - [`sim`]: a seeded simulator of rounds with faulty networks and members.
+//! - [`raft`]: the raft path's openraft types, sled storage and transport (tokio + disk, outside the pure core).
 
 pub mod aggregate;
 pub mod certificate;
@@ -32,12 +34,14 @@ pub mod evidence;
 pub mod export;
 pub mod ids;
 pub mod quorum;
+pub mod raft;
 pub mod reliability;
 pub mod round;
 pub mod select;
 pub mod sim;
 pub mod statement;
 pub mod task;
+pub mod trust;
 
 pub use aggregate::{AnswerVerifier, aggregate};
 pub use certificate::{
@@ -55,3 +59,4 @@ pub use statement::{
     verify_statement,
 };
 pub use task::{encode_task, task_id};
+pub use trust::{TRUST_FLOOR, TRUST_PRIOR, TrustEvent, TrustScore};

@@ -16,7 +16,7 @@
 //!    and the certificate is final with no attestations.
 //! 3. **Report.** Otherwise, once the collector holds all `n` observations, or a
 //!    quorum of them and half the round is gone, it signs a report over all it holds
-//!    (aggregation of [`crate::aggregate`]) and broadcasts it with those observations.
+//!    (aggregation of [`crate::aggregate`](mod@crate::aggregate)) and broadcasts it with those observations.
 //! 4. **Attest** (bft, stake). A member attests a report when it recomputes the same
 //!    value and tally from the included observations, has not attested another report
 //!    in that round, has not attested another *value* in any round (its lock), and —
@@ -41,6 +41,26 @@
 //!
 //! Two statements of one kind from one member for one slot that differ produce
 //! [`Action::Evidence`]; the first one seen keeps counting.
+//!
+//! Every observation and report carries the group digest
+//! ([`crate::certificate::group_digest`]: path, aggregation, members, weights).
+//! **Invariant:** the node gives every member of a (task, level, group) the same
+//! `members`, `path` and `aggregation`, and never changes them: statements made
+//! under another group composition are rejected, and an honest member re-signing
+//! its answer for one slot under another composition would be evidence against it.
+//!
+//! ## Driving a round (the node's side)
+//!
+//! Call `step` with each input and perform the actions in order: `Broadcast` /
+//! `SendTo` over the network (`RoundMessage::to_proto` is the wire form; a received
+//! one becomes an input with `RoundMessage::into_input`), `Commit` through the
+//! group's openraft log, `Decided` / `DegradedCertificate` to the store, `Evidence` to
+//! gossip and trust, `Rejected` to trust. Send `Tick` at least every
+//! `round_timeout_ms / 4` or at `next_deadline_ms()`; time may only move forward.
+//!
+//! **Bounds:** at most one stored observation, report and attestation per (round,
+//! member) — `rounds_max · n` each — and `2n` child certificates; every `step` does
+//! work linear in those.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -793,12 +813,14 @@ impl Round {
             return;
         }
         if self.is_my_slot(Some(slot)).is_some() {
-            match verify_chain_with(&certificate, self.verifier_ref()) {
-                Ok(_) => self.decide(certificate, false, actions),
-                Err(error) => actions.push(Action::Rejected {
-                    from,
-                    reason: error.to_string(),
-                }),
+            // A certificate proves its own members decided; only this group's members,
+            // path and aggregation (its group digest) make it this group's decision.
+            let result = verify_chain_with(&certificate, self.verifier_ref())
+                .map_err(|error| error.to_string())
+                .and_then(|_| self.check_group(&certificate));
+            match result {
+                Ok(()) => self.decide(certificate, false, actions),
+                Err(reason) => actions.push(Action::Rejected { from, reason }),
             }
         } else if slot.level == self.config.level as i32 - 1 {
             let digest = certificate_digest(&certificate);
@@ -810,6 +832,19 @@ impl Round {
                 Err(reason) => actions.push(Action::Rejected { from, reason }),
             }
         }
+    }
+
+    /// Whether a verified certificate of this slot was made by this group.
+    fn check_group(&self, certificate: &Certificate) -> Result<(), String> {
+        let report: Report = certificate
+            .report
+            .as_ref()
+            .ok_or("certificate without report")
+            .and_then(|statement| decode_body(&statement.body).map_err(|_| "undecodable report"))?;
+        if report.group_digest != self.group_digest || certificate.task != self.config.task {
+            return Err("certificate of another group composition or task encoding".into());
+        }
+        Ok(())
     }
 
     fn on_committed(
@@ -1029,6 +1064,18 @@ impl Round {
         tally: Vec<polity_proto::TallyEntry>,
         degraded_reason: Option<String>,
     ) -> Option<OwnReport> {
+        debug_assert!(
+            included
+                .windows(2)
+                .all(|pair| pair[0].member_index < pair[1].member_index)
+        );
+        debug_assert!(included.iter().all(|stored| {
+            stored
+                .observation
+                .slot
+                .as_ref()
+                .is_some_and(|slot| slot.round == round)
+        }));
         let report = Report {
             slot: Some(self.slot(round)),
             aggregation: self.config.aggregation as i32,
@@ -1077,6 +1124,11 @@ impl Round {
         attestations: Vec<SignedStatement>,
         raft_commit: Option<SignedStatement>,
     ) -> Certificate {
+        debug_assert_eq!(
+            own.observations.len(),
+            own.report.report.observation_digests.len()
+        );
+        debug_assert!(attestations.len() <= self.config.members.len());
         Certificate {
             task: self.config.task.clone(),
             slot: own.report.report.slot.clone(),
@@ -1312,4 +1364,4 @@ fn truncate_utf8(text: &mut String, length_bytes_max: usize) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

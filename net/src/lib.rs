@@ -1,13 +1,36 @@
 //! # polity-net
 //!
-//! Polity's peer-to-peer layer. Today it holds the identity bridge between Polity's
-//! ed25519 keys and libp2p PeerIds; the swarm (identify, ping, Kademlia, mDNS,
-//! gossipsub, request-response) lands here with the P2P work.
+//! Polity's peer-to-peer layer: a libp2p swarm over TCP and QUIC (Noise, Yamux) with
+//! identify, ping, Kademlia, mDNS, gossipsub and Polity's own request-response
+//! protocols; signed NodeInfo exchange; discovery by capability; per-peer circuit
+//! breakers.
 //!
 //! This crate must never decide anything: it moves bytes between nodes, bounded in
-//! size and count, and reports what it saw. Only its event loop will own the swarm.
+//! size and count, verifies what peers say about themselves, and reports what it
+//! saw. Only its event loop owns the swarm; the node holds a [`NetHandle`].
+//!
+//! # Layout
+//!
+//! - [`network`]: behaviours, the event loop, [`NetHandle`], [`NetEvent`].
+//! - [`codec`]: length-prefixed frames with a size limit.
+//! - [`peers`]: the peer table (verified info, connections, RTT).
+//! - [`breaker`]: the per-peer circuit breaker.
+//! - [`metrics`]: counters of dropped and rejected input.
 
-pub use libp2p_identity::PeerId;
+pub mod breaker;
+pub mod codec;
+pub mod metrics;
+pub mod network;
+pub mod peers;
+
+pub use libp2p::Multiaddr;
+pub use metrics::NetMetrics;
+pub use network::{
+    AppProtocol, LocalInfo, NetConfig, NetError, NetEvent, NetHandle, Responder, StartError, start,
+};
+pub use peers::PeerView;
+
+pub use libp2p::PeerId;
 
 /// The bytes are not an ed25519 public key, or the PeerId does not embed one.
 #[derive(Debug, thiserror::Error)]
@@ -20,9 +43,9 @@ const MULTIHASH_IDENTITY: u64 = 0x00;
 /// The libp2p PeerId of an ed25519 public key (32 bytes): the identity multihash of
 /// the protobuf-encoded public key, as every libp2p implementation derives it.
 pub fn peer_id_of(public_key: &[u8; 32]) -> Result<PeerId, NotAnEd25519Key> {
-    let key = libp2p_identity::ed25519::PublicKey::try_from_bytes(public_key)
+    let key = libp2p::identity::ed25519::PublicKey::try_from_bytes(public_key)
         .map_err(|_| NotAnEd25519Key)?;
-    Ok(libp2p_identity::PublicKey::from(key).to_peer_id())
+    Ok(libp2p::identity::PublicKey::from(key).to_peer_id())
 }
 
 /// The ed25519 public key a PeerId embeds (the inverse of [`peer_id_of`]).
@@ -31,7 +54,7 @@ pub fn public_key_of(peer_id: &PeerId) -> Result<[u8; 32], NotAnEd25519Key> {
     if multihash.code() != MULTIHASH_IDENTITY {
         return Err(NotAnEd25519Key);
     }
-    let key = libp2p_identity::PublicKey::try_decode_protobuf(multihash.digest())
+    let key = libp2p::identity::PublicKey::try_decode_protobuf(multihash.digest())
         .map_err(|_| NotAnEd25519Key)?;
     let key = key.try_into_ed25519().map_err(|_| NotAnEd25519Key)?;
     Ok(key.to_bytes())
@@ -43,12 +66,12 @@ mod tests {
 
     #[test]
     fn peer_id_and_public_key_round_trip() {
-        let keypair = libp2p_identity::ed25519::Keypair::generate();
+        let keypair = libp2p::identity::ed25519::Keypair::generate();
         let public = keypair.public().to_bytes();
         let peer_id = peer_id_of(&public).unwrap();
         assert_eq!(
             peer_id,
-            libp2p_identity::PublicKey::from(keypair.public()).to_peer_id()
+            libp2p::identity::PublicKey::from(keypair.public()).to_peer_id()
         );
         assert_eq!(public_key_of(&peer_id).unwrap(), public);
     }

@@ -17,9 +17,10 @@ use polity_consensus::{TaskId, certificate_digest, sign_message, verify_chain};
 use polity_proto::federation_server::Federation;
 use polity_proto::verify_certificate_request::Source;
 use polity_proto::{
-    Certificate, GetNodeInfoRequest, GetNodeInfoResponse, GetTaskRequest, ListPeersRequest,
-    ListPeersResponse, NodeInfo, StatementKind, SubmitTaskRequest, TaskEvent, TaskEventKind,
-    TaskRecord, VerifyCertificateRequest, VerifyCertificateResponse, WatchTaskRequest,
+    Certificate, GetNodeInfoRequest, GetNodeInfoResponse, GetTaskRequest, GetTopologyRequest,
+    GetTrustRequest, GetTrustResponse, ListPeersRequest, ListPeersResponse, NodeInfo,
+    StatementKind, SubmitTaskRequest, TaskEvent, TaskEventKind, TaskRecord, Topology,
+    VerifyCertificateRequest, VerifyCertificateResponse, WatchTaskRequest,
 };
 use prost::Message;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -27,7 +28,9 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::config::validate_label;
 use crate::metrics::Metrics;
+use crate::peers::Peers;
 use crate::tasks::{Submission, SubmitError, TaskEngine, Watch};
 use crate::unix_ms;
 
@@ -46,6 +49,7 @@ pub struct Endpoints {
 pub struct Api {
     engine: Arc<TaskEngine>,
     metrics: Arc<Metrics>,
+    peers: Peers,
     started: Instant,
     endpoints: Endpoints,
     region: String,
@@ -57,6 +61,7 @@ impl Api {
     pub fn new(
         engine: Arc<TaskEngine>,
         metrics: Arc<Metrics>,
+        peers: Peers,
         endpoints: Endpoints,
         region: String,
         continent: String,
@@ -65,6 +70,7 @@ impl Api {
         Api {
             engine,
             metrics,
+            peers,
             started: Instant::now(),
             endpoints,
             region,
@@ -125,7 +131,7 @@ impl Federation for Api {
             SubmitError::Store(error) => internal(error),
         })?;
         let record = match submission {
-            Submission::Known(record) => record,
+            Submission::Known(record) => *record,
             Submission::Started(id, mut done) => {
                 if wait {
                     match done.wait_for(Option::is_some).await {
@@ -170,7 +176,7 @@ impl Federation for Api {
         tokio::spawn(async move {
             match watch {
                 Watch::Finished(record) => {
-                    let _ = sender.send(Ok(final_event(id, record))).await;
+                    let _ = sender.send(Ok(final_event(id, *record))).await;
                 }
                 Watch::Live(events, done) => forward_live(id, events, done, sender).await,
             }
@@ -198,10 +204,55 @@ impl Federation for Api {
 
     async fn list_peers(
         &self,
-        _request: Request<ListPeersRequest>,
+        request: Request<ListPeersRequest>,
     ) -> Result<Response<ListPeersResponse>, Status> {
-        // Peers arrive with the p2p layer; until then a node knows none.
-        Ok(Response::new(ListPeersResponse { peers: Vec::new() }))
+        let request = request.into_inner();
+        for (what, value) in [
+            ("capability", &request.capability),
+            ("region", &request.region),
+            ("continent", &request.continent),
+        ] {
+            if !value.is_empty() {
+                validate_label(value)
+                    .map_err(|reason| self.invalid(format!("{what} {value:?}: {reason}")))?;
+            }
+        }
+        if request.compatible_only && request.capability.is_empty() {
+            return Err(self.invalid("compatible_only needs a capability"));
+        }
+        let peers = self
+            .peers
+            .list(
+                &request.capability,
+                &request.region,
+                &request.continent,
+                request.compatible_only,
+            )
+            .await
+            .map_err(internal)?;
+        Ok(Response::new(ListPeersResponse { peers }))
+    }
+
+    async fn get_trust(
+        &self,
+        request: Request<GetTrustRequest>,
+    ) -> Result<Response<GetTrustResponse>, Status> {
+        let peer_id = request.into_inner().peer_id;
+        if !peer_id.is_empty() && peer_id.parse::<polity_net::PeerId>().is_err() {
+            return Err(self.invalid(format!("peer_id {peer_id:?} is not a libp2p PeerId")));
+        }
+        Ok(Response::new(
+            self.peers.trust_table(&peer_id).map_err(internal)?,
+        ))
+    }
+
+    async fn get_topology(
+        &self,
+        _request: Request<GetTopologyRequest>,
+    ) -> Result<Response<Topology>, Status> {
+        Ok(Response::new(
+            self.peers.topology().await.map_err(internal)?,
+        ))
     }
 
     async fn verify_certificate(

@@ -9,9 +9,10 @@ use anyhow::{Context, bail};
 use polity_consensus::{TaskId, certificate_json};
 use polity_proto::federation_client::FederationClient;
 use polity_proto::{
-    Aggregation, Certificate, ConsensusPath, GetNodeInfoRequest, GetTaskRequest, Level,
-    ListPeersRequest, RiskPolicy, Scope, SubmitTaskRequest, TaskEventKind, TaskRecord, TaskState,
-    VerifyCertificateRequest, VerifyCertificateResponse, WatchTaskRequest,
+    Aggregation, Certificate, ConsensusPath, GetNodeInfoRequest, GetTaskRequest,
+    GetTopologyRequest, GetTrustRequest, Level, ListPeersRequest, RiskPolicy, Scope,
+    SubmitTaskRequest, TaskEventKind, TaskRecord, TaskState, VerifyCertificateRequest,
+    VerifyCertificateResponse, WatchTaskRequest,
 };
 use prost::Message;
 use serde_json::json;
@@ -352,10 +353,33 @@ pub async fn info(connection: &Connection, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn peers(connection: &Connection, json: bool) -> anyhow::Result<()> {
+/// `polity peers` filters.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct PeersArgs {
+    /// Only peers serving this capability.
+    #[arg(long)]
+    pub capability: Option<String>,
+    #[arg(long)]
+    pub region: Option<String>,
+    #[arg(long)]
+    pub continent: Option<String>,
+    /// Only peers that pass the compatibility rule, best first (needs --capability).
+    #[arg(long)]
+    pub compatible: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn peers(connection: &Connection, args: &PeersArgs) -> anyhow::Result<()> {
+    let json = args.json;
     let mut client = connection.connect().await?;
     let peers = client
-        .list_peers(ListPeersRequest {})
+        .list_peers(ListPeersRequest {
+            capability: args.capability.clone().unwrap_or_default(),
+            region: args.region.clone().unwrap_or_default(),
+            continent: args.continent.clone().unwrap_or_default(),
+            compatible_only: args.compatible,
+        })
         .await
         .map_err(status_error)?
         .into_inner()
@@ -365,9 +389,10 @@ pub async fn peers(connection: &Connection, json: bool) -> anyhow::Result<()> {
         .map(|peer| {
             let info = peer.info.clone().unwrap_or_default();
             json!({
-                "peer_id": info.peer_id, "region": info.region, "continent": info.continent,
+                "peer_id": peer.peer_id, "region": info.region, "continent": info.continent,
                 "capabilities": info.capabilities, "trust": peer.trust, "rtt_ms": peer.rtt_ms,
-                "connected": peer.connected,
+                "connected": peer.connected, "circuit_open": peer.circuit_open,
+                "grpc": info.grpc_endpoint, "listen_addrs": info.listen_addrs,
             })
         })
         .collect();
@@ -384,8 +409,90 @@ pub async fn peers(connection: &Connection, json: bool) -> anyhow::Result<()> {
             let info = peer.info.clone().unwrap_or_default();
             println!(
                 "{:<54} {:<12} {:<12} {:>6.3} {:>7} {}",
-                info.peer_id, info.region, info.continent, peer.trust, peer.rtt_ms, peer.connected
+                peer.peer_id, info.region, info.continent, peer.trust, peer.rtt_ms, peer.connected
             );
+        }
+    }
+    Ok(())
+}
+
+pub async fn trust(
+    connection: &Connection,
+    peer_id: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut client = connection.connect().await?;
+    let response = client
+        .get_trust(GetTrustRequest {
+            peer_id: peer_id.unwrap_or_default(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if json {
+        let entries: Vec<_> = response
+            .entries
+            .iter()
+            .map(|e| json!({"peer_id": e.peer_id, "score": e.score, "updated_at_ms": e.updated_at_ms}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"floor": response.floor, "prior": response.prior, "entries": entries})
+            )?
+        );
+    } else {
+        println!(
+            "prior {:.3}, floor {:.3} (peers at or below the floor are not chosen)",
+            response.prior, response.floor
+        );
+        if response.entries.is_empty() {
+            println!("no peer has a trust history yet (every peer is at the prior)");
+        }
+        for entry in &response.entries {
+            println!("{:<54} {:.3}", entry.peer_id, entry.score);
+        }
+    }
+    Ok(())
+}
+
+pub async fn topology(connection: &Connection, json: bool) -> anyhow::Result<()> {
+    let mut client = connection.connect().await?;
+    let topology = client
+        .get_topology(GetTopologyRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    if json {
+        let continents: Vec<_> = topology
+            .continents
+            .iter()
+            .map(|continent| {
+                json!({"name": continent.name, "regions": continent.regions.iter().map(|region| json!({
+                    "name": region.name,
+                    "nodes": region.nodes.iter().map(|node| json!({
+                        "peer_id": node.peer_id, "capabilities": node.capabilities, "grpc": node.grpc_endpoint,
+                        "trust": node.trust, "connected": node.connected, "self": node.is_self,
+                    })).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>()})
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&continents)?);
+        return Ok(());
+    }
+    for continent in &topology.continents {
+        println!("{}", continent.name);
+        for region in &continent.regions {
+            println!("  {}", region.name);
+            for node in &region.nodes {
+                println!(
+                    "    {}{} [{}] trust {:.2}",
+                    node.peer_id,
+                    if node.is_self { " (this node)" } else { "" },
+                    node.capabilities.join(","),
+                    node.trust
+                );
+            }
         }
     }
     Ok(())

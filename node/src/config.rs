@@ -31,6 +31,8 @@ pub struct NodeConfig {
     pub stake: u64,
     /// Multiaddrs of peers to join at start.
     pub bootstrap: Vec<String>,
+    /// Find peers on the local network with mDNS.
+    pub mdns: bool,
     /// Capability name → executor spec (`builtin:NAME`, `exec:COMMAND`, `http:URL`).
     pub capabilities: BTreeMap<String, String>,
     pub api: ApiConfig,
@@ -103,13 +105,17 @@ impl Default for NodeConfig {
         }
         NodeConfig {
             data_dir: PathBuf::from("polity-data"),
-            listen: vec!["/ip4/0.0.0.0/tcp/0".to_string()],
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/0".to_string(),
+                "/ip4/0.0.0.0/udp/0/quic-v1".to_string(),
+            ],
             grpc_addr: "127.0.0.1:7001".parse().expect("valid address"),
             http_addr: "127.0.0.1:7002".parse().expect("valid address"),
             region: "local".to_string(),
             continent: "local".to_string(),
             stake: 1,
             bootstrap: Vec::new(),
+            mdns: true,
             capabilities,
             api: ApiConfig::default(),
             tls: TlsConfig::default(),
@@ -174,9 +180,12 @@ pub struct NodeFlags {
     pub continent: Option<String>,
     #[arg(long)]
     pub stake: Option<u64>,
-    /// Multiaddr of a peer to join (repeatable).
+    /// Multiaddr of a peer to join, e.g. /ip4/10.0.0.2/tcp/7100/p2p/12D3KooW... (repeatable).
     #[arg(long = "bootstrap")]
     pub bootstrap: Vec<String>,
+    /// Do not look for peers on the local network with mDNS.
+    #[arg(long)]
+    pub no_mdns: bool,
     /// NAME=EXECUTOR, e.g. sha256=builtin:sha256 or grep=exec:'grep -c x' (repeatable).
     /// Given at least once, it replaces the file's and the default capabilities.
     #[arg(long = "capability")]
@@ -258,6 +267,9 @@ impl NodeConfig {
         if !flags.bootstrap.is_empty() {
             self.bootstrap = flags.bootstrap.clone();
         }
+        if flags.no_mdns {
+            self.mdns = false;
+        }
         if !flags.capabilities.is_empty() {
             self.capabilities.clear();
             for entry in &flags.capabilities {
@@ -282,6 +294,16 @@ impl NodeConfig {
         for (what, value) in [("region", &self.region), ("continent", &self.continent)] {
             validate_label(value)
                 .map_err(|reason| anyhow::anyhow!("{what} {value:?}: {reason}"))?;
+        }
+        for (what, addresses) in [("listen", &self.listen), ("bootstrap", &self.bootstrap)] {
+            for address in addresses {
+                address.parse::<polity_net::Multiaddr>().map_err(|e| {
+                    anyhow::anyhow!("{what} address {address:?} is not a multiaddr: {e}")
+                })?;
+            }
+        }
+        if self.listen.is_empty() {
+            bail!("give at least one p2p listen address (--listen)");
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             bail!("TLS needs both a certificate and a key (--tls-cert and --tls-key)");

@@ -78,6 +78,11 @@ impl Identity {
         })
     }
 
+    /// The raw secret, for the libp2p identity (the same key is the PeerId).
+    pub fn secret_bytes(&self) -> [u8; 32] {
+        self.key.to_bytes()
+    }
+
     pub fn signing_key(&self) -> &SigningKey {
         &self.key
     }

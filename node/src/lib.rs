@@ -24,6 +24,7 @@
 //! - [`api`]: the gRPC service, auth and rate limiting.
 //! - [`http`]: health, readiness and Prometheus metrics.
 //! - [`metrics`]: the metric registry.
+//! - [`peers`]: peers joined with trust; discovery by capability; topology.
 //! - [`server`]: starts everything, shuts it down on SIGINT/SIGTERM.
 //! - [`client`]: the CLI's gRPC client commands.
 
@@ -34,9 +35,17 @@ pub mod executor;
 pub mod http;
 pub mod identity;
 pub mod metrics;
+pub mod peers;
 pub mod server;
 pub mod storage;
 pub mod tasks;
+
+/// Selects ring as the process's TLS crypto provider. rustls needs one chosen when
+/// more than one is compiled in (libp2p's QUIC brings aws-lc-rs, tonic uses ring);
+/// call before any TLS is configured. Calling it again is harmless.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
 
 /// Milliseconds since the Unix epoch, from the wall clock. The only clock read in
 /// the node's task path; rounds receive it as an argument.

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use polity_node::client::{self, Connection, OutputArgs, SubmitArgs, VerifyArgs};
+use polity_node::client::{self, Connection, OutputArgs, PeersArgs, SubmitArgs, VerifyArgs};
 use polity_node::config::{LogFormat, NodeConfig, NodeFlags};
 use polity_node::identity::Identity;
 
@@ -60,8 +60,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List the peers the node knows.
+    /// List the peers the node knows (filter by capability, place, compatibility).
     Peers {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(flatten)]
+        args: PeersArgs,
+    },
+    /// Show the node's trust scores for its peers.
+    Trust {
+        #[command(flatten)]
+        connection: Connection,
+        /// One peer (base58 PeerId).
+        peer_id: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show continents, regions and nodes as the node sees them.
+    Topology {
         #[command(flatten)]
         connection: Connection,
         #[arg(long)]
@@ -90,6 +106,7 @@ fn init_logging(format: LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    polity_node::install_tls_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -133,7 +150,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
         } => client::watch(&connection, &id, json).await?,
         Command::Info { connection, json } => client::info(&connection, json).await?,
-        Command::Peers { connection, json } => client::peers(&connection, json).await?,
+        Command::Peers { connection, args } => client::peers(&connection, &args).await?,
+        Command::Trust {
+            connection,
+            peer_id,
+            json,
+        } => client::trust(&connection, peer_id, json).await?,
+        Command::Topology { connection, json } => client::topology(&connection, json).await?,
         Command::Verify { connection, args } => {
             if !client::verify(&connection, &args).await? {
                 return Ok(ExitCode::from(2));

@@ -53,6 +53,8 @@ pub struct Metrics {
     pub tasks_inflight: Gauge,
     pub requests_rejected: Family<RejectLabels, Counter>,
     pub executor_errors: Counter,
+    /// The network layer's counters (malformed frames, rejected infos, ...).
+    pub net: polity_net::NetMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -121,7 +123,10 @@ impl Metrics {
             "Executor runs that produced an error instead of an answer",
             executor_errors.clone(),
         );
+        let net = polity_net::NetMetrics::default();
+        net.register(&mut registry);
         Metrics {
+            net,
             registry,
             agents,
             tasks,

@@ -26,8 +26,11 @@ use crate::config::NodeConfig;
 use crate::http::{HttpState, router};
 use crate::identity::Identity;
 use crate::metrics::Metrics;
+use crate::peers::{Compatibility, Peers};
 use crate::storage::{SledStore, Store};
 use crate::tasks::TaskEngine;
+use polity_net::{LocalInfo, Multiaddr, NetConfig, NetHandle};
+use polity_proto::NodeInfo;
 
 /// The file a running node writes into its data dir with its bound addresses.
 pub const ENDPOINTS_FILE: &str = "endpoints.json";
@@ -41,6 +44,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub struct EndpointsFile {
     pub peer_id: String,
     pub public_key: String,
+    /// libp2p listen addresses with the /p2p/<peer id> suffix, ready for --bootstrap.
+    pub p2p: Vec<String>,
     /// e.g. "http://127.0.0.1:40123" (or https:// with TLS).
     pub grpc: String,
     pub http: String,
@@ -111,9 +116,10 @@ pub async fn run_until(config: NodeConfig, mut stop: watch::Receiver<bool>) -> a
     let http_addr = http_listener.local_addr()?;
     let tls = tls_config(&config)?;
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let endpoints = EndpointsFile {
+    let mut endpoints = EndpointsFile {
         peer_id: identity.peer_id(),
         public_key: identity.public_key().to_string(),
+        p2p: Vec::new(),
         grpc: format!("{scheme}://{}", display_addr(grpc_addr)),
         http: format!("http://{}", display_addr(http_addr)),
         pid: std::process::id(),
@@ -142,12 +148,48 @@ pub async fn run_until(config: NodeConfig, mut stop: watch::Receiver<bool>) -> a
             }
         });
     }
+    let local = LocalInfo {
+        capabilities: engine.capabilities(),
+        region: config.region.clone(),
+        continent: config.continent.clone(),
+        stake: config.stake,
+        grpc_endpoint: endpoints.grpc.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let net_config = NetConfig {
+        secret_key: identity.secret_bytes(),
+        listen: parse_multiaddrs(&config.listen)?,
+        bootstrap: parse_multiaddrs(&config.bootstrap)?,
+        mdns: config.mdns,
+        local: local.clone(),
+    };
+    let (net, net_events, net_task) = polity_net::start(net_config, metrics.net.clone())?;
+    let peers = Peers::new(
+        net.clone(),
+        Arc::clone(&store),
+        Arc::clone(&metrics),
+        Compatibility::default(),
+        NodeInfo {
+            public_key: identity.public_key().0.to_vec(),
+            peer_id: identity.peer_id(),
+            capabilities: local.capabilities.clone(),
+            region: local.region.clone(),
+            continent: local.continent.clone(),
+            stake: local.stake,
+            grpc_endpoint: local.grpc_endpoint.clone(),
+            version: local.version.clone(),
+            ..NodeInfo::default()
+        },
+    );
+    let peers_task = tokio::spawn(peers.clone().run(net_events));
+    let p2p_addresses = wait_for_listen_addresses(&net).await;
     let api = Api::new(
         Arc::clone(&engine),
         Arc::clone(&metrics),
+        peers,
         Endpoints {
             grpc: endpoints.grpc.clone(),
-            listen_addrs: Vec::new(),
+            listen_addrs: p2p_addresses.iter().map(ToString::to_string).collect(),
         },
         config.region.clone(),
         config.continent.clone(),
@@ -195,6 +237,10 @@ pub async fn run_until(config: NodeConfig, mut stop: watch::Receiver<bool>) -> a
     let http = axum::serve(http_listener, router(http_state))
         .with_graceful_shutdown(wait_until_true(http_stop));
 
+    endpoints.p2p = p2p_addresses
+        .iter()
+        .map(|address| format!("{address}/p2p/{}", endpoints.peer_id))
+        .collect();
     write_endpoints(&data_dir, &endpoints)?;
     listeners_bound.store(true, Ordering::Release);
     tracing::info!(
@@ -204,6 +250,7 @@ pub async fn run_until(config: NodeConfig, mut stop: watch::Receiver<bool>) -> a
         region = %config.region,
         continent = %config.continent,
         capabilities = ?engine.capabilities(),
+        p2p = ?endpoints.p2p,
         "node ready"
     );
 
@@ -228,10 +275,39 @@ pub async fn run_until(config: NodeConfig, mut stop: watch::Receiver<bool>) -> a
             "in-flight requests did not finish within {SHUTDOWN_GRACE:?}; stopping anyway"
         ),
     }
+    // Dropping the last handles stops the network's event loop.
+    net_task.abort();
+    peers_task.abort();
     store.flush()?;
     let _ = std::fs::remove_file(data_dir.join(ENDPOINTS_FILE));
     tracing::info!("node stopped");
     Ok(())
+}
+
+fn parse_multiaddrs(addresses: &[String]) -> anyhow::Result<Vec<Multiaddr>> {
+    addresses
+        .iter()
+        .map(|address| {
+            address
+                .parse()
+                .with_context(|| format!("bad multiaddr {address:?}"))
+        })
+        .collect()
+}
+
+/// How long start-up waits for the p2p listeners to report their addresses.
+const LISTEN_WAIT: Duration = Duration::from_secs(5);
+
+/// The p2p listen addresses, once the transports have bound them (ports chosen).
+async fn wait_for_listen_addresses(net: &NetHandle) -> Vec<Multiaddr> {
+    let started = std::time::Instant::now();
+    loop {
+        let addresses = net.listen_addresses().await.unwrap_or_default();
+        if !addresses.is_empty() || started.elapsed() > LISTEN_WAIT {
+            return addresses;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 async fn wait_until_true(mut stop: watch::Receiver<bool>) {

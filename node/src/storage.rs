@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 
-use polity_consensus::{PublicKey, TaskId};
+use polity_consensus::{PublicKey, TaskId, TrustScore};
 use polity_proto::TaskRecord;
 use prost::Message;
 
@@ -45,8 +45,10 @@ pub trait Store: Send + Sync + 'static {
     fn task_ids(&self, limit: usize) -> Result<Vec<TaskId>, StoreError>;
     fn task_count(&self) -> u64;
 
-    fn trust(&self, peer: &PublicKey) -> Result<Option<f64>, StoreError>;
-    fn set_trust(&self, peer: &PublicKey, score: f64) -> Result<(), StoreError>;
+    fn trust(&self, peer: &PublicKey) -> Result<Option<TrustScore>, StoreError>;
+    fn set_trust(&self, peer: &PublicKey, score: TrustScore) -> Result<(), StoreError>;
+    /// Every stored score, in key order, at most `limit`.
+    fn trust_entries(&self, limit: usize) -> Result<Vec<(PublicKey, TrustScore)>, StoreError>;
 
     /// Makes every write so far durable.
     fn flush(&self) -> Result<(), StoreError>;
@@ -148,24 +150,40 @@ impl Store for SledStore {
         self.tasks.len() as u64
     }
 
-    fn trust(&self, peer: &PublicKey) -> Result<Option<f64>, StoreError> {
+    fn trust(&self, peer: &PublicKey) -> Result<Option<TrustScore>, StoreError> {
         let Some(bytes) = self.trust.get(peer.0)? else {
             return Ok(None);
         };
-        let raw: [u8; 8] = bytes.as_ref().try_into().map_err(|_| StoreError::Corrupt {
-            key: format!("trust/{peer}"),
-            reason: format!("{} bytes, expected 8", bytes.len()),
-        })?;
-        Ok(Some(f64::from_be_bytes(raw)))
+        TrustScore::from_bytes(&bytes)
+            .map(Some)
+            .ok_or_else(|| StoreError::Corrupt {
+                key: format!("trust/{peer}"),
+                reason: format!("{} bytes that are not a trust score", bytes.len()),
+            })
     }
 
-    fn set_trust(&self, peer: &PublicKey, score: f64) -> Result<(), StoreError> {
+    fn set_trust(&self, peer: &PublicKey, score: TrustScore) -> Result<(), StoreError> {
         assert!(
-            (0.0..=1.0).contains(&score),
-            "trust scores live in [0,1], got {score}"
+            (0.0..=1.0).contains(&score.score),
+            "trust scores live in [0,1], got {}",
+            score.score
         );
-        self.trust.insert(peer.0, score.to_be_bytes().as_slice())?;
+        self.trust.insert(peer.0, score.to_bytes().as_slice())?;
         Ok(())
+    }
+
+    fn trust_entries(&self, limit: usize) -> Result<Vec<(PublicKey, TrustScore)>, StoreError> {
+        let mut entries = Vec::new();
+        for entry in self.trust.iter().take(limit) {
+            let (key, value) = entry?;
+            if let (Ok(key), Some(score)) = (
+                <[u8; 32]>::try_from(key.as_ref()),
+                TrustScore::from_bytes(&value),
+            ) {
+                entries.push((PublicKey(key), score));
+            }
+        }
+        Ok(entries)
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -201,7 +219,15 @@ mod tests {
             store.set_identity(&key).unwrap();
             store.put_task(&record(1)).unwrap();
             store.put_task(&record(2)).unwrap();
-            store.set_trust(&key, 0.25).unwrap();
+            store
+                .set_trust(
+                    &key,
+                    TrustScore {
+                        score: 0.25,
+                        updated_at_ms: 5,
+                    },
+                )
+                .unwrap();
             store.flush().unwrap();
         }
         let store = SledStore::open(dir.path()).unwrap();
@@ -215,7 +241,14 @@ mod tests {
             vec![TaskId([1; 32]), TaskId([2; 32])]
         );
         assert_eq!(store.task_ids(1).unwrap().len(), 1);
-        assert_eq!(store.trust(&key).unwrap(), Some(0.25));
+        assert_eq!(
+            store.trust(&key).unwrap(),
+            Some(TrustScore {
+                score: 0.25,
+                updated_at_ms: 5
+            })
+        );
+        assert_eq!(store.trust_entries(10).unwrap().len(), 1);
     }
 
     #[test]

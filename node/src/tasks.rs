@@ -60,7 +60,7 @@ pub enum SubmitError {
 #[derive(Debug)]
 pub enum Submission {
     /// The same task (same canonical bytes) was submitted before.
-    Known(TaskRecord),
+    Known(Box<TaskRecord>),
     /// The task is running; the receiver yields its final record.
     Started(TaskId, watch::Receiver<Option<TaskRecord>>),
 }
@@ -68,7 +68,7 @@ pub enum Submission {
 /// What a watcher receives.
 pub enum Watch {
     /// The task is finished: only its FINAL event follows.
-    Finished(TaskRecord),
+    Finished(Box<TaskRecord>),
     /// Live events, ending with FINAL.
     Live(
         broadcast::Receiver<TaskEvent>,
@@ -159,7 +159,7 @@ impl TaskEngine {
     pub fn submit(self: &Arc<Self>, request: SubmitTaskRequest) -> Result<Submission, SubmitError> {
         let plan = self.plan(request)?;
         if let Some(record) = self.store.task(&plan.id)? {
-            return Ok(Submission::Known(record));
+            return Ok(Submission::Known(Box::new(record)));
         }
         let (events, done_tx, done_rx) = {
             let mut inflight = self.inflight.lock().expect("inflight lock");
@@ -221,7 +221,10 @@ impl TaskEngine {
         if let Some((events, done)) = live {
             return Ok(Some(Watch::Live(events, done)));
         }
-        Ok(self.store.task(id)?.map(Watch::Finished))
+        Ok(self
+            .store
+            .task(id)?
+            .map(|record| Watch::Finished(Box::new(record))))
     }
 
     fn plan(&self, request: SubmitTaskRequest) -> Result<Plan, SubmitError> {

@@ -294,6 +294,7 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
 
 #[tokio::test]
 async fn tls_and_mutual_tls() {
+    polity_node::install_tls_provider();
     let dir = tempfile::tempdir().unwrap();
     let pki = pki();
     let cert = write(dir.path(), "server.pem", &pki.server_cert);

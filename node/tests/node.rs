@@ -413,6 +413,9 @@ async fn a_second_process_on_the_same_data_dir_fails_at_once() {
         "127.0.0.1:0",
         "--http-addr",
         "127.0.0.1:0",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--no-mdns",
     ]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -501,4 +504,86 @@ async fn the_id_command_prints_the_peer_id_the_node_uses() {
     let node = TestNode::start(&data_dir, &[]);
     assert_eq!(printed, node.endpoints.peer_id);
     node.stop();
+}
+
+/// The JSON export checked by an independent ed25519 implementation: Node.js's
+/// `crypto.verify` (OpenSSL underneath), which knows nothing of ed25519-dalek or
+/// protobuf. Every statement in the chain must verify over its `signed_message`, the
+/// signed message must start with its domain tag, and a flipped byte must fail.
+#[tokio::test]
+async fn exported_certificates_verify_with_an_independent_ed25519() {
+    let Ok(node_version) = std::process::Command::new("node").arg("--version").output() else {
+        assert!(
+            std::env::var("POLITY_REQUIRE_NODE").is_err(),
+            "POLITY_REQUIRE_NODE is set but node is missing"
+        );
+        eprintln!(
+            "SKIPPED exported_certificates_verify_with_an_independent_ed25519: no `node` on PATH"
+        );
+        return;
+    };
+    assert!(node_version.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(&dir.path().join("node"), &[]);
+    let json_file = dir.path().join("chain.json");
+    let output = polity(&[
+        "submit",
+        "--addr",
+        &node.endpoints.grpc,
+        "--capability",
+        "wordcount",
+        "--payload",
+        "a b c d",
+        "--scope",
+        "global",
+        "--certificate-json-out",
+        json_file.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    node.stop();
+
+    let script = r#"
+const crypto = require('crypto');
+const chain = JSON.parse(require('fs').readFileSync(process.argv[1], 'utf8'));
+const spki = Buffer.from('302a300506032b6570032100', 'hex');
+let checked = 0, certificates = 0;
+function verify(statement, flip) {
+  const key = crypto.createPublicKey({ key: Buffer.concat([spki, Buffer.from(statement.signer, 'hex')]), format: 'der', type: 'spki' });
+  const message = Buffer.from(statement.signed_message, 'hex');
+  if (!message.subarray(0, statement.domain_tag.length / 2).equals(Buffer.from(statement.domain_tag, 'hex'))) throw new Error('no domain tag');
+  if (!message.subarray(statement.domain_tag.length / 2).equals(Buffer.from(statement.body, 'hex'))) throw new Error('body mismatch');
+  if (flip) message[message.length - 1] ^= 1;
+  return crypto.verify(null, message, key, Buffer.from(statement.signature, 'hex'));
+}
+function walk(cert) {
+  certificates++;
+  const statements = [cert.report, ...cert.observations, ...cert.attestations].filter(Boolean);
+  for (const s of statements) {
+    if (!verify(s, false)) throw new Error('signature does not verify: ' + s.kind);
+    if (verify(s, true)) throw new Error('a flipped byte still verifies: ' + s.kind);
+    checked++;
+  }
+  cert.children.forEach(walk);
+}
+walk(chain);
+console.log(JSON.stringify({ certificates, checked, value: chain.value.utf8 }));
+"#;
+    let output = std::process::Command::new("node")
+        .args(["-e", script])
+        .arg(&json_file)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["certificates"], 3, "{summary}");
+    assert!(summary["checked"].as_u64().unwrap() >= 6, "{summary}");
+    assert_eq!(summary["value"], "4");
 }

@@ -11,9 +11,11 @@
 //! # Layout
 //!
 //! - [`process`]: spawning, waiting for and stopping node processes.
+//! - [`cluster`]: `up`, `status`, `down`.
 //! - [`show`]: printing certificate chains for people.
 //! - [`demo`]: the `polity-testnet demo` walk-through.
 
+pub mod cluster;
 pub mod demo;
 pub mod process;
 pub mod show;

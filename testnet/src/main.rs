@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use polity_testnet::cluster::{self, DirArgs, UpArgs};
 use polity_testnet::demo::{self, DemoArgs};
 
 #[derive(Debug, Parser)]
@@ -21,6 +22,12 @@ enum Command {
     /// Start a node, decide tasks at every scope, show and verify the certificate
     /// chains, restart the node and read them back.
     Demo(DemoArgs),
+    /// Start a local cluster of node processes and wait until discovery converges.
+    Up(UpArgs),
+    /// Show the nodes of a detached cluster.
+    Status(DirArgs),
+    /// Stop a detached cluster.
+    Down(DirArgs),
 }
 
 #[tokio::main]
@@ -28,6 +35,9 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo::run(args).await,
+        Command::Up(args) => cluster::up(args).await,
+        Command::Status(args) => cluster::status(args).await,
+        Command::Down(args) => cluster::down(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

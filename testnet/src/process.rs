@@ -22,6 +22,8 @@ pub const STOP_GRACE: Duration = Duration::from_secs(10);
 pub struct Endpoints {
     pub peer_id: String,
     pub public_key: String,
+    /// p2p listen addresses with /p2p/<peer id>, usable as --bootstrap.
+    pub p2p: Vec<String>,
     pub grpc: String,
     pub http: String,
     pub pid: u32,
@@ -82,6 +84,14 @@ impl NodeProcess {
             .arg(&spec.data_dir)
             .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
             .args(["--region", &spec.region, "--continent", &spec.continent])
+            // Loopback only, no multicast: a local testnet never leaves this machine.
+            .args([
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--listen",
+                "/ip4/127.0.0.1/udp/0/quic-v1",
+                "--no-mdns",
+            ])
             .args(&spec.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -157,6 +167,53 @@ impl NodeProcess {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+impl NodeProcess {
+    /// Leaves the process running after this handle is gone (`up --detach`).
+    pub fn detach(mut self) {
+        self.child = None;
+    }
+
+    /// The exit status, once the process has exited.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|child| child.try_wait().ok().flatten())
+    }
+}
+
+/// Whether `pid` is a live (not zombie) process.
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Resident set size of `pid`, from /proc.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill").args([name, &pid.to_string()]).status();
+}
+
+/// SIGTERM.
+pub fn terminate(pid: u32) {
+    signal(pid, "-TERM");
+}
+
+/// SIGKILL.
+pub fn kill(pid: u32) {
+    signal(pid, "-KILL");
 }
 
 impl Drop for NodeProcess {

@@ -200,15 +200,15 @@ fn check(
                 })
             })
             .collect();
-        if let Some(&(index, report_digest)) = proposals.first() {
-            if !group.rounds[index].is_finished() {
-                let input = Input::Committed {
-                    report_digest,
-                    term: 2,
-                    commit_index: 5,
-                };
-                group.step(index, now_ms, input);
-            }
+        if let Some(&(index, report_digest)) = proposals.first()
+            && !group.rounds[index].is_finished()
+        {
+            let input = Input::Committed {
+                report_digest,
+                term: 2,
+                commit_index: 5,
+            };
+            group.step(index, now_ms, input);
         }
         group.deliver_all(now_ms, &no_drop);
         now_ms += 100;
@@ -837,4 +837,138 @@ fn a_continent_certificate_carries_its_region() {
     );
     assert!(liar.decided().is_none());
     assert!(liar.answer.as_ref().unwrap().answer.is_err());
+}
+
+#[test]
+fn limits_are_enforced() {
+    let keys: Vec<SigningKey> = (0..=MEMBERS_MAX as u32)
+        .map(|i| {
+            let mut seed = [0u8; 32];
+            seed[..4].copy_from_slice(&i.to_be_bytes());
+            SigningKey::from_bytes(&seed)
+        })
+        .collect();
+    let too_many = config(
+        &keys,
+        ConsensusPath::Bft,
+        Aggregation::Majority,
+        Level::Region,
+    );
+    assert_eq!(
+        Round::new(too_many.clone(), keys[0].clone()).unwrap_err(),
+        ConfigError::Members(VerifyError::MemberCount {
+            members: MEMBERS_MAX + 1
+        })
+    );
+    let most = RoundConfig {
+        members: too_many.members[..MEMBERS_MAX].to_vec(),
+        ..too_many
+    };
+    assert!(Round::new(most, keys[0].clone()).is_ok());
+
+    // An oversized answer becomes an error observation; so does a missing child at level 2.
+    let me = key(1);
+    let single = config(
+        std::slice::from_ref(&me),
+        ConsensusPath::Bft,
+        Aggregation::Majority,
+        Level::Region,
+    );
+    let mut round = Round::new(single.clone(), me.clone()).unwrap();
+    let answer = Ok(vec![b'x'; ANSWER_BYTES_MAX + 1]);
+    round.step(
+        START_MS,
+        Input::LocalAnswer {
+            answer,
+            child_certificate: None,
+        },
+    );
+    assert!(
+        round
+            .answer
+            .as_ref()
+            .unwrap()
+            .answer
+            .as_ref()
+            .unwrap_err()
+            .contains("exceeds")
+    );
+    let continent = RoundConfig {
+        level: Level::Continent,
+        ..single
+    };
+    let mut round = Round::new(continent, me).unwrap();
+    round.step(
+        START_MS,
+        Input::LocalAnswer {
+            answer: Ok(b"v".to_vec()),
+            child_certificate: None,
+        },
+    );
+    assert_eq!(
+        round.answer.as_ref().unwrap().answer,
+        Err("no child certificate".to_string())
+    );
+}
+
+#[test]
+fn a_round_can_move_between_threads() {
+    fn assert_send<T: Send + 'static>() {}
+    assert_send::<Round>();
+    assert_send::<Action>();
+}
+
+#[test]
+fn wire_messages_round_trip() {
+    let statement = sign_message(&key(1), StatementKind::Attestation, &Attestation::default());
+    for message in [
+        RoundMessage::Statement(statement),
+        RoundMessage::Certificate(Box::default()),
+    ] {
+        let bytes = message.to_proto().encode_to_vec();
+        let decoded = polity_proto::RoundMessage::decode(bytes.as_slice()).unwrap();
+        assert_eq!(RoundMessage::from_proto(decoded), Some(message));
+    }
+    assert_eq!(
+        RoundMessage::from_proto(polity_proto::RoundMessage::default()),
+        None
+    );
+}
+
+/// A certificate that verifies but was made by other keys for this slot is not this
+/// group's decision.
+#[test]
+fn a_certificate_of_strangers_is_not_adopted() {
+    let strangers: Vec<SigningKey> = (50..54).map(key).collect();
+    let mut fake = Group::with_config(
+        strangers.clone(),
+        config(
+            &strangers,
+            ConsensusPath::Bft,
+            Aggregation::Majority,
+            Level::Region,
+        ),
+    );
+    for index in 0..4 {
+        fake.answer(index, START_MS, "forged");
+    }
+    fake.deliver_all(START_MS, &no_drop);
+    let certificate = fake.rounds[0].decided().unwrap().clone();
+    verify_chain(&certificate).unwrap();
+
+    let mut group = Group::new(4, ConsensusPath::Bft, Aggregation::Majority);
+    let from = public(&strangers[0]);
+    let actions = group.step(
+        1,
+        START_MS,
+        Input::Certificate {
+            from,
+            certificate: Box::new(certificate),
+        },
+    );
+    assert!(
+        matches!(actions.as_slice(), [Action::Rejected { .. }]),
+        "{actions:?}"
+    );
+    assert!(!group.rounds[1].is_finished());
 }

@@ -37,6 +37,8 @@ impl TestNode {
             .args(["node", "--data-dir"])
             .arg(data_dir)
             .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            // Loopback only, no multicast: tests never send traffic off this machine.
+            .args(["--listen", "/ip4/127.0.0.1/tcp/0", "--no-mdns"])
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

@@ -1,0 +1,196 @@
+//! [`RaftGroup`]: one running raft group on this node (its openraft instance, its sled
+//! storage and its ledger), with the few calls the node makes; and [`raft_config`],
+//! openraft's config with Polity's bounds.
+
+use std::sync::Arc;
+
+use openraft::error::RaftError;
+use openraft::{Config, Raft, SnapshotPolicy};
+
+use crate::ids::{PublicKey, TaskId};
+use crate::raft::network::{RaftTransport, SNAPSHOT_CHUNK_BYTES_MAX, TransportNetworkFactory};
+use crate::raft::store::{ENTRIES_PER_APPEND_MAX, LedgerReader, StoreError, open_group};
+use crate::raft::types::{
+    GroupName, LedgerEntry, LedgerEntryError, LedgerResponse, Members, NodeId, RaftMember,
+    TypeConfig, node_id,
+};
+
+/// How often a leader heartbeats its followers.
+pub const HEARTBEAT_INTERVAL_MS: u64 = 100;
+/// A follower that hears no leader for a random time in
+/// `[ELECTION_TIMEOUT_MS_MIN, ELECTION_TIMEOUT_MS_MAX)` starts an election.
+pub const ELECTION_TIMEOUT_MS_MIN: u64 = 500;
+/// See [`ELECTION_TIMEOUT_MS_MIN`].
+pub const ELECTION_TIMEOUT_MS_MAX: u64 = 1_000;
+/// Time allowed for one snapshot chunk to be delivered and installed.
+pub const SNAPSHOT_CHUNK_TIMEOUT_MS: u64 = 5_000;
+/// A snapshot is built once this many entries were applied since the last one.
+pub const SNAPSHOT_LOGS_SINCE_LAST: u64 = 1_024;
+/// Entries kept in the log behind a snapshot, so slow followers catch up from the log.
+pub const LOGS_KEPT_AFTER_SNAPSHOT: u64 = 256;
+
+/// openraft's config for a Polity group: the timeouts above and the storage and
+/// transport bounds ([`ENTRIES_PER_APPEND_MAX`], [`SNAPSHOT_CHUNK_BYTES_MAX`]).
+#[allow(clippy::result_large_err, reason = "openraft's own ConfigError")]
+pub fn raft_config(cluster_name: &str) -> Result<Config, openraft::ConfigError> {
+    Config {
+        cluster_name: cluster_name.to_string(),
+        heartbeat_interval: HEARTBEAT_INTERVAL_MS,
+        election_timeout_min: ELECTION_TIMEOUT_MS_MIN,
+        election_timeout_max: ELECTION_TIMEOUT_MS_MAX,
+        install_snapshot_timeout: SNAPSHOT_CHUNK_TIMEOUT_MS,
+        max_payload_entries: ENTRIES_PER_APPEND_MAX as u64,
+        snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES_MAX as u64,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_LOGS_SINCE_LAST),
+        max_in_snapshot_log_to_keep: LOGS_KEPT_AFTER_SNAPSHOT,
+        ..Config::default()
+    }
+    .validate()
+}
+
+/// Why a raft group call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RaftGroupError {
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    #[error("invalid ledger entry: {0}")]
+    InvalidEntry(#[from] LedgerEntryError),
+    /// This member is not the leader: send the request to `leader` (if known) instead.
+    #[error("not the leader; the leader is {leader_id:?}")]
+    ForwardToLeader {
+        leader_id: Option<NodeId>,
+        leader: Option<RaftMember>,
+    },
+    /// The group cannot serve the call right now (no quorum, membership change).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The raft has stopped (shut down, or a storage error stopped it).
+    #[error("raft stopped: {0}")]
+    Stopped(String),
+}
+
+impl<E> From<RaftError<NodeId, E>> for RaftGroupError
+where
+    E: std::error::Error + openraft::TryAsRef<openraft::error::ForwardToLeader<NodeId, RaftMember>>,
+{
+    fn from(error: RaftError<NodeId, E>) -> RaftGroupError {
+        if let Some(forward) = error.forward_to_leader() {
+            return RaftGroupError::ForwardToLeader {
+                leader_id: forward.leader_id,
+                leader: forward.leader_node.clone(),
+            };
+        }
+        match error {
+            RaftError::Fatal(fatal) => RaftGroupError::Stopped(fatal.to_string()),
+            RaftError::APIError(api) => RaftGroupError::Unavailable(api.to_string()),
+        }
+    }
+}
+
+/// One raft group this node is a member of. The node owns it (one owner per raft
+/// instance); clone the [`Raft`] handle from [`RaftGroup::raft`] for the receiving side of
+/// the transport ([`crate::raft::serve`]).
+pub struct RaftGroup {
+    node_id: NodeId,
+    group: GroupName,
+    raft: Raft<TypeConfig>,
+    ledger: LedgerReader,
+}
+
+impl RaftGroup {
+    /// Opens the group's trees on `db` (restoring vote, log and ledger from an earlier
+    /// run) and starts this member's raft, whose id is `node_id(public_key)`.
+    pub async fn start<T: RaftTransport>(
+        public_key: &PublicKey,
+        group: GroupName,
+        config: Arc<Config>,
+        db: &sled::Db,
+        transport: T,
+    ) -> Result<RaftGroup, RaftGroupError> {
+        let node_id = node_id(public_key);
+        let (log_store, state_machine) = open_group(db, &group)?;
+        let ledger = state_machine.ledger();
+        let network = TransportNetworkFactory::new(node_id, transport);
+        let raft = Raft::new(node_id, config, network, log_store, state_machine)
+            .await
+            .map_err(|fatal| RaftGroupError::Stopped(fatal.to_string()))?;
+        Ok(RaftGroup {
+            node_id,
+            group,
+            raft,
+            ledger,
+        })
+    }
+
+    /// Makes a new group with these members. Call on one member (any); the others learn
+    /// the membership from it. Fails if this raft already has a log.
+    pub async fn initialize(&self, members: Members) -> Result<(), RaftGroupError> {
+        debug_assert!(!members.as_map().is_empty());
+        self.raft
+            .initialize(members.into_map())
+            .await
+            .map_err(|error| match error {
+                RaftError::Fatal(fatal) => RaftGroupError::Stopped(fatal.to_string()),
+                RaftError::APIError(api) => RaftGroupError::Unavailable(api.to_string()),
+            })
+    }
+
+    /// Commits `entry` through the group and returns what the ledger did with it. Only
+    /// the leader accepts proposals; elsewhere this is
+    /// [`RaftGroupError::ForwardToLeader`].
+    pub async fn propose(&self, entry: LedgerEntry) -> Result<LedgerResponse, RaftGroupError> {
+        entry.check()?;
+        let response = self
+            .raft
+            .client_write(entry)
+            .await
+            .map_err(RaftGroupError::from)?;
+        debug_assert_eq!(response.data.applied_index, response.log_id.index);
+        Ok(response.data)
+    }
+
+    /// A linearizable read of the decision for `task_id`: confirms leadership with a
+    /// quorum, waits until this member applied everything committed before, then reads.
+    /// Only the leader answers; for a possibly stale local read use [`Self::ledger`].
+    pub async fn read(&self, task_id: &TaskId) -> Result<Option<LedgerEntry>, RaftGroupError> {
+        self.raft
+            .ensure_linearizable()
+            .await
+            .map_err(RaftGroupError::from)?;
+        Ok(self.ledger.get(task_id)?)
+    }
+
+    /// The local ledger (what this member has applied; may lag the group).
+    pub fn ledger(&self) -> &LedgerReader {
+        &self.ledger
+    }
+
+    /// The openraft handle: metrics, membership changes, and the receiving side of the
+    /// transport.
+    pub fn raft(&self) -> &Raft<TypeConfig> {
+        &self.raft
+    }
+
+    /// This member's raft id.
+    pub fn node_id(&self) -> NodeId {
+        self.node_id
+    }
+
+    /// The group's name.
+    pub fn group(&self) -> &GroupName {
+        &self.group
+    }
+
+    /// The member believed to lead the group, if any.
+    pub fn current_leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Stops the raft. Everything acknowledged is already durable.
+    pub async fn shutdown(self) -> Result<(), RaftGroupError> {
+        self.raft
+            .shutdown()
+            .await
+            .map_err(|error| RaftGroupError::Stopped(error.to_string()))
+    }
+}

@@ -1,0 +1,56 @@
+//! The `raft` consensus path: a group commits its decisions to a replicated ledger with
+//! openraft 0.9 (storage v2), on the node's sled database.
+//!
+//! **Outside the pure core.** Unlike the rest of this crate, this module runs on tokio
+//! (openraft needs a runtime) and touches a disk (sled). The round logic never calls
+//! it; the node's driver does, and nothing here is needed to verify a certificate.
+//!
+//! # Layout
+//!
+//! - [`types`]: the one type config ([`TypeConfig`]), [`NodeId`] from a member key
+//!   ([`node_id`]), [`RaftMember`], [`Members`] (collision-checked), [`GroupName`],
+//!   [`LedgerEntry`] and [`LedgerResponse`].
+//! - [`store`]: [`SledLogStore`] and [`SledStateMachine`] (the ledger, with snapshots),
+//!   trees `raft/<group>/…` on one `sled::Db`; [`LedgerReader`] for lookups.
+//! - [`codec`]: the byte layouts of ledger values and snapshots, checked on decode.
+//! - [`network`]: [`RaftTransport`] (the node implements it over libp2p), openraft's
+//!   network on top of it, the wire form ([`RaftRpc`], [`RaftReply`]) and [`serve`].
+//! - [`memory`]: [`MemoryRouter`], an in-process transport for tests and simulations.
+//! - [`group`]: [`RaftGroup`], one running group (start, initialize, propose, read,
+//!   shutdown), and [`raft_config`].
+//!
+//! # Limits
+//!
+//! Ledger: [`LEDGER_REPORT_BYTES_MAX`], [`LEDGER_CERTIFICATE_BYTES_MAX`],
+//! [`LEDGER_ENTRIES_MAX`], [`LEDGER_BYTES_MAX`], hence [`SNAPSHOT_BYTES_MAX`] (snapshots
+//! are held in memory). Replication: [`ENTRIES_PER_APPEND_MAX`],
+//! [`APPEND_PAYLOAD_BYTES_SOFT_MAX`], [`SNAPSHOT_CHUNK_BYTES_MAX`], hence
+//! [`RAFT_MESSAGE_BYTES_MAX`] for the node's codec. Groups: [`RAFT_MEMBERS_MAX`],
+//! [`GROUP_NAME_BYTES_MAX`].
+
+pub mod codec;
+pub mod group;
+pub mod memory;
+pub mod network;
+pub mod store;
+pub mod types;
+
+#[cfg(test)]
+mod tests;
+
+pub use codec::{LEDGER_BYTES_MAX, LEDGER_ENTRIES_MAX, SNAPSHOT_BYTES_MAX};
+pub use group::{RaftGroup, RaftGroupError, raft_config};
+pub use memory::MemoryRouter;
+pub use network::{
+    RAFT_MESSAGE_BYTES_MAX, RaftReply, RaftRpc, RaftTransport, SNAPSHOT_CHUNK_BYTES_MAX,
+    TransportError, TransportNetworkFactory, serve,
+};
+pub use store::{
+    APPEND_PAYLOAD_BYTES_SOFT_MAX, ENTRIES_PER_APPEND_MAX, LedgerReader, SledLogStore,
+    SledStateMachine, StoreError, drop_group, open_group,
+};
+pub use types::{
+    GROUP_NAME_BYTES_MAX, GroupName, LEDGER_CERTIFICATE_BYTES_MAX, LEDGER_REPORT_BYTES_MAX,
+    LedgerEntry, LedgerOutcome, LedgerResponse, Members, NodeId, RAFT_MEMBERS_MAX, RaftMember,
+    TypeConfig, node_id,
+};

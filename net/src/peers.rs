@@ -1,0 +1,207 @@
+//! What a node knows of its peers: their verified NodeInfo, connection state and
+//! measured round-trip time. Owned by the event loop; others get snapshots.
+
+use std::collections::HashMap;
+
+use libp2p::{Multiaddr, PeerId};
+use polity_proto::{NodeInfo, SignedStatement};
+
+/// Peers remembered at most; beyond it, the least recently seen unconnected peer
+/// is forgotten.
+pub const PEERS_MAX: usize = 4_096;
+/// Addresses remembered per peer.
+pub const ADDRESSES_PER_PEER_MAX: usize = 8;
+
+/// One peer as the event loop sees it.
+#[derive(Debug, Clone, Default)]
+pub struct PeerRecord {
+    /// The newest verified NodeInfo, and the statement that carried it.
+    pub info: Option<NodeInfo>,
+    pub signed: Option<SignedStatement>,
+    pub addresses: Vec<Multiaddr>,
+    pub connections: u32,
+    /// Last ping round-trip time.
+    pub rtt_ms: Option<u64>,
+    pub last_seen_ms: u64,
+    /// An info request is in flight.
+    pub info_requested: bool,
+}
+
+/// A peer, as handed out of the event loop.
+#[derive(Debug, Clone)]
+pub struct PeerView {
+    pub peer_id: PeerId,
+    pub info: Option<NodeInfo>,
+    pub signed: Option<SignedStatement>,
+    pub connected: bool,
+    pub rtt_ms: Option<u64>,
+    pub addresses: Vec<Multiaddr>,
+    pub last_seen_ms: u64,
+    /// The circuit breaker for this peer is open: requests fail fast.
+    pub circuit_open: bool,
+}
+
+impl PeerView {
+    pub fn serves(&self, capability: &str) -> bool {
+        self.info
+            .as_ref()
+            .is_some_and(|info| info.capabilities.iter().any(|c| c == capability))
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct PeerTable {
+    peers: HashMap<PeerId, PeerRecord>,
+}
+
+impl PeerTable {
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+
+    pub fn get(&self, peer: &PeerId) -> Option<&PeerRecord> {
+        self.peers.get(peer)
+    }
+
+    /// The record of `peer`, created if new (evicting to stay under [`PEERS_MAX`]).
+    pub fn entry(&mut self, peer: PeerId, now_ms: u64) -> &mut PeerRecord {
+        if !self.peers.contains_key(&peer) && self.peers.len() >= PEERS_MAX {
+            self.evict_one();
+        }
+        let record = self.peers.entry(peer).or_default();
+        record.last_seen_ms = now_ms;
+        record
+    }
+
+    fn evict_one(&mut self) {
+        let victim = self
+            .peers
+            .iter()
+            .filter(|(_, record)| record.connections == 0)
+            .min_by_key(|(_, record)| record.last_seen_ms)
+            .map(|(peer, _)| *peer);
+        if let Some(peer) = victim {
+            self.peers.remove(&peer);
+        }
+    }
+
+    pub fn add_address(&mut self, peer: PeerId, address: Multiaddr, now_ms: u64) {
+        let record = self.entry(peer, now_ms);
+        if !record.addresses.contains(&address) {
+            if record.addresses.len() >= ADDRESSES_PER_PEER_MAX {
+                record.addresses.remove(0);
+            }
+            record.addresses.push(address);
+        }
+    }
+
+    /// Stores `info` if it is newer than what we have. Returns whether it was.
+    pub fn offer_info(
+        &mut self,
+        peer: PeerId,
+        info: NodeInfo,
+        signed: SignedStatement,
+        now_ms: u64,
+    ) -> bool {
+        let record = self.entry(peer, now_ms);
+        let newer = record
+            .info
+            .as_ref()
+            .is_none_or(|known| info.issued_at_ms > known.issued_at_ms);
+        if newer {
+            record.info = Some(info);
+            record.signed = Some(signed);
+        }
+        newer
+    }
+
+    pub fn views(&self) -> Vec<PeerView> {
+        let mut views: Vec<PeerView> = self
+            .peers
+            .iter()
+            .map(|(peer, record)| PeerView {
+                peer_id: *peer,
+                info: record.info.clone(),
+                signed: record.signed.clone(),
+                connected: record.connections > 0,
+                rtt_ms: record.rtt_ms,
+                addresses: record.addresses.clone(),
+                last_seen_ms: record.last_seen_ms,
+                circuit_open: false,
+            })
+            .collect();
+        views.sort_by_key(|view| view.peer_id);
+        views
+    }
+
+    pub fn connected_count(&self) -> usize {
+        self.peers
+            .values()
+            .filter(|record| record.connections > 0)
+            .count()
+    }
+
+    pub fn records_mut(&mut self) -> impl Iterator<Item = (&PeerId, &mut PeerRecord)> {
+        self.peers.iter_mut()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(issued_at_ms: u64) -> NodeInfo {
+        NodeInfo {
+            issued_at_ms,
+            capabilities: vec!["sha256".into()],
+            ..NodeInfo::default()
+        }
+    }
+
+    #[test]
+    fn only_newer_info_replaces_older() {
+        let mut table = PeerTable::default();
+        let peer = PeerId::random();
+        assert!(table.offer_info(peer, info(10), SignedStatement::default(), 0));
+        assert!(!table.offer_info(peer, info(5), SignedStatement::default(), 0));
+        assert!(!table.offer_info(peer, info(10), SignedStatement::default(), 0));
+        assert!(table.offer_info(peer, info(11), SignedStatement::default(), 0));
+        assert_eq!(
+            table
+                .get(&peer)
+                .unwrap()
+                .info
+                .as_ref()
+                .unwrap()
+                .issued_at_ms,
+            11
+        );
+        assert!(table.views()[0].serves("sha256"));
+        assert!(!table.views()[0].serves("md5"));
+    }
+
+    #[test]
+    fn the_table_and_address_lists_are_bounded() {
+        let mut table = PeerTable::default();
+        for now_ms in 0..(PEERS_MAX as u64 + 10) {
+            table.entry(PeerId::random(), now_ms);
+        }
+        assert_eq!(table.len(), PEERS_MAX);
+        let peer = PeerId::random();
+        for port in 0..20u16 {
+            table.add_address(
+                peer,
+                format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap(),
+                0,
+            );
+        }
+        assert_eq!(
+            table.get(&peer).unwrap().addresses.len(),
+            ADDRESSES_PER_PEER_MAX
+        );
+    }
+}

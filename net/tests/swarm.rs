@@ -1,0 +1,244 @@
+//! Real swarms in one process, on loopback TCP: signed info exchange, discovery by
+//! capability, node-protocol requests, limits, and forged info.
+
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use polity_consensus::sign_message;
+use polity_net::network::verify_node_info;
+use polity_net::{
+    AppProtocol, LocalInfo, Multiaddr, NetConfig, NetError, NetEvent, NetHandle, NetMetrics, PeerId,
+};
+use polity_proto::{NodeInfo, StatementKind};
+use tokio::sync::mpsc;
+
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
+
+struct Node {
+    handle: NetHandle,
+    events: mpsc::Receiver<NetEvent>,
+    metrics: NetMetrics,
+    address: Multiaddr,
+}
+
+async fn start(seed: u8, capabilities: &[&str], region: &str, bootstrap: Vec<Multiaddr>) -> Node {
+    let metrics = NetMetrics::default();
+    let config = NetConfig {
+        secret_key: [seed; 32],
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        bootstrap,
+        mdns: false,
+        local: LocalInfo {
+            capabilities: capabilities.iter().map(|c| c.to_string()).collect(),
+            region: region.to_string(),
+            continent: "earth".to_string(),
+            stake: 1,
+            grpc_endpoint: format!("http://127.0.0.1:{seed}"),
+            version: "test".to_string(),
+        },
+    };
+    let (handle, events, _task) = polity_net::start(config, metrics.clone()).unwrap();
+    let started = Instant::now();
+    let address = loop {
+        if let Some(address) = handle.listen_addresses().await.unwrap().into_iter().next() {
+            break address;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no listen address"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let address = address.with(libp2p::multiaddr::Protocol::P2p(handle.local_peer_id()));
+    Node {
+        handle,
+        events,
+        metrics,
+        address,
+    }
+}
+
+/// Waits until `node` holds verified info for every peer in `expected`.
+async fn wait_for_infos(node: &Node, expected: &[PeerId]) {
+    let started = Instant::now();
+    loop {
+        let peers = node.handle.peers().await.unwrap();
+        let known = expected
+            .iter()
+            .filter(|peer| {
+                peers
+                    .iter()
+                    .any(|view| view.peer_id == **peer && view.info.is_some())
+            })
+            .count();
+        if known == expected.len() {
+            return;
+        }
+        assert!(
+            started.elapsed() < CONVERGE_TIMEOUT,
+            "{} knows {known} of {} peers",
+            node.handle.local_peer_id(),
+            expected.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_discover_each_other_and_serve_requests() {
+    let a = start(1, &["sha256"], "north", vec![]).await;
+    let b = start(2, &["sha256", "echo"], "south", vec![a.address.clone()]).await;
+    let mut c = start(3, &["echo"], "south", vec![a.address.clone()]).await;
+    let ids = [
+        a.handle.local_peer_id(),
+        b.handle.local_peer_id(),
+        c.handle.local_peer_id(),
+    ];
+
+    // b and c only know a; gossip and dialing make everyone know everyone.
+    wait_for_infos(&a, &[ids[1], ids[2]]).await;
+    wait_for_infos(&b, &[ids[0], ids[2]]).await;
+    wait_for_infos(&c, &[ids[0], ids[1]]).await;
+
+    let views = b.handle.peers().await.unwrap();
+    let view_c = views.iter().find(|view| view.peer_id == ids[2]).unwrap();
+    let info_c = view_c.info.as_ref().unwrap();
+    assert_eq!(info_c.capabilities, vec!["echo".to_string()]);
+    assert_eq!(info_c.region, "south");
+    assert_eq!(info_c.peer_id, ids[2].to_string());
+    assert!(view_c.serves("echo") && !view_c.serves("sha256"));
+
+    // Kademlia provider records: a and b provide capability/sha256.
+    let started = Instant::now();
+    loop {
+        let providers = c
+            .handle
+            .find_providers("capability/sha256".to_string())
+            .await
+            .unwrap();
+        if providers.contains(&ids[0]) && providers.contains(&ids[1]) {
+            break;
+        }
+        assert!(
+            started.elapsed() < CONVERGE_TIMEOUT,
+            "providers found: {providers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A request on the task protocol reaches c's node, and c's answer comes back.
+    let ask = tokio::spawn({
+        let handle = a.handle.clone();
+        async move {
+            handle
+                .request(ids[2], AppProtocol::Task, b"ping?".to_vec())
+                .await
+        }
+    });
+    let event = tokio::time::timeout(CONVERGE_TIMEOUT, async {
+        loop {
+            match c.events.recv().await.expect("events") {
+                NetEvent::Request {
+                    peer,
+                    protocol,
+                    bytes,
+                    responder,
+                } => break (peer, protocol, bytes, responder),
+                _ => continue,
+            }
+        }
+    })
+    .await
+    .expect("the request arrives");
+    assert_eq!(event.0, ids[0]);
+    assert_eq!(event.1, AppProtocol::Task);
+    assert_eq!(event.2, b"ping?");
+    event.3.respond(b"pong!".to_vec());
+    assert_eq!(ask.await.unwrap().unwrap(), b"pong!");
+
+    // An unanswered request fails on the asking side instead of hanging.
+    let ask = tokio::spawn({
+        let handle = a.handle.clone();
+        async move {
+            handle
+                .request(ids[2], AppProtocol::Consensus, b"ignored".to_vec())
+                .await
+        }
+    });
+    loop {
+        if let NetEvent::Request { responder, .. } = c.events.recv().await.expect("events") {
+            drop(responder);
+            break;
+        }
+    }
+    assert!(matches!(ask.await.unwrap(), Err(NetError::Request { .. })));
+
+    // An oversized request is refused by the codec and counted, and nothing crashes.
+    let oversized = vec![0u8; polity_net::codec::FRAME_BYTES_MAX + 1];
+    let result = a.handle.request(ids[1], AppProtocol::Task, oversized).await;
+    assert!(result.is_err(), "{result:?}");
+    assert!(a.metrics.requests_failed.get() >= 1);
+    assert_eq!(b.metrics.infos_rejected.get(), 0);
+    // Both nodes still answer.
+    assert!(b.handle.peers().await.is_ok() && a.handle.peers().await.is_ok());
+}
+
+fn signed(key: &SigningKey, edit: impl FnOnce(&mut NodeInfo)) -> polity_proto::SignedStatement {
+    let public = key.verifying_key().to_bytes();
+    let mut info = NodeInfo {
+        public_key: public.to_vec(),
+        peer_id: polity_net::peer_id_of(&public).unwrap().to_string(),
+        capabilities: vec!["sha256".into()],
+        issued_at_ms: 1,
+        ..NodeInfo::default()
+    };
+    edit(&mut info);
+    sign_message(key, StatementKind::NodeInfo, &info)
+}
+
+#[test]
+fn forged_or_mismatched_node_info_is_rejected() {
+    let honest = SigningKey::from_bytes(&[7; 32]);
+    let other = SigningKey::from_bytes(&[8; 32]);
+    let honest_peer = polity_net::peer_id_of(&honest.verifying_key().to_bytes()).unwrap();
+    let other_peer = polity_net::peer_id_of(&other.verifying_key().to_bytes()).unwrap();
+
+    let good = signed(&honest, |_| {});
+    assert_eq!(
+        verify_node_info(Some(honest_peer), &good).unwrap().0,
+        honest_peer
+    );
+    assert_eq!(verify_node_info(None, &good).unwrap().0, honest_peer);
+
+    // Answering for another peer.
+    assert!(
+        verify_node_info(Some(other_peer), &good)
+            .unwrap_err()
+            .contains("signed by")
+    );
+    // A flipped byte in the body.
+    let mut tampered = good.clone();
+    tampered.body[3] ^= 1;
+    assert!(
+        verify_node_info(None, &tampered)
+            .unwrap_err()
+            .contains("bad signature")
+    );
+    // Signed by one key, claiming another key inside.
+    let lying = signed(&other, |info| {
+        info.public_key = honest.verifying_key().to_bytes().to_vec()
+    });
+    assert!(
+        verify_node_info(None, &lying)
+            .unwrap_err()
+            .contains("another key")
+    );
+    // Unsigned.
+    let mut unsigned = good.clone();
+    unsigned.signature.clear();
+    assert!(verify_node_info(None, &unsigned).is_err());
+    // Wrong statement kind.
+    let mut wrong_kind = good;
+    wrong_kind.kind = StatementKind::Observation as i32;
+    assert!(verify_node_info(None, &wrong_kind).is_err());
+}

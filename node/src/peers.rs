@@ -1,0 +1,426 @@
+//! The node's view of its peers: what the network layer saw, joined with the
+//! trust this node keeps for each peer; discovery by capability; and the handling
+//! of what peers did (bad info, failed requests, evidence) as trust events.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use polity_consensus::{
+    PublicKey, TRUST_FLOOR, TRUST_PRIOR, TrustEvent, TrustScore, verify_evidence,
+};
+use polity_net::{NetEvent, NetHandle, PeerId, PeerView, public_key_of};
+use polity_proto::{
+    Evidence, GetTrustResponse, NodeInfo, PeerEntry, Topology, TopologyContinent, TopologyNode,
+    TopologyRegion, TrustEntry,
+};
+use prost::Message;
+use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
+use crate::storage::{Store, StoreError};
+use crate::unix_ms;
+
+/// Trust entries listed at most.
+const TRUST_ENTRIES_MAX: usize = 100_000;
+
+/// The compatibility rule (the seed's): a peer may join a group when its
+/// capabilities overlap the task's by more than `overlap_min`, its trust is above
+/// `trust_min` and its round-trip time is below `rtt_ms_max`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Compatibility {
+    pub overlap_min: f64,
+    pub trust_min: f64,
+    pub rtt_ms_max: u64,
+}
+
+impl Default for Compatibility {
+    fn default() -> Self {
+        Compatibility {
+            overlap_min: 0.3,
+            trust_min: TRUST_FLOOR,
+            rtt_ms_max: 100,
+        }
+    }
+}
+
+/// One peer, joined with this node's trust in it.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub view: PeerView,
+    pub trust: f64,
+}
+
+impl Candidate {
+    /// The share of `wanted` capabilities the peer serves.
+    pub fn overlap(&self, wanted: &[String]) -> f64 {
+        if wanted.is_empty() {
+            return 1.0;
+        }
+        let served = wanted
+            .iter()
+            .filter(|capability| self.view.serves(capability))
+            .count();
+        served as f64 / wanted.len() as f64
+    }
+
+    pub fn is_compatible(&self, wanted: &[String], rule: &Compatibility) -> bool {
+        self.view.info.is_some()
+            && self.overlap(wanted) > rule.overlap_min
+            && self.trust > rule.trust_min
+            && self.view.rtt_ms.is_some_and(|rtt| rtt < rule.rtt_ms_max)
+    }
+}
+
+/// Filters and ranks candidates: compatible ones only, best trust first, then the
+/// lowest round-trip time, then PeerId (so the order is deterministic).
+pub fn rank(
+    mut candidates: Vec<Candidate>,
+    wanted: &[String],
+    rule: &Compatibility,
+) -> Vec<Candidate> {
+    candidates.retain(|candidate| candidate.is_compatible(wanted, rule));
+    candidates.sort_by(|a, b| {
+        b.trust
+            .total_cmp(&a.trust)
+            .then(a.view.rtt_ms.cmp(&b.view.rtt_ms))
+            .then(a.view.peer_id.cmp(&b.view.peer_id))
+    });
+    candidates
+}
+
+/// The node's peers service.
+#[derive(Clone)]
+pub struct Peers {
+    net: NetHandle,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    rule: Compatibility,
+    /// This node, for topology answers.
+    local: NodeInfo,
+}
+
+impl Peers {
+    pub fn new(
+        net: NetHandle,
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        rule: Compatibility,
+        local: NodeInfo,
+    ) -> Peers {
+        Peers {
+            net,
+            store,
+            metrics,
+            rule,
+            local,
+        }
+    }
+
+    pub fn net(&self) -> &NetHandle {
+        &self.net
+    }
+
+    pub fn trust_of(&self, peer: &PeerId, now_ms: u64) -> Result<f64, StoreError> {
+        let Ok(key) = public_key_of(peer) else {
+            return Ok(0.0);
+        };
+        Ok(self
+            .store
+            .trust(&PublicKey(key))?
+            .map(|score| score.at(now_ms))
+            .unwrap_or(TRUST_PRIOR))
+    }
+
+    /// Moves a peer's trust by `event`, persistently.
+    pub fn record(&self, peer: &PeerId, event: TrustEvent) -> Result<(), StoreError> {
+        let Ok(key) = public_key_of(peer) else {
+            return Ok(());
+        };
+        let key = PublicKey(key);
+        self.record_key(&key, event)
+    }
+
+    pub fn record_key(&self, key: &PublicKey, event: TrustEvent) -> Result<(), StoreError> {
+        let now_ms = unix_ms();
+        let current = self
+            .store
+            .trust(key)?
+            .unwrap_or_else(|| TrustScore::new(now_ms));
+        self.store.set_trust(key, current.apply(event, now_ms))
+    }
+
+    /// Every known peer with its trust.
+    pub async fn candidates(&self) -> anyhow::Result<Vec<Candidate>> {
+        let now_ms = unix_ms();
+        let views = self.net.peers().await?;
+        let mut candidates = Vec::with_capacity(views.len());
+        for view in views {
+            let trust = self.trust_of(&view.peer_id, now_ms)?;
+            candidates.push(Candidate { view, trust });
+        }
+        self.metrics
+            .agents
+            .set(1 + candidates.iter().filter(|c| c.view.info.is_some()).count() as i64);
+        Ok(candidates)
+    }
+
+    /// Peers that can serve `capability` (in `region` / `continent` when given),
+    /// compatible by the rule and ranked best first. Asks the DHT for providers too,
+    /// so peers known only there get dialed and show up in the next call.
+    pub async fn find(
+        &self,
+        capability: &str,
+        region: Option<&str>,
+        continent: Option<&str>,
+    ) -> anyhow::Result<Vec<Candidate>> {
+        let providers = self
+            .net
+            .find_providers(format!("capability/{capability}"))
+            .await?;
+        tracing::debug!(capability, providers = providers.len(), "DHT providers");
+        let wanted = [capability.to_string()];
+        let in_place = |candidate: &Candidate| {
+            let info = candidate.view.info.as_ref();
+            region.is_none_or(|r| info.is_some_and(|i| i.region == r))
+                && continent.is_none_or(|c| info.is_some_and(|i| i.continent == c))
+        };
+        let candidates = self
+            .candidates()
+            .await?
+            .into_iter()
+            .filter(in_place)
+            .collect();
+        Ok(rank(candidates, &wanted, &self.rule))
+    }
+
+    /// ListPeers: filtered, and ranked when `compatible_only`.
+    pub async fn list(
+        &self,
+        capability: &str,
+        region: &str,
+        continent: &str,
+        compatible_only: bool,
+    ) -> anyhow::Result<Vec<PeerEntry>> {
+        let non_empty = |s: &str| (!s.is_empty()).then_some(s.to_string());
+        let (region, continent) = (non_empty(region), non_empty(continent));
+        let candidates = if compatible_only {
+            self.find(capability, region.as_deref(), continent.as_deref())
+                .await?
+        } else {
+            self.candidates()
+                .await?
+                .into_iter()
+                .filter(|c| capability.is_empty() || c.view.serves(capability))
+                .filter(|c| {
+                    let info = c.view.info.as_ref();
+                    region
+                        .as_ref()
+                        .is_none_or(|r| info.is_some_and(|i| &i.region == r))
+                        && continent
+                            .as_ref()
+                            .is_none_or(|k| info.is_some_and(|i| &i.continent == k))
+                })
+                .collect()
+        };
+        Ok(candidates
+            .into_iter()
+            .map(|candidate| PeerEntry {
+                peer_id: candidate.view.peer_id.to_string(),
+                info: candidate.view.info,
+                trust: candidate.trust,
+                rtt_ms: candidate.view.rtt_ms.unwrap_or(0),
+                connected: candidate.view.connected,
+                circuit_open: candidate.view.circuit_open,
+            })
+            .collect())
+    }
+
+    pub fn trust_table(&self, peer_id: &str) -> anyhow::Result<GetTrustResponse> {
+        let now_ms = unix_ms();
+        let mut entries = Vec::new();
+        for (key, score) in self.store.trust_entries(TRUST_ENTRIES_MAX)? {
+            let Ok(peer) = polity_net::peer_id_of(&key.0) else {
+                continue;
+            };
+            let peer = peer.to_string();
+            if peer_id.is_empty() || peer == peer_id {
+                entries.push(TrustEntry {
+                    peer_id: peer,
+                    score: score.at(now_ms),
+                    updated_at_ms: score.updated_at_ms,
+                });
+            }
+        }
+        Ok(GetTrustResponse {
+            entries,
+            floor: TRUST_FLOOR,
+            prior: TRUST_PRIOR,
+        })
+    }
+
+    pub async fn topology(&self) -> anyhow::Result<Topology> {
+        let mut tree: BTreeMap<String, BTreeMap<String, Vec<TopologyNode>>> = BTreeMap::new();
+        let mut place = |info: &NodeInfo, node: TopologyNode| {
+            tree.entry(info.continent.clone())
+                .or_default()
+                .entry(info.region.clone())
+                .or_default()
+                .push(node);
+        };
+        place(
+            &self.local,
+            TopologyNode {
+                peer_id: self.local.peer_id.clone(),
+                capabilities: self.local.capabilities.clone(),
+                grpc_endpoint: self.local.grpc_endpoint.clone(),
+                trust: 1.0,
+                connected: true,
+                is_self: true,
+            },
+        );
+        for candidate in self.candidates().await? {
+            let Some(info) = &candidate.view.info else {
+                continue;
+            };
+            place(
+                info,
+                TopologyNode {
+                    peer_id: candidate.view.peer_id.to_string(),
+                    capabilities: info.capabilities.clone(),
+                    grpc_endpoint: info.grpc_endpoint.clone(),
+                    trust: candidate.trust,
+                    connected: candidate.view.connected,
+                    is_self: false,
+                },
+            );
+        }
+        Ok(Topology {
+            continents: tree
+                .into_iter()
+                .map(|(name, regions)| TopologyContinent {
+                    name,
+                    regions: regions
+                        .into_iter()
+                        .map(|(name, mut nodes)| {
+                            nodes.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+                            TopologyRegion { name, nodes }
+                        })
+                        .collect(),
+                })
+                .collect(),
+        })
+    }
+
+    /// Turns network events into trust events until the network stops.
+    pub async fn run(self, mut events: mpsc::Receiver<NetEvent>) {
+        while let Some(event) = events.recv().await {
+            if let Err(error) = self.on_event(event) {
+                tracing::warn!(%error, "could not record a peer event");
+            }
+        }
+    }
+
+    fn on_event(&self, event: NetEvent) -> Result<(), StoreError> {
+        match event {
+            NetEvent::InvalidInfo { peer, reason } => {
+                tracing::info!(%peer, reason, "peer sent invalid node info");
+                self.record(&peer, TrustEvent::InvalidSignature)
+            }
+            NetEvent::RequestFailed { peer, reason } => {
+                tracing::debug!(%peer, reason, "request to peer failed");
+                self.record(&peer, TrustEvent::Timeout)
+            }
+            NetEvent::Evidence { source, bytes } => {
+                let verdict = Evidence::decode(bytes.as_slice())
+                    .map_err(|e| e.to_string())
+                    .and_then(|evidence| verify_evidence(&evidence).map_err(|e| e.to_string()));
+                match verdict {
+                    Ok(culprit) => {
+                        tracing::warn!(%culprit, %source, "verified equivocation evidence");
+                        self.metrics.byzantine_attacks_detected.inc();
+                        self.record_key(&culprit, TrustEvent::Equivocation)
+                    }
+                    Err(reason) => {
+                        tracing::info!(%source, reason, "gossiped evidence did not verify");
+                        self.record(&source, TrustEvent::InvalidSignature)
+                    }
+                }
+            }
+            NetEvent::Request {
+                peer,
+                protocol,
+                responder,
+                ..
+            } => {
+                // Task dispatch and group messages arrive with the federation work;
+                // until then the request is refused (dropping the responder fails it
+                // on the sender's side) and logged.
+                tracing::debug!(%peer, ?protocol, "request on a protocol this node does not serve yet");
+                drop(responder);
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidate(trust: f64, rtt_ms: Option<u64>, capabilities: &[&str]) -> Candidate {
+        Candidate {
+            view: PeerView {
+                peer_id: PeerId::random(),
+                info: Some(NodeInfo {
+                    capabilities: capabilities.iter().map(|c| c.to_string()).collect(),
+                    ..NodeInfo::default()
+                }),
+                signed: None,
+                connected: true,
+                rtt_ms,
+                addresses: Vec::new(),
+                last_seen_ms: 0,
+                circuit_open: false,
+            },
+            trust,
+        }
+    }
+
+    fn check(candidates: Vec<Candidate>) -> Vec<(f64, Option<u64>)> {
+        rank(
+            candidates,
+            &["sha256".to_string()],
+            &Compatibility::default(),
+        )
+        .into_iter()
+        .map(|c| (c.trust, c.view.rtt_ms))
+        .collect()
+    }
+
+    #[test]
+    fn the_compatibility_rule_filters_and_ranks() {
+        let ranked = check(vec![
+            candidate(0.9, Some(50), &["sha256"]),
+            candidate(0.95, Some(80), &["sha256", "echo"]),
+            candidate(0.9, Some(10), &["sha256"]),
+            candidate(0.7, Some(1), &["sha256"]), // trust not above the floor
+            candidate(0.99, Some(100), &["sha256"]), // too slow
+            candidate(0.99, None, &["sha256"]),   // never measured
+            candidate(0.99, Some(1), &["echo"]),  // does not serve it
+        ]);
+        assert_eq!(
+            ranked,
+            vec![(0.95, Some(80)), (0.9, Some(10)), (0.9, Some(50))]
+        );
+    }
+
+    #[test]
+    fn overlap_is_the_served_share_of_the_wanted_capabilities() {
+        let peer = candidate(0.9, Some(1), &["a", "b"]);
+        let wanted: Vec<String> = ["a", "c", "d"].iter().map(|s| s.to_string()).collect();
+        assert!((peer.overlap(&wanted) - 1.0 / 3.0).abs() < 1e-9);
+        assert!(peer.is_compatible(&wanted, &Compatibility::default()));
+        let wanted: Vec<String> = ["a", "c", "d", "e"].iter().map(|s| s.to_string()).collect();
+        assert!(!peer.is_compatible(&wanted, &Compatibility::default()));
+    }
+}

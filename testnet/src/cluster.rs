@@ -1,0 +1,422 @@
+//! `polity-testnet up | status | down`: a local cluster of real node processes.
+//!
+//! `up` starts N nodes on 127.0.0.1 (ephemeral ports, a data dir each, node 0 as the
+//! bootstrap peer of the others), shows a progress bar until every node has
+//! discovered every other node's signed info, and prints a table. It then either
+//! watches the nodes until Ctrl-C (reporting any that die) or, with `--detach`,
+//! leaves them running and records them in `<dir>/testnet.json` for `status` and
+//! `down`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use polity_proto::{GetNodeInfoRequest, ListPeersRequest};
+use serde::{Deserialize, Serialize};
+
+use crate::process::{NodeProcess, NodeSpec, polity_binary, process_alive, rss_bytes, terminate};
+
+/// File that records a detached testnet.
+pub const STATE_FILE: &str = "testnet.json";
+/// Nodes in one testnet at most.
+pub const NODES_MAX: usize = 500;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 5)]
+    pub nodes: usize,
+    /// Number of regions (nodes are dealt round-robin).
+    #[arg(long, default_value_t = 2)]
+    pub regions: usize,
+    /// Number of continents (regions are dealt round-robin).
+    #[arg(long, default_value_t = 1)]
+    pub continents: usize,
+    /// Capabilities of every node, as NAME=EXECUTOR (repeatable; default: echo,
+    /// sha256, wordcount, sum builtins).
+    #[arg(long = "capability")]
+    pub capabilities: Vec<String>,
+    /// Where data dirs and the state file go.
+    #[arg(long, default_value = "polity-testnet")]
+    pub dir: PathBuf,
+    /// Leave the nodes running and return (see `status` and `down`).
+    #[arg(long)]
+    pub detach: bool,
+    /// Stop the nodes as soon as discovery converged, and print the measurements
+    /// as JSON (for BENCHMARKS.md).
+    #[arg(long)]
+    pub measure: bool,
+    /// Give up if discovery has not converged after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    pub timeout_s: u64,
+    /// Extra flags for every `polity node` (repeatable), e.g. --node-arg=--stake=2.
+    #[arg(long = "node-arg")]
+    pub node_args: Vec<String>,
+}
+
+/// One node of a recorded testnet.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub name: String,
+    pub pid: u32,
+    pub data_dir: PathBuf,
+    pub region: String,
+    pub continent: String,
+    pub peer_id: String,
+    pub grpc: String,
+    pub http: String,
+    pub p2p: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TestnetState {
+    pub nodes: Vec<NodeRecord>,
+}
+
+impl TestnetState {
+    pub fn read(dir: &Path) -> anyhow::Result<Option<TestnetState>> {
+        let path = dir.join(STATE_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(
+                serde_json::from_str(&text)
+                    .with_context(|| format!("parsing {}", path.display()))?,
+            )),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(error).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    fn write(&self, dir: &Path) -> anyhow::Result<()> {
+        let path = dir.join(STATE_FILE);
+        std::fs::write(&path, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+/// What `up --measure` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Measurement {
+    pub nodes: usize,
+    pub start_ms: u64,
+    pub converge_ms: u64,
+    pub rss_bytes_mean: u64,
+    pub rss_bytes_max: u64,
+}
+
+fn default_capabilities() -> Vec<String> {
+    ["echo", "sha256", "wordcount", "sum"]
+        .iter()
+        .map(|name| format!("{name}=builtin:{name}"))
+        .collect()
+}
+
+/// The plan of node `index`: its name, region and continent.
+pub fn placement(index: usize, regions: usize, continents: usize) -> (String, String, String) {
+    let region = index % regions;
+    (
+        format!("node-{index}"),
+        format!("region-{region}"),
+        format!("continent-{}", region % continents),
+    )
+}
+
+pub async fn up(args: UpArgs) -> anyhow::Result<()> {
+    if args.nodes == 0 || args.nodes > NODES_MAX {
+        bail!("--nodes must be in 1..={NODES_MAX}");
+    }
+    if args.regions == 0 || args.continents == 0 || args.continents > args.regions {
+        bail!("need at least one region and one continent, and no more continents than regions");
+    }
+    if let Some(state) = TestnetState::read(&args.dir)?
+        && state.nodes.iter().any(|node| process_alive(node.pid))
+    {
+        bail!(
+            "a testnet is already running in {} (polity-testnet down --dir {} first)",
+            args.dir.display(),
+            args.dir.display()
+        );
+    }
+    let binary = polity_binary()?;
+    std::fs::create_dir_all(&args.dir)?;
+    let capabilities = if args.capabilities.is_empty() {
+        default_capabilities()
+    } else {
+        args.capabilities.clone()
+    };
+    let started = Instant::now();
+    let bar = ProgressBar::new(args.nodes as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:<22} [{bar:40}] {pos}/{len}").expect("valid template"),
+    );
+    bar.set_message("starting nodes");
+    let mut nodes: Vec<NodeProcess> = Vec::with_capacity(args.nodes);
+    for index in 0..args.nodes {
+        let (name, region, continent) = placement(index, args.regions, args.continents);
+        let data_dir = args.dir.join(&name);
+        // A fresh testnet: old data (identities, ledgers) goes.
+        let _ = std::fs::remove_dir_all(&data_dir);
+        let mut extra_args = Vec::new();
+        for capability in &capabilities {
+            extra_args.push("--capability".to_string());
+            extra_args.push(capability.clone());
+        }
+        // Bootstrap to the first two nodes (two, so node 0 is no single point).
+        for seed in nodes.iter().take(2) {
+            if let Some(address) = seed.endpoints.p2p.first() {
+                extra_args.push("--bootstrap".to_string());
+                extra_args.push(address.clone());
+            }
+        }
+        extra_args.extend(args.node_args.iter().cloned());
+        let spec = NodeSpec {
+            name,
+            data_dir,
+            region,
+            continent,
+            extra_args,
+        };
+        nodes.push(NodeProcess::start(&binary, spec)?);
+        bar.inc(1);
+    }
+    let start_ms = started.elapsed().as_millis() as u64;
+    bar.finish_and_clear();
+
+    let converged = Instant::now();
+    wait_for_discovery(&nodes, Duration::from_secs(args.timeout_s)).await?;
+    let converge_ms = converged.elapsed().as_millis() as u64;
+    println!(
+        "{} node(s) started in {:.1} s; discovery converged in {:.1} s",
+        nodes.len(),
+        start_ms as f64 / 1000.0,
+        converge_ms as f64 / 1000.0
+    );
+    print_table(&nodes);
+    let records: Vec<NodeRecord> = nodes.iter().map(record_of).collect();
+
+    if args.measure {
+        // Let the nodes settle to their idle footprint before reading RSS.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let rss: Vec<u64> = records
+            .iter()
+            .filter_map(|node| rss_bytes(node.pid))
+            .collect();
+        let measurement = Measurement {
+            nodes: nodes.len(),
+            start_ms,
+            converge_ms,
+            rss_bytes_mean: rss.iter().sum::<u64>() / rss.len().max(1) as u64,
+            rss_bytes_max: rss.iter().copied().max().unwrap_or(0),
+        };
+        println!("{}", serde_json::to_string(&measurement)?);
+        for node in nodes {
+            node.stop()?;
+        }
+        return Ok(());
+    }
+    if args.detach {
+        TestnetState { nodes: records }.write(&args.dir)?;
+        for node in nodes {
+            node.detach();
+        }
+        println!(
+            "Detached. polity-testnet status --dir {0} | polity-testnet down --dir {0}",
+            args.dir.display()
+        );
+        return Ok(());
+    }
+    TestnetState { nodes: records }.write(&args.dir)?;
+    println!("Running; Ctrl-C stops every node.");
+    watch_until_interrupted(&mut nodes).await;
+    let _ = std::fs::remove_file(args.dir.join(STATE_FILE));
+    for node in nodes {
+        if let Err(error) = node.stop() {
+            eprintln!("{error:#}");
+        }
+    }
+    println!("Testnet stopped.");
+    Ok(())
+}
+
+/// Polls every node's ListPeers until each knows the signed info of all others.
+async fn wait_for_discovery(nodes: &[NodeProcess], timeout: Duration) -> anyhow::Result<()> {
+    let expected = nodes.len() * (nodes.len() - 1);
+    let bar = ProgressBar::new(expected as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:<22} [{bar:40}] {pos}/{len}").expect("valid template"),
+    );
+    bar.set_message("discovering peers");
+    let mut clients = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        clients.push(node.client().await?);
+    }
+    let started = Instant::now();
+    loop {
+        let mut known = 0;
+        for client in &mut clients {
+            let peers = client
+                .list_peers(ListPeersRequest::default())
+                .await
+                .map(|response| response.into_inner().peers)
+                .unwrap_or_default();
+            known += peers
+                .iter()
+                .filter(|peer| peer.info.is_some())
+                .count()
+                .min(nodes.len() - 1);
+        }
+        bar.set_position(known as u64);
+        if known >= expected {
+            bar.finish_and_clear();
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            bar.abandon();
+            bail!(
+                "discovery did not converge in {timeout:?}: {known} of {expected} peer views known"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn record_of(node: &NodeProcess) -> NodeRecord {
+    NodeRecord {
+        name: node.spec.name.clone(),
+        pid: node.endpoints.pid,
+        data_dir: node.spec.data_dir.clone(),
+        region: node.spec.region.clone(),
+        continent: node.spec.continent.clone(),
+        peer_id: node.endpoints.peer_id.clone(),
+        grpc: node.endpoints.grpc.clone(),
+        http: node.endpoints.http.clone(),
+        p2p: node.endpoints.p2p.clone(),
+    }
+}
+
+fn print_table(nodes: &[NodeProcess]) {
+    println!(
+        "{:<9} {:<54} {:<10} {:<12} {:<24} HTTP",
+        "node", "peer id", "region", "continent", "gRPC"
+    );
+    for node in nodes {
+        println!(
+            "{:<9} {:<54} {:<10} {:<12} {:<24} {}",
+            node.spec.name,
+            node.endpoints.peer_id,
+            node.spec.region,
+            node.spec.continent,
+            node.endpoints.grpc,
+            node.endpoints.http
+        );
+    }
+}
+
+async fn watch_until_interrupted(nodes: &mut [NodeProcess]) {
+    let mut reported = vec![false; nodes.len()];
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return,
+            _ = every.tick() => {
+                for (index, node) in nodes.iter_mut().enumerate() {
+                    if let Some(status) = node.exit_status() && !reported[index] {
+                        reported[index] = true;
+                        eprintln!("node {} (pid {}) DIED: {status}; its log: {}",
+                            node.spec.name, node.endpoints.pid, node.spec.data_dir.join("node.log").display());
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DirArgs {
+    #[arg(long, default_value = "polity-testnet")]
+    pub dir: PathBuf,
+}
+
+pub async fn status(args: DirArgs) -> anyhow::Result<()> {
+    let Some(state) = TestnetState::read(&args.dir)? else {
+        bail!("no testnet recorded in {}", args.dir.display());
+    };
+    println!(
+        "{:<9} {:<8} {:<8} {:>6} {:>9} {:<10} {:<12} gRPC",
+        "node", "pid", "state", "peers", "rss MiB", "region", "continent"
+    );
+    let mut dead = 0;
+    for node in &state.nodes {
+        let alive = process_alive(node.pid);
+        let peers = if alive {
+            known_peers(&node.grpc).await
+        } else {
+            None
+        };
+        let state = match (alive, peers) {
+            (false, _) => {
+                dead += 1;
+                "DEAD"
+            }
+            (true, None) => "UNREACHABLE",
+            (true, Some(_)) => "up",
+        };
+        println!(
+            "{:<9} {:<8} {:<8} {:>6} {:>9} {:<10} {:<12} {}",
+            node.name,
+            node.pid,
+            state,
+            peers.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
+            rss_bytes(node.pid)
+                .map(|b| format!("{:.1}", b as f64 / 1048576.0))
+                .unwrap_or_else(|| "-".into()),
+            node.region,
+            node.continent,
+            node.grpc
+        );
+    }
+    if dead > 0 {
+        println!("{dead} node(s) are dead.");
+    }
+    Ok(())
+}
+
+async fn known_peers(grpc: &str) -> Option<usize> {
+    let mut client = polity_proto::federation_client::FederationClient::connect(grpc.to_string())
+        .await
+        .ok()?;
+    client.get_node_info(GetNodeInfoRequest {}).await.ok()?;
+    let peers = client
+        .list_peers(ListPeersRequest::default())
+        .await
+        .ok()?
+        .into_inner()
+        .peers;
+    Some(peers.iter().filter(|peer| peer.info.is_some()).count())
+}
+
+pub async fn down(args: DirArgs) -> anyhow::Result<()> {
+    let Some(state) = TestnetState::read(&args.dir)? else {
+        println!("no testnet recorded in {}", args.dir.display());
+        return Ok(());
+    };
+    for node in &state.nodes {
+        if process_alive(node.pid) {
+            terminate(node.pid);
+        }
+    }
+    let started = Instant::now();
+    while state.nodes.iter().any(|node| process_alive(node.pid)) {
+        if started.elapsed() > crate::process::STOP_GRACE {
+            for node in state.nodes.iter().filter(|node| process_alive(node.pid)) {
+                eprintln!("node {} ignored SIGTERM; killing it", node.name);
+                crate::process::kill(node.pid);
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::fs::remove_file(args.dir.join(STATE_FILE))?;
+    println!("stopped {} node(s)", state.nodes.len());
+    Ok(())
+}
