@@ -26,8 +26,8 @@ use crate::aggregate::{AnswerVerifier, Ballot, aggregate, normalize};
 use crate::ids::{IdError, PublicKey, TaskId};
 use crate::quorum::QuorumRule;
 use crate::statement::{
-    ANSWER_BYTES_MAX, StatementError, check_shape, decode_body, domain_tag, signed_message,
-    statement_digest,
+    ANSWER_BYTES_MAX, StatementError, batch_verify, check_lengths, decode_body, domain_tag,
+    signed_message, statement_digest,
 };
 use crate::task::{TASK_BYTES_MAX, task_id};
 
@@ -248,12 +248,17 @@ impl Batch<'_> {
                 },
             });
         }
-        let (kind, signer, _, signature) =
-            check_shape(statement).map_err(|error| VerifyError::Statement { what, error })?;
-        let index = *self
-            .members
-            .get(&signer)
-            .ok_or(VerifyError::NotMember { what, signer })?;
+        let statement_error = |error| VerifyError::Statement { what, error };
+        let (kind, signer, signature) = check_lengths(statement).map_err(statement_error)?;
+        // A member's key was decompressed and checked (valid, not weak) by
+        // `member_keys`; only a non-member's key is checked here, so the error is the
+        // one `check_shape` would give (a bad key before "not a member").
+        let Some(&index) = self.members.get(&signer) else {
+            signer
+                .to_verifying_key()
+                .map_err(|error| statement_error(error.into()))?;
+            return Err(VerifyError::NotMember { what, signer });
+        };
         self.messages.push(signed_message(kind, &statement.body));
         self.signatures.push(signature);
         self.verifying_keys.push(self.keys[index]);
@@ -261,10 +266,9 @@ impl Batch<'_> {
     }
 
     fn verify(self) -> Result<u32, VerifyError> {
-        let messages: Vec<&[u8]> = self.messages.iter().map(Vec::as_slice).collect();
-        ed25519_dalek::verify_batch(&messages, &self.signatures, &self.verifying_keys)
+        batch_verify(&self.messages, &self.signatures, &self.verifying_keys)
             .map_err(|_| VerifyError::BadSignature)?;
-        Ok(u32::try_from(messages.len()).unwrap_or(u32::MAX))
+        Ok(u32::try_from(self.messages.len()).unwrap_or(u32::MAX))
     }
 }
 
@@ -976,6 +980,17 @@ pub(crate) mod tests {
                     crate::statement::sign_statement(&outsider, StatementKind::Attestation, body);
             }),
             Err("non-member"),
+        );
+        // A non-member's key is still checked first: a weak one is a key error.
+        check(
+            &tampered(&|c| {
+                c.attestations[0].signer = {
+                    let mut k = vec![0; 32];
+                    k[0] = 1;
+                    k
+                }
+            }),
+            Err("attestation: signer key: weak"),
         );
         check(
             &tampered(&|c| c.members[0].weight = 5),

@@ -100,11 +100,14 @@ pub fn statement_kind(statement: &SignedStatement) -> Result<StatementKind, Stat
     }
 }
 
-/// Everything about a statement that can be checked without the signature math:
-/// lengths, kind, and a valid, non-weak signer key.
-pub(crate) fn check_shape(
+/// The checks of [`check_shape`] that need no curve arithmetic: kind, body length,
+/// signer and signature lengths. The signer key is not decompressed, so a caller that
+/// already holds it as a checked [`VerifyingKey`] (a certificate's member list) need
+/// not decompress it again; any other caller must go on to
+/// [`PublicKey::to_verifying_key`].
+pub(crate) fn check_lengths(
     statement: &SignedStatement,
-) -> Result<(StatementKind, PublicKey, VerifyingKey, Signature), StatementError> {
+) -> Result<(StatementKind, PublicKey, Signature), StatementError> {
     let kind = statement_kind(statement)?;
     if statement.body.len() > STATEMENT_BODY_BYTES_MAX {
         return Err(StatementError::BodyTooLarge {
@@ -120,6 +123,15 @@ pub(crate) fn check_shape(
             length_bytes: statement.signature.len(),
         }
     })?;
+    Ok((kind, signer, signature))
+}
+
+/// Everything about a statement that can be checked without the signature math:
+/// lengths, kind, and a valid, non-weak signer key.
+pub(crate) fn check_shape(
+    statement: &SignedStatement,
+) -> Result<(StatementKind, PublicKey, VerifyingKey, Signature), StatementError> {
+    let (kind, signer, signature) = check_lengths(statement)?;
     let verifying_key = signer.to_verifying_key()?;
     Ok((kind, signer, verifying_key, signature))
 }
@@ -132,6 +144,46 @@ pub fn verify_statement(statement: &SignedStatement) -> Result<PublicKey, Statem
         .verify_strict(&signed_message(kind, &statement.body), &signature)
         .map_err(|_| StatementError::BadSignature)?;
     Ok(signer)
+}
+
+/// Verifies many statements with one `ed25519_dalek::verify_batch` and returns their
+/// signers, in order. Every statement is shape-checked first (kind, lengths, a valid,
+/// non-weak signer key, as in [`verify_statement`]); the first shape error is returned
+/// and nothing is batch-verified. A bad signature anywhere fails the whole batch with
+/// [`StatementError::BadSignature`], without saying which: call [`verify_statement`]
+/// on each to find it. Bodies are not decoded.
+///
+/// This is the check [`crate::verify_chain`] makes on a certificate's statements
+/// (which also requires every signer to be a member). Like any ed25519 batch it is
+/// not `verify_strict`: it does not reject a signature whose `R` has small order,
+/// which only the signer's own key can produce.
+pub fn verify_statements_batch(
+    statements: &[SignedStatement],
+) -> Result<Vec<PublicKey>, StatementError> {
+    let mut signers = Vec::with_capacity(statements.len());
+    let mut messages = Vec::with_capacity(statements.len());
+    let mut signatures = Vec::with_capacity(statements.len());
+    let mut verifying_keys = Vec::with_capacity(statements.len());
+    for statement in statements {
+        let (kind, signer, verifying_key, signature) = check_shape(statement)?;
+        signers.push(signer);
+        messages.push(signed_message(kind, &statement.body));
+        signatures.push(signature);
+        verifying_keys.push(verifying_key);
+    }
+    batch_verify(&messages, &signatures, &verifying_keys)?;
+    Ok(signers)
+}
+
+/// One `verify_batch` over shape-checked statements' signed messages.
+pub(crate) fn batch_verify(
+    messages: &[Vec<u8>],
+    signatures: &[Signature],
+    verifying_keys: &[VerifyingKey],
+) -> Result<(), StatementError> {
+    let messages: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+    ed25519_dalek::verify_batch(&messages, signatures, verifying_keys)
+        .map_err(|_| StatementError::BadSignature)
 }
 
 /// Verifies a statement of the expected `kind`, then decodes its body.
@@ -273,6 +325,47 @@ mod tests {
             Err(StatementError::BodyTooLarge {
                 length_bytes: STATEMENT_BODY_BYTES_MAX + 1,
             }),
+        );
+    }
+
+    #[test]
+    fn batch_verifies_like_one_by_one() {
+        let statements: Vec<SignedStatement> = (1..=5)
+            .map(|seed| sign_message(&key(seed), StatementKind::Attestation, &attestation()))
+            .collect();
+        let signers: Vec<PublicKey> = statements
+            .iter()
+            .map(|s| verify_statement(s).unwrap())
+            .collect();
+        assert_eq!(verify_statements_batch(&statements), Ok(signers));
+        assert_eq!(verify_statements_batch(&[]), Ok(Vec::new()));
+
+        let mut bad = statements.clone();
+        bad[3].signature[7] ^= 1;
+        assert_eq!(
+            verify_statements_batch(&bad),
+            Err(StatementError::BadSignature)
+        );
+        let mut replayed = statements.clone();
+        replayed[1].kind = StatementKind::Observation as i32;
+        assert_eq!(
+            verify_statements_batch(&replayed),
+            Err(StatementError::BadSignature)
+        );
+        // Shape errors come first, as from `verify_statement`, even after a bad signature.
+        bad[4].signer = {
+            let mut identity = vec![0u8; 32];
+            identity[0] = 1;
+            identity
+        };
+        assert_eq!(
+            verify_statements_batch(&bad),
+            Err(StatementError::Key(IdError::WeakKey))
+        );
+        bad[4].kind = 0;
+        assert_eq!(
+            verify_statements_batch(&bad),
+            Err(StatementError::UnknownKind { kind: 0 })
         );
     }
 

@@ -83,6 +83,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the theoretical probability that a federation's answer is correct.
+    Reliability(ReliabilityArgs),
     /// Verify a certificate chain: offline from a file, or by task id on a node.
     Verify {
         #[command(flatten)]
@@ -90,6 +92,62 @@ enum Command {
         #[command(flatten)]
         args: VerifyArgs,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct ReliabilityArgs {
+    /// Per-member error rate(s), comma-separated, each in [0,1].
+    #[arg(long, value_delimiter = ',', default_value = "0.15")]
+    epsilon: Vec<f64>,
+    /// Members per region group (N).
+    #[arg(long, default_value_t = 3)]
+    replicas: u32,
+    /// Levels (1 = region only, 2 = + continent, 3 = + global).
+    #[arg(long, default_value_t = 1)]
+    levels: u32,
+    /// Child groups each parent takes the majority over (levels 2 and 3).
+    #[arg(long, default_value_t = 3)]
+    branching: u32,
+    /// majority, first-valid, or all.
+    #[arg(long, default_value = "all")]
+    aggregation: String,
+    #[arg(long)]
+    json: bool,
+}
+
+fn reliability(args: &ReliabilityArgs) -> anyhow::Result<()> {
+    use polity_consensus::ReliabilityTable;
+    anyhow::ensure!((1..=3).contains(&args.levels), "--levels must be 1, 2 or 3");
+    anyhow::ensure!(args.replicas >= 1 && args.branching >= 1, "--replicas and --branching must be at least 1");
+    anyhow::ensure!(
+        args.epsilon.iter().all(|e| (0.0..=1.0).contains(e)),
+        "--epsilon values must be in [0,1]"
+    );
+    anyhow::ensure!(
+        ["majority", "first-valid", "all"].contains(&args.aggregation.as_str()),
+        "--aggregation must be majority, first-valid or all"
+    );
+    let mut sizes = vec![args.replicas];
+    sizes.extend(std::iter::repeat_n(args.branching, args.levels as usize - 1));
+    let mut table = ReliabilityTable::new(&sizes, &args.epsilon);
+    // The seed's formula stays in every view: it is the figure being compared against.
+    table
+        .rows
+        .retain(|row| args.aggregation == "all" || row.aggregation == args.aggregation || row.aggregation == "seed");
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&table)?);
+        return Ok(());
+    }
+    println!("{:<12} {:<14} {:>8} {:>12}", "aggregation", "group sizes", "epsilon", "P(correct)");
+    for row in &table.rows {
+        let sizes = row.group_sizes.iter().map(u32::to_string).collect::<Vec<_>>().join("x");
+        println!("{:<12} {:<14} {:>8.3} {:>12.6}", row.aggregation, sizes, row.epsilon, row.correct);
+    }
+    println!(
+        "majority: binomial tail per group, composed over levels; first-valid: 1 - e^N at the region; \
+         seed: 1 - e^(N*D), the chance that at least one agent is right"
+    );
+    Ok(())
 }
 
 fn init_logging(format: LogFormat) {
@@ -157,6 +215,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
         } => client::trust(&connection, peer_id, json).await?,
         Command::Topology { connection, json } => client::topology(&connection, json).await?,
+        Command::Reliability(args) => reliability(&args)?,
         Command::Verify { connection, args } => {
             if !client::verify(&connection, &args).await? {
                 return Ok(ExitCode::from(2));
