@@ -36,6 +36,7 @@ pub struct NodeConfig {
     /// Capability name → executor spec (`builtin:NAME`, `exec:COMMAND`, `http:URL`).
     pub capabilities: BTreeMap<String, String>,
     pub api: ApiConfig,
+    pub discovery: DiscoveryConfig,
     pub tls: TlsConfig,
     pub executor: ExecutorLimits,
     pub tasks: TaskLimits,
@@ -64,6 +65,28 @@ pub struct ApiConfig {
     pub payload_bytes_max: usize,
     /// Concurrent requests per connection.
     pub concurrency_per_connection_max: usize,
+}
+
+/// The compatibility rule for choosing peers (the seed's defaults).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoveryConfig {
+    /// A peer must serve more than this share of the wanted capabilities.
+    pub capability_overlap_min: f64,
+    /// A peer's trust must be above this.
+    pub trust_min: f64,
+    /// A peer's measured round-trip time must be below this.
+    pub rtt_ms_max: u64,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        DiscoveryConfig {
+            capability_overlap_min: 0.3,
+            trust_min: polity_consensus::TRUST_FLOOR,
+            rtt_ms_max: 100,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -118,6 +141,7 @@ impl Default for NodeConfig {
             mdns: true,
             capabilities,
             api: ApiConfig::default(),
+            discovery: DiscoveryConfig::default(),
             tls: TlsConfig::default(),
             executor: ExecutorLimits::default(),
             tasks: TaskLimits::default(),
@@ -310,6 +334,17 @@ impl NodeConfig {
         }
         if self.tls.client_ca.is_some() && self.tls.cert.is_none() {
             bail!("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key");
+        }
+        for (what, value) in [
+            (
+                "discovery.capability_overlap_min",
+                self.discovery.capability_overlap_min,
+            ),
+            ("discovery.trust_min", self.discovery.trust_min),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                bail!("{what} must be in [0,1], got {value}");
+            }
         }
         if self.stake == 0 {
             bail!("stake must be at least 1");

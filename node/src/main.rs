@@ -118,7 +118,10 @@ struct ReliabilityArgs {
 fn reliability(args: &ReliabilityArgs) -> anyhow::Result<()> {
     use polity_consensus::ReliabilityTable;
     anyhow::ensure!((1..=3).contains(&args.levels), "--levels must be 1, 2 or 3");
-    anyhow::ensure!(args.replicas >= 1 && args.branching >= 1, "--replicas and --branching must be at least 1");
+    anyhow::ensure!(
+        args.replicas >= 1 && args.branching >= 1,
+        "--replicas and --branching must be at least 1"
+    );
     anyhow::ensure!(
         args.epsilon.iter().all(|e| (0.0..=1.0).contains(e)),
         "--epsilon values must be in [0,1]"
@@ -128,20 +131,36 @@ fn reliability(args: &ReliabilityArgs) -> anyhow::Result<()> {
         "--aggregation must be majority, first-valid or all"
     );
     let mut sizes = vec![args.replicas];
-    sizes.extend(std::iter::repeat_n(args.branching, args.levels as usize - 1));
+    sizes.extend(std::iter::repeat_n(
+        args.branching,
+        args.levels as usize - 1,
+    ));
     let mut table = ReliabilityTable::new(&sizes, &args.epsilon);
     // The seed's formula stays in every view: it is the figure being compared against.
-    table
-        .rows
-        .retain(|row| args.aggregation == "all" || row.aggregation == args.aggregation || row.aggregation == "seed");
+    table.rows.retain(|row| {
+        args.aggregation == "all"
+            || row.aggregation == args.aggregation
+            || row.aggregation == "seed"
+    });
     if args.json {
         println!("{}", serde_json::to_string_pretty(&table)?);
         return Ok(());
     }
-    println!("{:<12} {:<14} {:>8} {:>12}", "aggregation", "group sizes", "epsilon", "P(correct)");
+    println!(
+        "{:<12} {:<14} {:>8} {:>12}",
+        "aggregation", "group sizes", "epsilon", "P(correct)"
+    );
     for row in &table.rows {
-        let sizes = row.group_sizes.iter().map(u32::to_string).collect::<Vec<_>>().join("x");
-        println!("{:<12} {:<14} {:>8.3} {:>12.6}", row.aggregation, sizes, row.epsilon, row.correct);
+        let sizes = row
+            .group_sizes
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join("x");
+        println!(
+            "{:<12} {:<14} {:>8.3} {:>12.6}",
+            row.aggregation, sizes, row.epsilon, row.correct
+        );
     }
     println!(
         "majority: binomial tail per group, composed over levels; first-valid: 1 - e^N at the region; \

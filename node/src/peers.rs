@@ -35,10 +35,11 @@ pub struct Compatibility {
 
 impl Default for Compatibility {
     fn default() -> Self {
+        let config = crate::config::DiscoveryConfig::default();
         Compatibility {
-            overlap_min: 0.3,
-            trust_min: TRUST_FLOOR,
-            rtt_ms_max: 100,
+            overlap_min: config.capability_overlap_min,
+            trust_min: config.trust_min,
+            rtt_ms_max: config.rtt_ms_max,
         }
     }
 }

@@ -168,7 +168,11 @@ pub async fn run_until(config: NodeConfig, mut stop: watch::Receiver<bool>) -> a
         net.clone(),
         Arc::clone(&store),
         Arc::clone(&metrics),
-        Compatibility::default(),
+        Compatibility {
+            overlap_min: config.discovery.capability_overlap_min,
+            trust_min: config.discovery.trust_min,
+            rtt_ms_max: config.discovery.rtt_ms_max,
+        },
         NodeInfo {
             public_key: identity.public_key().0.to_vec(),
             peer_id: identity.peer_id(),

@@ -590,20 +590,53 @@ console.log(JSON.stringify({ certificates, checked, value: chain.value.utf8 }));
 
 #[test]
 fn reliability_prints_the_binomial_figures() {
-    let output = polity(&["reliability", "--epsilon", "0.15", "--replicas", "3", "--aggregation", "majority", "--json"]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = polity(&[
+        "reliability",
+        "--epsilon",
+        "0.15",
+        "--replicas",
+        "3",
+        "--aggregation",
+        "majority",
+        "--json",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let table: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let rows = table["rows"].as_array().unwrap();
-    let majority = rows.iter().find(|row| row["aggregation"] == "majority").unwrap();
-    assert!((majority["correct"].as_f64().unwrap() - 0.93925).abs() < 1e-9, "{majority}");
-    let seed = rows.iter().find(|row| row["aggregation"] == "seed").unwrap();
+    let majority = rows
+        .iter()
+        .find(|row| row["aggregation"] == "majority")
+        .unwrap();
+    assert!(
+        (majority["correct"].as_f64().unwrap() - 0.93925).abs() < 1e-9,
+        "{majority}"
+    );
+    let seed = rows
+        .iter()
+        .find(|row| row["aggregation"] == "seed")
+        .unwrap();
     assert!((seed["correct"].as_f64().unwrap() - (1.0 - 0.15f64.powi(3))).abs() < 1e-9);
     assert!(rows.iter().all(|row| row["aggregation"] != "first-valid"));
 
-    let output = polity(&["reliability", "--epsilon", "0.15", "--replicas", "3", "--levels", "2"]);
+    let output = polity(&[
+        "reliability",
+        "--epsilon",
+        "0.15",
+        "--replicas",
+        "3",
+        "--levels",
+        "2",
+    ]);
     assert!(output.status.success());
     let text = String::from_utf8_lossy(&output.stdout);
-    assert!(text.contains("3x3") && text.contains("first-valid"), "{text}");
+    assert!(
+        text.contains("3x3") && text.contains("first-valid"),
+        "{text}"
+    );
 
     let output = polity(&["reliability", "--epsilon", "1.5"]);
     assert!(!output.status.success());

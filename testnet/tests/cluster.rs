@@ -74,11 +74,68 @@ fn five_nodes_in_two_regions_discover_each_other() {
             assert_eq!(columns[3], "4", "every node knows the 4 others: {row}");
         }
 
+        if attempt == 0 {
+            check_topology_and_compatible_peers(dir.path());
+        }
+
         let output = testnet(&["down"], dir.path());
         assert!(output.status.success(), "{}", text(&output));
         assert!(text(&output).contains("stopped 5 node(s)"));
         let output = testnet(&["status"], dir.path());
         assert!(!output.status.success(), "no testnet after down");
+    }
+}
+
+/// GetTopology groups the five nodes by continent and region; ListPeers with the
+/// compatibility rule returns the four peers once their RTT is measured.
+fn check_topology_and_compatible_peers(dir: &Path) {
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("testnet.json")).unwrap()).unwrap();
+    let grpc = state["nodes"][0]["grpc"].as_str().unwrap().to_string();
+    let output = Command::new(polity_bin())
+        .args(["topology", "--json", "--addr", &grpc])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output));
+    let topology: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let regions = topology[0]["regions"].as_array().unwrap();
+    assert_eq!(topology.as_array().unwrap().len(), 1, "{topology}");
+    assert_eq!(regions.len(), 2, "{topology}");
+    assert_eq!(
+        regions[0]["nodes"].as_array().unwrap().len(),
+        3,
+        "{topology}"
+    );
+    assert_eq!(
+        regions[1]["nodes"].as_array().unwrap().len(),
+        2,
+        "{topology}"
+    );
+
+    let started = std::time::Instant::now();
+    loop {
+        let output = Command::new(polity_bin())
+            .args([
+                "peers",
+                "--json",
+                "--capability",
+                "sha256",
+                "--compatible",
+                "--addr",
+                &grpc,
+            ])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", text(&output));
+        let peers: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        if peers.as_array().unwrap().len() == 4 {
+            break;
+        }
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "compatible peers: {peers}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
     }
 }
 
