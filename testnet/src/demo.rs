@@ -1,9 +1,10 @@
 //! `polity-testnet demo`: the five-minute tour, run for real.
 //!
-//! Today a federation is one node (the p2p layer is not in yet), so the demo starts
-//! one node and shows everything a single node does through the real path: tasks at
-//! region, continent and global scope, the certificate chain and who voted what,
-//! offline verification, and a restart that keeps identity and certified results.
+//! Until tasks are dispatched to peers (the federation issue), every group of a task
+//! is its entry node alone, so the demo starts one node and shows everything a node
+//! does through the real path: tasks at region, continent and global scope, the
+//! certificate chain and who voted what, offline verification, and a restart that
+//! keeps identity and certified results. `polity-testnet up` shows the p2p side.
 
 use std::path::PathBuf;
 
