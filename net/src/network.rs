@@ -71,6 +71,8 @@ const PROVIDERS_PER_QUERY_MAX: usize = 1_024;
 const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(5);
 const BOOTSTRAP_INTERVAL: Duration = Duration::from_secs(30);
 const PROVIDE_INTERVAL: Duration = Duration::from_secs(60);
+/// How often a node with no connection redials its bootstrap peers.
+const BOOTSTRAP_REDIAL_INTERVAL: Duration = Duration::from_secs(2);
 const KADEMLIA_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the node's own NodeInfo says; the loop adds `issued_at_ms`, the peer id, the
@@ -366,15 +368,12 @@ pub fn start(
             .listen_on(address.clone())
             .map_err(|e| format!("listening on {address}: {e}"))?;
     }
-    for address in &config.bootstrap {
-        if let Err(error) = swarm.dial(address.clone()) {
-            tracing::warn!(%address, %error, "cannot dial bootstrap peer");
-        }
-    }
+    // Bootstrap peers are dialed by the event loop's first redial tick, right away.
 
     let (commands_tx, commands_rx) = mpsc::channel(COMMANDS_MAX);
     let (events_tx, events_rx) = mpsc::channel(EVENTS_MAX);
     let event_loop = EventLoop {
+        bootstrap: config.bootstrap.clone(),
         swarm,
         signing_key,
         local: config.local,
@@ -435,6 +434,9 @@ struct PendingQuery {
 }
 
 struct EventLoop {
+    /// Redialed while the node has no connection: a bootstrap peer that was not up
+    /// yet when we started must not leave us alone for good.
+    bootstrap: Vec<Multiaddr>,
     swarm: Swarm<Behaviour>,
     signing_key: SigningKey,
     local: LocalInfo,
@@ -473,9 +475,21 @@ impl EventLoop {
         }
     }
 
+    fn redial_bootstrap(&mut self) {
+        if self.peers.connected_count() > 0 {
+            return;
+        }
+        for address in self.bootstrap.clone() {
+            if let Err(error) = self.swarm.dial(address.clone()) {
+                tracing::debug!(%address, %error, "bootstrap redial failed");
+            }
+        }
+    }
+
     async fn run(mut self) {
         let mut announce = tokio::time::interval(ANNOUNCE_INTERVAL);
         let mut provide = tokio::time::interval(PROVIDE_INTERVAL);
+        let mut redial = tokio::time::interval(BOOTSTRAP_REDIAL_INTERVAL);
         loop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
@@ -491,6 +505,7 @@ impl EventLoop {
                 }
                 _ = announce.tick() => self.announce(),
                 _ = provide.tick() => self.provide(),
+                _ = redial.tick() => self.redial_bootstrap(),
             }
         }
     }

@@ -22,10 +22,27 @@ struct Node {
 }
 
 async fn start(seed: u8, capabilities: &[&str], region: &str, bootstrap: Vec<Multiaddr>) -> Node {
+    start_on(
+        seed,
+        capabilities,
+        region,
+        bootstrap,
+        "/ip4/127.0.0.1/tcp/0",
+    )
+    .await
+}
+
+async fn start_on(
+    seed: u8,
+    capabilities: &[&str],
+    region: &str,
+    bootstrap: Vec<Multiaddr>,
+    listen: &str,
+) -> Node {
     let metrics = NetMetrics::default();
     let config = NetConfig {
         secret_key: [seed; 32],
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        listen: vec![listen.parse().unwrap()],
         bootstrap,
         mdns: false,
         local: LocalInfo {
@@ -241,4 +258,34 @@ fn forged_or_mismatched_node_info_is_rejected() {
     let mut wrong_kind = good;
     wrong_kind.kind = StatementKind::Observation as i32;
     assert!(verify_node_info(None, &wrong_kind).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_before_its_bootstrap_peer_still_joins() {
+    // Reserve a port for the late node, then free it for the node to take.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let late_key = ed25519_dalek::SigningKey::from_bytes(&[21; 32]);
+    let late_peer = polity_net::peer_id_of(&late_key.verifying_key().to_bytes()).unwrap();
+    let late_address: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{late_peer}")
+        .parse()
+        .unwrap();
+
+    let early = start(20, &["echo"], "north", vec![late_address]).await;
+    // The first dial fails: nobody listens yet.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let late = start_on(
+        21,
+        &["echo"],
+        "north",
+        vec![],
+        &format!("/ip4/127.0.0.1/tcp/{port}"),
+    )
+    .await;
+    assert_eq!(late.handle.local_peer_id(), late_peer);
+    wait_for_infos(&early, &[late_peer]).await;
+    wait_for_infos(&late, &[early.handle.local_peer_id()]).await;
 }

@@ -15,12 +15,16 @@ use indicatif::{ProgressBar, ProgressStyle};
 use polity_proto::{GetNodeInfoRequest, ListPeersRequest};
 use serde::{Deserialize, Serialize};
 
-use crate::process::{NodeProcess, NodeSpec, polity_binary, process_alive, rss_bytes, terminate};
+use crate::process::{
+    NodeProcess, NodeSpec, Starting, polity_binary, process_alive, rss_bytes, terminate,
+};
 
 /// File that records a detached testnet.
 pub const STATE_FILE: &str = "testnet.json";
 /// Nodes in one testnet at most.
 pub const NODES_MAX: usize = 500;
+/// Nodes spawned at once while a testnet starts.
+const START_WAVE: usize = 16;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct UpArgs {
@@ -150,8 +154,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         ProgressStyle::with_template("{msg:<22} [{bar:40}] {pos}/{len}").expect("valid template"),
     );
     bar.set_message("starting nodes");
-    let mut nodes: Vec<NodeProcess> = Vec::with_capacity(args.nodes);
-    for index in 0..args.nodes {
+    // The first two nodes start one by one (the others bootstrap to them); the rest
+    // are spawned in waves and start in parallel.
+    let spec_of = |index: usize, seeds: &[NodeProcess]| {
         let (name, region, continent) = placement(index, args.regions, args.continents);
         let data_dir = args.dir.join(&name);
         // A fresh testnet: old data (identities, ledgers) goes.
@@ -162,22 +167,38 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             extra_args.push(capability.clone());
         }
         // Bootstrap to the first two nodes (two, so node 0 is no single point).
-        for seed in nodes.iter().take(2) {
+        for seed in seeds.iter().take(2) {
             if let Some(address) = seed.endpoints.p2p.first() {
                 extra_args.push("--bootstrap".to_string());
                 extra_args.push(address.clone());
             }
         }
         extra_args.extend(args.node_args.iter().cloned());
-        let spec = NodeSpec {
+        NodeSpec {
             name,
             data_dir,
             region,
             continent,
             extra_args,
-        };
+        }
+    };
+    let mut nodes: Vec<NodeProcess> = Vec::with_capacity(args.nodes);
+    for index in 0..args.nodes.min(2) {
+        let spec = spec_of(index, &nodes);
         nodes.push(NodeProcess::start(&binary, spec)?);
         bar.inc(1);
+    }
+    let mut next = nodes.len();
+    while next < args.nodes {
+        let wave_end = (next + START_WAVE).min(args.nodes);
+        let starting = (next..wave_end)
+            .map(|index| Starting::spawn(&binary, spec_of(index, &nodes)))
+            .collect::<anyhow::Result<Vec<Starting>>>()?;
+        for node in starting {
+            nodes.push(node.wait()?);
+            bar.inc(1);
+        }
+        next = wave_end;
     }
     let start_ms = started.elapsed().as_millis() as u64;
     bar.finish_and_clear();

@@ -72,57 +72,7 @@ pub struct NodeProcess {
 impl NodeProcess {
     /// Spawns the node and waits until it is serving.
     pub fn start(binary: &Path, spec: NodeSpec) -> anyhow::Result<NodeProcess> {
-        std::fs::create_dir_all(&spec.data_dir)
-            .with_context(|| format!("creating {}", spec.data_dir.display()))?;
-        let endpoints_path = spec.data_dir.join("endpoints.json");
-        let _ = std::fs::remove_file(&endpoints_path);
-        let log_path = spec.data_dir.join("node.log");
-        let log = std::fs::File::create(&log_path)?;
-        let mut child = Command::new(binary)
-            .arg("node")
-            .arg("--data-dir")
-            .arg(&spec.data_dir)
-            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
-            .args(["--region", &spec.region, "--continent", &spec.continent])
-            // Loopback only, no multicast: a local testnet never leaves this machine.
-            .args([
-                "--listen",
-                "/ip4/127.0.0.1/tcp/0",
-                "--listen",
-                "/ip4/127.0.0.1/udp/0/quic-v1",
-                "--no-mdns",
-            ])
-            .args(&spec.extra_args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("spawning {}", binary.display()))?;
-        let started = Instant::now();
-        loop {
-            if let Some(endpoints) = read_endpoints(&endpoints_path)
-                && endpoints.pid == child.id()
-            {
-                return Ok(NodeProcess {
-                    spec,
-                    endpoints,
-                    child: Some(child),
-                });
-            }
-            if let Some(status) = child.try_wait()? {
-                bail!(
-                    "node {} exited with {status} while starting; its log ({}):\n{}",
-                    spec.name,
-                    log_path.display(),
-                    std::fs::read_to_string(&log_path).unwrap_or_default()
-                );
-            }
-            if started.elapsed() > START_TIMEOUT {
-                let _ = child.kill();
-                bail!("node {} did not start within {START_TIMEOUT:?}", spec.name);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        Starting::spawn(binary, spec)?.wait()
     }
 
     pub async fn client(&self) -> anyhow::Result<FederationClient<Channel>> {
@@ -165,6 +115,99 @@ impl NodeProcess {
                 );
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A node process that has been spawned but may not be serving yet. Spawning many
+/// and then waiting for each lets them start in parallel.
+pub struct Starting {
+    spec: NodeSpec,
+    /// Taken by `wait` when the node is up; killed on drop otherwise.
+    child: Option<Child>,
+    endpoints_path: PathBuf,
+    log_path: PathBuf,
+    started: Instant,
+}
+
+impl Starting {
+    pub fn spawn(binary: &Path, spec: NodeSpec) -> anyhow::Result<Starting> {
+        std::fs::create_dir_all(&spec.data_dir)
+            .with_context(|| format!("creating {}", spec.data_dir.display()))?;
+        let endpoints_path = spec.data_dir.join("endpoints.json");
+        let _ = std::fs::remove_file(&endpoints_path);
+        let log_path = spec.data_dir.join("node.log");
+        let log = std::fs::File::create(&log_path)?;
+        let child = Command::new(binary)
+            .arg("node")
+            .arg("--data-dir")
+            .arg(&spec.data_dir)
+            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .args(["--region", &spec.region, "--continent", &spec.continent])
+            // Loopback only, no multicast: a local testnet never leaves this machine.
+            .args([
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--listen",
+                "/ip4/127.0.0.1/udp/0/quic-v1",
+                "--no-mdns",
+            ])
+            .args(&spec.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawning {}", binary.display()))?;
+        Ok(Starting {
+            spec,
+            child: Some(child),
+            endpoints_path,
+            log_path,
+            started: Instant::now(),
+        })
+    }
+
+    /// Waits until the node has written its endpoints file (it is serving).
+    pub fn wait(mut self) -> anyhow::Result<NodeProcess> {
+        let Some(child) = self.child.as_mut() else {
+            bail!("node {} was already handed out", self.spec.name);
+        };
+        loop {
+            if let Some(endpoints) = read_endpoints(&self.endpoints_path)
+                && endpoints.pid == child.id()
+            {
+                return Ok(NodeProcess {
+                    spec: self.spec.clone(),
+                    endpoints,
+                    child: self.child.take(),
+                });
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "node {} exited with {status} while starting; its log ({}):\n{}",
+                    self.spec.name,
+                    self.log_path.display(),
+                    std::fs::read_to_string(&self.log_path).unwrap_or_default()
+                );
+            }
+            if self.started.elapsed() > START_TIMEOUT {
+                bail!(
+                    "node {} did not start within {START_TIMEOUT:?}",
+                    self.spec.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        // A child still here was never handed out (or failed to start): never leave
+        // it running.
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }
