@@ -555,15 +555,20 @@ impl EventLoop {
             .collect();
         if self.peers.offer_info(signer_peer, info, statement, now_ms) {
             for address in addresses {
-                self.peers.add_address(signer_peer, address.clone(), now_ms);
-                self.swarm
-                    .behaviour_mut()
-                    .kademlia
-                    .add_address(&signer_peer, address);
+                self.learn_address(signer_peer, address, now_ms);
             }
         }
         self.maybe_dial(signer_peer);
         Ok(signer_peer)
+    }
+
+    /// Remembers an address of `peer` in the peer table and in Kademlia's routing table.
+    fn learn_address(&mut self, peer: PeerId, address: Multiaddr, now_ms: u64) {
+        self.peers.add_address(peer, address.clone(), now_ms);
+        self.swarm
+            .behaviour_mut()
+            .kademlia
+            .add_address(&peer, address);
     }
 
     /// Dials a known peer we are not connected to, while under [`DIAL_TARGET`].
@@ -704,11 +709,7 @@ impl EventLoop {
                 record.connections = num_established.get();
                 if endpoint.is_dialer() {
                     let address = endpoint.get_remote_address().clone();
-                    self.peers.add_address(peer_id, address.clone(), now_ms);
-                    self.swarm
-                        .behaviour_mut()
-                        .kademlia
-                        .add_address(&peer_id, address);
+                    self.learn_address(peer_id, address, now_ms);
                 }
                 let needs_info = self
                     .peers
@@ -746,11 +747,7 @@ impl EventLoop {
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 for address in info.listen_addrs {
                     if is_dialable(&address) {
-                        self.peers.add_address(peer_id, address.clone(), now_ms);
-                        self.swarm
-                            .behaviour_mut()
-                            .kademlia
-                            .add_address(&peer_id, address);
+                        self.learn_address(peer_id, address, now_ms);
                     }
                 }
             }
@@ -763,11 +760,7 @@ impl EventLoop {
             }
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, address) in found {
-                    self.peers.add_address(peer, address.clone(), now_ms);
-                    self.swarm
-                        .behaviour_mut()
-                        .kademlia
-                        .add_address(&peer, address);
+                    self.learn_address(peer, address, now_ms);
                     self.maybe_dial(peer);
                 }
             }
