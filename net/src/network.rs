@@ -579,11 +579,7 @@ impl EventLoop {
         {
             return;
         }
-        let addresses = self
-            .peers
-            .get(&peer)
-            .map(|r| r.addresses.clone())
-            .unwrap_or_default();
+        let addresses = self.peers.addresses(&peer);
         if addresses.is_empty() {
             return;
         }
@@ -635,20 +631,18 @@ impl EventLoop {
                 bytes,
                 reply,
             } => {
+                // Busy first: a request refused here must not use up the breaker's
+                // half-open probe, or the breaker would wait for an outcome forever.
+                if self.pending_requests.len() >= PENDING_REQUESTS_MAX {
+                    let _ = reply.send(Err(NetError::Busy));
+                    return;
+                }
                 let now_ms = self.now_ms();
                 if !self.breakers.entry(peer).or_default().allow(now_ms) {
                     let _ = reply.send(Err(NetError::CircuitOpen(peer)));
                     return;
                 }
-                if self.pending_requests.len() >= PENDING_REQUESTS_MAX {
-                    let _ = reply.send(Err(NetError::Busy));
-                    return;
-                }
-                let addresses = self
-                    .peers
-                    .get(&peer)
-                    .map(|r| r.addresses.clone())
-                    .unwrap_or_default();
+                let addresses = self.peers.addresses(&peer);
                 let id =
                     self.rpc(protocol)
                         .send_request_with_addresses(&peer, Frame(bytes), addresses);

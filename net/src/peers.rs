@@ -89,6 +89,14 @@ impl PeerTable {
         }
     }
 
+    /// The addresses known for `peer` (empty for an unknown peer).
+    pub fn addresses(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        self.peers
+            .get(peer)
+            .map(|record| record.addresses.clone())
+            .unwrap_or_default()
+    }
+
     pub fn add_address(&mut self, peer: PeerId, address: Multiaddr, now_ms: u64) {
         let record = self.entry(peer, now_ms);
         if !record.addresses.contains(&address) {

@@ -39,59 +39,29 @@ const WATCH_BUFFER: usize = 32;
 /// Largest certificate accepted by VerifyCertificate.
 pub const CERTIFICATE_BYTES_MAX: usize = 16 * 1024 * 1024;
 
-/// Where the node can be reached, for NodeInfo.
-#[derive(Debug, Clone)]
-pub struct Endpoints {
-    pub grpc: String,
-    pub listen_addrs: Vec<String>,
-}
-
 pub struct Api {
     engine: Arc<TaskEngine>,
     metrics: Arc<Metrics>,
+    /// Also holds this node's own NodeInfo (see [`Peers::local`]).
     peers: Peers,
     started: Instant,
-    endpoints: Endpoints,
-    region: String,
-    continent: String,
-    stake: u64,
 }
 
 impl Api {
-    pub fn new(
-        engine: Arc<TaskEngine>,
-        metrics: Arc<Metrics>,
-        peers: Peers,
-        endpoints: Endpoints,
-        region: String,
-        continent: String,
-        stake: u64,
-    ) -> Api {
+    pub fn new(engine: Arc<TaskEngine>, metrics: Arc<Metrics>, peers: Peers) -> Api {
         Api {
             engine,
             metrics,
             peers,
             started: Instant::now(),
-            endpoints,
-            region,
-            continent,
-            stake,
         }
     }
 
+    /// This node's NodeInfo, dated now (GetNodeInfo signs it fresh).
     fn node_info(&self) -> NodeInfo {
-        let identity = self.engine.identity();
         NodeInfo {
-            public_key: identity.public_key().0.to_vec(),
-            peer_id: identity.peer_id(),
-            capabilities: self.engine.capabilities(),
-            region: self.region.clone(),
-            continent: self.continent.clone(),
-            stake: self.stake,
-            grpc_endpoint: self.endpoints.grpc.clone(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
             issued_at_ms: unix_ms(),
-            listen_addrs: self.endpoints.listen_addrs.clone(),
+            ..self.peers.local().clone()
         }
     }
 

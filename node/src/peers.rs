@@ -117,6 +117,11 @@ impl Peers {
         }
     }
 
+    /// This node's own NodeInfo (without `issued_at_ms`; signers date it).
+    pub fn local(&self) -> &NodeInfo {
+        &self.local
+    }
+
     pub fn net(&self) -> &NetHandle {
         &self.net
     }

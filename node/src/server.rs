@@ -21,7 +21,7 @@ use tonic::transport::{
     Certificate as TlsCertificate, Identity as TlsIdentity, Server, ServerTlsConfig,
 };
 
-use crate::api::{Api, Endpoints, Gate};
+use crate::api::{Api, Gate};
 use crate::config::NodeConfig;
 use crate::http::{HttpState, router};
 use crate::identity::Identity;
@@ -164,6 +164,7 @@ pub async fn run_until(config: NodeConfig, mut stop: watch::Receiver<bool>) -> a
         local: local.clone(),
     };
     let (net, net_events, net_task) = polity_net::start(net_config, metrics.net.clone())?;
+    let p2p_addresses = wait_for_listen_addresses(&net).await;
     let peers = Peers::new(
         net.clone(),
         Arc::clone(&store),
@@ -176,29 +177,18 @@ pub async fn run_until(config: NodeConfig, mut stop: watch::Receiver<bool>) -> a
         NodeInfo {
             public_key: identity.public_key().0.to_vec(),
             peer_id: identity.peer_id(),
-            capabilities: local.capabilities.clone(),
-            region: local.region.clone(),
-            continent: local.continent.clone(),
+            capabilities: local.capabilities,
+            region: local.region,
+            continent: local.continent,
             stake: local.stake,
-            grpc_endpoint: local.grpc_endpoint.clone(),
-            version: local.version.clone(),
-            ..NodeInfo::default()
+            grpc_endpoint: local.grpc_endpoint,
+            version: local.version,
+            issued_at_ms: 0,
+            listen_addrs: p2p_addresses.iter().map(ToString::to_string).collect(),
         },
     );
     let peers_task = tokio::spawn(peers.clone().run(net_events));
-    let p2p_addresses = wait_for_listen_addresses(&net).await;
-    let api = Api::new(
-        Arc::clone(&engine),
-        Arc::clone(&metrics),
-        peers,
-        Endpoints {
-            grpc: endpoints.grpc.clone(),
-            listen_addrs: p2p_addresses.iter().map(ToString::to_string).collect(),
-        },
-        config.region.clone(),
-        config.continent.clone(),
-        config.stake,
-    );
+    let api = Api::new(Arc::clone(&engine), Arc::clone(&metrics), peers);
     let message_bytes_max = config.api.payload_bytes_max + MESSAGE_OVERHEAD_BYTES;
     let federation = FederationServer::new(api)
         .max_decoding_message_size(message_bytes_max)

@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use polity_consensus::{
-    Action, DegradedReason, Input, PublicKey, Round, RoundConfig, TaskId, encode_task, select,
-    task_id, verify_chain,
+    Action, Input, PublicKey, Round, RoundConfig, TaskId, encode_task, select, task_id,
+    verify_chain,
 };
 use polity_proto::{
     Aggregation, Certificate, ConsensusPath, GroupStats, Level, Member, Observation, RiskPolicy,
@@ -573,7 +573,7 @@ impl TaskEngine {
                             rounds: round.round() + 1,
                         };
                     }
-                    Action::Degraded(reason) => return GroupOutcome::Degraded(describe(&reason)),
+                    Action::Degraded(reason) => return GroupOutcome::Degraded(reason.to_string()),
                     Action::Evidence(_) => {
                         self.metrics.byzantine_attacks_detected.inc();
                     }
@@ -655,10 +655,6 @@ enum GroupOutcome {
         rounds: u32,
     },
     Degraded(String),
-}
-
-fn describe(reason: &DegradedReason) -> String {
-    reason.to_string()
 }
 
 fn validate_policy(policy: Option<RiskPolicy>) -> Result<Option<RiskPolicy>, SubmitError> {
