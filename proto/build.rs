@@ -5,7 +5,11 @@ use std::path::PathBuf;
 
 use prost::Message;
 
-const PROTOS: &[&str] = &["polity/v1/wire.proto", "polity/v1/federation.proto"];
+const PROTOS: &[&str] = &[
+    "polity/v1/wire.proto",
+    "polity/v1/peer.proto",
+    "polity/v1/federation.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {
