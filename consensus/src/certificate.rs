@@ -659,8 +659,11 @@ struct ChildTotals {
 
 /// Levels 2 and 3: every answering observation names a child certificate; the
 /// certificate carries each child, which hashes to its digest, verifies, is one level
-/// down, is for the same task, is of a distinct group, and decided the observation's
-/// answer. Level 1 has no children.
+/// down, is for the same task, and decided the observation's answer. Several members
+/// may represent one child group (the node's `representatives`), but then they name the
+/// identical certificate: two different certificates of one child group are refused
+/// (one group, one decision). A repeated child is verified once. Level 1 has no
+/// children.
 fn verify_children(
     certificate: &Certificate,
     level: Level,
@@ -713,7 +716,8 @@ fn verify_children(
             what: "children (levels 2 and 3 carry them)",
         });
     }
-    let mut groups = BTreeSet::new();
+    // Child group -> (digest, value) of the one certificate it may have.
+    let mut groups: BTreeMap<String, (&[u8], Vec<u8>)> = BTreeMap::new();
     for (index, ((bytes, digest), observation)) in certificate
         .children
         .iter()
@@ -732,6 +736,15 @@ fn verify_children(
                 index,
                 detail: "an error observation names a child".into(),
             });
+        }
+        if let Some((_, value)) = groups.values().find(|(seen, _)| *seen == digest.as_slice()) {
+            if *value != observation.answer {
+                return Err(VerifyError::Child {
+                    index,
+                    detail: "observation's answer is not the child's value".into(),
+                });
+            }
+            continue; // the same child, verified already
         }
         let child = Certificate::decode(bytes.as_slice()).map_err(|error| VerifyError::Child {
             index,
@@ -760,12 +773,16 @@ fn verify_children(
                 detail: "for another task".into(),
             });
         }
-        if !groups.insert(child_slot.group.clone()) {
+        if groups.contains_key(&child_slot.group) {
             return Err(VerifyError::Child {
                 index,
-                detail: format!("group {} counted twice", child_slot.group),
+                detail: format!("group {} has two different certificates", child_slot.group),
             });
         }
+        groups.insert(
+            child_slot.group.clone(),
+            (digest.as_slice(), summary.value.clone()),
+        );
         if summary.value != observation.answer {
             return Err(VerifyError::Child {
                 index,

@@ -91,7 +91,7 @@ impl Federation for Api {
     ) -> Result<Response<TaskRecord>, Status> {
         let request = request.into_inner();
         let wait = request.wait;
-        let submission = self.engine.submit(request).map_err(|error| match error {
+        let submission = self.engine.submit(request).await.map_err(|error| match error {
             SubmitError::InvalidArgument(reason) => self.invalid(reason),
             SubmitError::FailedPrecondition(reason) => Status::failed_precondition(reason),
             SubmitError::Overloaded(_) => {

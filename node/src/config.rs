@@ -118,6 +118,21 @@ pub struct TaskLimits {
     pub deadline_ms_max: u64,
     /// Tasks being decided at once on this node; more get RESOURCE_EXHAUSTED.
     pub inflight_max: usize,
+    /// Time a region group gets to decide (capped by what is left of the deadline).
+    pub region_timeout_ms: u64,
+    /// Time a continent group gets to decide.
+    pub continent_timeout_ms: u64,
+    /// Time the global group gets to decide.
+    pub global_timeout_ms: u64,
+    /// Members of each decided child group that represent it in its parent group.
+    /// Two per child give a parent of two children four members: one fault tolerated
+    /// on the bft path.
+    pub representatives: usize,
+    /// Extra replicas asked, one at a time, when a region group's members answered
+    /// but no quorum agreed (as BOINC does).
+    pub extra_replicas_max: u32,
+    /// Group rounds this node takes part in at once, as a member; more are refused.
+    pub member_rounds_max: usize,
 }
 
 impl Default for NodeConfig {
@@ -177,6 +192,12 @@ impl Default for TaskLimits {
             deadline_ms_default: 10_000,
             deadline_ms_max: 600_000,
             inflight_max: 4_096,
+            region_timeout_ms: 4_000,
+            continent_timeout_ms: 3_000,
+            global_timeout_ms: 3_000,
+            representatives: 2,
+            extra_replicas_max: 2,
+            member_rounds_max: 8_192,
         }
     }
 }
@@ -352,8 +373,20 @@ impl NodeConfig {
         if self.api.rate_limit_per_second == 0 || self.api.rate_limit_burst == 0 {
             bail!("rate limits must be at least 1");
         }
-        if self.executor.timeout_ms == 0 || self.tasks.deadline_ms_default == 0 {
+        let tasks = &self.tasks;
+        if self.executor.timeout_ms == 0
+            || tasks.deadline_ms_default == 0
+            || tasks.region_timeout_ms == 0
+            || tasks.continent_timeout_ms == 0
+            || tasks.global_timeout_ms == 0
+        {
             bail!("timeouts must be at least 1 ms");
+        }
+        if tasks.representatives == 0 {
+            bail!("tasks.representatives must be at least 1");
+        }
+        if tasks.member_rounds_max == 0 || tasks.inflight_max == 0 {
+            bail!("tasks.inflight_max and tasks.member_rounds_max must be at least 1");
         }
         Ok(())
     }

@@ -20,7 +20,10 @@
 //! - [`identity`]: the node's key file in the data dir.
 //! - [`storage`]: the [`storage::Store`] trait and its sled implementation.
 //! - [`executor`]: `builtin:`, `exec:` and `http:` executors.
-//! - [`tasks`]: the task engine: validation, execution, rounds, events.
+//! - [`tasks`]: the task engine (entry side): validation, group choice, events;
+//!   `orchestrator` runs a task's levels.
+//! - [`federation`]: the peer protocols and the member side of a group round.
+//! - [`raftnet`]: raft groups among task members, over libp2p.
 //! - [`api`]: the gRPC service, auth and rate limiting.
 //! - [`http`]: health, readiness and Prometheus metrics.
 //! - [`metrics`]: the metric registry.
@@ -32,10 +35,13 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod executor;
+pub mod federation;
 pub mod http;
 pub mod identity;
 pub mod metrics;
+mod orchestrator;
 pub mod peers;
+pub mod raftnet;
 pub mod server;
 pub mod storage;
 pub mod tasks;

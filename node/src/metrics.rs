@@ -53,6 +53,14 @@ pub struct Metrics {
     pub tasks_inflight: Gauge,
     pub requests_rejected: Family<RejectLabels, Counter>,
     pub executor_errors: Counter,
+    /// Members of the latest group at each level: the agents a decision used.
+    pub group_members: Family<LevelLabels, Gauge>,
+    /// Members whose observation differed from their group's decision.
+    pub disagreements: Counter,
+    /// Group rounds this node is running as a member.
+    pub member_rounds: Gauge,
+    /// Peer messages dropped or refused, by reason.
+    pub peer_messages_dropped: Family<RejectLabels, Counter>,
     /// The network layer's counters (malformed frames, rejected infos, ...).
     pub net: polity_net::NetMetrics,
 }
@@ -123,6 +131,30 @@ impl Metrics {
             "Executor runs that produced an error instead of an answer",
             executor_errors.clone(),
         );
+        let group_members = Family::<LevelLabels, Gauge>::default();
+        registry.register(
+            "federation_group_members",
+            "Members of the latest group this entry node ran at each level",
+            group_members.clone(),
+        );
+        let disagreements = Counter::default();
+        registry.register(
+            "federation_disagreements",
+            "Members whose observation differed from their group's decision",
+            disagreements.clone(),
+        );
+        let member_rounds = Gauge::default();
+        registry.register(
+            "federation_member_rounds",
+            "Group rounds this node is running as a member",
+            member_rounds.clone(),
+        );
+        let peer_messages_dropped = Family::<RejectLabels, Counter>::default();
+        registry.register(
+            "federation_peer_messages_dropped",
+            "Peer messages dropped or refused (malformed, unknown slot, backlog), by reason",
+            peer_messages_dropped.clone(),
+        );
         let net = polity_net::NetMetrics::default();
         net.register(&mut registry);
         Metrics {
@@ -136,7 +168,19 @@ impl Metrics {
             tasks_inflight,
             requests_rejected,
             executor_errors,
+            group_members,
+            disagreements,
+            member_rounds,
+            peer_messages_dropped,
         }
+    }
+
+    pub fn peer_message_dropped(&self, reason: &str) {
+        self.peer_messages_dropped
+            .get_or_create(&RejectLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     pub fn reject(&self, reason: &str) {

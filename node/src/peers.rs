@@ -199,6 +199,20 @@ impl Peers {
         Ok(rank(candidates, &wanted, &self.rule))
     }
 
+    /// Connected-or-known peers serving `capability` that pass the compatibility rule
+    /// and whose circuit is closed, ranked best first; from the local peer table only
+    /// (no DHT query), so it is cheap enough for every task.
+    pub async fn find_local(&self, capability: &str) -> anyhow::Result<Vec<Candidate>> {
+        let wanted = [capability.to_string()];
+        let candidates = self
+            .candidates()
+            .await?
+            .into_iter()
+            .filter(|candidate| !candidate.view.circuit_open)
+            .collect();
+        Ok(rank(candidates, &wanted, &self.rule))
+    }
+
     /// ListPeers: filtered, and ranked when `compatible_only`.
     pub async fn list(
         &self,
@@ -317,9 +331,21 @@ impl Peers {
         })
     }
 
-    /// Turns network events into trust events until the network stops.
-    pub async fn run(self, mut events: mpsc::Receiver<NetEvent>) {
+    /// Turns network events into trust events until the network stops; requests go
+    /// to `requests` (the federation's handler), or are refused when it is full.
+    pub async fn run(
+        self,
+        mut events: mpsc::Receiver<NetEvent>,
+        requests: mpsc::Sender<NetEvent>,
+    ) {
         while let Some(event) = events.recv().await {
+            if let NetEvent::Request { .. } = event {
+                if let Err(mpsc::error::TrySendError::Full(_)) = requests.try_send(event) {
+                    // Dropping the responder fails the request on the sender's side.
+                    self.metrics.peer_message_dropped("request backlog");
+                }
+                continue;
+            }
             if let Err(error) = self.on_event(event) {
                 tracing::warn!(%error, "could not record a peer event");
             }
@@ -352,19 +378,7 @@ impl Peers {
                     }
                 }
             }
-            NetEvent::Request {
-                peer,
-                protocol,
-                responder,
-                ..
-            } => {
-                // Task dispatch and group messages arrive with the federation work;
-                // until then the request is refused (dropping the responder fails it
-                // on the sender's side) and logged.
-                tracing::debug!(%peer, ?protocol, "request on a protocol this node does not serve yet");
-                drop(responder);
-                Ok(())
-            }
+            NetEvent::Request { .. } => Ok(()), // routed by `run`
         }
     }
 }

@@ -15,13 +15,18 @@ use anyhow::{Context, bail};
 use polity_proto::federation_server::FederationServer;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{
     Certificate as TlsCertificate, Identity as TlsIdentity, Server, ServerTlsConfig,
 };
 
+use std::collections::BTreeMap;
+
 use crate::api::{Api, Gate};
+use crate::executor::{Executor, ExecutorSpec};
+use crate::federation::Federation;
+use crate::raftnet::RaftGroups;
 use crate::config::NodeConfig;
 use crate::http::{HttpState, router};
 use crate::identity::Identity;
@@ -29,7 +34,7 @@ use crate::metrics::Metrics;
 use crate::peers::{Compatibility, Peers};
 use crate::storage::{SledStore, Store};
 use crate::tasks::TaskEngine;
-use polity_net::{LocalInfo, Multiaddr, NetConfig, NetHandle};
+use polity_net::{LocalInfo, Multiaddr, NetConfig, NetEvent, NetHandle};
 use polity_proto::NodeInfo;
 
 /// The file a running node writes into its data dir with its bound addresses.
@@ -75,7 +80,9 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
 /// Runs a node until `stop` turns true.
 pub async fn run_until(config: NodeConfig, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(&data_dir)?);
+    let sled_store = SledStore::open(&data_dir)?;
+    let db = sled_store.db();
+    let store: Arc<dyn Store> = Arc::new(sled_store);
     let identity = Identity::load_or_create(&data_dir)?;
     match store.identity()? {
         Some(recorded) if recorded != identity.public_key() => bail!(
@@ -92,19 +99,11 @@ pub async fn run_until(config: NodeConfig, mut stop: watch::Receiver<bool>) -> a
         }
     }
     let metrics = Arc::new(Metrics::new());
-    let engine = TaskEngine::new(
-        identity.clone(),
-        Arc::clone(&store),
-        Arc::clone(&metrics),
-        config.clone(),
-    )?;
-    let interrupted = engine.recover_interrupted()?;
-    if interrupted > 0 {
-        tracing::warn!(
-            interrupted,
-            "tasks interrupted by the last stop are marked failed"
-        );
+    let mut executors = BTreeMap::new();
+    for (name, spec) in &config.capabilities {
+        executors.insert(name.clone(), Executor::new(ExecutorSpec::parse(spec)?));
     }
+    let capabilities: Vec<String> = executors.keys().cloned().collect();
 
     let grpc_listener = TcpListener::bind(config.grpc_addr)
         .await
@@ -149,7 +148,7 @@ pub async fn run_until(config: NodeConfig, mut stop: watch::Receiver<bool>) -> a
         });
     }
     let local = LocalInfo {
-        capabilities: engine.capabilities(),
+        capabilities: capabilities.clone(),
         region: config.region.clone(),
         continent: config.continent.clone(),
         stake: config.stake,
@@ -187,7 +186,39 @@ pub async fn run_until(config: NodeConfig, mut stop: watch::Receiver<bool>) -> a
             listen_addrs: p2p_addresses.iter().map(ToString::to_string).collect(),
         },
     );
-    let peers_task = tokio::spawn(peers.clone().run(net_events));
+    let raft = RaftGroups::new(
+        identity.public_key(),
+        db,
+        net.clone(),
+        Arc::clone(&metrics),
+    );
+    let federation = Federation::new(
+        identity.clone(),
+        net.clone(),
+        peers.clone(),
+        Arc::clone(&metrics),
+        Arc::clone(&raft),
+        executors,
+        config.executor.clone(),
+        config.tasks.member_rounds_max,
+    );
+    let engine = TaskEngine::new(
+        identity.clone(),
+        Arc::clone(&store),
+        Arc::clone(&metrics),
+        config.clone(),
+        Arc::clone(&federation),
+    );
+    let interrupted = engine.recover_interrupted()?;
+    if interrupted > 0 {
+        tracing::warn!(
+            interrupted,
+            "tasks interrupted by the last stop are marked failed"
+        );
+    }
+    let (requests_tx, requests_rx) = mpsc::channel(PEER_REQUESTS_QUEUED_MAX);
+    let peers_task = tokio::spawn(peers.clone().run(net_events, requests_tx));
+    let requests_task = tokio::spawn(serve_peer_requests(Arc::clone(&federation), requests_rx));
     let api = Api::new(Arc::clone(&engine), Arc::clone(&metrics), peers);
     let message_bytes_max = config.api.payload_bytes_max + MESSAGE_OVERHEAD_BYTES;
     let federation = FederationServer::new(api)
@@ -243,7 +274,7 @@ pub async fn run_until(config: NodeConfig, mut stop: watch::Receiver<bool>) -> a
         http = %endpoints.http,
         region = %config.region,
         continent = %config.continent,
-        capabilities = ?engine.capabilities(),
+        capabilities = ?capabilities,
         p2p = ?endpoints.p2p,
         "node ready"
     );
@@ -270,12 +301,44 @@ pub async fn run_until(config: NodeConfig, mut stop: watch::Receiver<bool>) -> a
         ),
     }
     // Dropping the last handles stops the network's event loop.
+    requests_task.abort();
+    raft.shutdown().await;
     net_task.abort();
     peers_task.abort();
     store.flush()?;
     let _ = std::fs::remove_file(data_dir.join(ENDPOINTS_FILE));
     tracing::info!("node stopped");
     Ok(())
+}
+
+/// Peer requests waiting for a handler, and handled at once, at most.
+const PEER_REQUESTS_QUEUED_MAX: usize = 1_024;
+const PEER_REQUESTS_CONCURRENT_MAX: usize = 512;
+
+/// Answers peers' task and consensus requests, at most
+/// [`PEER_REQUESTS_CONCURRENT_MAX`] at once; the bounded queue in front pushes back.
+async fn serve_peer_requests(federation: Arc<Federation>, mut requests: mpsc::Receiver<NetEvent>) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(PEER_REQUESTS_CONCURRENT_MAX));
+    while let Some(event) = requests.recv().await {
+        let NetEvent::Request {
+            peer,
+            protocol,
+            bytes,
+            responder,
+        } = event
+        else {
+            continue;
+        };
+        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+            return;
+        };
+        let federation = Arc::clone(&federation);
+        tokio::spawn(async move {
+            let reply = federation.handle_request(peer, protocol, bytes).await;
+            responder.respond(reply);
+            drop(permit);
+        });
+    }
 }
 
 fn parse_multiaddrs(addresses: &[String]) -> anyhow::Result<Vec<Multiaddr>> {

@@ -69,6 +69,11 @@ const IDENTITY_KEY: &[u8] = b"identity";
 impl SledStore {
     /// Opens (or creates) the database in `data_dir/db`. Fails at once when another
     /// process holds it.
+    /// The sled database, for other users of the data dir (raft groups).
+    pub fn db(&self) -> sled::Db {
+        self.db.clone()
+    }
+
     pub fn open(data_dir: &Path) -> Result<SledStore, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::Io {
             path: data_dir.to_path_buf(),

@@ -1,35 +1,42 @@
-//! The task engine: validates submissions, executes them, drives each group's
-//! decision round, stores the certificate chain and tells watchers.
+//! The task engine, the entry node's side of a task: validates submissions, chooses
+//! the groups, orchestrates them level by level, stores the certificate chain and
+//! tells watchers.
 //!
-//! A task's groups run leaves first: the region group (level 1) executes the payload;
-//! each parent group (continent, then global) observes its child's certificate. The
-//! rounds are `polity_consensus::Round` state machines; this module only feeds them
-//! answers and ticks and carries out their actions. Today every group is this node
-//! alone (replication 1); the federation layer widens groups to peers.
+//! A task runs leaves first (see `orchestrate` below):
+//!
+//! 1. **Region groups** (level 1): in every region of the scope, `replication`
+//!    members serving the capability, best trust and latency first (the entry node
+//!    itself counts when it serves it). Each member executes the payload and runs
+//!    its own `polity_consensus::Round`; members talk to each other directly
+//!    ([`crate::federation`]) and report the outcome here.
+//! 2. **Continent groups** (level 2): `representatives` members of each decided
+//!    region group (among those who agreed) observe their region's certificate.
+//! 3. **The global group** (level 3): representatives of each decided continent.
+//!
+//! Every level has its own time budget. A group that cannot decide in it is
+//! *degraded*: its parent goes on with the children that did decide (cascade
+//! prevention), and the task ends DEGRADED. A region group whose members all
+//! answered yet agreed on nothing gets one more replica, up to `extra_replicas_max`.
 //!
 //! **Invariant:** a record reaches state DECIDED or DEGRADED only after its root
-//! certificate passed `verify_chain` and was flushed to the store.
+//! certificate passed `verify_chain` and was flushed to the store; the orchestrator
+//! accepts a group certificate only when it verifies and names the slot and the
+//! members it was asked for.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use polity_consensus::{
-    Action, Input, PublicKey, Round, RoundConfig, TaskId, encode_task, select, task_id,
-    verify_chain,
-};
+use polity_consensus::{PublicKey, TaskId, encode_task, select, task_id};
 use polity_proto::{
-    Aggregation, Certificate, ConsensusPath, GroupStats, Level, Member, Observation, RiskPolicy,
-    Scope, StatementKind, SubmitTaskRequest, TaskEvent, TaskEventKind, TaskRecord, TaskSpec,
-    TaskState,
+    Aggregation, Certificate, ConsensusPath, GroupStats, Level, Observation, RiskPolicy, Scope,
+    StatementKind, SubmitTaskRequest, TaskEvent, TaskEventKind, TaskRecord, TaskSpec, TaskState,
 };
-use prost::Message;
 use tokio::sync::{broadcast, watch};
 
 use crate::config::{NodeConfig, validate_capability_name};
-use crate::executor::{Executor, ExecutorSpec, RunLimits};
+use crate::federation::Federation;
 use crate::identity::Identity;
-use crate::metrics::{LevelLabels, Metrics, OutcomeLabels};
+use crate::metrics::{Metrics, OutcomeLabels};
 use crate::storage::{Store, StoreError};
 use crate::unix_ms;
 
@@ -38,10 +45,6 @@ pub const REPLICATION_MAX: u32 = 64;
 /// Events buffered per task for slow watchers; a watcher that falls further behind
 /// skips the oldest (it always gets FINAL, which is also in the record).
 const EVENTS_PER_TASK_MAX: usize = 64;
-/// Rounds a group may use before it gives up.
-const ROUNDS_MAX: u32 = 3;
-/// How often a waiting round is ticked.
-const TICK_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Why a submission was refused; maps onto gRPC status codes in `api`.
 #[derive(Debug, thiserror::Error)]
@@ -81,23 +84,34 @@ struct InFlight {
     done: watch::Receiver<Option<TaskRecord>>,
 }
 
+/// A node that may sit in a group: this node or a peer, as the entry node sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct Seat {
+    pub key: PublicKey,
+    pub region: String,
+    pub continent: String,
+    pub stake: u64,
+    pub trust: f64,
+}
+
 /// A validated task, ready to run.
-struct Plan {
-    id: TaskId,
-    spec: TaskSpec,
-    spec_bytes: Vec<u8>,
-    top: Level,
-    path: ConsensusPath,
-    path_reason: String,
-    executor: Executor,
+pub(crate) struct Plan {
+    pub id: TaskId,
+    pub spec: TaskSpec,
+    pub spec_bytes: Vec<u8>,
+    pub top: Level,
+    pub path: ConsensusPath,
+    pub path_reason: String,
+    /// The capable seats of every region in scope, best first.
+    pub regions: BTreeMap<String, Vec<Seat>>,
 }
 
 pub struct TaskEngine {
-    identity: Identity,
-    store: Arc<dyn Store>,
-    metrics: Arc<Metrics>,
-    executors: BTreeMap<String, Executor>,
-    config: NodeConfig,
+    pub(crate) identity: Identity,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) federation: Arc<Federation>,
+    pub(crate) config: NodeConfig,
     inflight: Mutex<HashMap<TaskId, InFlight>>,
 }
 
@@ -107,20 +121,17 @@ impl TaskEngine {
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
         config: NodeConfig,
-    ) -> anyhow::Result<Arc<TaskEngine>> {
-        let mut executors = BTreeMap::new();
-        for (name, spec) in &config.capabilities {
-            executors.insert(name.clone(), Executor::new(ExecutorSpec::parse(spec)?));
-        }
+        federation: Arc<Federation>,
+    ) -> Arc<TaskEngine> {
         metrics.agents.set(1);
-        Ok(Arc::new(TaskEngine {
+        Arc::new(TaskEngine {
             identity,
             store,
             metrics,
-            executors,
+            federation,
             config,
             inflight: Mutex::new(HashMap::new()),
-        }))
+        })
     }
 
     pub fn identity(&self) -> &Identity {
@@ -132,7 +143,7 @@ impl TaskEngine {
     }
 
     pub fn capabilities(&self) -> Vec<String> {
-        self.executors.keys().cloned().collect()
+        self.federation.capabilities()
     }
 
     /// Marks tasks that were running when the node stopped as failed: their rounds
@@ -156,8 +167,11 @@ impl TaskEngine {
     }
 
     /// Validates and starts a task. Nothing is stored for a refused request.
-    pub fn submit(self: &Arc<Self>, request: SubmitTaskRequest) -> Result<Submission, SubmitError> {
-        let plan = self.plan(request)?;
+    pub async fn submit(
+        self: &Arc<Self>,
+        request: SubmitTaskRequest,
+    ) -> Result<Submission, SubmitError> {
+        let plan = self.plan(request).await?;
         if let Some(record) = self.store.task(&plan.id)? {
             return Ok(Submission::Known(Box::new(record)));
         }
@@ -199,7 +213,7 @@ impl TaskEngine {
         let id = plan.id;
         let engine = Arc::clone(self);
         tokio::spawn(async move {
-            let finished = engine.run(plan, record, &events).await;
+            let finished = engine.orchestrate(plan, record, &events).await;
             engine.finish(id, finished, &events, done_tx);
         });
         Ok(Submission::Started(id, done_rx))
@@ -227,20 +241,13 @@ impl TaskEngine {
             .map(|record| Watch::Finished(Box::new(record))))
     }
 
-    fn plan(&self, request: SubmitTaskRequest) -> Result<Plan, SubmitError> {
+    async fn plan(&self, request: SubmitTaskRequest) -> Result<Plan, SubmitError> {
         let invalid = |reason: String| SubmitError::InvalidArgument(reason);
         if request.capability.is_empty() {
             return Err(invalid("capability is required".into()));
         }
         validate_capability_name(&request.capability)
             .map_err(|reason| invalid(format!("capability {:?}: {reason}", request.capability)))?;
-        let Some(executor) = self.executors.get(&request.capability) else {
-            return Err(invalid(format!(
-                "unknown capability {:?}: no known node serves it (this node serves {})",
-                request.capability,
-                self.capabilities().join(", ")
-            )));
-        };
         let payload_max = self.config.api.payload_bytes_max;
         if request.payload.len() > payload_max {
             return Err(invalid(format!(
@@ -248,8 +255,6 @@ impl TaskEngine {
                 request.payload.len()
             )));
         }
-        let scope = self.resolve_scope(request.scope)?;
-        let top = Level::try_from(scope.level).expect("resolve_scope returns a known level");
         let replication = match request.replication {
             0 => 1,
             n if n > REPLICATION_MAX => {
@@ -259,14 +264,6 @@ impl TaskEngine {
             }
             n => n,
         };
-        let known_capable = 1;
-        if replication > known_capable {
-            return Err(SubmitError::FailedPrecondition(format!(
-                "replication {replication} needs {replication} nodes serving {:?} in region {:?}; \
-                 this node knows {known_capable}",
-                request.capability, self.config.region
-            )));
-        }
         let aggregation = match Aggregation::try_from(request.aggregation) {
             Ok(Aggregation::Unspecified) => Aggregation::Majority,
             Ok(aggregation) => aggregation,
@@ -278,14 +275,6 @@ impl TaskEngine {
             }
         };
         let policy = validate_policy(request.policy)?;
-        let choice = select(policy.as_ref());
-        if choice.path == ConsensusPath::Raft {
-            return Err(SubmitError::FailedPrecondition(format!(
-                "the raft path was selected ({}), but this node runs no raft group yet; \
-                 lower the consistency requirement or override the path",
-                choice.reason
-            )));
-        }
         let deadline_ms = match request.deadline_ms {
             0 => self.config.tasks.deadline_ms_default,
             ms if ms > self.config.tasks.deadline_ms_max => {
@@ -296,6 +285,44 @@ impl TaskEngine {
             }
             ms => ms,
         };
+        let scope = self.resolve_scope(request.scope)?;
+        let top = Level::try_from(scope.level).expect("resolve_scope returns a known level");
+        let seats = self.seats(&request.capability).await;
+        if seats.is_empty() {
+            return Err(invalid(format!(
+                "unknown capability {:?}: no known node serves it (this node serves {})",
+                request.capability,
+                self.capabilities().join(", ")
+            )));
+        }
+        let in_scope = |seat: &Seat| match top {
+            Level::Region => seat.region == scope.name,
+            Level::Continent => seat.continent == scope.name,
+            _ => true,
+        };
+        let mut regions: BTreeMap<String, Vec<Seat>> = BTreeMap::new();
+        for seat in seats.into_iter().filter(in_scope) {
+            regions.entry(seat.region.clone()).or_default().push(seat);
+        }
+        if regions.is_empty() {
+            return Err(SubmitError::FailedPrecondition(format!(
+                "no known node in {} {:?} serves {:?}",
+                level_name(top),
+                scope.name,
+                request.capability
+            )));
+        }
+        let largest = regions.values().map(Vec::len).max().unwrap_or(0);
+        if replication as usize > largest {
+            return Err(SubmitError::FailedPrecondition(format!(
+                "replication {replication} needs {replication} nodes serving {:?} in a region; \
+                 the best region in scope has {largest}",
+                request.capability
+            )));
+        }
+        // Regions that cannot field a full group stay out of the task.
+        regions.retain(|_, seats| seats.len() >= replication as usize);
+        let choice = select(policy.as_ref());
         let spec = TaskSpec {
             capability: request.capability,
             payload: request.payload,
@@ -314,34 +341,68 @@ impl TaskEngine {
             top,
             path: choice.path,
             path_reason: choice.reason,
-            executor: executor.clone(),
+            regions,
         })
     }
 
-    /// Resolves a requested scope against what this node knows. An empty name means
-    /// the entry node's own region or continent.
+    /// Every node that can serve `capability`: this node when it does, and the peers
+    /// that pass the compatibility rule and whose circuit is closed; best first
+    /// (trust, then latency, then key).
+    async fn seats(&self, capability: &str) -> Vec<Seat> {
+        let mut seats = Vec::new();
+        if self.federation.serves(capability) {
+            seats.push(Seat {
+                key: self.identity.public_key(),
+                region: self.config.region.clone(),
+                continent: self.config.continent.clone(),
+                stake: self.config.stake,
+                trust: 1.0,
+            });
+        }
+        let candidates = match self.federation.peers().find_local(capability).await {
+            Ok(candidates) => candidates,
+            Err(error) => {
+                tracing::warn!(%error, "could not list peers");
+                Vec::new()
+            }
+        };
+        for candidate in candidates {
+            let Some(info) = candidate.view.info else {
+                continue;
+            };
+            let Ok(key) = PublicKey::from_slice(&info.public_key) else {
+                continue;
+            };
+            seats.push(Seat {
+                key,
+                region: info.region,
+                continent: info.continent,
+                stake: info.stake.max(1),
+                trust: candidate.trust,
+            });
+        }
+        seats
+    }
+
+    /// Resolves a requested scope. An empty name means the entry node's own region or
+    /// continent.
     fn resolve_scope(&self, scope: Option<Scope>) -> Result<Scope, SubmitError> {
         let scope = scope.unwrap_or(Scope {
             level: Level::Region as i32,
             name: String::new(),
         });
-        let own = |name: String, mine: &str, what: &str| {
-            if name.is_empty() || name == mine {
-                Ok(mine.to_string())
+        let name_or = |name: String, mine: &str| {
+            if name.is_empty() {
+                mine.to_string()
             } else {
-                Err(SubmitError::FailedPrecondition(format!(
-                    "no known node in {what} {name:?} (this node is in {what} {mine:?})"
-                )))
+                name
             }
         };
         let (level, name) = match Level::try_from(scope.level) {
-            Ok(Level::Region) => (
-                Level::Region,
-                own(scope.name, &self.config.region, "region")?,
-            ),
+            Ok(Level::Region) => (Level::Region, name_or(scope.name, &self.config.region)),
             Ok(Level::Continent) => (
                 Level::Continent,
-                own(scope.name, &self.config.continent, "continent")?,
+                name_or(scope.name, &self.config.continent),
             ),
             Ok(Level::Global) if scope.name.is_empty() || scope.name == "global" => {
                 (Level::Global, String::new())
@@ -365,237 +426,13 @@ impl TaskEngine {
         })
     }
 
-    /// The group name of this node at `level`.
-    fn group_name(&self, level: Level) -> String {
-        match level {
-            Level::Region => self.config.region.clone(),
-            Level::Continent => self.config.continent.clone(),
-            _ => "global".to_string(),
-        }
-    }
-
-    fn emit(&self, events: &broadcast::Sender<TaskEvent>, id: TaskId, event: TaskEvent) {
+    pub(crate) fn emit(&self, events: &broadcast::Sender<TaskEvent>, id: TaskId, event: TaskEvent) {
         // No subscriber is fine: events are a courtesy, the record is the truth.
         let _ = events.send(TaskEvent {
             task_id: id.as_bytes().to_vec(),
             at_ms: unix_ms(),
             ..event
         });
-    }
-
-    /// Runs every level of the task, leaves first. Returns the finished record.
-    async fn run(
-        &self,
-        plan: Plan,
-        mut record: TaskRecord,
-        events: &broadcast::Sender<TaskEvent>,
-    ) -> TaskRecord {
-        let me = self.identity.public_key();
-        let limits = RunLimits {
-            timeout: Duration::from_millis(
-                self.config.executor.timeout_ms.min(plan.spec.deadline_ms),
-            ),
-            output_bytes_max: self.config.executor.output_bytes_max,
-        };
-        let started_ms = unix_ms();
-        let deadline_ms = started_ms.saturating_add(plan.spec.deadline_ms);
-        self.emit(
-            events,
-            plan.id,
-            TaskEvent {
-                kind: TaskEventKind::Dispatched as i32,
-                level: Level::Region as i32,
-                group: self.config.region.clone(),
-                member: me.to_string(),
-                detail: format!("executing {:?}", plan.spec.capability),
-                ..TaskEvent::default()
-            },
-        );
-        let answer = plan
-            .executor
-            .run(&plan.spec.payload, limits)
-            .await
-            .map_err(|error| {
-                self.metrics.executor_errors.inc();
-                error.to_string()
-            });
-        self.emit(
-            events,
-            plan.id,
-            TaskEvent {
-                kind: TaskEventKind::Observation as i32,
-                level: Level::Region as i32,
-                group: self.config.region.clone(),
-                member: me.to_string(),
-                detail: match &answer {
-                    Ok(value) => format!("answered {} bytes", value.len()),
-                    Err(error) => format!("executor error: {error}"),
-                },
-                ..TaskEvent::default()
-            },
-        );
-
-        let executor_error = answer.as_ref().err().cloned();
-        let mut input = Input::LocalAnswer {
-            answer,
-            child_certificate: None,
-        };
-        let mut root: Option<Certificate> = None;
-        for level_number in Level::Region as i32..=plan.top as i32 {
-            let level = Level::try_from(level_number).expect("levels 1..=3 exist");
-            let group = self.group_name(level);
-            let group_started_ms = unix_ms();
-            let outcome = self
-                .decide_group(&plan, level, &group, input, deadline_ms)
-                .await;
-            let latency_ms = unix_ms().saturating_sub(group_started_ms);
-            self.metrics
-                .decision_latency_seconds
-                .get_or_create(&LevelLabels {
-                    level: level_name(level).into(),
-                })
-                .observe(latency_ms as f64 / 1000.0);
-            match outcome {
-                GroupOutcome::Decided {
-                    certificate,
-                    rounds,
-                } => {
-                    let stats = group_stats(&certificate, level, &group, latency_ms, rounds);
-                    self.emit(
-                        events,
-                        plan.id,
-                        TaskEvent {
-                            kind: TaskEventKind::GroupDecided as i32,
-                            level: level as i32,
-                            group: group.clone(),
-                            detail: format!(
-                                "decided on the {} path in {latency_ms} ms ({} agreed)",
-                                path_name(plan.path),
-                                stats.agreed.len()
-                            ),
-                            ..TaskEvent::default()
-                        },
-                    );
-                    record.groups.push(stats);
-                    let value = match verify_chain(&certificate) {
-                        Ok(summary) => summary.value,
-                        Err(error) => {
-                            // The round produced a certificate that does not verify: a
-                            // bug, never a result. Refuse to store it.
-                            tracing::error!(task = %plan.id, %error, "self-check of a certificate failed");
-                            record.state = TaskState::Failed as i32;
-                            record.error =
-                                format!("internal: certificate failed its self-check: {error}");
-                            return record;
-                        }
-                    };
-                    let bytes = certificate.encode_to_vec();
-                    input = Input::LocalAnswer {
-                        answer: Ok(value.clone()),
-                        child_certificate: Some(bytes),
-                    };
-                    record.value = value;
-                    root = Some(*certificate);
-                }
-                GroupOutcome::Degraded(reason) => {
-                    self.metrics.cascade_prevented.inc();
-                    self.emit(
-                        events,
-                        plan.id,
-                        TaskEvent {
-                            kind: TaskEventKind::GroupDegraded as i32,
-                            level: level as i32,
-                            group: group.clone(),
-                            detail: reason.clone(),
-                            ..TaskEvent::default()
-                        },
-                    );
-                    record.state = TaskState::Failed as i32;
-                    record.error = format!(
-                        "{} group {group:?} could not decide: {reason}",
-                        level_name(level)
-                    );
-                    if let (Level::Region, Some(error)) = (level, &executor_error) {
-                        record.error = format!("executor error: {error}; {}", record.error);
-                    }
-                    record.certificate = root;
-                    return record;
-                }
-            }
-        }
-        record.state = TaskState::Decided as i32;
-        record.certificate = root;
-        record
-    }
-
-    /// Drives one group's round to a decision or to its end.
-    async fn decide_group(
-        &self,
-        plan: &Plan,
-        level: Level,
-        group: &str,
-        first_input: Input,
-        deadline_ms: u64,
-    ) -> GroupOutcome {
-        let now_ms = unix_ms();
-        let remaining_ms = deadline_ms.saturating_sub(now_ms).max(1);
-        let config = RoundConfig {
-            task: plan.spec_bytes.clone(),
-            level,
-            group: group.to_string(),
-            members: vec![Member {
-                public_key: self.identity.public_key().0.to_vec(),
-                weight: self.config.stake,
-            }],
-            path: plan.path,
-            path_reason: plan.path_reason.clone(),
-            aggregation: Aggregation::try_from(plan.spec.aggregation)
-                .unwrap_or(Aggregation::Majority),
-            round_timeout_ms: (remaining_ms / u64::from(ROUNDS_MAX)).max(1),
-            rounds_max: ROUNDS_MAX,
-            started_at_ms: now_ms,
-        };
-        let mut round = match Round::new(config, self.identity.signing_key().clone()) {
-            Ok(round) => round,
-            Err(error) => {
-                return GroupOutcome::Degraded(format!("round refused its configuration: {error}"));
-            }
-        };
-        let mut input = first_input;
-        // Bounded: the round ends by its own rounds_max, and the deadline ends it too.
-        loop {
-            let now_ms = unix_ms();
-            for action in round.step(now_ms, input) {
-                match action {
-                    Action::Decided(certificate) => {
-                        return GroupOutcome::Decided {
-                            certificate,
-                            rounds: round.round() + 1,
-                        };
-                    }
-                    Action::Degraded(reason) => return GroupOutcome::Degraded(reason.to_string()),
-                    Action::Evidence(_) => {
-                        self.metrics.byzantine_attacks_detected.inc();
-                    }
-                    // Every member of today's groups is this node: there is no one else
-                    // to send to, and no raft group to commit through (the raft path is
-                    // refused at submission).
-                    Action::Broadcast(_)
-                    | Action::SendTo(..)
-                    | Action::Commit { .. }
-                    | Action::DegradedCertificate(_)
-                    | Action::Rejected { .. } => {}
-                }
-            }
-            if now_ms > deadline_ms.saturating_add(TICK_INTERVAL.as_millis() as u64) {
-                return GroupOutcome::Degraded(format!(
-                    "deadline of {} ms passed",
-                    plan.spec.deadline_ms
-                ));
-            }
-            tokio::time::sleep(TICK_INTERVAL).await;
-            input = Input::Tick;
-        }
     }
 
     fn finish(
@@ -649,14 +486,6 @@ impl TaskEngine {
     }
 }
 
-enum GroupOutcome {
-    Decided {
-        certificate: Box<Certificate>,
-        rounds: u32,
-    },
-    Degraded(String),
-}
-
 fn validate_policy(policy: Option<RiskPolicy>) -> Result<Option<RiskPolicy>, SubmitError> {
     let Some(policy) = policy else {
         return Ok(None);
@@ -681,7 +510,7 @@ fn validate_policy(policy: Option<RiskPolicy>) -> Result<Option<RiskPolicy>, Sub
 }
 
 /// Who agreed, disagreed and stayed silent in one certificate.
-fn group_stats(
+pub(crate) fn group_stats(
     certificate: &Certificate,
     level: Level,
     group: &str,

@@ -14,7 +14,9 @@
 //! - [`cluster`]: `up`, `status`, `down`.
 //! - [`show`]: printing certificate chains for people.
 //! - [`demo`]: the `polity-testnet demo` walk-through.
+//! - [`bench`]: `polity-testnet bench`, a gRPC load generator.
 
+pub mod bench;
 pub mod cluster;
 pub mod demo;
 pub mod process;

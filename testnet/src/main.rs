@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use polity_testnet::bench::{self, BenchArgs};
 use polity_testnet::cluster::{self, DirArgs, UpArgs};
 use polity_testnet::demo::{self, DemoArgs};
 
@@ -28,6 +29,9 @@ enum Command {
     Status(DirArgs),
     /// Stop a detached cluster.
     Down(DirArgs),
+    /// Load a running cluster with tasks over gRPC and report throughput, latency
+    /// percentiles and outcomes.
+    Bench(BenchArgs),
 }
 
 #[tokio::main]
@@ -38,6 +42,7 @@ async fn main() -> ExitCode {
         Command::Up(args) => cluster::up(args).await,
         Command::Status(args) => cluster::status(args).await,
         Command::Down(args) => cluster::down(args).await,
+        Command::Bench(args) => bench::cli(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
