@@ -91,15 +91,19 @@ impl Federation for Api {
     ) -> Result<Response<TaskRecord>, Status> {
         let request = request.into_inner();
         let wait = request.wait;
-        let submission = self.engine.submit(request).await.map_err(|error| match error {
-            SubmitError::InvalidArgument(reason) => self.invalid(reason),
-            SubmitError::FailedPrecondition(reason) => Status::failed_precondition(reason),
-            SubmitError::Overloaded(_) => {
-                self.metrics.reject("overloaded");
-                Status::resource_exhausted(error.to_string())
-            }
-            SubmitError::Store(error) => internal(error),
-        })?;
+        let submission = self
+            .engine
+            .submit(request)
+            .await
+            .map_err(|error| match error {
+                SubmitError::InvalidArgument(reason) => self.invalid(reason),
+                SubmitError::FailedPrecondition(reason) => Status::failed_precondition(reason),
+                SubmitError::Overloaded(_) => {
+                    self.metrics.reject("overloaded");
+                    Status::resource_exhausted(error.to_string())
+                }
+                SubmitError::Store(error) => internal(error),
+            })?;
         let record = match submission {
             Submission::Known(record) => *record,
             Submission::Started(id, mut done) => {

@@ -147,7 +147,10 @@ pub struct Federation {
 }
 
 impl Federation {
-    #[allow(clippy::too_many_arguments, reason = "the node's parts, wired once at start")]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "the node's parts, wired once at start"
+    )]
     pub fn new(
         identity: Identity,
         net: NetHandle,
@@ -366,7 +369,8 @@ impl Federation {
             .filter(|level| *level != Level::Unspecified)
             .ok_or_else(|| format!("unknown level {}", plan.level))?;
         let path = ConsensusPath::try_from(plan.path).map_err(|_| "unknown path")?;
-        let aggregation = Aggregation::try_from(plan.aggregation).map_err(|_| "unknown aggregation")?;
+        let aggregation =
+            Aggregation::try_from(plan.aggregation).map_err(|_| "unknown aggregation")?;
         let key = SlotKey {
             task,
             level: level as i32,
@@ -379,7 +383,9 @@ impl Federation {
                 .ok_or_else(|| format!("this node does not serve {:?}", spec.capability))?
                 .clone();
             let limits = RunLimits {
-                timeout: Duration::from_millis(self.executor_limits.timeout_ms.min(spec.deadline_ms.max(1))),
+                timeout: Duration::from_millis(
+                    self.executor_limits.timeout_ms.min(spec.deadline_ms.max(1)),
+                ),
                 output_bytes_max: self.executor_limits.output_bytes_max,
             };
             Work::Execute {
@@ -403,10 +409,17 @@ impl Federation {
         let members: Vec<PublicKey> = plan
             .members
             .iter()
-            .filter_map(|m| <[u8; 32]>::try_from(m.public_key.as_slice()).ok().map(PublicKey))
+            .filter_map(|m| {
+                <[u8; 32]>::try_from(m.public_key.as_slice())
+                    .ok()
+                    .map(PublicKey)
+            })
             .collect();
         let raft_group = if path == ConsensusPath::Raft {
-            Some(RaftGroups::name_for(level, &plan.group, &plan.members).map_err(|e| e.to_string())?)
+            Some(
+                RaftGroups::name_for(level, &plan.group, &plan.members)
+                    .map_err(|e| e.to_string())?,
+            )
         } else {
             None
         };
@@ -631,11 +644,18 @@ impl Driver {
                 federation.metrics.byzantine_attacks_detected.inc();
                 if let Ok(culprit) = polity_consensus::verify_evidence(&evidence) {
                     tracing::warn!(%culprit, "a member equivocated");
-                    if let Err(error) = federation.peers.record_key(&culprit, TrustEvent::Equivocation) {
+                    if let Err(error) = federation
+                        .peers
+                        .record_key(&culprit, TrustEvent::Equivocation)
+                    {
                         tracing::warn!(%error, "could not record equivocation");
                     }
                 }
-                if let Err(error) = federation.net.publish_evidence(evidence.encode_to_vec()).await {
+                if let Err(error) = federation
+                    .net
+                    .publish_evidence(evidence.encode_to_vec())
+                    .await
+                {
                     tracing::debug!(%error, "could not gossip evidence");
                 }
                 false

@@ -60,6 +60,9 @@ impl GroupRun {
     }
 }
 
+/// A decided group and its certificate: a child of the next level's group.
+type Child = (GroupRun, Box<Certificate>);
+
 /// How a group ended.
 enum Resolution {
     Decided(Box<Certificate>),
@@ -117,7 +120,7 @@ impl TaskEngine {
                 attempt: 0,
             })
             .collect();
-        let mut decided: Vec<(GroupRun, Box<Certificate>)> = Vec::new();
+        let mut decided: Vec<Child> = Vec::new();
         let extra_max = self.config.tasks.extra_replicas_max;
         // Bounded: each pass either ends a group or grows it by one replica, at most
         // `extra_max` times.
@@ -195,9 +198,13 @@ impl TaskEngine {
         }
 
         // Level 3: the global group of the decided continents' representatives.
-        let children: Vec<(GroupRun, Box<Certificate>)> = decided;
-        let global =
-            self.parent_group(Level::Global, "global".into(), String::new(), children.iter().collect());
+        let children: Vec<Child> = decided;
+        let global = self.parent_group(
+            Level::Global,
+            "global".into(),
+            String::new(),
+            children.iter().collect(),
+        );
         let resolved = self
             .run_level(plan, vec![global], deadline_ms, events, inbox, record)
             .await;
@@ -217,7 +224,7 @@ impl TaskEngine {
         &self,
         top: Level,
         level: Level,
-        decided: &[(GroupRun, Box<Certificate>)],
+        decided: &[Child],
         degraded: &[String],
     ) -> Result<Option<Certificate>, String> {
         if decided.is_empty() {
@@ -258,7 +265,7 @@ impl TaskEngine {
         level: Level,
         name: String,
         continent: String,
-        children: Vec<&(GroupRun, Box<Certificate>)>,
+        children: Vec<&Child>,
     ) -> GroupRun {
         let per_child = self.config.tasks.representatives;
         let mut members = Vec::new();
@@ -336,7 +343,12 @@ impl TaskEngine {
                 let assign = Assign {
                     task: plan.spec_bytes.clone(),
                     plan: Some(group_plan.clone()),
-                    child_certificate: state.group.children.get(&seat.key).cloned().unwrap_or_default(),
+                    child_certificate: state
+                        .group
+                        .children
+                        .get(&seat.key)
+                        .cloned()
+                        .unwrap_or_default(),
                 };
                 let federation = Arc::clone(&self.federation);
                 let acks_tx = acks_tx.clone();
@@ -345,7 +357,13 @@ impl TaskEngine {
                     let ack = federation
                         .send_task(member, task_request::Request::Assign(assign))
                         .await
-                        .and_then(|ack| if ack.accepted { Ok(()) } else { Err(ack.reason) });
+                        .and_then(|ack| {
+                            if ack.accepted {
+                                Ok(())
+                            } else {
+                                Err(ack.reason)
+                            }
+                        });
                     let _ = acks_tx.send((index, member, ack)).await;
                 });
             }
@@ -423,10 +441,9 @@ impl TaskEngine {
         outcome: GroupOutcome,
         events: &broadcast::Sender<TaskEvent>,
     ) {
-        let Some(state) = states
-            .iter_mut()
-            .find(|state| state.group.level as i32 == outcome.level && state.group.name == outcome.group)
-        else {
+        let Some(state) = states.iter_mut().find(|state| {
+            state.group.level as i32 == outcome.level && state.group.name == outcome.group
+        }) else {
             return; // a late outcome of an earlier level or attempt
         };
         if !state.group.members.iter().any(|seat| seat.key == from) {
@@ -523,12 +540,19 @@ impl TaskEngine {
                 ..GroupStats::default()
             },
         };
-        stats.members = state.group.members.iter().map(|seat| seat.key.to_string()).collect();
+        stats.members = state
+            .group
+            .members
+            .iter()
+            .map(|seat| seat.key.to_string())
+            .collect();
         if let Resolution::Decided(certificate) = &resolution {
             stats.rounds = decided_round(certificate) + 1;
         }
         self.move_trust(&stats);
-        self.metrics.disagreements.inc_by(stats.disagreed.len() as u64);
+        self.metrics
+            .disagreements
+            .inc_by(stats.disagreed.len() as u64);
         let (kind, detail) = match &resolution {
             Resolution::Decided(_) => (
                 TaskEventKind::GroupDecided,
@@ -618,11 +642,10 @@ impl GroupState {
         if self.resolution.is_some() {
             return;
         }
-        let out = self
-            .group
-            .members
-            .iter()
-            .all(|seat| self.lost.contains_key(&seat.key) || self.gave_up.contains_key(&seat.key));
+        let out =
+            self.group.members.iter().all(|seat| {
+                self.lost.contains_key(&seat.key) || self.gave_up.contains_key(&seat.key)
+            });
         if out {
             self.resolution = Some(Resolution::Degraded(self.summary()));
         }
@@ -631,10 +654,17 @@ impl GroupState {
     fn summary(&self) -> String {
         let mut parts = Vec::new();
         if let Some((_, reason)) = self.gave_up.iter().next() {
-            parts.push(format!("{} of {} members gave up ({reason})", self.gave_up.len(), self.group.members.len()));
+            parts.push(format!(
+                "{} of {} members gave up ({reason})",
+                self.gave_up.len(),
+                self.group.members.len()
+            ));
         }
         if let Some((_, reason)) = self.lost.iter().next() {
-            parts.push(format!("{} unreachable or refused ({reason})", self.lost.len()));
+            parts.push(format!(
+                "{} unreachable or refused ({reason})",
+                self.lost.len()
+            ));
         }
         let silent = self
             .group
@@ -655,9 +685,16 @@ impl GroupState {
 
 /// Checks a certificate a member sent: it verifies, and it decides exactly the slot
 /// and member list this node asked for.
-fn check_certificate(plan: &Plan, group: &GroupRun, certificate: &Certificate) -> Result<(), String> {
+fn check_certificate(
+    plan: &Plan,
+    group: &GroupRun,
+    certificate: &Certificate,
+) -> Result<(), String> {
     let slot = certificate.slot.as_ref().ok_or("no slot")?;
-    if slot.task_id != plan.id.as_bytes() || slot.level != group.level as i32 || slot.group != group.name {
+    if slot.task_id != plan.id.as_bytes()
+        || slot.level != group.level as i32
+        || slot.group != group.name
+    {
         return Err("the certificate is for another slot".into());
     }
     if certificate.members != group.member_protos() {
@@ -681,15 +718,19 @@ fn agreed_keys(certificate: &Certificate) -> BTreeSet<PublicKey> {
 
 /// The round a certificate was decided in.
 fn decided_round(certificate: &Certificate) -> u32 {
-    certificate.slot.as_ref().map(|slot| slot.round).unwrap_or(0)
+    certificate
+        .slot
+        .as_ref()
+        .map(|slot| slot.round)
+        .unwrap_or(0)
 }
 
 /// Groups decided children by their parent's name.
 fn parents(
-    decided: &[(GroupRun, Box<Certificate>)],
+    decided: &[Child],
     parent_of: impl Fn(&GroupRun) -> String,
-) -> BTreeMap<String, Vec<&(GroupRun, Box<Certificate>)>> {
-    let mut parents: BTreeMap<String, Vec<&(GroupRun, Box<Certificate>)>> = BTreeMap::new();
+) -> BTreeMap<String, Vec<&Child>> {
+    let mut parents: BTreeMap<String, Vec<&Child>> = BTreeMap::new();
     for child in decided {
         parents.entry(parent_of(&child.0)).or_default().push(child);
     }
@@ -697,7 +738,7 @@ fn parents(
 }
 
 /// Splits a level's results into decided groups and (name, reason) of the degraded.
-fn split(resolved: Vec<Resolved>) -> (Vec<(GroupRun, Box<Certificate>)>, Vec<(String, String)>) {
+fn split(resolved: Vec<Resolved>) -> (Vec<Child>, Vec<(String, String)>) {
     let mut decided = Vec::new();
     let mut degraded = Vec::new();
     for done in resolved {

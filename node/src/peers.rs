@@ -203,7 +203,11 @@ impl Peers {
     /// and whose circuit is closed, ranked best first; from the local peer table only
     /// (no DHT query), so it is cheap enough for every task.
     pub async fn find_local(&self, capability: &str) -> anyhow::Result<Vec<Candidate>> {
-        let wanted = [capability.to_string()];
+        let wanted: Vec<String> = if capability.is_empty() {
+            Vec::new()
+        } else {
+            vec![capability.to_string()]
+        };
         let candidates = self
             .candidates()
             .await?
@@ -223,9 +227,20 @@ impl Peers {
     ) -> anyhow::Result<Vec<PeerEntry>> {
         let non_empty = |s: &str| (!s.is_empty()).then_some(s.to_string());
         let (region, continent) = (non_empty(region), non_empty(continent));
-        let candidates = if compatible_only {
-            self.find(capability, region.as_deref(), continent.as_deref())
+        let candidates: Vec<Candidate> = if compatible_only {
+            self.find_local(capability)
                 .await?
+                .into_iter()
+                .filter(|c| {
+                    let info = c.view.info.as_ref();
+                    region
+                        .as_ref()
+                        .is_none_or(|r| info.is_some_and(|i| &i.region == r))
+                        && continent
+                            .as_ref()
+                            .is_none_or(|k| info.is_some_and(|i| &i.continent == k))
+                })
+                .collect()
         } else {
             self.candidates()
                 .await?
@@ -333,11 +348,7 @@ impl Peers {
 
     /// Turns network events into trust events until the network stops; requests go
     /// to `requests` (the federation's handler), or are refused when it is full.
-    pub async fn run(
-        self,
-        mut events: mpsc::Receiver<NetEvent>,
-        requests: mpsc::Sender<NetEvent>,
-    ) {
+    pub async fn run(self, mut events: mpsc::Receiver<NetEvent>, requests: mpsc::Sender<NetEvent>) {
         while let Some(event) = events.recv().await {
             if let NetEvent::Request { .. } = event {
                 if let Err(mpsc::error::TrySendError::Full(_)) = requests.try_send(event) {

@@ -21,16 +21,30 @@ pub struct Committed {
 pub struct RaftGroups;
 
 impl RaftGroups {
-    pub fn new(_key: PublicKey, _db: sled::Db, _net: NetHandle, _metrics: Arc<Metrics>) -> Arc<RaftGroups> {
+    pub fn new(
+        _key: PublicKey,
+        _db: sled::Db,
+        _net: NetHandle,
+        _metrics: Arc<Metrics>,
+    ) -> Arc<RaftGroups> {
         Arc::new(RaftGroups)
     }
-    pub fn name_for(level: Level, group: &str, _members: &[Member]) -> Result<GroupName, RaftNetError> {
+    pub fn name_for(
+        level: Level,
+        group: &str,
+        _members: &[Member],
+    ) -> Result<GroupName, RaftNetError> {
         GroupName::new(format!("{}-{group}", level as i32)).map_err(|e| RaftNetError(e.to_string()))
     }
     pub async fn ensure(&self, _name: &GroupName, _members: &[Member]) -> Result<(), RaftNetError> {
         Err(RaftNetError("not yet".into()))
     }
-    pub async fn commit(&self, _name: &GroupName, _entry: LedgerEntry, _timeout: Duration) -> Result<Committed, RaftNetError> {
+    pub async fn commit(
+        &self,
+        _name: &GroupName,
+        _entry: LedgerEntry,
+        _timeout: Duration,
+    ) -> Result<Committed, RaftNetError> {
         Err(RaftNetError("not yet".into()))
     }
     pub async fn handle_raft(&self, _from: PeerId, _envelope: RaftEnvelope) -> Vec<u8> {

@@ -24,14 +24,14 @@ use tonic::transport::{
 use std::collections::BTreeMap;
 
 use crate::api::{Api, Gate};
+use crate::config::NodeConfig;
 use crate::executor::{Executor, ExecutorSpec};
 use crate::federation::Federation;
-use crate::raftnet::RaftGroups;
-use crate::config::NodeConfig;
 use crate::http::{HttpState, router};
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::peers::{Compatibility, Peers};
+use crate::raftnet::RaftGroups;
 use crate::storage::{SledStore, Store};
 use crate::tasks::TaskEngine;
 use polity_net::{LocalInfo, Multiaddr, NetConfig, NetEvent, NetHandle};
@@ -186,12 +186,7 @@ pub async fn run_until(config: NodeConfig, mut stop: watch::Receiver<bool>) -> a
             listen_addrs: p2p_addresses.iter().map(ToString::to_string).collect(),
         },
     );
-    let raft = RaftGroups::new(
-        identity.public_key(),
-        db,
-        net.clone(),
-        Arc::clone(&metrics),
-    );
+    let raft = RaftGroups::new(identity.public_key(), db, net.clone(), Arc::clone(&metrics));
     let federation = Federation::new(
         identity.clone(),
         net.clone(),

@@ -108,7 +108,7 @@ pub struct Measurement {
     pub rss_bytes_max: u64,
 }
 
-fn default_capabilities() -> Vec<String> {
+pub fn default_capabilities() -> Vec<String> {
     ["echo", "sha256", "wordcount", "sum"]
         .iter()
         .map(|name| format!("{name}=builtin:{name}"))
@@ -141,71 +141,16 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             args.dir.display()
         );
     }
-    let binary = polity_binary()?;
-    std::fs::create_dir_all(&args.dir)?;
     let capabilities = if args.capabilities.is_empty() {
         default_capabilities()
     } else {
         args.capabilities.clone()
     };
-    let started = Instant::now();
-    let bar = ProgressBar::new(args.nodes as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{msg:<22} [{bar:40}] {pos}/{len}").expect("valid template"),
-    );
-    bar.set_message("starting nodes");
-    // The first two nodes start one by one (the others bootstrap to them); the rest
-    // are spawned in waves and start in parallel.
-    let spec_of = |index: usize, seeds: &[NodeProcess]| {
-        let (name, region, continent) = placement(index, args.regions, args.continents);
-        let data_dir = args.dir.join(&name);
-        // A fresh testnet: old data (identities, ledgers) goes.
-        let _ = std::fs::remove_dir_all(&data_dir);
-        let mut extra_args = Vec::new();
-        for capability in &capabilities {
-            extra_args.push("--capability".to_string());
-            extra_args.push(capability.clone());
-        }
-        // Bootstrap to the first two nodes (two, so node 0 is no single point).
-        for seed in seeds.iter().take(2) {
-            if let Some(address) = seed.endpoints.p2p.first() {
-                extra_args.push("--bootstrap".to_string());
-                extra_args.push(address.clone());
-            }
-        }
-        extra_args.extend(args.node_args.iter().cloned());
-        NodeSpec {
-            name,
-            data_dir,
-            region,
-            continent,
-            extra_args,
-        }
-    };
-    let mut nodes: Vec<NodeProcess> = Vec::with_capacity(args.nodes);
-    for index in 0..args.nodes.min(2) {
-        let spec = spec_of(index, &nodes);
-        nodes.push(NodeProcess::start(&binary, spec)?);
-        bar.inc(1);
-    }
-    let mut next = nodes.len();
-    while next < args.nodes {
-        let wave_end = (next + START_WAVE).min(args.nodes);
-        let starting = (next..wave_end)
-            .map(|index| Starting::spawn(&binary, spec_of(index, &nodes)))
-            .collect::<anyhow::Result<Vec<Starting>>>()?;
-        for node in starting {
-            nodes.push(node.wait()?);
-            bar.inc(1);
-        }
-        next = wave_end;
-    }
-    let start_ms = started.elapsed().as_millis() as u64;
-    bar.finish_and_clear();
-
-    let converged = Instant::now();
-    wait_for_discovery(&nodes, Duration::from_secs(args.timeout_s)).await?;
-    let converge_ms = converged.elapsed().as_millis() as u64;
+    let Launched {
+        mut nodes,
+        start_ms,
+        converge_ms,
+    } = launch(&args, &capabilities).await?;
     println!(
         "{} node(s) started in {:.1} s; discovery converged in {:.1} s",
         nodes.len(),
@@ -259,8 +204,101 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Polls every node's ListPeers until each knows the signed info of all others.
-async fn wait_for_discovery(nodes: &[NodeProcess], timeout: Duration) -> anyhow::Result<()> {
+/// A started testnet whose discovery converged.
+pub struct Launched {
+    pub nodes: Vec<NodeProcess>,
+    pub start_ms: u64,
+    pub converge_ms: u64,
+}
+
+/// Starts `args.nodes` node processes in `args.dir` (fresh data dirs) and waits until
+/// every node knows every other one as a compatible peer. On failure every started
+/// node is stopped.
+pub async fn launch(args: &UpArgs, capabilities: &[String]) -> anyhow::Result<Launched> {
+    let binary = polity_binary()?;
+    std::fs::create_dir_all(&args.dir)?;
+    let started = Instant::now();
+    let bar = ProgressBar::new(args.nodes as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:<22} [{bar:40}] {pos}/{len}").expect("valid template"),
+    );
+    bar.set_message("starting nodes");
+    // The first two nodes start one by one (the others bootstrap to them); the rest
+    // are spawned in waves and start in parallel.
+    let spec_of = |index: usize, seeds: &[NodeProcess]| {
+        let (name, region, continent) = placement(index, args.regions, args.continents);
+        let data_dir = args.dir.join(&name);
+        // A fresh testnet: old data (identities, ledgers) goes.
+        let _ = std::fs::remove_dir_all(&data_dir);
+        let mut extra_args = Vec::new();
+        for capability in capabilities {
+            extra_args.push("--capability".to_string());
+            extra_args.push(capability.clone());
+        }
+        // Bootstrap to the first two nodes (two, so node 0 is no single point).
+        for seed in seeds.iter().take(2) {
+            if let Some(address) = seed.endpoints.p2p.first() {
+                extra_args.push("--bootstrap".to_string());
+                extra_args.push(address.clone());
+            }
+        }
+        extra_args.extend(args.node_args.iter().cloned());
+        NodeSpec {
+            name,
+            data_dir,
+            region,
+            continent,
+            extra_args,
+        }
+    };
+    let mut nodes: Vec<NodeProcess> = Vec::with_capacity(args.nodes);
+    for index in 0..args.nodes.min(2) {
+        let spec = spec_of(index, &nodes);
+        nodes.push(NodeProcess::start(&binary, spec)?);
+        bar.inc(1);
+    }
+    let mut next = nodes.len();
+    while next < args.nodes {
+        let wave_end = (next + START_WAVE).min(args.nodes);
+        let starting = (next..wave_end)
+            .map(|index| Starting::spawn(&binary, spec_of(index, &nodes)))
+            .collect::<anyhow::Result<Vec<Starting>>>()?;
+        for node in starting {
+            nodes.push(node.wait()?);
+            bar.inc(1);
+        }
+        next = wave_end;
+    }
+    let start_ms = started.elapsed().as_millis() as u64;
+    bar.finish_and_clear();
+
+    let converged = Instant::now();
+    let timeout = Duration::from_secs(args.timeout_s);
+    // Compatibility is judged for a capability: the first one every node serves.
+    let capability = capabilities
+        .first()
+        .and_then(|spec| spec.split('=').next())
+        .unwrap_or("echo");
+    if let Err(error) = wait_for_discovery(&nodes, capability, timeout).await {
+        for node in nodes {
+            let _ = node.stop();
+        }
+        return Err(error);
+    }
+    let converge_ms = converged.elapsed().as_millis() as u64;
+    Ok(Launched {
+        nodes,
+        start_ms,
+        converge_ms,
+    })
+}
+
+/// Polls every node's ListPeers until each knows all others as compatible peers.
+async fn wait_for_discovery(
+    nodes: &[NodeProcess],
+    capability: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let expected = nodes.len() * (nodes.len() - 1);
     let bar = ProgressBar::new(expected as u64);
     bar.set_style(
@@ -275,8 +313,13 @@ async fn wait_for_discovery(nodes: &[NodeProcess], timeout: Duration) -> anyhow:
     loop {
         let mut known = 0;
         for client in &mut clients {
+            // Compatible: signed info known, trust above the floor, latency measured.
             let peers = client
-                .list_peers(ListPeersRequest::default())
+                .list_peers(ListPeersRequest {
+                    capability: capability.to_string(),
+                    compatible_only: true,
+                    ..ListPeersRequest::default()
+                })
                 .await
                 .map(|response| response.into_inner().peers)
                 .unwrap_or_default();
@@ -315,7 +358,7 @@ fn record_of(node: &NodeProcess) -> NodeRecord {
     }
 }
 
-fn print_table(nodes: &[NodeProcess]) {
+pub fn print_table(nodes: &[NodeProcess]) {
     println!(
         "{:<9} {:<54} {:<10} {:<12} {:<24} HTTP",
         "node", "peer id", "region", "continent", "gRPC"

@@ -1,21 +1,23 @@
 //! `polity-testnet demo`: the five-minute tour, run for real.
 //!
-//! Until tasks are dispatched to peers (the federation issue), every group of a task
-//! is its entry node alone, so the demo starts one node and shows everything a node
-//! does through the real path: tasks at region, continent and global scope, the
-//! certificate chain and who voted what, offline verification, and a restart that
-//! keeps identity and certified results. `polity-testnet up` shows the p2p side.
+//! Starts a 9-node testnet (3 regions on 2 continents), waits until every node sees
+//! every other as a compatible peer, and decides one global task on each consensus
+//! path (raft, bft, stake), each entered at another node: region groups of 3,
+//! continent groups of their representatives, one global group. For each it prints
+//! the certificate tree with who voted what, verifies the chain offline and asks the
+//! entry node to verify it too. Then the testnet stays up for gRPC queries until
+//! Ctrl-C (`--exit` stops after the demo).
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use polity_consensus::verify_chain;
 use polity_proto::{
-    ConsensusPath, GetTaskRequest, Level, RiskPolicy, Scope, SubmitTaskRequest, TaskRecord,
-    TaskState, VerifyCertificateRequest, verify_certificate_request::Source,
+    ConsensusPath, Level, RiskPolicy, Scope, SubmitTaskRequest, TaskState,
+    VerifyCertificateRequest, verify_certificate_request::Source,
 };
 
-use crate::process::{NodeProcess, NodeSpec, polity_binary};
+use crate::cluster::{Launched, UpArgs, launch, print_table};
 use crate::show::{certificate_tree, printable};
 
 /// `demo` options.
@@ -24,69 +26,81 @@ pub struct DemoArgs {
     /// Where node data dirs go (default: a fresh temporary dir, removed at the end).
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// Stop after the demo instead of keeping the node up until Ctrl-C.
+    /// Stop after the demo instead of keeping the testnet up until Ctrl-C.
     #[arg(long)]
     pub exit: bool,
 }
 
+/// The demo testnet's shape.
+const NODES: usize = 9;
+const REGIONS: usize = 3;
+const CONTINENTS: usize = 2;
+/// Members per region group: all three nodes of a region.
+const REPLICATION: u32 = 3;
+
 struct DemoTask {
     title: &'static str,
+    /// Index of the entry node.
+    entry: usize,
     request: SubmitTaskRequest,
 }
 
 fn tasks() -> Vec<DemoTask> {
-    let scope = |level: Level| {
-        Some(Scope {
-            level: level as i32,
-            name: String::new(),
-        })
-    };
-    let policy = |adversarial_risk: f64, path_override: ConsensusPath| {
-        Some(RiskPolicy {
-            adversarial_risk,
-            consistency: 0.0,
-            path_override: path_override as i32,
-        })
+    let global = Some(Scope {
+        level: Level::Global as i32,
+        name: String::new(),
+    });
+    let request = |capability: &str, payload: &[u8], policy: RiskPolicy| SubmitTaskRequest {
+        capability: capability.into(),
+        payload: payload.to_vec(),
+        scope: global.clone(),
+        replication: REPLICATION,
+        policy: Some(policy),
+        wait: true,
+        ..SubmitTaskRequest::default()
     };
     vec![
         DemoTask {
-            title: "sha256 of a payload in the node's region (stake path: low risk)",
-            request: SubmitTaskRequest {
-                capability: "sha256".into(),
-                payload: b"hello, polity".to_vec(),
-                scope: scope(Level::Region),
-                policy: policy(0.1, ConsensusPath::Unspecified),
-                wait: true,
-                ..SubmitTaskRequest::default()
-            },
+            title: "global sum on the raft path (consistency 0.95 > 0.8)",
+            entry: 0,
+            request: request(
+                "sum",
+                b"19 23 2 -2",
+                RiskPolicy {
+                    consistency: 0.95,
+                    ..RiskPolicy::default()
+                },
+            ),
         },
         DemoTask {
-            title: "word count across the continent (bft path: adversarial risk 0.9)",
-            request: SubmitTaskRequest {
-                capability: "wordcount".into(),
-                payload: b"many doubtful answers make one reliable answer".to_vec(),
-                scope: scope(Level::Continent),
-                policy: policy(0.9, ConsensusPath::Unspecified),
-                wait: true,
-                ..SubmitTaskRequest::default()
-            },
+            title: "global word count on the bft path (adversarial risk 0.9 > 0.7)",
+            entry: 4,
+            request: request(
+                "wordcount",
+                b"many doubtful answers make one reliable answer",
+                RiskPolicy {
+                    adversarial_risk: 0.9,
+                    ..RiskPolicy::default()
+                },
+            ),
         },
         DemoTask {
-            title: "global sum, region -> continent -> global (bft by override)",
-            request: SubmitTaskRequest {
-                capability: "sum".into(),
-                payload: b"19 23 2 -2".to_vec(),
-                scope: scope(Level::Global),
-                policy: policy(0.0, ConsensusPath::Bft),
-                wait: true,
-                ..SubmitTaskRequest::default()
-            },
+            title: "global sha256 on the stake path (low risk)",
+            entry: 8,
+            request: request(
+                "sha256",
+                b"hello, polity",
+                RiskPolicy {
+                    adversarial_risk: 0.1,
+                    consistency: 0.1,
+                    path_override: ConsensusPath::Unspecified as i32,
+                },
+            ),
         },
     ]
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
-    let binary = polity_binary()?;
     let temporary = match &args.dir {
         Some(_) => None,
         None => Some(tempfile_dir()?),
@@ -96,34 +110,72 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .clone()
         .or_else(|| temporary.clone())
         .expect("one of them is set");
-    let spec = NodeSpec {
-        name: "node-0".into(),
-        data_dir: root.join("node-0"),
-        region: "eu-west".into(),
-        continent: "europe".into(),
-        extra_args: vec![
-            "--capability".into(),
-            "sha256=builtin:sha256".into(),
-            "--capability".into(),
-            "wordcount=builtin:wordcount".into(),
-            "--capability".into(),
-            "sum=builtin:sum".into(),
-        ],
+    println!(
+        "Starting {NODES} nodes ({REGIONS} regions on {CONTINENTS} continents) in {}",
+        root.display()
+    );
+    let up = UpArgs {
+        nodes: NODES,
+        regions: REGIONS,
+        continents: CONTINENTS,
+        capabilities: Vec::new(),
+        dir: root.clone(),
+        detach: false,
+        measure: false,
+        timeout_s: 120,
+        node_args: Vec::new(),
     };
+    let Launched {
+        nodes, converge_ms, ..
+    } = launch(&up, &crate::cluster::default_capabilities()).await?;
     println!(
-        "Starting node-0 (region eu-west, continent europe) in {}",
-        spec.data_dir.display()
+        "Discovery converged in {:.1} s: every node sees the other {} as compatible peers.\n",
+        converge_ms as f64 / 1000.0,
+        NODES - 1
     );
-    let node = NodeProcess::start(&binary, spec.clone())?;
-    println!(
-        "  peer id {}\n  gRPC    {}\n  HTTP    {}\n",
-        node.endpoints.peer_id, node.endpoints.grpc, node.endpoints.http
-    );
+    print_table(&nodes);
+    println!();
 
-    let mut client = node.client().await?;
-    let mut decided: Vec<TaskRecord> = Vec::new();
+    let result = decide_all(&nodes).await;
+    if let Err(error) = &result {
+        eprintln!("demo failed: {error:#}");
+    } else if !args.exit {
+        let first = &nodes[0].endpoints;
+        println!("The testnet stays up. Try, from another terminal:");
+        println!("  polity topology --addr {}", first.grpc);
+        println!(
+            "  polity submit --addr {} --capability sha256 --payload hi --scope global --replication 3",
+            first.grpc
+        );
+        println!("  polity trust --addr {}", first.grpc);
+        println!("  curl {}/metrics", first.http);
+        println!("Ctrl-C stops every node.");
+        tokio::signal::ctrl_c().await?;
+    }
+    for node in nodes {
+        if let Err(error) = node.stop() {
+            eprintln!("{error:#}");
+        }
+    }
+    if let Some(dir) = temporary {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    result?;
+    println!("Demo finished.");
+    Ok(())
+}
+
+async fn decide_all(nodes: &[crate::process::NodeProcess]) -> anyhow::Result<()> {
     for (number, task) in tasks().into_iter().enumerate() {
-        println!("Task {}: {}", number + 1, task.title);
+        let entry = &nodes[task.entry];
+        println!(
+            "Task {}: {} — entered at {} ({})",
+            number + 1,
+            task.title,
+            entry.spec.name,
+            entry.spec.region
+        );
+        let mut client = entry.client().await?;
         let record = client
             .submit_task(task.request)
             .await
@@ -131,7 +183,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .into_inner();
         ensure!(
             record.state == TaskState::Decided as i32,
-            "task was not decided: {} {}",
+            "task was not decided (state {}): {} {}",
+            record.state,
             record.error,
             record.degraded_reason
         );
@@ -141,6 +194,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             .context("a decided task has a certificate")?;
         println!("  id     {}", hex::encode(&record.task_id));
         println!("  value  {}", printable(&record.value));
+        for group in &record.groups {
+            println!(
+                "  group  {:<10} {:<12} {} agreed, {} disagreed, {} silent; {} ms",
+                crate::show::level_name(group.level),
+                group.group,
+                group.agreed.len(),
+                group.disagreed.len(),
+                group.timed_out.len(),
+                group.latency_ms
+            );
+        }
         for line in certificate_tree(certificate).lines() {
             println!("  {line}");
         }
@@ -158,59 +222,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             remote.error
         );
         println!(
-            "  verified offline: {} certificate(s), {} signature(s); the node agrees\n",
+            "  verified offline: {} certificate(s), {} signature(s); the entry node agrees\n",
             local.certificates, local.signatures
         );
-        decided.push(record);
     }
-
-    println!("Restarting node-0 to show that identity and certified results survive...");
-    let peer_id = node.endpoints.peer_id.clone();
-    node.stop()?;
-    let node = NodeProcess::start(&binary, spec)?;
-    ensure!(
-        node.endpoints.peer_id == peer_id,
-        "the node came back with another identity"
-    );
-    let mut client = node.client().await?;
-    for record in &decided {
-        let stored = client
-            .get_task(GetTaskRequest {
-                task_id: record.task_id.clone(),
-            })
-            .await?
-            .into_inner();
-        if stored.certificate != record.certificate {
-            bail!(
-                "task {} changed across the restart",
-                hex::encode(&record.task_id)
-            );
-        }
-    }
-    println!(
-        "  same peer id, {} certified task(s) read back unchanged\n",
-        decided.len()
-    );
-
-    if args.exit {
-        node.stop()?;
-    } else {
-        println!("The node stays up. Try, from another terminal:");
-        println!("  polity info --addr {}", node.endpoints.grpc);
-        println!(
-            "  polity get --addr {} {}",
-            node.endpoints.grpc,
-            hex::encode(&decided[0].task_id)
-        );
-        println!("  curl {}/metrics", node.endpoints.http);
-        println!("Ctrl-C stops it.");
-        tokio::signal::ctrl_c().await?;
-        node.stop()?;
-    }
-    if let Some(dir) = temporary {
-        let _ = std::fs::remove_dir_all(dir);
-    }
-    println!("Demo finished.");
     Ok(())
 }
 

@@ -272,3 +272,13 @@ fn read_endpoints(path: &Path) -> Option<Endpoints> {
     let text = std::fs::read_to_string(path).ok()?;
     serde_json::from_str(&text).ok()
 }
+
+/// SIGSTOP: the process stays connected but goes silent (a hung node).
+pub fn pause(pid: u32) {
+    signal(pid, "-STOP");
+}
+
+/// SIGCONT: a paused process goes on.
+pub fn resume(pid: u32) {
+    signal(pid, "-CONT");
+}

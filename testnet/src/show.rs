@@ -18,7 +18,7 @@ pub fn printable(value: &[u8]) -> String {
     }
 }
 
-fn level_name(level: i32) -> &'static str {
+pub fn level_name(level: i32) -> &'static str {
     match Level::try_from(level) {
         Ok(Level::Region) => "region",
         Ok(Level::Continent) => "continent",
@@ -104,7 +104,12 @@ fn render(certificate: &Certificate, depth: usize, out: &mut String) {
         let _ = writeln!(out, "{indent}  (deeper children not shown)");
         return;
     }
+    // Several representatives of one child carry the identical certificate: once.
+    let mut seen = std::collections::BTreeSet::new();
     for child in &certificate.children {
+        if !seen.insert(child.as_slice()) {
+            continue;
+        }
         match Certificate::decode(child.as_slice()) {
             Ok(child) => render(&child, depth + 1, out),
             Err(error) => {

@@ -20,14 +20,17 @@ fn the_demo_runs_to_completion() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert_eq!(stdout.matches("verified offline").count(), 3, "{stdout}");
+    for path in ["raft", "bft", "stake"] {
+        assert!(
+            stdout.contains("global \"global\" round") && stdout.contains(&format!("path {path}")),
+            "a global certificate on the {path} path:\n{stdout}"
+        );
+    }
     assert!(
-        stdout.contains("certified task(s) read back unchanged"),
-        "{stdout}"
-    );
-    assert!(
-        stdout.contains("value \"42\""),
+        stdout.contains("value  \"42\""),
         "the global sum is 42:\n{stdout}"
     );
+    assert!(stdout.contains("continent \"continent-1\""), "{stdout}");
 }
 
 fn polity_bin() -> std::path::PathBuf {

@@ -1,0 +1,287 @@
+//! Tasks decided across real node processes on loopback: every path at every scope on
+//! a 9-node testnet (3 regions on 2 continents), a region that goes silent, and an
+//! entry node killed mid-task.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use polity_consensus::verify_chain;
+use polity_proto::federation_client::FederationClient;
+use polity_proto::{
+    ConsensusPath, GetTaskRequest, Level, RiskPolicy, Scope, SubmitTaskRequest, TaskRecord,
+    TaskState,
+};
+use polity_testnet::cluster::{Launched, UpArgs, default_capabilities, launch};
+use polity_testnet::process::{NodeProcess, pause, polity_binary, resume};
+use sha2::Digest;
+use tonic::transport::Channel;
+
+fn up_args(dir: &std::path::Path, node_args: &[&str]) -> UpArgs {
+    UpArgs {
+        nodes: 9,
+        regions: 3,
+        continents: 2,
+        capabilities: Vec::new(),
+        dir: dir.to_path_buf(),
+        detach: false,
+        measure: false,
+        timeout_s: 120,
+        node_args: node_args.iter().map(|arg| arg.to_string()).collect(),
+    }
+}
+
+fn request(
+    capability: &str,
+    payload: &str,
+    scope: Level,
+    path: ConsensusPath,
+) -> SubmitTaskRequest {
+    SubmitTaskRequest {
+        capability: capability.into(),
+        payload: payload.as_bytes().to_vec(),
+        scope: Some(Scope {
+            level: scope as i32,
+            name: String::new(),
+        }),
+        replication: 3,
+        policy: Some(RiskPolicy {
+            path_override: path as i32,
+            ..RiskPolicy::default()
+        }),
+        wait: true,
+        ..SubmitTaskRequest::default()
+    }
+}
+
+async fn submit(client: &mut FederationClient<Channel>, request: SubmitTaskRequest) -> TaskRecord {
+    client
+        .submit_task(request)
+        .await
+        .unwrap_or_else(|status| panic!("submit failed: {status}"))
+        .into_inner()
+}
+
+fn state(record: &TaskRecord) -> TaskState {
+    TaskState::try_from(record.state).unwrap()
+}
+
+/// Placement of the testnet: region-0 and region-2 on continent-0, region-1 on
+/// continent-1 (see `cluster::placement`).
+fn expected_groups(scope: Level, entry_region: &str) -> BTreeSet<(i32, String)> {
+    let region = |name: &str| (Level::Region as i32, name.to_string());
+    let continent = |name: &str| (Level::Continent as i32, name.to_string());
+    match scope {
+        Level::Region => [region(entry_region)].into(),
+        Level::Continent => match entry_region {
+            "region-1" => [region("region-1"), continent("continent-1")].into(),
+            _ => [
+                region("region-0"),
+                region("region-2"),
+                continent("continent-0"),
+            ]
+            .into(),
+        },
+        _ => [
+            region("region-0"),
+            region("region-1"),
+            region("region-2"),
+            continent("continent-0"),
+            continent("continent-1"),
+            (Level::Global as i32, "global".to_string()),
+        ]
+        .into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_path_decides_at_every_scope_and_a_silent_region_degrades_only_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let Launched { nodes, .. } = launch(&up_args(dir.path(), &[]), &default_capabilities())
+        .await
+        .expect("testnet starts and converges");
+
+    let paths = [
+        ConsensusPath::Bft,
+        ConsensusPath::Stake,
+        ConsensusPath::Raft,
+    ];
+    let scopes = [Level::Region, Level::Continent, Level::Global];
+    for (p, path) in paths.into_iter().enumerate() {
+        for (s, scope) in scopes.into_iter().enumerate() {
+            // A different entry node each time, so every region enters tasks.
+            let entry = &nodes[(p * 3 + s) % nodes.len()];
+            let mut client = entry.client().await.unwrap();
+            let payload = format!("{path:?} at {scope:?}");
+            let record = submit(&mut client, request("sha256", &payload, scope, path)).await;
+            let what = format!("{path:?} at {scope:?} entered at {}", entry.spec.name);
+            assert_eq!(state(&record), TaskState::Decided, "{what}: {record:?}");
+            let certificate = record.certificate.as_ref().expect("decided: a certificate");
+            let summary = verify_chain(certificate).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(summary.value, record.value, "{what}");
+            let digest = hex::encode(sha2::Sha256::digest(payload.as_bytes()));
+            assert_eq!(
+                record.value,
+                digest.as_bytes(),
+                "{what}: the sha256 of the payload"
+            );
+            assert_eq!(certificate.path, path as i32, "{what}");
+            assert_eq!(
+                certificate.slot.as_ref().unwrap().level,
+                scope as i32,
+                "{what}: the root decides the scope"
+            );
+            let groups: BTreeSet<(i32, String)> = record
+                .groups
+                .iter()
+                .map(|group| (group.level, group.group.clone()))
+                .collect();
+            assert_eq!(groups, expected_groups(scope, &entry.spec.region), "{what}");
+            for group in &record.groups {
+                assert!(group.disagreed.is_empty(), "{what}: {group:?}");
+                assert!(group.degraded_reason.is_empty(), "{what}: {group:?}");
+            }
+            let region_groups = record
+                .groups
+                .iter()
+                .filter(|g| g.level == Level::Region as i32);
+            for group in region_groups {
+                assert_eq!(group.members.len(), 3, "{what}: replication 3: {group:?}");
+            }
+        }
+    }
+
+    // region-1 (nodes 1, 4, 7) hangs: still connected, never answering.
+    let silent: Vec<&NodeProcess> = nodes
+        .iter()
+        .filter(|n| n.spec.region == "region-1")
+        .collect();
+    for node in &silent {
+        pause(node.endpoints.pid);
+    }
+    let mut client = nodes[0].client().await.unwrap();
+    let record = submit(
+        &mut client,
+        request(
+            "sha256",
+            "while region-1 is silent",
+            Level::Global,
+            ConsensusPath::Bft,
+        ),
+    )
+    .await;
+    for node in &silent {
+        resume(node.endpoints.pid);
+    }
+    assert_eq!(state(&record), TaskState::Degraded, "{record:?}");
+    assert!(
+        record.degraded_reason.contains("region-1"),
+        "{}",
+        record.degraded_reason
+    );
+    let certificate = record
+        .certificate
+        .as_ref()
+        .expect("a degraded result has a certificate");
+    verify_chain(certificate).expect("the degraded global result still verifies");
+    assert_eq!(
+        certificate.slot.as_ref().unwrap().level,
+        Level::Global as i32
+    );
+    let decided: BTreeSet<&str> = record
+        .groups
+        .iter()
+        .filter(|group| group.degraded_reason.is_empty())
+        .map(|group| group.group.as_str())
+        .collect();
+    assert_eq!(
+        decided,
+        ["region-0", "region-2", "continent-0", "global"].into(),
+        "the silent region held back none of its siblings: {:?}",
+        record.groups
+    );
+    for node in nodes {
+        node.stop().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_node_killed_mid_task_loses_no_certified_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = up_args(dir.path(), &[]);
+    args.nodes = 4;
+    args.regions = 1;
+    args.continents = 1;
+    // `slow` takes a while, so a task is surely running when the node is killed.
+    let mut capabilities = default_capabilities();
+    capabilities.push("slow=exec:sleep 3".into());
+    let Launched { mut nodes, .. } = launch(&args, &capabilities).await.expect("testnet starts");
+    let entry = nodes.remove(3);
+    let spec = entry.spec.clone();
+    let mut client = entry.client().await.unwrap();
+    let mut certified = Vec::new();
+    for n in 0..3 {
+        let record = submit(
+            &mut client,
+            request(
+                "sha256",
+                &format!("certified {n}"),
+                Level::Region,
+                ConsensusPath::Bft,
+            ),
+        )
+        .await;
+        assert_eq!(state(&record), TaskState::Decided, "{record:?}");
+        certified.push(record);
+    }
+    let running = client
+        .submit_task(SubmitTaskRequest {
+            wait: false,
+            deadline_ms: 20_000,
+            ..request("slow", "", Level::Region, ConsensusPath::Bft)
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(state(&running), TaskState::Running);
+    drop(client);
+    drop(entry); // SIGKILL, mid-task
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let entry = NodeProcess::start(&polity_binary().unwrap(), spec).expect("restarts");
+    let mut client = entry.client().await.unwrap();
+    for record in &certified {
+        let stored = client
+            .get_task(GetTaskRequest {
+                task_id: record.task_id.clone(),
+            })
+            .await
+            .expect("a certified task survives the kill")
+            .into_inner();
+        assert_eq!(stored.certificate, record.certificate);
+        verify_chain(stored.certificate.as_ref().unwrap()).unwrap();
+    }
+    // The running task's record is not flushed on acceptance (only certified results
+    // are made durable at once), so it is either back as FAILED ("interrupted") or
+    // gone; it is never left RUNNING and never turns into a result.
+    match client
+        .get_task(GetTaskRequest {
+            task_id: running.task_id.clone(),
+        })
+        .await
+    {
+        Ok(interrupted) => {
+            let interrupted = interrupted.into_inner();
+            assert_eq!(state(&interrupted), TaskState::Failed, "{interrupted:?}");
+            assert!(
+                interrupted.error.contains("interrupted"),
+                "{}",
+                interrupted.error
+            );
+        }
+        Err(status) => assert_eq!(status.code(), tonic::Code::NotFound, "{status}"),
+    }
+    entry.stop().unwrap();
+    for node in nodes {
+        node.stop().unwrap();
+    }
+}
