@@ -282,8 +282,12 @@ pub async fn watch(connection: &Connection, id: &str, json: bool) -> anyhow::Res
         .await
         .map_err(status_error)?
         .into_inner();
+    let mut first_ms = None;
     while let Some(event) = stream.message().await.map_err(status_error)? {
         let kind = TaskEventKind::try_from(event.kind).unwrap_or(TaskEventKind::Unspecified);
+        let since_ms = event
+            .at_ms
+            .saturating_sub(*first_ms.get_or_insert(event.at_ms));
         if json {
             let mut line = json!({
                 "kind": kind.as_str_name(),
@@ -298,11 +302,13 @@ pub async fn watch(connection: &Connection, id: &str, json: bool) -> anyhow::Res
             }
             println!("{line}");
         } else {
-            let level = Level::try_from(event.level).map(level_name).unwrap_or("");
+            let level = match Level::try_from(event.level) {
+                Ok(Level::Unspecified) | Err(_) => "",
+                Ok(level) => level_name(level),
+            };
             let what = kind.as_str_name().trim_start_matches("TASK_EVENT_KIND_");
             println!(
-                "{:>13}  {what:<14} {level} {} {}",
-                event.at_ms,
+                "+{since_ms:>6} ms  {what:<16} {level:<9} {:<12} {}",
                 event.group,
                 if event.member.is_empty() {
                     event.detail.clone()

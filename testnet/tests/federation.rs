@@ -8,8 +8,8 @@ use std::time::Duration;
 use polity_consensus::verify_chain;
 use polity_proto::federation_client::FederationClient;
 use polity_proto::{
-    ConsensusPath, GetTaskRequest, Level, RiskPolicy, Scope, SubmitTaskRequest, TaskRecord,
-    TaskState,
+    ConsensusPath, GetTaskRequest, Level, RiskPolicy, Scope, SubmitTaskRequest, TaskEventKind,
+    TaskRecord, TaskState, WatchTaskRequest,
 };
 use polity_testnet::cluster::{Launched, UpArgs, default_capabilities, launch};
 use polity_testnet::process::{NodeProcess, pause, polity_binary, resume};
@@ -150,6 +150,40 @@ async fn every_path_decides_at_every_scope_and_a_silent_region_degrades_only_its
         }
     }
 
+    // WatchTask follows a task through its levels to FINAL.
+    let mut client = nodes[2].client().await.unwrap();
+    let started = client
+        .submit_task(SubmitTaskRequest {
+            wait: false,
+            ..request(
+                "wordcount",
+                "watch this task",
+                Level::Continent,
+                ConsensusPath::Bft,
+            )
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut stream = client
+        .watch_task(WatchTaskRequest {
+            task_id: started.task_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut kinds = Vec::new();
+    while let Some(event) = stream.message().await.unwrap() {
+        kinds.push(TaskEventKind::try_from(event.kind).unwrap());
+    }
+    assert_eq!(kinds.last(), Some(&TaskEventKind::Final), "{kinds:?}");
+    if kinds.len() > 1 {
+        // The watch began while the task ran (it usually does): its progress came too.
+        for kind in [TaskEventKind::Dispatched, TaskEventKind::GroupDecided] {
+            assert!(kinds.contains(&kind), "{kind:?} in {kinds:?}");
+        }
+    }
+
     // region-1 (nodes 1, 4, 7) hangs: still connected, never answering.
     let silent: Vec<&NodeProcess> = nodes
         .iter()
@@ -281,6 +315,89 @@ async fn an_entry_node_killed_mid_task_loses_no_certified_result() {
         Err(status) => assert_eq!(status.code(), tonic::Code::NotFound, "{status}"),
     }
     entry.stop().unwrap();
+    for node in nodes {
+        node.stop().unwrap();
+    }
+}
+
+/// Starts `answers.len()` nodes in one region; node i serves capability `answer` as
+/// `exec:echo <answers[i]>`. Node 0 is the entry and every other node's bootstrap.
+async fn answering_nodes(dir: &std::path::Path, answers: &[&str]) -> Vec<NodeProcess> {
+    let binary = polity_binary().unwrap();
+    let mut nodes: Vec<NodeProcess> = Vec::new();
+    for (index, answer) in answers.iter().enumerate() {
+        let mut extra_args = vec![
+            "--capability".to_string(),
+            format!("answer=exec:echo {answer}"),
+        ];
+        if let Some(first) = nodes.first() {
+            extra_args.push("--bootstrap".into());
+            extra_args.push(first.endpoints.p2p[0].clone());
+        }
+        let spec = polity_testnet::process::NodeSpec {
+            name: format!("node-{index}"),
+            data_dir: dir.join(format!("node-{index}")),
+            region: "region-0".into(),
+            continent: "continent-0".into(),
+            extra_args,
+        };
+        nodes.push(NodeProcess::start(&binary, spec).unwrap());
+    }
+    let mut client = nodes[0].client().await.unwrap();
+    for _ in 0..600 {
+        let compatible = client
+            .list_peers(polity_proto::ListPeersRequest {
+                capability: "answer".into(),
+                compatible_only: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .peers
+            .len();
+        if compatible == answers.len() - 1 {
+            return nodes;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "node-0 never saw its {} peers as compatible",
+        answers.len() - 1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_that_agrees_on_nothing_gets_more_replicas_up_to_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every node answers a different random number: no group can ever agree.
+    let random = "$(od -An -N8 -tx8 /dev/urandom)";
+    let nodes = answering_nodes(dir.path(), &[random; 5]).await;
+    let mut client = nodes[0].client().await.unwrap();
+    let record = submit(
+        &mut client,
+        SubmitTaskRequest {
+            deadline_ms: 30_000,
+            ..request("answer", "", Level::Region, ConsensusPath::Bft)
+        },
+    )
+    .await;
+    assert_eq!(state(&record), TaskState::Failed, "{record:?}");
+    let attempts: Vec<(&str, usize)> = record
+        .groups
+        .iter()
+        .map(|g| (g.group.as_str(), g.members.len()))
+        .collect();
+    // One more replica per attempt, two extra attempts at most (the default bound).
+    assert_eq!(
+        attempts,
+        [("region-0", 3), ("region-0~1", 4), ("region-0~2", 5)],
+        "{:?}",
+        record.groups
+    );
+    for group in &record.groups {
+        assert!(!group.degraded_reason.is_empty(), "{group:?}");
+    }
     for node in nodes {
         node.stop().unwrap();
     }
