@@ -87,6 +87,17 @@ where
     }
 }
 
+/// A committed proposal: what the ledger did with it, and where it sits in the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Proposed {
+    /// The state machine's answer (`response.applied_index == index`).
+    pub response: LedgerResponse,
+    /// The term of the leader that appended the entry.
+    pub term: u64,
+    /// The log (commit) index of the entry.
+    pub index: u64,
+}
+
 /// One raft group this node is a member of. The node owns it (one owner per raft
 /// instance); clone the [`Raft`] handle from [`RaftGroup::raft`] for the receiving side of
 /// the transport ([`crate::raft::serve`]).
@@ -135,18 +146,22 @@ impl RaftGroup {
             })
     }
 
-    /// Commits `entry` through the group and returns what the ledger did with it. Only
-    /// the leader accepts proposals; elsewhere this is
-    /// [`RaftGroupError::ForwardToLeader`].
-    pub async fn propose(&self, entry: LedgerEntry) -> Result<LedgerResponse, RaftGroupError> {
+    /// Commits `entry` through the group and returns what the ledger did with it, with
+    /// the term and index of the log entry that carried it. Only the leader accepts
+    /// proposals; elsewhere this is [`RaftGroupError::ForwardToLeader`].
+    pub async fn propose(&self, entry: LedgerEntry) -> Result<Proposed, RaftGroupError> {
         entry.check()?;
-        let response = self
+        let written = self
             .raft
             .client_write(entry)
             .await
             .map_err(RaftGroupError::from)?;
-        debug_assert_eq!(response.data.applied_index, response.log_id.index);
-        Ok(response.data)
+        debug_assert_eq!(written.data.applied_index, written.log_id.index);
+        Ok(Proposed {
+            term: written.log_id.leader_id.term,
+            index: written.log_id.index,
+            response: written.data,
+        })
     }
 
     /// A linearizable read of the decision for `task_id`: confirms leadership with a

@@ -15,7 +15,8 @@
 use std::future::Future;
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -67,6 +68,12 @@ pub enum TransportError {
     /// openraft retries soon.
     #[error("network error: {0}")]
     Network(String),
+    /// An `AppendEntries` encodes larger than the transport can carry: openraft retries at
+    /// once with at most `entries_hint` entries (for the next few requests). Only for
+    /// `AppendEntries` of more than one entry; anything else too large is a
+    /// [`TransportError::Network`] error.
+    #[error("append too large for the transport; retry with at most {entries_hint} entries")]
+    PayloadTooLarge { entries_hint: u64 },
 }
 
 /// Carries raft RPCs to other members of one group. The node implements it over
@@ -280,6 +287,16 @@ impl<T: RaftTransport> TransportNetwork<T> {
             Ok(Err(TransportError::Network(reason))) => Err(RPCError::Network(NetworkError::new(
                 &AnyError::error(reason),
             ))),
+            Ok(Err(TransportError::PayloadTooLarge { entries_hint }))
+                if action == RPCTypes::AppendEntries =>
+            {
+                Err(RPCError::PayloadTooLarge(
+                    PayloadTooLarge::new_entries_hint(entries_hint.max(1)),
+                ))
+            }
+            Ok(Err(too_large @ TransportError::PayloadTooLarge { .. })) => Err(RPCError::Network(
+                NetworkError::new(&AnyError::error(too_large.to_string())),
+            )),
             Ok(Ok(Err(remote))) => Err(RPCError::RemoteError(RemoteError::new_with_node(
                 self.target,
                 self.member.clone(),

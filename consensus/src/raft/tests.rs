@@ -440,6 +440,9 @@ async fn three_members_elect_commit_fail_over_and_restart_from_disk() {
             .propose(e.clone())
             .await
             .unwrap();
+        assert_eq!(response.index, response.response.applied_index);
+        assert!(response.term >= 1);
+        let response = response.response;
         assert_eq!(response.outcome, LedgerOutcome::Inserted);
         last_index = response.applied_index;
     }
@@ -470,14 +473,19 @@ async fn three_members_elect_commit_fail_over_and_restart_from_disk() {
     // Write again: a new task, a certificate for an old one, a conflicting report.
     let fourth = entry(4, b"four", None);
     let certified = entry(1, b"one", Some(b"certificate-1"));
-    let response = new_leader.propose(fourth.clone()).await.unwrap();
+    let response = new_leader.propose(fourth.clone()).await.unwrap().response;
     assert_eq!(response.outcome, LedgerOutcome::Inserted);
-    let response = new_leader.propose(certified.clone()).await.unwrap();
+    let response = new_leader
+        .propose(certified.clone())
+        .await
+        .unwrap()
+        .response;
     assert_eq!(response.outcome, LedgerOutcome::CertificateAttached);
     let response = new_leader
         .propose(entry(2, b"not-two", None))
         .await
-        .unwrap();
+        .unwrap()
+        .response;
     assert_eq!(response.outcome, LedgerOutcome::Conflict);
     assert_eq!(response.previous.as_ref(), Some(&first[1]));
     last_index = response.applied_index;
