@@ -283,3 +283,54 @@ mod tests {
         assert!(matches!(error, StoreError::Corrupt { .. }), "{error}");
     }
 }
+
+/// Group commit: many tasks finishing at once share one `flush` (one fsync), run off
+/// the async runtime. A caller's writes before `flush().await` are durable when it
+/// returns `Ok`.
+#[derive(Clone)]
+pub struct GroupCommit {
+    requests: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<(), String>>>,
+}
+
+/// Callers waiting for the next flush at most; more wait for a slot.
+const FLUSH_WAITERS_MAX: usize = 4_096;
+
+impl GroupCommit {
+    /// Starts the flusher task on the current runtime.
+    pub fn start(store: std::sync::Arc<dyn Store>) -> GroupCommit {
+        let (requests, mut receiver) =
+            tokio::sync::mpsc::channel::<tokio::sync::oneshot::Sender<Result<(), String>>>(
+                FLUSH_WAITERS_MAX,
+            );
+        tokio::spawn(async move {
+            let mut waiters = Vec::new();
+            while let Some(first) = receiver.recv().await {
+                waiters.push(first);
+                // Everyone who asked while the previous flush ran shares this one.
+                while let Ok(next) = receiver.try_recv() {
+                    waiters.push(next);
+                }
+                let store = std::sync::Arc::clone(&store);
+                let result = tokio::task::spawn_blocking(move || store.flush())
+                    .await
+                    .map_err(|error| error.to_string())
+                    .and_then(|flushed| flushed.map_err(|error| error.to_string()));
+                for waiter in waiters.drain(..) {
+                    let _ = waiter.send(result.clone());
+                }
+            }
+        });
+        GroupCommit { requests }
+    }
+
+    /// Makes every write made before this call durable.
+    pub async fn flush(&self) -> Result<(), String> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.requests
+            .send(done)
+            .await
+            .map_err(|_| "the flusher stopped".to_string())?;
+        wait.await
+            .map_err(|_| "the flusher stopped".to_string())?
+    }
+}

@@ -37,7 +37,7 @@ use crate::config::{NodeConfig, validate_capability_name};
 use crate::federation::Federation;
 use crate::identity::Identity;
 use crate::metrics::{Metrics, OutcomeLabels};
-use crate::storage::{Store, StoreError};
+use crate::storage::{GroupCommit, Store, StoreError};
 use crate::unix_ms;
 
 /// Largest replication a client may ask for, per region group.
@@ -112,6 +112,8 @@ pub struct TaskEngine {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) federation: Arc<Federation>,
     pub(crate) config: NodeConfig,
+    /// Shared flushes for finished records.
+    commit: GroupCommit,
     inflight: Mutex<HashMap<TaskId, InFlight>>,
 }
 
@@ -126,6 +128,7 @@ impl TaskEngine {
         metrics.agents.set(1);
         Arc::new(TaskEngine {
             identity,
+            commit: GroupCommit::start(Arc::clone(&store)),
             store,
             metrics,
             federation,
@@ -214,7 +217,7 @@ impl TaskEngine {
         let engine = Arc::clone(self);
         tokio::spawn(async move {
             let finished = engine.orchestrate(plan, record, &events).await;
-            engine.finish(id, finished, &events, done_tx);
+            engine.finish(id, finished, &events, done_tx).await;
         });
         Ok(Submission::Started(id, done_rx))
     }
@@ -435,7 +438,7 @@ impl TaskEngine {
         });
     }
 
-    fn finish(
+    async fn finish(
         &self,
         id: TaskId,
         mut record: TaskRecord,
@@ -461,16 +464,16 @@ impl TaskEngine {
                 path: path.into(),
             })
             .inc();
-        if let Err(error) = self
-            .store
-            .put_task(&record)
-            .and_then(|()| self.store.flush())
-        {
+        let stored = match self.store.put_task(&record) {
+            Ok(()) => self.commit.flush().await,
+            Err(error) => Err(error.to_string()),
+        };
+        if let Err(error) = stored {
             tracing::error!(task = %id, %error, "could not store a finished task");
             record.state = TaskState::Failed as i32;
             record.error = format!("storage: {error}");
         }
-        tracing::info!(task = %id, outcome, path, "task finished");
+        tracing::debug!(task = %id, outcome, path, "task finished");
         self.emit(
             events,
             id,
