@@ -416,10 +416,7 @@ impl Federation {
             })
             .collect();
         let raft_group = if path == ConsensusPath::Raft {
-            Some(
-                RaftGroups::name_for(level, &plan.group, &plan.members)
-                    .map_err(|e| e.to_string())?,
-            )
+            Some(RaftGroups::name_for(level, &plan.group, &plan.members))
         } else {
             None
         };

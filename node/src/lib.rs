@@ -28,6 +28,7 @@
 //! - [`http`]: health, readiness and Prometheus metrics.
 //! - [`metrics`]: the metric registry.
 //! - [`peers`]: peers joined with trust; discovery by capability; topology.
+//! - [`raftnet`]: the node's raft groups, their libp2p transport and forwarded commits.
 //! - [`server`]: starts everything, shuts it down on SIGINT/SIGTERM.
 //! - [`client`]: the CLI's gRPC client commands.
 

@@ -36,6 +36,12 @@ pub struct RejectLabels {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RaftGroupLabels {
+    /// The raft group's name (`crate::raftnet::RaftGroups::name_for`).
+    pub group: String,
+}
+
 fn decision_latency_histogram() -> Histogram {
     // 0.5 ms .. ~16 s.
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
@@ -61,6 +67,10 @@ pub struct Metrics {
     pub member_rounds: Gauge,
     /// Peer messages dropped or refused, by reason.
     pub peer_messages_dropped: Family<RejectLabels, Counter>,
+    /// 1 while this node leads the raft group, else 0; one series per running group.
+    pub raft_leader: Family<RaftGroupLabels, Gauge>,
+    /// The current raft term of each running group on this node.
+    pub raft_term: Family<RaftGroupLabels, Gauge>,
     /// The network layer's counters (malformed frames, rejected infos, ...).
     pub net: polity_net::NetMetrics,
 }
@@ -155,6 +165,18 @@ impl Metrics {
             "Peer messages dropped or refused (malformed, unknown slot, backlog), by reason",
             peer_messages_dropped.clone(),
         );
+        let raft_leader = Family::<RaftGroupLabels, Gauge>::default();
+        registry.register(
+            "federation_raft_leader",
+            "1 when this node leads the raft group, else 0",
+            raft_leader.clone(),
+        );
+        let raft_term = Family::<RaftGroupLabels, Gauge>::default();
+        registry.register(
+            "federation_raft_term",
+            "The current raft term of the group on this node",
+            raft_term.clone(),
+        );
         let net = polity_net::NetMetrics::default();
         net.register(&mut registry);
         Metrics {
@@ -172,6 +194,8 @@ impl Metrics {
             disagreements,
             member_rounds,
             peer_messages_dropped,
+            raft_leader,
+            raft_term,
         }
     }
 

@@ -1,57 +1,1002 @@
-//! TEMPORARY interface stand-in while the real module is written on branch raft-node.
+//! Raft groups inside the node, over libp2p: [`RaftGroups`] runs this node's members of
+//! the `raft` consensus path's groups (one [`RaftGroup`] each, all on the node's sled
+//! database), carries their raft RPCs over `/polity/consensus/1`, and commits ledger
+//! entries through them from any member (forwarding to the leader).
+//!
+//! # Wiring (for the node's event loop)
+//!
+//! - At start: `RaftGroups::new(identity.public_key(), store.db(), net_handle, metrics)`.
+//! - On `NetEvent::Request { peer, protocol: AppProtocol::Consensus, bytes, responder }`:
+//!   decode `bytes` as a `polity_proto::ConsensusRequest`, then
+//!   - `Request::Raft(envelope)` → `responder.respond(groups.handle_raft(peer, envelope).await)`;
+//!   - `Request::Propose(propose)` →
+//!     `responder.respond(groups.handle_propose(peer, propose).await.encode_to_vec())`;
+//!   - `Request::Round(..)` is not raft traffic (the round driver's).
+//!
+//!   [`RaftGroups::handle_consensus`] does this dispatch for the two raft variants.
+//!   Handle each request in its own task (spawned, bounded by the caller): a propose
+//!   waits for a quorum, and a raft RPC may wait on disk. **Always respond**, even with
+//!   a refusal: a dropped responder counts as a failure in the sender's circuit breaker.
+//! - Before committing a task group's decision: `let name = RaftGroups::name_for(level,
+//!   group, members)`, `groups.ensure(&name, members)` on every member (each member's
+//!   node does it when it is assigned the task), then `groups.commit(&name, entry,
+//!   timeout)` on whichever member wants the decision committed.
+//! - At shutdown: `groups.shutdown().await`.
+//!
+//! # Formation
+//!
+//! Every member calls [`RaftGroups::ensure`] with the same members. The member with the
+//! smallest raft node id initializes the group (once: only when its raft has never been
+//! initialized); the others start empty and learn the membership from the leader's
+//! first `AppendEntries`. Until then, their current membership is empty, so inbound
+//! traffic is checked against the members they were given in `ensure`.
+//!
+//! # Frame size (why the node lowers the raft config)
+//!
+//! The node's request-response frames are at most [`FRAME_BYTES_MAX`] (4 MiB), less
+//! than [`polity_consensus::raft::RAFT_MESSAGE_BYTES_MAX`] (32 MiB) which the consensus
+//! crate's own bounds allow: a ledger entry may carry up to 5 MiB (hex doubles it in
+//! JSON), an append up to 4 MiB of entries plus one, a snapshot chunk 1 MiB (up to 4 MiB
+//! as a JSON number array). Rather than raise the consensus protocol's frame limit
+//! (an inbound frame is allocated before its sender is known to be a member, on up to
+//! 128 streams per connection, so a larger frame is 8x more memory a stranger can make
+//! the node hold), the node keeps 4 MiB frames and narrows raft instead:
+//!
+//! - a ledger entry committed through the node carries at most
+//!   [`NODE_LEDGER_ENTRY_BYTES_MAX`] (report + certificate), checked in [`commit`] and
+//!   in [`handle_propose`], so one entry always fits a frame (Polity's entries are a
+//!   signed report and a certificate: kilobytes);
+//! - snapshot chunks are at most [`NODE_SNAPSHOT_CHUNK_BYTES_MAX`];
+//! - an `AppendEntries` that still encodes over a frame (many entries) is not sent: the
+//!   transport answers openraft with `PayloadTooLarge` and a smaller entry count, and
+//!   openraft retries at once with fewer entries.
+//!
+//! The compile-time assertions below check that these bounds fit a frame.
+//!
+//! # Bounds
+//!
+//! At most [`RAFT_GROUPS_MAX`] groups run at once; when full, [`RaftGroups::ensure`]
+//! shuts down the least recently used idle group (its state stays in sled and a later
+//! `ensure` restarts it). Inbound proposals in flight are limited to
+//! [`INBOUND_PROPOSALS_MAX`]; a commit makes at most [`COMMIT_ATTEMPTS_MAX`] attempts
+//! within its timeout. One metrics watcher task runs per running group.
+//!
+//! [`commit`]: RaftGroups::commit
+//! [`handle_propose`]: RaftGroups::handle_propose
+
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use openraft::Config;
 use polity_consensus::PublicKey;
-use polity_consensus::raft::{GroupName, LedgerEntry};
-use polity_net::{NetHandle, PeerId};
-use polity_proto::{Level, Member, ProposeReply, RaftEnvelope, RaftPropose};
+use polity_consensus::raft::network::check_rpc;
+use polity_consensus::raft::{
+    GroupName, LedgerEntry, LedgerOutcome, NodeId, RaftGroup, RaftGroupError, RaftMember,
+    RaftReply, RaftRpc, RaftTransport, TransportError, node_id, raft_config, serve,
+};
+use polity_net::codec::FRAME_BYTES_MAX;
+use polity_net::{AppProtocol, NetError, NetHandle, PeerId};
+use polity_proto::consensus_request::Request as ConsensusRequestKind;
+use polity_proto::{ConsensusRequest, Level, Member, ProposeReply, RaftEnvelope, RaftPropose};
+use prost::Message;
+use sha2::{Digest, Sha256};
+use tokio::sync::{Mutex, Semaphore};
+use tokio::task::JoinHandle;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RaftGroupLabels};
 
+/// Most raft groups running on one node at once.
+pub const RAFT_GROUPS_MAX: usize = 64;
+/// Largest ledger entry (report plus certificate bytes) the node commits; see the module
+/// doc. Far above a real entry, far below the consensus crate's own limits.
+pub const NODE_LEDGER_ENTRY_BYTES_MAX: usize = 1 << 20;
+/// Largest snapshot chunk the node's rafts send (openraft's `snapshot_max_chunk_size`).
+pub const NODE_SNAPSHOT_CHUNK_BYTES_MAX: usize = 512 << 10;
+/// Inbound proposals being served at once; more are answered "busy" (retryable).
+pub const INBOUND_PROPOSALS_MAX: usize = 64;
+/// Attempts one [`RaftGroups::commit`] makes (proposing or forwarding) before it gives up.
+pub const COMMIT_ATTEMPTS_MAX: u32 = 20;
+/// Backoff between commit attempts: doubles from the first value up to the second.
+const COMMIT_BACKOFF_MIN: Duration = Duration::from_millis(50);
+const COMMIT_BACKOFF_MAX: Duration = Duration::from_millis(800);
+/// How long the leader serves one forwarded proposal before answering "unavailable" (the
+/// network's request timeout is 10 s).
+const PROPOSE_SERVE_TIMEOUT: Duration = Duration::from_secs(8);
+/// Allowance for everything in a raft message besides entry payloads and chunk bytes:
+/// log ids, a membership of up to 64 members (~200 bytes each), JSON and protobuf framing.
+const MESSAGE_OVERHEAD_BYTES: usize = 64 << 10;
+/// Prefix of a `ProposeReply::error` that retrying cannot fix (not a member, unknown
+/// group, invalid entry, or the ledger refused the committed entry).
+pub const PROPOSE_REFUSED: &str = "refused: ";
+/// Domain separation for [`RaftGroups::name_for`]'s digest.
+const NAME_DOMAIN: &[u8] = b"polity/raft-group-name/1";
+
+// One entry as JSON (hex doubles its bytes) fits a frame, as an append or a proposal.
+const _: () = assert!(2 * NODE_LEDGER_ENTRY_BYTES_MAX + MESSAGE_OVERHEAD_BYTES <= FRAME_BYTES_MAX);
+// A snapshot chunk as a JSON number array (up to 4 bytes per byte) fits a frame.
+const _: () =
+    assert!(4 * NODE_SNAPSHOT_CHUNK_BYTES_MAX + MESSAGE_OVERHEAD_BYTES <= FRAME_BYTES_MAX);
+const _: () =
+    assert!(NODE_SNAPSHOT_CHUNK_BYTES_MAX <= polity_consensus::raft::SNAPSHOT_CHUNK_BYTES_MAX);
+
+/// Why a raft call of the node failed.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct RaftNetError(String);
+pub enum RaftNetError {
+    /// The members do not form a raft membership (bad key, duplicate, collision, empty).
+    #[error("invalid members: {0}")]
+    InvalidMembers(String),
+    /// This node is not among the group's members.
+    #[error("this node is not a member of raft group {0}")]
+    NotAMember(GroupName),
+    /// The group already runs here with other members (a name collision or a caller
+    /// bug: names from [`RaftGroups::name_for`] cover the members).
+    #[error("raft group {0} already runs here with other members")]
+    MembersMismatch(GroupName),
+    /// [`RAFT_GROUPS_MAX`] groups run and every one is in use.
+    #[error("{RAFT_GROUPS_MAX} raft groups run and none is idle")]
+    TooManyGroups,
+    /// The group does not run here: call [`RaftGroups::ensure`] first.
+    #[error("raft group {0} does not run on this node")]
+    NotRunning(GroupName),
+    /// The entry is over a limit or malformed; nothing was proposed.
+    #[error("invalid ledger entry: {0}")]
+    InvalidEntry(String),
+    /// Another report for the task was committed first: the decision is final and it is
+    /// not this one. `stored` is the committed entry when this node has it.
+    #[error("another report for the task was committed first (term {term}, index {commit_index})")]
+    Conflict {
+        term: u64,
+        commit_index: u64,
+        stored: Option<Box<LedgerEntry>>,
+    },
+    /// The entry was committed but the ledger did not store it (ledger full, too large).
+    #[error("committed at index {commit_index} but the ledger refused it: {reason}")]
+    Rejected { commit_index: u64, reason: String },
+    /// The leader refused the proposal for good (see [`PROPOSE_REFUSED`]).
+    #[error("the leader refused the proposal: {0}")]
+    Refused(String),
+    /// The commit did not complete within its timeout or attempts; `last` says why the
+    /// last attempt failed.
+    #[error("no commit after {attempts} attempts: {last}")]
+    Timeout { attempts: u32, last: String },
+    /// The local raft failed (storage, stopped).
+    #[error("raft: {0}")]
+    Raft(#[from] RaftGroupError),
+    /// [`RaftGroups::shutdown`] was called.
+    #[error("raft groups are shut down")]
+    ShutDown,
+}
 
+/// Where a committed entry sits in the group's log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Committed {
+    /// The term of the leader that appended the entry.
     pub term: u64,
+    /// The log index of the entry (the raft commit index of the decision).
     pub commit_index: u64,
 }
 
-pub struct RaftGroups;
+/// One running group.
+struct Running {
+    group: Arc<RaftGroup>,
+    /// The members `ensure` was given, by node id; used to check senders until the raft
+    /// knows its membership.
+    members: HashMap<NodeId, RaftMember>,
+    /// Logical time of the last use, for least-recently-used eviction.
+    last_used: u64,
+    /// Keeps `federation_raft_{leader,term}{group}` in step with the raft's metrics.
+    watcher: JoinHandle<()>,
+}
+
+struct Inner {
+    running: HashMap<GroupName, Running>,
+    clock: u64,
+    shut_down: bool,
+}
+
+/// This node's raft groups. One per node, shared behind an `Arc`.
+pub struct RaftGroups {
+    key: PublicKey,
+    node_id: NodeId,
+    db: sled::Db,
+    net: NetHandle,
+    metrics: Arc<Metrics>,
+    config: Arc<Config>,
+    inner: Mutex<Inner>,
+    inbound_proposals: Semaphore,
+}
+
+impl std::fmt::Debug for RaftGroups {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftGroups")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The node's raft config: the consensus crate's, with the smaller snapshot chunks the
+/// node's frames need (module doc).
+#[allow(clippy::result_large_err, reason = "openraft's own ConfigError")]
+pub fn node_raft_config() -> Result<Config, openraft::ConfigError> {
+    let mut config = raft_config("polity")?;
+    config.snapshot_max_chunk_size = NODE_SNAPSHOT_CHUNK_BYTES_MAX as u64;
+    config.validate()
+}
 
 impl RaftGroups {
+    /// This node's raft groups: `key` is the node's identity key (its raft id derives from
+    /// it), `db` the node's sled database (groups use trees `raft/<group>/…`).
     pub fn new(
-        _key: PublicKey,
-        _db: sled::Db,
-        _net: NetHandle,
-        _metrics: Arc<Metrics>,
+        key: PublicKey,
+        db: sled::Db,
+        net: NetHandle,
+        metrics: Arc<Metrics>,
     ) -> Arc<RaftGroups> {
-        Arc::new(RaftGroups)
+        #[allow(clippy::expect_used, reason = "constant config, checked by tests")]
+        let config = node_raft_config().expect("the node's raft config is valid");
+        Arc::new(RaftGroups {
+            key,
+            node_id: node_id(&key),
+            db,
+            net,
+            metrics,
+            config: Arc::new(config),
+            inner: Mutex::new(Inner {
+                running: HashMap::new(),
+                clock: 0,
+                shut_down: false,
+            }),
+            inbound_proposals: Semaphore::new(INBOUND_PROPOSALS_MAX),
+        })
     }
-    pub fn name_for(
-        level: Level,
-        group: &str,
-        _members: &[Member],
-    ) -> Result<GroupName, RaftNetError> {
-        GroupName::new(format!("{}-{group}", level as i32)).map_err(|e| RaftNetError(e.to_string()))
+
+    /// The raft group name of a task group: `<level>-<group>-<16 hex>`, the hex being the
+    /// first 8 bytes of a SHA-256 over the level, the group name and the sorted member
+    /// keys. Every member computes the same name; another membership gives another name
+    /// (so a group never changes members). Characters of `group` that a [`GroupName`]
+    /// does not allow become `_` and the group part is cut to 64 bytes; the digest covers
+    /// the original name, so that never merges two groups.
+    pub fn name_for(level: Level, group: &str, members: &[Member]) -> GroupName {
+        let level_name = match level {
+            Level::Region => "region",
+            Level::Continent => "continent",
+            Level::Global => "global",
+            Level::Unspecified => "unspecified",
+        };
+        let mut keys: Vec<&[u8]> = members.iter().map(|m| m.public_key.as_slice()).collect();
+        keys.sort_unstable();
+        let mut hasher = Sha256::new();
+        hasher.update(NAME_DOMAIN);
+        hasher.update([level as i32 as u8]);
+        hasher.update((group.len() as u64).to_be_bytes());
+        hasher.update(group.as_bytes());
+        hasher.update((keys.len() as u64).to_be_bytes());
+        for key in keys {
+            hasher.update((key.len() as u64).to_be_bytes());
+            hasher.update(key);
+        }
+        let digest = hasher.finalize();
+        let group_part: String = group
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(64)
+            .collect();
+        let name = if group_part.is_empty() {
+            format!("{level_name}-{}", hex::encode(&digest[..8]))
+        } else {
+            format!("{level_name}-{group_part}-{}", hex::encode(&digest[..8]))
+        };
+        // At most 9 + 1 + 64 + 1 + 16 ASCII bytes of allowed characters.
+        GroupName::new(name).unwrap_or_else(|_| {
+            // Unreachable by construction; fall back to the digest alone.
+            #[allow(clippy::expect_used, reason = "hex digits are a valid group name")]
+            GroupName::new(hex::encode(&digest[..8])).expect("hex is a valid group name")
+        })
     }
-    pub async fn ensure(&self, _name: &GroupName, _members: &[Member]) -> Result<(), RaftNetError> {
-        Err(RaftNetError("not yet".into()))
+
+    /// Gets or starts this node's member of raft group `name` with `members` (all of
+    /// them, this node included). On a fresh group, the member with the smallest raft
+    /// node id initializes it; the others wait to hear from the leader. Restarts a group
+    /// that was evicted (its state is in sled). When [`RAFT_GROUPS_MAX`] groups run,
+    /// shuts down the least recently used idle one first.
+    pub async fn ensure(&self, name: &GroupName, members: &[Member]) -> Result<(), RaftNetError> {
+        let raft_members = raft_members(members)?;
+        let wanted: HashMap<NodeId, RaftMember> =
+            raft_members.as_map().clone().into_iter().collect();
+        if !wanted.contains_key(&self.node_id) {
+            return Err(RaftNetError::NotAMember(name.clone()));
+        }
+        let mut inner = self.inner.lock().await;
+        if inner.shut_down {
+            return Err(RaftNetError::ShutDown);
+        }
+        inner.clock += 1;
+        let now = inner.clock;
+        if let Some(running) = inner.running.get_mut(name) {
+            if running.members.keys().collect::<BTreeSet<_>>()
+                != wanted.keys().collect::<BTreeSet<_>>()
+            {
+                return Err(RaftNetError::MembersMismatch(name.clone()));
+            }
+            running.last_used = now;
+            return Ok(());
+        }
+        if inner.running.len() >= RAFT_GROUPS_MAX {
+            let idle = inner
+                .running
+                .iter()
+                .filter(|(_, running)| Arc::strong_count(&running.group) == 1)
+                .min_by_key(|(_, running)| running.last_used)
+                .map(|(name, _)| name.clone());
+            let Some(idle) = idle else {
+                return Err(RaftNetError::TooManyGroups);
+            };
+            if let Some(evicted) = inner.running.remove(&idle) {
+                // Under the lock: the group's trees must not be reopened by a new raft
+                // before this one has stopped.
+                self.stop(&idle, evicted).await;
+            }
+        }
+        let transport = Libp2pTransport {
+            group: name.clone(),
+            net: self.net.clone(),
+        };
+        let group = RaftGroup::start(
+            &self.key,
+            name.clone(),
+            self.config.clone(),
+            &self.db,
+            transport,
+        )
+        .await?;
+        let smallest = wanted.keys().min().copied();
+        let initialize = smallest == Some(self.node_id)
+            && !group
+                .raft()
+                .is_initialized()
+                .await
+                .map_err(|fatal| RaftGroupError::Stopped(fatal.to_string()))?;
+        if initialize && let Err(error) = group.initialize(raft_members).await {
+            let _ = group.shutdown().await;
+            return Err(error.into());
+        }
+        let watcher = self.watch_metrics(name, &group);
+        inner.running.insert(
+            name.clone(),
+            Running {
+                group: Arc::new(group),
+                members: wanted,
+                last_used: now,
+                watcher,
+            },
+        );
+        tracing::info!(group = %name, initialized = initialize, "raft group started");
+        Ok(())
     }
+
+    /// Commits `entry` through group `name`: proposes it here when this node leads, else
+    /// forwards it to the leader as a `RaftPropose`, retrying (with a short backoff,
+    /// [`COMMIT_ATTEMPTS_MAX`] times at most) while there is no leader or it moved; the
+    /// whole call is bounded by `timeout`. Succeeds when the ledger holds the entry's
+    /// report for the task ([`LedgerOutcome::is_accepted`]); a different report committed
+    /// first is [`RaftNetError::Conflict`].
     pub async fn commit(
         &self,
-        _name: &GroupName,
-        _entry: LedgerEntry,
-        _timeout: Duration,
+        name: &GroupName,
+        entry: LedgerEntry,
+        timeout: Duration,
     ) -> Result<Committed, RaftNetError> {
-        Err(RaftNetError("not yet".into()))
+        check_entry(&entry).map_err(RaftNetError::InvalidEntry)?;
+        let mut attempts = 0;
+        let mut last = String::from("timed out before the first attempt");
+        let attempt_loop = async {
+            let mut backoff = COMMIT_BACKOFF_MIN;
+            while attempts < COMMIT_ATTEMPTS_MAX {
+                attempts += 1;
+                match self.commit_once(name, &entry).await {
+                    Attempt::Done(result) => return result,
+                    Attempt::Retry(reason) => {
+                        tracing::debug!(group = %name, attempt = attempts, %reason, "commit retry");
+                        last = reason;
+                    }
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(COMMIT_BACKOFF_MAX);
+            }
+            Err(RaftNetError::Timeout {
+                attempts,
+                last: last.clone(),
+            })
+        };
+        match tokio::time::timeout(timeout, attempt_loop).await {
+            Ok(result) => result,
+            Err(_elapsed) => Err(RaftNetError::Timeout {
+                attempts,
+                last: format!("{last} (deadline of {timeout:?} passed)"),
+            }),
+        }
     }
-    pub async fn handle_raft(&self, _from: PeerId, _envelope: RaftEnvelope) -> Vec<u8> {
-        Vec::new()
+
+    /// One attempt of [`Self::commit`].
+    async fn commit_once(&self, name: &GroupName, entry: &LedgerEntry) -> Attempt {
+        let group = match self.group(name).await {
+            Ok(group) => group,
+            Err(error) => return Attempt::Done(Err(error)),
+        };
+        let leader = match group.propose(entry.clone()).await {
+            Ok(proposed) => {
+                let committed = Committed {
+                    term: proposed.term,
+                    commit_index: proposed.index,
+                };
+                let outcome = proposed.response.outcome;
+                if outcome.is_accepted() {
+                    return Attempt::Done(Ok(committed));
+                }
+                if outcome == LedgerOutcome::Conflict {
+                    return Attempt::Done(Err(RaftNetError::Conflict {
+                        term: committed.term,
+                        commit_index: committed.commit_index,
+                        stored: proposed.response.previous.map(Box::new),
+                    }));
+                }
+                return Attempt::Done(Err(RaftNetError::Rejected {
+                    commit_index: committed.commit_index,
+                    reason: format!("{outcome:?}"),
+                }));
+            }
+            Err(RaftGroupError::ForwardToLeader {
+                leader: Some(leader),
+                ..
+            }) if leader.node_id() != self.node_id => leader,
+            Err(RaftGroupError::ForwardToLeader { .. }) => {
+                return Attempt::Retry("no leader yet".to_string());
+            }
+            Err(RaftGroupError::Unavailable(reason)) => return Attempt::Retry(reason),
+            Err(error) => return Attempt::Done(Err(error.into())),
+        };
+        self.forward(&group, name, entry, &leader).await
     }
-    pub async fn handle_propose(&self, _from: PeerId, _propose: RaftPropose) -> ProposeReply {
-        ProposeReply::default()
+
+    /// Sends `entry` to the `leader` of `name` and interprets its [`ProposeReply`].
+    async fn forward(
+        &self,
+        group: &RaftGroup,
+        name: &GroupName,
+        entry: &LedgerEntry,
+        leader: &RaftMember,
+    ) -> Attempt {
+        let peer = match polity_net::peer_id_of(leader.public_key.as_bytes()) {
+            Ok(peer) => peer,
+            Err(_) => {
+                return Attempt::Retry(format!("leader key {} is not ed25519", leader.public_key));
+            }
+        };
+        let entry_json = match serde_json::to_vec(entry) {
+            Ok(json) => json,
+            Err(error) => return Attempt::Done(Err(RaftNetError::InvalidEntry(error.to_string()))),
+        };
+        let request = ConsensusRequest {
+            request: Some(ConsensusRequestKind::Propose(RaftPropose {
+                raft_group: name.to_string(),
+                entry: entry_json,
+            })),
+        };
+        let bytes = match self
+            .net
+            .request(peer, AppProtocol::Consensus, request.encode_to_vec())
+            .await
+        {
+            Ok(bytes) => bytes,
+            Err(error) => return Attempt::Retry(format!("forwarding to the leader: {error}")),
+        };
+        let reply = match ProposeReply::decode(bytes.as_slice()) {
+            Ok(reply) => reply,
+            Err(error) => return Attempt::Retry(format!("undecodable propose reply: {error}")),
+        };
+        if reply.accepted {
+            return Attempt::Done(Ok(Committed {
+                term: reply.term,
+                commit_index: reply.commit_index,
+            }));
+        }
+        if reply.commit_index > 0 {
+            // Committed but not accepted: the ledger kept another report, or refused.
+            // This member applies the same log, so read what it stored.
+            return Attempt::Done(Err(self.committed_refusal(group, entry, reply).await));
+        }
+        match reply.error.strip_prefix(PROPOSE_REFUSED) {
+            Some(reason) => Attempt::Done(Err(RaftNetError::Refused(reason.to_string()))),
+            None => Attempt::Retry(format!("leader {}: {}", leader.public_key, reply.error)),
+        }
     }
-    pub async fn shutdown(&self) {}
+
+    /// The error for an entry the leader committed but the ledger did not accept:
+    /// [`RaftNetError::Conflict`] with the stored entry if this member's ledger catches up
+    /// to the commit index soon, else [`RaftNetError::Rejected`].
+    async fn committed_refusal(
+        &self,
+        group: &RaftGroup,
+        entry: &LedgerEntry,
+        reply: ProposeReply,
+    ) -> RaftNetError {
+        let applied = group
+            .raft()
+            .wait(Some(COMMIT_BACKOFF_MAX * 4))
+            .applied_index_at_least(Some(reply.commit_index), "the forwarded commit")
+            .await;
+        let stored = match applied {
+            Ok(_) => group.ledger().get(&entry.task_id).ok().flatten(),
+            Err(_) => None,
+        };
+        match stored {
+            Some(stored) if stored.report != entry.report => RaftNetError::Conflict {
+                term: reply.term,
+                commit_index: reply.commit_index,
+                stored: Some(Box::new(stored)),
+            },
+            None if reply.error.contains("Conflict") => RaftNetError::Conflict {
+                term: reply.term,
+                commit_index: reply.commit_index,
+                stored: None,
+            },
+            _ => RaftNetError::Rejected {
+                commit_index: reply.commit_index,
+                reason: reply.error,
+            },
+        }
+    }
+
+    /// Inbound raft RPC (`ConsensusRequest::Raft`) from `from`: the encoded
+    /// [`RaftReply`] (JSON) to send back. Refused when the group does not run here, the
+    /// sender is not a member, the RPC does not decode or is over a bound.
+    pub async fn handle_raft(&self, from: PeerId, envelope: RaftEnvelope) -> Vec<u8> {
+        let reply = self.serve_raft(from, envelope).await;
+        serde_json::to_vec(&reply).unwrap_or_else(|error| {
+            // A reply that cannot be encoded: say so in a reply that can.
+            let refused = RaftReply::Refused(format!("reply encoding failed: {error}"));
+            serde_json::to_vec(&refused).unwrap_or_default()
+        })
+    }
+
+    async fn serve_raft(&self, from: PeerId, envelope: RaftEnvelope) -> RaftReply {
+        let name = match GroupName::new(envelope.raft_group) {
+            Ok(name) => name,
+            Err(error) => return RaftReply::Refused(format!("bad group name: {error}")),
+        };
+        let group = match self.member_group(&name, &from).await {
+            Ok(group) => group,
+            Err(reason) => return RaftReply::Refused(reason),
+        };
+        let rpc: RaftRpc = match serde_json::from_slice(&envelope.rpc) {
+            Ok(rpc) => rpc,
+            Err(error) => return RaftReply::Refused(format!("undecodable raft rpc: {error}")),
+        };
+        if let Err(reason) = check_rpc(&rpc) {
+            return RaftReply::Refused(reason);
+        }
+        serve(group.raft(), rpc).await
+    }
+
+    /// Inbound proposal (`ConsensusRequest::Propose`) from member `from`: commits the
+    /// entry when this node leads the group, else names the leader (hex key) in
+    /// `leader`. `error` starting with [`PROPOSE_REFUSED`] is final; `commit_index > 0`
+    /// means the entry was committed (`accepted` says whether the ledger holds it).
+    pub async fn handle_propose(&self, from: PeerId, propose: RaftPropose) -> ProposeReply {
+        let refused = |reason: String| ProposeReply {
+            error: format!("{PROPOSE_REFUSED}{reason}"),
+            ..ProposeReply::default()
+        };
+        let name = match GroupName::new(propose.raft_group) {
+            Ok(name) => name,
+            Err(error) => return refused(format!("bad group name: {error}")),
+        };
+        let group = match self.member_group(&name, &from).await {
+            Ok(group) => group,
+            Err(reason) => return refused(reason),
+        };
+        let entry: LedgerEntry = match serde_json::from_slice(&propose.entry) {
+            Ok(entry) => entry,
+            Err(error) => return refused(format!("undecodable ledger entry: {error}")),
+        };
+        if let Err(reason) = check_entry(&entry) {
+            return refused(reason);
+        }
+        let leader_reply = |leader: Option<NodeId>| ProposeReply {
+            error: "not the leader".to_string(),
+            leader: leader
+                .and_then(|id| member_of(&group, id))
+                .map(|member| member.public_key.to_string())
+                .unwrap_or_default(),
+            ..ProposeReply::default()
+        };
+        let current = group.current_leader();
+        if current != Some(self.node_id) {
+            return leader_reply(current);
+        }
+        let Ok(_permit) = self.inbound_proposals.try_acquire() else {
+            return ProposeReply {
+                error: "busy: too many proposals in flight".to_string(),
+                ..ProposeReply::default()
+            };
+        };
+        match tokio::time::timeout(PROPOSE_SERVE_TIMEOUT, group.propose(entry)).await {
+            Err(_elapsed) => ProposeReply {
+                error: "unavailable: no commit in time".to_string(),
+                ..ProposeReply::default()
+            },
+            Ok(Ok(proposed)) => {
+                let outcome = proposed.response.outcome;
+                ProposeReply {
+                    accepted: outcome.is_accepted(),
+                    term: proposed.term,
+                    commit_index: proposed.index,
+                    error: if outcome.is_accepted() {
+                        String::new()
+                    } else {
+                        format!("{PROPOSE_REFUSED}ledger outcome {outcome:?}")
+                    },
+                    leader: String::new(),
+                }
+            }
+            Ok(Err(RaftGroupError::ForwardToLeader { leader_id, .. })) => leader_reply(leader_id),
+            Ok(Err(RaftGroupError::Unavailable(reason))) => ProposeReply {
+                error: format!("unavailable: {reason}"),
+                ..ProposeReply::default()
+            },
+            Ok(Err(error)) => refused(error.to_string()),
+        }
+    }
+
+    /// Dispatches the raft variants of an inbound `/polity/consensus/1` request to
+    /// [`Self::handle_raft`] and [`Self::handle_propose`] and returns the reply bytes;
+    /// `None` for a request that is not raft traffic (a round envelope, or empty).
+    pub async fn handle_consensus(
+        &self,
+        from: PeerId,
+        request: ConsensusRequest,
+    ) -> Option<Vec<u8>> {
+        match request.request? {
+            ConsensusRequestKind::Raft(envelope) => Some(self.handle_raft(from, envelope).await),
+            ConsensusRequestKind::Propose(propose) => {
+                Some(self.handle_propose(from, propose).await.encode_to_vec())
+            }
+            ConsensusRequestKind::Round(_) => None,
+        }
+    }
+
+    /// The key of the member this node believes leads `name`, if the group runs here and
+    /// has a leader.
+    pub async fn leader(&self, name: &GroupName) -> Option<PublicKey> {
+        let group = self.group(name).await.ok()?;
+        let leader = group.current_leader()?;
+        member_of(&group, leader).map(|member| member.public_key)
+    }
+
+    /// This node's applied ledger entry for `task_id` in group `name` (a local read: it
+    /// may lag the group).
+    pub async fn ledger_get(
+        &self,
+        name: &GroupName,
+        task_id: &polity_consensus::TaskId,
+    ) -> Result<Option<LedgerEntry>, RaftNetError> {
+        let group = self.group(name).await?;
+        Ok(group.ledger().get(task_id).map_err(RaftGroupError::from)?)
+    }
+
+    /// The names of the groups running here.
+    pub async fn running(&self) -> Vec<GroupName> {
+        self.inner.lock().await.running.keys().cloned().collect()
+    }
+
+    /// Shuts every group down (their state stays in sled); later calls to
+    /// [`Self::ensure`] fail with [`RaftNetError::ShutDown`].
+    pub async fn shutdown(&self) {
+        let mut inner = self.inner.lock().await;
+        inner.shut_down = true;
+        let running: Vec<(GroupName, Running)> = inner.running.drain().collect();
+        for (name, group) in running {
+            self.stop(&name, group).await;
+        }
+    }
+
+    /// Stops one group: its raft, its metrics watcher and its metric series.
+    async fn stop(&self, name: &GroupName, running: Running) {
+        running.watcher.abort();
+        if let Err(error) = running.group.raft().shutdown().await {
+            tracing::warn!(group = %name, %error, "raft group did not shut down cleanly");
+        }
+        let labels = RaftGroupLabels {
+            group: name.to_string(),
+        };
+        self.metrics.raft_leader.remove(&labels);
+        self.metrics.raft_term.remove(&labels);
+        tracing::info!(group = %name, "raft group stopped");
+    }
+
+    /// The running group `name`, marked used.
+    async fn group(&self, name: &GroupName) -> Result<Arc<RaftGroup>, RaftNetError> {
+        let mut inner = self.inner.lock().await;
+        inner.clock += 1;
+        let now = inner.clock;
+        let running = inner
+            .running
+            .get_mut(name)
+            .ok_or_else(|| RaftNetError::NotRunning(name.clone()))?;
+        running.last_used = now;
+        Ok(running.group.clone())
+    }
+
+    /// The running group `name`, if `from` is one of its members: in the raft's current
+    /// membership, or (while the raft has none yet) among the members `ensure` was given.
+    async fn member_group(
+        &self,
+        name: &GroupName,
+        from: &PeerId,
+    ) -> Result<Arc<RaftGroup>, String> {
+        let key = polity_net::public_key_of(from)
+            .map_err(|_| format!("sender {from} has no ed25519 key"))?;
+        let key = PublicKey(key);
+        let id = node_id(&key);
+        let inner = self.inner.lock().await;
+        let running = inner
+            .running
+            .get(name)
+            .ok_or_else(|| format!("raft group {name} does not run here"))?;
+        let is_member = {
+            let metrics = running.group.raft().metrics();
+            let metrics = metrics.borrow();
+            let membership = metrics.membership_config.membership();
+            if membership.nodes().next().is_some() {
+                membership
+                    .get_node(&id)
+                    .is_some_and(|member| member.public_key == key)
+            } else {
+                running
+                    .members
+                    .get(&id)
+                    .is_some_and(|member| member.public_key == key)
+            }
+        };
+        if !is_member {
+            return Err(format!(
+                "sender {from} is not a member of raft group {name}"
+            ));
+        }
+        Ok(running.group.clone())
+    }
+
+    /// Spawns the task that mirrors the raft's leadership and term into the metrics; it
+    /// ends when the raft stops (or is aborted by [`Self::stop`]).
+    fn watch_metrics(&self, name: &GroupName, group: &RaftGroup) -> JoinHandle<()> {
+        let labels = RaftGroupLabels {
+            group: name.to_string(),
+        };
+        let leader_gauge = self.metrics.raft_leader.get_or_create(&labels).clone();
+        let term_gauge = self.metrics.raft_term.get_or_create(&labels).clone();
+        let mut receiver = group.raft().metrics();
+        let own = self.node_id;
+        tokio::spawn(async move {
+            loop {
+                {
+                    let metrics = receiver.borrow_and_update();
+                    leader_gauge.set(i64::from(metrics.current_leader == Some(own)));
+                    term_gauge.set(i64::try_from(metrics.current_term).unwrap_or(i64::MAX));
+                }
+                if receiver.changed().await.is_err() {
+                    leader_gauge.set(0);
+                    return;
+                }
+            }
+        })
+    }
+}
+
+/// What one commit attempt came to.
+enum Attempt {
+    Done(Result<Committed, RaftNetError>),
+    Retry(String),
+}
+
+/// The member record of `id` in the group's current membership.
+fn member_of(group: &RaftGroup, id: NodeId) -> Option<RaftMember> {
+    let metrics = group.raft().metrics();
+    let metrics = metrics.borrow();
+    metrics
+        .membership_config
+        .membership()
+        .get_node(&id)
+        .cloned()
+}
+
+/// The raft membership of a task group's members: each key's peer id, collision-checked.
+fn raft_members(members: &[Member]) -> Result<polity_consensus::raft::Members, RaftNetError> {
+    let records = members
+        .iter()
+        .map(|member| {
+            let key = PublicKey::from_slice(&member.public_key)
+                .map_err(|error| RaftNetError::InvalidMembers(error.to_string()))?;
+            let peer = polity_net::peer_id_of(key.as_bytes())
+                .map_err(|error| RaftNetError::InvalidMembers(format!("{key}: {error}")))?;
+            RaftMember::new(key, peer.to_string())
+                .map_err(|error| RaftNetError::InvalidMembers(error.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    polity_consensus::raft::Members::new(records)
+        .map_err(|error| RaftNetError::InvalidMembers(error.to_string()))
+}
+
+/// The consensus crate's entry checks plus the node's size limit.
+fn check_entry(entry: &LedgerEntry) -> Result<(), String> {
+    entry.check().map_err(|error| error.to_string())?;
+    if entry.payload_bytes() > NODE_LEDGER_ENTRY_BYTES_MAX {
+        return Err(format!(
+            "entry of {} bytes exceeds the node's {NODE_LEDGER_ENTRY_BYTES_MAX}",
+            entry.payload_bytes()
+        ));
+    }
+    Ok(())
+}
+
+/// The libp2p side of one group's raft: each RPC is JSON in a `RaftEnvelope` in a
+/// `ConsensusRequest`, sent to the member's peer id (derived from its key) on
+/// `/polity/consensus/1`; the reply is a JSON `RaftReply`.
+#[derive(Clone)]
+struct Libp2pTransport {
+    group: GroupName,
+    net: NetHandle,
+}
+
+impl Libp2pTransport {
+    async fn deliver(
+        &self,
+        member: &RaftMember,
+        rpc: RaftRpc,
+    ) -> Result<RaftReply, TransportError> {
+        let peer = polity_net::peer_id_of(member.public_key.as_bytes()).map_err(|_| {
+            TransportError::Unreachable(format!("member key {} is not ed25519", member.public_key))
+        })?;
+        let entries = match &rpc {
+            RaftRpc::AppendEntries(request) => request.entries.len(),
+            _ => 0,
+        };
+        let json = serde_json::to_vec(&rpc)
+            .map_err(|error| TransportError::Network(format!("encode: {error}")))?;
+        let request = ConsensusRequest {
+            request: Some(ConsensusRequestKind::Raft(RaftEnvelope {
+                raft_group: self.group.to_string(),
+                rpc: json,
+            })),
+        };
+        let bytes = request.encode_to_vec();
+        if bytes.len() > FRAME_BYTES_MAX {
+            if entries > 1 {
+                return Err(TransportError::PayloadTooLarge {
+                    entries_hint: (entries / 2) as u64,
+                });
+            }
+            return Err(TransportError::Network(format!(
+                "raft message of {} bytes exceeds the frame limit of {FRAME_BYTES_MAX}",
+                bytes.len()
+            )));
+        }
+        let reply = self
+            .net
+            .request(peer, AppProtocol::Consensus, bytes)
+            .await
+            .map_err(|error| match error {
+                NetError::Request { .. } => TransportError::Network(error.to_string()),
+                other => TransportError::Unreachable(other.to_string()),
+            })?;
+        serde_json::from_slice(&reply)
+            .map_err(|error| TransportError::Network(format!("undecodable raft reply: {error}")))
+    }
+}
+
+impl RaftTransport for Libp2pTransport {
+    async fn append_entries(
+        &self,
+        _target: NodeId,
+        member: &RaftMember,
+        request: openraft::raft::AppendEntriesRequest<polity_consensus::raft::TypeConfig>,
+    ) -> Result<polity_consensus::raft::network::AppendEntriesReply, TransportError> {
+        self.deliver(member, RaftRpc::AppendEntries(request))
+            .await?
+            .into_append_entries()
+    }
+
+    async fn vote(
+        &self,
+        _target: NodeId,
+        member: &RaftMember,
+        request: openraft::raft::VoteRequest<NodeId>,
+    ) -> Result<polity_consensus::raft::network::VoteReply, TransportError> {
+        self.deliver(member, RaftRpc::Vote(request))
+            .await?
+            .into_vote()
+    }
+
+    async fn install_snapshot(
+        &self,
+        _target: NodeId,
+        member: &RaftMember,
+        request: openraft::raft::InstallSnapshotRequest<polity_consensus::raft::TypeConfig>,
+    ) -> Result<polity_consensus::raft::network::InstallSnapshotReply, TransportError> {
+        self.deliver(member, RaftRpc::InstallSnapshot(request))
+            .await?
+            .into_install_snapshot()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(fill: u8) -> Member {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[fill; 32]).verifying_key();
+        Member {
+            public_key: key.to_bytes().to_vec(),
+            weight: 1,
+        }
+    }
+
+    #[test]
+    fn names_are_deterministic_valid_and_cover_the_members() {
+        let members = [member(1), member(2), member(3)];
+        let reversed = [member(3), member(2), member(1)];
+        let name = RaftGroups::name_for(Level::Region, "eu-west", &members);
+        assert_eq!(
+            name,
+            RaftGroups::name_for(Level::Region, "eu-west", &reversed)
+        );
+        assert!(name.as_str().starts_with("region-eu-west-"), "{name}");
+        assert_ne!(
+            name,
+            RaftGroups::name_for(Level::Region, "eu-west", &members[..2])
+        );
+        assert_ne!(
+            name,
+            RaftGroups::name_for(Level::Continent, "eu-west", &members)
+        );
+        let odd = RaftGroups::name_for(Level::Global, &"ü~/".repeat(100), &members);
+        assert!(odd.as_str().starts_with("global-___"), "{odd}");
+        assert_ne!(
+            odd,
+            RaftGroups::name_for(Level::Global, &"ü~/".repeat(99), &members)
+        );
+        assert!(
+            RaftGroups::name_for(Level::Unspecified, "", &[])
+                .as_str()
+                .starts_with("unspecified-")
+        );
+    }
+
+    #[test]
+    fn the_node_raft_config_is_valid() {
+        let config = node_raft_config().unwrap();
+        assert_eq!(
+            config.snapshot_max_chunk_size,
+            NODE_SNAPSHOT_CHUNK_BYTES_MAX as u64
+        );
+    }
+
+    #[test]
+    fn entries_over_the_node_limit_are_refused() {
+        let entry = LedgerEntry::new(
+            polity_consensus::TaskId([1; 32]),
+            vec![0; NODE_LEDGER_ENTRY_BYTES_MAX],
+            Some(vec![0; 1]),
+        )
+        .unwrap();
+        assert!(check_entry(&entry).is_err());
+        let entry = LedgerEntry::new(polity_consensus::TaskId([1; 32]), vec![1; 10], None).unwrap();
+        assert!(check_entry(&entry).is_ok());
+    }
 }

@@ -69,11 +69,6 @@ const IDENTITY_KEY: &[u8] = b"identity";
 impl SledStore {
     /// Opens (or creates) the database in `data_dir/db`. Fails at once when another
     /// process holds it.
-    /// The sled database, for other users of the data dir (raft groups).
-    pub fn db(&self) -> sled::Db {
-        self.db.clone()
-    }
-
     pub fn open(data_dir: &Path) -> Result<SledStore, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::Io {
             path: data_dir.to_path_buf(),
@@ -95,6 +90,12 @@ impl SledStore {
             trust: db.open_tree("trust")?,
             db,
         })
+    }
+
+    /// The node's sled database (a cheap clone of the handle), shared with the raft
+    /// groups ([`crate::raftnet::RaftGroups`]), whose trees are named `raft/<group>/…`.
+    pub fn db(&self) -> sled::Db {
+        self.db.clone()
     }
 }
 
@@ -298,10 +299,9 @@ const FLUSH_WAITERS_MAX: usize = 4_096;
 impl GroupCommit {
     /// Starts the flusher task on the current runtime.
     pub fn start(store: std::sync::Arc<dyn Store>) -> GroupCommit {
-        let (requests, mut receiver) =
-            tokio::sync::mpsc::channel::<tokio::sync::oneshot::Sender<Result<(), String>>>(
-                FLUSH_WAITERS_MAX,
-            );
+        let (requests, mut receiver) = tokio::sync::mpsc::channel::<
+            tokio::sync::oneshot::Sender<Result<(), String>>,
+        >(FLUSH_WAITERS_MAX);
         tokio::spawn(async move {
             let mut waiters = Vec::new();
             while let Some(first) = receiver.recv().await {
@@ -330,7 +330,6 @@ impl GroupCommit {
             .send(done)
             .await
             .map_err(|_| "the flusher stopped".to_string())?;
-        wait.await
-            .map_err(|_| "the flusher stopped".to_string())?
+        wait.await.map_err(|_| "the flusher stopped".to_string())?
     }
 }
