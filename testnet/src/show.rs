@@ -4,7 +4,9 @@
 use std::fmt::Write;
 
 use polity_consensus::{PublicKey, certificate_digest, open};
-use polity_proto::{Certificate, ConsensusPath, Level, Observation, Report, StatementKind};
+use polity_proto::{
+    Certificate, ConsensusPath, Level, Observation, RaftCommit, Report, StatementKind,
+};
 use prost::Message;
 
 /// Depth of a certificate chain we print (region → continent → global).
@@ -98,6 +100,17 @@ fn render(certificate: &Certificate, depth: usize, out: &mut String) {
             out,
             "{indent}  {} attestation(s) of the report",
             certificate.attestations.len()
+        );
+    }
+    if let Some(statement) = &certificate.raft_commit
+        && let Ok((signer, commit)) = open::<RaftCommit>(statement, StatementKind::RaftCommit)
+    {
+        let _ = writeln!(
+            out,
+            "{indent}  committed in the group's raft log at term {}, index {} (signed by {})",
+            commit.term,
+            commit.commit_index,
+            short(&signer)
         );
     }
     if depth + 1 >= CHAIN_DEPTH_MAX && !certificate.children.is_empty() {
