@@ -565,3 +565,113 @@ async fn three_members_elect_commit_fail_over_and_restart_from_disk() {
         group.shutdown().await.unwrap();
     }
 }
+
+/// A [`MemoryRouter`] that carries at most one entry per `AppendEntries`, answering
+/// larger appends with [`TransportError::PayloadTooLarge`] (as the node's frame-bounded
+/// transport does) and counting them.
+#[derive(Clone)]
+struct OneEntryPerAppend {
+    router: MemoryRouter,
+    too_large: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl RaftTransport for OneEntryPerAppend {
+    async fn append_entries(
+        &self,
+        target: NodeId,
+        member: &RaftMember,
+        request: openraft::raft::AppendEntriesRequest<TypeConfig>,
+    ) -> Result<network::AppendEntriesReply, TransportError> {
+        if request.entries.len() > 1 {
+            self.too_large
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(TransportError::PayloadTooLarge { entries_hint: 1 });
+        }
+        self.router.append_entries(target, member, request).await
+    }
+
+    async fn vote(
+        &self,
+        target: NodeId,
+        member: &RaftMember,
+        request: openraft::raft::VoteRequest<NodeId>,
+    ) -> Result<network::VoteReply, TransportError> {
+        self.router.vote(target, member, request).await
+    }
+
+    async fn install_snapshot(
+        &self,
+        target: NodeId,
+        member: &RaftMember,
+        request: openraft::raft::InstallSnapshotRequest<TypeConfig>,
+    ) -> Result<network::InstallSnapshotReply, TransportError> {
+        self.router.install_snapshot(target, member, request).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payload_too_large_makes_the_leader_send_fewer_entries() {
+    let members: Vec<Member> = (1..=3).map(Member::new).collect();
+    let router = MemoryRouter::new();
+    let transport = OneEntryPerAppend {
+        router: router.clone(),
+        too_large: Arc::default(),
+    };
+    let dbs: Vec<sled::Db> = members.iter().map(|m| open_db(m.dir.path())).collect();
+    let mut groups = Vec::new();
+    for (member, db) in members.iter().zip(&dbs) {
+        let group = RaftGroup::start(
+            &member.key,
+            group("region-eu"),
+            Arc::new(raft_config("polity-test").unwrap()),
+            db,
+            transport.clone(),
+        )
+        .await
+        .unwrap();
+        groups.push(group);
+    }
+    // The third member is away while the others commit a backlog.
+    for group in &groups[..2] {
+        router
+            .register(group.node_id(), group.raft().clone())
+            .unwrap();
+    }
+    let membership = Members::new(members.iter().map(|m| m.member.clone())).unwrap();
+    groups[0].initialize(membership).await.unwrap();
+    let leader_id = wait_for_leader(&groups[0], None).await;
+    let leader = groups.iter().find(|g| g.node_id() == leader_id).unwrap();
+    let mut last_index = 0;
+    for task in 1..=5 {
+        last_index = leader
+            .propose(entry(task, b"report", None))
+            .await
+            .unwrap()
+            .index;
+    }
+
+    // Back: it catches up one entry per append.
+    router
+        .register(groups[2].node_id(), groups[2].raft().clone())
+        .unwrap();
+    wait_applied(&groups[2], last_index).await;
+    for task in 1..=5 {
+        assert!(
+            groups[2]
+                .ledger()
+                .get(&TaskId([task; 32]))
+                .unwrap()
+                .is_some()
+        );
+    }
+    assert!(
+        transport
+            .too_large
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0,
+        "the backlog was sent in one append"
+    );
+    for group in groups {
+        group.shutdown().await.unwrap();
+    }
+}
