@@ -2,8 +2,10 @@
 //! [`PublicKey`] (a member's ed25519 key). Both are 32-byte newtypes that print and parse
 //! as lowercase hex, so logs, JSON and the command line agree on one spelling.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Mutex, OnceLock};
 
 use ed25519_dalek::VerifyingKey;
 
@@ -94,13 +96,39 @@ impl PublicKey {
     }
 
     /// A verifying key, if the bytes are a valid point and not of small order.
+    ///
+    /// Decompressing a point costs about as much as a third of a signature check, and
+    /// the same few member keys sign everything a node sees, so results are memoized
+    /// in a process-wide table of at most [`KEY_CACHE_ENTRIES_MAX`] keys (emptied when
+    /// full). The answer is a pure function of the bytes, so the cache changes nothing
+    /// but the time.
     pub fn to_verifying_key(&self) -> Result<VerifyingKey, IdError> {
-        let key = VerifyingKey::from_bytes(&self.0).map_err(|_| IdError::InvalidKey)?;
-        if key.is_weak() {
-            return Err(IdError::WeakKey);
+        static CACHE: OnceLock<Mutex<HashMap<[u8; 32], Result<VerifyingKey, IdError>>>> =
+            OnceLock::new();
+        let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+        if let Some(known) = cache.lock().ok().and_then(|cache| cache.get(&self.0).cloned()) {
+            return known;
         }
-        Ok(key)
+        let result = decompress(&self.0);
+        if let Ok(mut cache) = cache.lock() {
+            if cache.len() >= KEY_CACHE_ENTRIES_MAX {
+                cache.clear();
+            }
+            cache.insert(self.0, result.clone());
+        }
+        result
     }
+}
+
+/// Keys memoized by [`PublicKey::to_verifying_key`] at most.
+pub const KEY_CACHE_ENTRIES_MAX: usize = 8_192;
+
+fn decompress(bytes: &[u8; 32]) -> Result<VerifyingKey, IdError> {
+    let key = VerifyingKey::from_bytes(bytes).map_err(|_| IdError::InvalidKey)?;
+    if key.is_weak() {
+        return Err(IdError::WeakKey);
+    }
+    Ok(key)
 }
 
 impl fmt::Display for PublicKey {

@@ -40,24 +40,40 @@ pub struct NotAnEd25519Key;
 /// Multihash code of the identity hash: ed25519 PeerIds embed the key itself.
 const MULTIHASH_IDENTITY: u64 = 0x00;
 
+/// The protobuf encoding libp2p gives an ed25519 public key: field 1 (key type) = 1
+/// (Ed25519), field 2 (data) = the 32 key bytes.
+const ED25519_PROTOBUF_PREFIX: [u8; 4] = [0x08, 0x01, 0x12, 0x20];
+
 /// The libp2p PeerId of an ed25519 public key (32 bytes): the identity multihash of
 /// the protobuf-encoded public key, as every libp2p implementation derives it.
+///
+/// Pure byte work (no point decompression): this runs for every message a node
+/// sends, and a PeerId of bytes that are not a curve point can never complete a
+/// Noise handshake anyway.
 pub fn peer_id_of(public_key: &[u8; 32]) -> Result<PeerId, NotAnEd25519Key> {
-    let key = libp2p::identity::ed25519::PublicKey::try_from_bytes(public_key)
+    let mut encoded = [0u8; 36];
+    encoded[..4].copy_from_slice(&ED25519_PROTOBUF_PREFIX);
+    encoded[4..].copy_from_slice(public_key);
+    let multihash = libp2p::multihash::Multihash::<64>::wrap(MULTIHASH_IDENTITY, &encoded)
         .map_err(|_| NotAnEd25519Key)?;
-    Ok(libp2p::identity::PublicKey::from(key).to_peer_id())
+    PeerId::from_multihash(multihash).map_err(|_| NotAnEd25519Key)
 }
 
-/// The ed25519 public key a PeerId embeds (the inverse of [`peer_id_of`]).
+/// The ed25519 public key a PeerId embeds (the inverse of [`peer_id_of`]). Reads the
+/// bytes without decompressing the point: a connected peer's id was proven by its
+/// Noise handshake.
 pub fn public_key_of(peer_id: &PeerId) -> Result<[u8; 32], NotAnEd25519Key> {
     let multihash = peer_id.as_ref();
     if multihash.code() != MULTIHASH_IDENTITY {
         return Err(NotAnEd25519Key);
     }
-    let key = libp2p::identity::PublicKey::try_decode_protobuf(multihash.digest())
-        .map_err(|_| NotAnEd25519Key)?;
-    let key = key.try_into_ed25519().map_err(|_| NotAnEd25519Key)?;
-    Ok(key.to_bytes())
+    let digest = multihash.digest();
+    match digest.split_first_chunk::<4>() {
+        Some((prefix, key)) if *prefix == ED25519_PROTOBUF_PREFIX => {
+            <[u8; 32]>::try_from(key).map_err(|_| NotAnEd25519Key)
+        }
+        _ => Err(NotAnEd25519Key),
+    }
 }
 
 #[cfg(test)]

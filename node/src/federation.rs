@@ -618,8 +618,20 @@ impl Driver {
                 false
             }
             Action::Decided(certificate) => {
-                let outcome = self.outcome(group_outcome::Outcome::Decided(*certificate));
-                self.report(outcome).await;
+                // When the entry node is a member, its own round learns the decision
+                // from the collector's broadcast, in process; then only the collector
+                // (the report's signer) reports as well, in case that broadcast is
+                // lost. Otherwise every member reports: any one is enough.
+                let me = self.federation.me();
+                let entry_is_member = self.members.contains(&self.entry);
+                let collected_here = certificate
+                    .report
+                    .as_ref()
+                    .is_some_and(|report| report.signer == me.0);
+                if !entry_is_member || collected_here || self.entry == me {
+                    let outcome = self.outcome(group_outcome::Outcome::Decided(*certificate));
+                    self.report(outcome).await;
+                }
                 true
             }
             Action::DegradedCertificate(certificate) => {

@@ -512,7 +512,22 @@ fn validate_policy(policy: Option<RiskPolicy>) -> Result<Option<RiskPolicy>, Sub
     Ok(Some(policy))
 }
 
-/// Who agreed, disagreed and stayed silent in one certificate.
+/// A statement's signer and body, read without checking the signature: only for
+/// certificates that already passed `verify_chain`.
+fn unverified<M: prost::Message + Default>(
+    statement: &polity_proto::SignedStatement,
+    kind: StatementKind,
+) -> Option<(PublicKey, M)> {
+    if statement.kind != kind as i32 {
+        return None;
+    }
+    let signer = PublicKey::from_slice(&statement.signer).ok()?;
+    let body = M::decode(statement.body.as_slice()).ok()?;
+    Some((signer, body))
+}
+
+/// Who agreed, disagreed and stayed silent in one certificate (which must have
+/// passed `verify_chain`: signatures are not checked again here).
 pub(crate) fn group_stats(
     certificate: &Certificate,
     level: Level,
@@ -520,12 +535,12 @@ pub(crate) fn group_stats(
     latency_ms: u64,
     rounds: u32,
 ) -> GroupStats {
-    let value = polity_consensus::open::<polity_proto::Report>(
-        certificate.report.as_ref().unwrap_or(&Default::default()),
-        StatementKind::Report,
-    )
-    .map(|(_, report)| report.value)
-    .unwrap_or_default();
+    let value = certificate
+        .report
+        .as_ref()
+        .and_then(|statement| unverified::<polity_proto::Report>(statement, StatementKind::Report))
+        .map(|(_, report)| report.value)
+        .unwrap_or_default();
     let mut stats = GroupStats {
         level: level as i32,
         group: group.to_string(),
@@ -536,8 +551,8 @@ pub(crate) fn group_stats(
     };
     let mut answered = Vec::new();
     for statement in &certificate.observations {
-        let Ok((signer, observation)) =
-            polity_consensus::open::<Observation>(statement, StatementKind::Observation)
+        let Some((signer, observation)) =
+            unverified::<Observation>(statement, StatementKind::Observation)
         else {
             continue;
         };
