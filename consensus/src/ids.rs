@@ -103,10 +103,13 @@ impl PublicKey {
     /// full). The answer is a pure function of the bytes, so the cache changes nothing
     /// but the time.
     pub fn to_verifying_key(&self) -> Result<VerifyingKey, IdError> {
-        static CACHE: OnceLock<Mutex<HashMap<[u8; 32], Result<VerifyingKey, IdError>>>> =
-            OnceLock::new();
+        static CACHE: OnceLock<Mutex<KeyCache>> = OnceLock::new();
         let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
-        if let Some(known) = cache.lock().ok().and_then(|cache| cache.get(&self.0).cloned()) {
+        if let Some(known) = cache
+            .lock()
+            .ok()
+            .and_then(|cache| cache.get(&self.0).cloned())
+        {
             return known;
         }
         let result = decompress(&self.0);
@@ -119,6 +122,9 @@ impl PublicKey {
         result
     }
 }
+
+/// Decompressed keys (or why the bytes are not a usable key), by key bytes.
+type KeyCache = HashMap<[u8; 32], Result<VerifyingKey, IdError>>;
 
 /// Keys memoized by [`PublicKey::to_verifying_key`] at most.
 pub const KEY_CACHE_ENTRIES_MAX: usize = 8_192;
