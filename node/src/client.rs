@@ -54,7 +54,7 @@ pub struct Connection {
 
 /// Adds the bearer token to every request.
 #[derive(Clone)]
-pub struct BearerToken(Option<AsciiMetadataValue>);
+pub struct BearerToken(pub Option<AsciiMetadataValue>);
 
 impl tonic::service::Interceptor for BearerToken {
     fn call(

@@ -220,17 +220,11 @@ impl Federation {
                 Ok(ConsensusRequest {
                     request: Some(consensus_request::Request::Round(envelope)),
                 }) => self.on_round(from, envelope).encode_to_vec(),
-                Ok(ConsensusRequest {
-                    request: Some(consensus_request::Request::Raft(envelope)),
-                }) => self.raft.handle_raft(peer, envelope).await,
-                Ok(ConsensusRequest {
-                    request: Some(consensus_request::Request::Propose(propose)),
-                }) => self
-                    .raft
-                    .handle_propose(peer, propose)
-                    .await
-                    .encode_to_vec(),
-                Ok(_) => self.refuse("empty", "empty consensus request"),
+                // Raft and propose requests: raftnet's own dispatch.
+                Ok(request) => match self.raft.handle_consensus(peer, request).await {
+                    Some(reply) => reply,
+                    None => self.refuse("empty", "empty consensus request"),
+                },
                 Err(error) => self.refuse("undecodable", &format!("consensus request: {error}")),
             },
         }

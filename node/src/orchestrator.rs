@@ -23,7 +23,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::federation::OutcomeMessage;
 use crate::metrics::LevelLabels;
-use crate::tasks::{Plan, Seat, TaskEngine, group_stats, level_name, path_name};
+use crate::tasks::{Plan, Seat, TaskEngine, group_stats, level_name, path_name, unverified};
 use crate::unix_ms;
 
 /// Rounds a group may use before it gives up (the collector rotates each round).
@@ -246,13 +246,13 @@ impl TaskEngine {
         let root = root.ok_or("internal: no root certificate")?;
         // `check_certificate` ran `verify_chain` on this certificate when its group's
         // outcome arrived: only verified certificates get here.
-        let (_, report) = polity_consensus::open::<polity_proto::Report>(
-            root.report
-                .as_ref()
-                .ok_or("internal: root without report")?,
-            polity_proto::StatementKind::Report,
-        )
-        .map_err(|error| format!("internal: root report: {error}"))?;
+        let (_, report) = root
+            .report
+            .as_ref()
+            .and_then(|statement| {
+                unverified::<polity_proto::Report>(statement, polity_proto::StatementKind::Report)
+            })
+            .ok_or("internal: root without a readable report")?;
         record.value = report.value;
         record.certificate = Some(root);
         if degraded.is_empty() {

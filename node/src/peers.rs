@@ -170,35 +170,6 @@ impl Peers {
         Ok(candidates)
     }
 
-    /// Peers that can serve `capability` (in `region` / `continent` when given),
-    /// compatible by the rule and ranked best first. Asks the DHT for providers too,
-    /// so peers known only there get dialed and show up in the next call.
-    pub async fn find(
-        &self,
-        capability: &str,
-        region: Option<&str>,
-        continent: Option<&str>,
-    ) -> anyhow::Result<Vec<Candidate>> {
-        let providers = self
-            .net
-            .find_providers(format!("capability/{capability}"))
-            .await?;
-        tracing::debug!(capability, providers = providers.len(), "DHT providers");
-        let wanted = [capability.to_string()];
-        let in_place = |candidate: &Candidate| {
-            let info = candidate.view.info.as_ref();
-            region.is_none_or(|r| info.is_some_and(|i| i.region == r))
-                && continent.is_none_or(|c| info.is_some_and(|i| i.continent == c))
-        };
-        let candidates = self
-            .candidates()
-            .await?
-            .into_iter()
-            .filter(in_place)
-            .collect();
-        Ok(rank(candidates, &wanted, &self.rule))
-    }
-
     /// Connected-or-known peers serving `capability` that pass the compatibility rule
     /// and whose circuit is closed, ranked best first; from the local peer table only
     /// (no DHT query), so it is cheap enough for every task.
@@ -227,38 +198,27 @@ impl Peers {
     ) -> anyhow::Result<Vec<PeerEntry>> {
         let non_empty = |s: &str| (!s.is_empty()).then_some(s.to_string());
         let (region, continent) = (non_empty(region), non_empty(continent));
-        let candidates: Vec<Candidate> = if compatible_only {
-            self.find_local(capability)
-                .await?
-                .into_iter()
-                .filter(|c| {
-                    let info = c.view.info.as_ref();
-                    region
-                        .as_ref()
-                        .is_none_or(|r| info.is_some_and(|i| &i.region == r))
-                        && continent
-                            .as_ref()
-                            .is_none_or(|k| info.is_some_and(|i| &i.continent == k))
-                })
-                .collect()
+        let in_place = |c: &Candidate| {
+            let info = c.view.info.as_ref();
+            region
+                .as_ref()
+                .is_none_or(|r| info.is_some_and(|i| &i.region == r))
+                && continent
+                    .as_ref()
+                    .is_none_or(|k| info.is_some_and(|i| &i.continent == k))
+        };
+        let candidates = if compatible_only {
+            self.find_local(capability).await?
         } else {
             self.candidates()
                 .await?
                 .into_iter()
                 .filter(|c| capability.is_empty() || c.view.serves(capability))
-                .filter(|c| {
-                    let info = c.view.info.as_ref();
-                    region
-                        .as_ref()
-                        .is_none_or(|r| info.is_some_and(|i| &i.region == r))
-                        && continent
-                            .as_ref()
-                            .is_none_or(|k| info.is_some_and(|i| &i.continent == k))
-                })
                 .collect()
         };
         Ok(candidates
             .into_iter()
+            .filter(in_place)
             .map(|candidate| PeerEntry {
                 peer_id: candidate.view.peer_id.to_string(),
                 info: candidate.view.info,

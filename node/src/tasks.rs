@@ -514,7 +514,7 @@ fn validate_policy(policy: Option<RiskPolicy>) -> Result<Option<RiskPolicy>, Sub
 
 /// A statement's signer and body, read without checking the signature: only for
 /// certificates that already passed `verify_chain`.
-fn unverified<M: prost::Message + Default>(
+pub(crate) fn unverified<M: prost::Message + Default>(
     statement: &polity_proto::SignedStatement,
     kind: StatementKind,
 ) -> Option<(PublicKey, M)> {

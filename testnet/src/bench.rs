@@ -40,11 +40,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
 use polity_proto::federation_client::FederationClient;
-use polity_proto::{ConsensusPath, Level, RiskPolicy, Scope, SubmitTaskRequest, TaskState};
+use polity_proto::{ConsensusPath, RiskPolicy, Scope, SubmitTaskRequest, TaskState};
 use serde::Serialize;
 use tonic::metadata::AsciiMetadataValue;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
+
+use polity_node::client::{BearerToken, Client, parse_path, parse_scope};
 
 use crate::cluster::TestnetState;
 use crate::process::process_alive;
@@ -304,32 +305,6 @@ pub fn testnet_endpoints(dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
     Ok(endpoints)
 }
 
-/// `region[:NAME]`, `continent[:NAME]` or `global`, as `polity submit --scope`.
-pub fn parse_scope(text: &str) -> anyhow::Result<Scope> {
-    let (kind, name) = text.split_once(':').unwrap_or((text, ""));
-    let level = match kind {
-        "region" => Level::Region,
-        "continent" => Level::Continent,
-        "global" if name.is_empty() => Level::Global,
-        "global" => bail!("a global scope has no name"),
-        other => bail!("scope {other:?}: use region[:NAME], continent[:NAME] or global"),
-    };
-    Ok(Scope {
-        level: level as i32,
-        name: name.to_string(),
-    })
-}
-
-/// `bft`, `raft` or `stake`.
-pub fn parse_path(text: &str) -> anyhow::Result<ConsensusPath> {
-    Ok(match text {
-        "bft" => ConsensusPath::Bft,
-        "raft" => ConsensusPath::Raft,
-        "stake" => ConsensusPath::Stake,
-        other => bail!("path {other:?}: use bft, raft or stake"),
-    })
-}
-
 /// `size` printable bytes derived from the run's random base (so two runs send
 /// different payloads even before their nonces differ).
 fn payload(size: usize, run_base: u64) -> Vec<u8> {
@@ -474,26 +449,6 @@ impl BenchReport {
         out
     }
 }
-
-/// Adds `authorization: Bearer <token>` to every request.
-#[derive(Clone)]
-struct BearerToken(Option<AsciiMetadataValue>);
-
-impl tonic::service::Interceptor for BearerToken {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(token) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", token.clone());
-        }
-        Ok(request)
-    }
-}
-
-type Client = FederationClient<InterceptedService<Channel, BearerToken>>;
 
 /// Opens `connections` channels to every endpoint, ordered so that consecutive
 /// clients reach consecutive endpoints (round-robin over the list spreads the load
