@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "polity/v1/wire.proto",
     "polity/v1/peer.proto",
     "polity/v1/federation.proto",
+    "polity/v1/admin.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
