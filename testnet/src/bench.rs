@@ -1021,6 +1021,8 @@ mod tests {
             grpc: grpc.to_string(),
             http: String::new(),
             p2p: Vec::new(),
+            public_key: String::new(),
+            spawned: false,
         };
         let state = TestnetState {
             nodes: vec![
@@ -1028,6 +1030,7 @@ mod tests {
                 // No such process: skipped.
                 node("node-1", u32::MAX - 1, "http://127.0.0.1:7002"),
             ],
+            token_file: None,
         };
         std::fs::write(
             dir.path().join(crate::cluster::STATE_FILE),

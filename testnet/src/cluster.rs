@@ -71,11 +71,21 @@ pub struct NodeRecord {
     pub grpc: String,
     pub http: String,
     pub p2p: Vec<String>,
+    /// Hex ed25519 public key (empty in state files written before it was recorded).
+    #[serde(default)]
+    pub public_key: String,
+    /// Started by a supervisor (`chaos run --autoscale`) rather than by `up`.
+    #[serde(default)]
+    pub spawned: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TestnetState {
     pub nodes: Vec<NodeRecord>,
+    /// The API token file the nodes require, when they require one: `status` then
+    /// reads each node's Admin status too.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 impl TestnetState {
@@ -91,10 +101,14 @@ impl TestnetState {
         }
     }
 
-    fn write(&self, dir: &Path) -> anyhow::Result<()> {
+    /// Writes the state file (whole, then renamed over the old one, so a reader
+    /// never sees half of it).
+    pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
         let path = dir.join(STATE_FILE);
-        std::fs::write(&path, serde_json::to_vec_pretty(self)?)
-            .with_context(|| format!("writing {}", path.display()))
+        let partial = dir.join(format!("{STATE_FILE}.partial"));
+        std::fs::write(&partial, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", partial.display()))?;
+        std::fs::rename(&partial, &path).with_context(|| format!("writing {}", path.display()))
     }
 }
 
@@ -181,7 +195,11 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     if args.detach {
-        TestnetState { nodes: records }.write(&args.dir)?;
+        TestnetState {
+            nodes: records,
+            token_file: None,
+        }
+        .write(&args.dir)?;
         for node in nodes {
             node.detach();
         }
@@ -191,7 +209,11 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    TestnetState { nodes: records }.write(&args.dir)?;
+    TestnetState {
+        nodes: records,
+        token_file: None,
+    }
+    .write(&args.dir)?;
     println!("Running; Ctrl-C stops every node.");
     watch_until_interrupted(&mut nodes).await;
     let _ = std::fs::remove_file(args.dir.join(STATE_FILE));
@@ -344,7 +366,7 @@ async fn wait_for_discovery(
     }
 }
 
-fn record_of(node: &NodeProcess) -> NodeRecord {
+pub fn record_of(node: &NodeProcess) -> NodeRecord {
     NodeRecord {
         name: node.spec.name.clone(),
         pid: node.endpoints.pid,
@@ -355,6 +377,8 @@ fn record_of(node: &NodeProcess) -> NodeRecord {
         grpc: node.endpoints.grpc.clone(),
         http: node.endpoints.http.clone(),
         p2p: node.endpoints.p2p.clone(),
+        public_key: node.endpoints.public_key.clone(),
+        spawned: false,
     }
 }
 
@@ -405,17 +429,36 @@ pub async fn status(args: DirArgs) -> anyhow::Result<()> {
     let Some(state) = TestnetState::read(&args.dir)? else {
         bail!("no testnet recorded in {}", args.dir.display());
     };
+    // A token in the state: the nodes require it, and it opens their Admin status.
+    let token = match &state.token_file {
+        Some(path) => Some(crate::chaos::Token::read(path)?),
+        None => None,
+    };
     println!(
-        "{:<9} {:<8} {:<8} {:>6} {:>9} {:<10} {:<12} gRPC",
-        "node", "pid", "state", "peers", "rss MiB", "region", "continent"
+        "{:<9} {:<8} {:<8} {:>6} {:>9} {:<10} {:<12} {:<8} {:>5} {:>5} {:>7} gRPC",
+        "node",
+        "pid",
+        "state",
+        "peers",
+        "rss MiB",
+        "region",
+        "continent",
+        "origin",
+        "slots",
+        "load",
+        "reliab"
     );
     let mut dead = 0;
     for node in &state.nodes {
         let alive = process_alive(node.pid);
         let peers = if alive {
-            known_peers(&node.grpc).await
+            known_peers(&node.grpc, token.as_ref()).await
         } else {
             None
+        };
+        let admin = match (&token, alive) {
+            (Some(token), true) => admin_status(&node.grpc, token).await,
+            _ => None,
         };
         let state = match (alive, peers) {
             (false, _) => {
@@ -425,17 +468,31 @@ pub async fn status(args: DirArgs) -> anyhow::Result<()> {
             (true, None) => "UNREACHABLE",
             (true, Some(_)) => "up",
         };
+        let dash = || "-".to_string();
         println!(
-            "{:<9} {:<8} {:<8} {:>6} {:>9} {:<10} {:<12} {}",
+            "{:<9} {:<8} {:<8} {:>6} {:>9} {:<10} {:<12} {:<8} {:>5} {:>5} {:>7} {}",
             node.name,
             node.pid,
             state,
-            peers.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
+            peers.map(|n| n.to_string()).unwrap_or_else(dash),
             rss_bytes(node.pid)
                 .map(|b| format!("{:.1}", b as f64 / 1048576.0))
-                .unwrap_or_else(|| "-".into()),
+                .unwrap_or_else(dash),
             node.region,
             node.continent,
+            if node.spawned { "spawned" } else { "original" },
+            admin
+                .as_ref()
+                .map(|s| s.worker_slots.to_string())
+                .unwrap_or_else(dash),
+            admin
+                .as_ref()
+                .map(|s| format!("{:.2}", s.load))
+                .unwrap_or_else(dash),
+            admin
+                .as_ref()
+                .map(|s| format!("{:.3}", s.reliability))
+                .unwrap_or_else(dash),
             node.grpc
         );
     }
@@ -445,18 +502,52 @@ pub async fn status(args: DirArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn known_peers(grpc: &str) -> Option<usize> {
-    let mut client = polity_proto::federation_client::FederationClient::connect(grpc.to_string())
+/// A node's Admin status, or `None` when it cannot be read within a few seconds.
+async fn admin_status(grpc: &str, token: &crate::chaos::Token) -> Option<polity_proto::NodeStatus> {
+    let status = async {
+        crate::chaos::admin(grpc, token)
+            .await
+            .ok()?
+            .get_status(polity_proto::GetStatusRequest {})
+            .await
+            .ok()
+            .map(tonic::Response::into_inner)
+    };
+    tokio::time::timeout(Duration::from_secs(3), status)
         .await
-        .ok()?;
-    client.get_node_info(GetNodeInfoRequest {}).await.ok()?;
-    let peers = client
-        .list_peers(ListPeersRequest::default())
+        .ok()
+        .flatten()
+}
+
+async fn known_peers(grpc: &str, token: Option<&crate::chaos::Token>) -> Option<usize> {
+    let peers = async {
+        let mut client = match token {
+            Some(token) => crate::chaos::federation(grpc, token).await.ok()?,
+            None => {
+                let channel = tonic::transport::Endpoint::from_shared(grpc.to_string())
+                    .ok()?
+                    .connect()
+                    .await
+                    .ok()?;
+                polity_proto::federation_client::FederationClient::with_interceptor(
+                    channel,
+                    polity_node::client::BearerToken(None),
+                )
+            }
+        };
+        client.get_node_info(GetNodeInfoRequest {}).await.ok()?;
+        let peers = client
+            .list_peers(ListPeersRequest::default())
+            .await
+            .ok()?
+            .into_inner()
+            .peers;
+        Some(peers.iter().filter(|peer| peer.info.is_some()).count())
+    };
+    tokio::time::timeout(Duration::from_secs(5), peers)
         .await
-        .ok()?
-        .into_inner()
-        .peers;
-    Some(peers.iter().filter(|peer| peer.info.is_some()).count())
+        .ok()
+        .flatten()
 }
 
 pub async fn down(args: DirArgs) -> anyhow::Result<()> {

@@ -119,6 +119,60 @@ impl NodeProcess {
     }
 }
 
+/// Where a node listens: gRPC and HTTP socket addresses, libp2p multiaddrs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listen {
+    pub grpc: String,
+    pub http: String,
+    pub p2p: Vec<String>,
+}
+
+impl Listen {
+    /// Free ports picked by the kernel (TCP and QUIC on loopback).
+    pub fn ephemeral() -> Listen {
+        Listen {
+            grpc: "127.0.0.1:0".into(),
+            http: "127.0.0.1:0".into(),
+            p2p: vec![
+                "/ip4/127.0.0.1/tcp/0".into(),
+                "/ip4/127.0.0.1/udp/0/quic-v1".into(),
+            ],
+        }
+    }
+
+    /// The addresses a running node bound, so a restart can bind them again and
+    /// its peers' address books stay right. `None` when an endpoint does not parse.
+    pub fn of(endpoints: &Endpoints) -> Option<Listen> {
+        let socket = |url: &str| {
+            let address = url
+                .strip_prefix("http://")
+                .or_else(|| url.strip_prefix("https://"))
+                .unwrap_or(url)
+                .trim_end_matches('/');
+            address
+                .parse::<std::net::SocketAddr>()
+                .ok()
+                .map(|a| a.to_string())
+        };
+        let p2p: Vec<String> = endpoints
+            .p2p
+            .iter()
+            .map(|address| match address.find("/p2p/") {
+                Some(at) => address[..at].to_string(),
+                None => address.clone(),
+            })
+            .collect();
+        if p2p.is_empty() {
+            return None;
+        }
+        Some(Listen {
+            grpc: socket(&endpoints.grpc)?,
+            http: socket(&endpoints.http)?,
+            p2p,
+        })
+    }
+}
+
 /// A node process that has been spawned but may not be serving yet. Spawning many
 /// and then waiting for each lets them start in parallel.
 pub struct Starting {
@@ -132,6 +186,11 @@ pub struct Starting {
 
 impl Starting {
     pub fn spawn(binary: &Path, spec: NodeSpec) -> anyhow::Result<Starting> {
+        Starting::spawn_on(binary, spec, &Listen::ephemeral())
+    }
+
+    /// Spawns the node listening on `listen` (e.g. the ports it had before a restart).
+    pub fn spawn_on(binary: &Path, spec: NodeSpec, listen: &Listen) -> anyhow::Result<Starting> {
         std::fs::create_dir_all(&spec.data_dir)
             .with_context(|| format!("creating {}", spec.data_dir.display()))?;
         let endpoints_path = spec.data_dir.join("endpoints.json");
@@ -142,16 +201,16 @@ impl Starting {
             .arg("node")
             .arg("--data-dir")
             .arg(&spec.data_dir)
-            .args(["--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"])
+            .args(["--grpc-addr", &listen.grpc, "--http-addr", &listen.http])
             .args(["--region", &spec.region, "--continent", &spec.continent])
             // Loopback only, no multicast: a local testnet never leaves this machine.
-            .args([
-                "--listen",
-                "/ip4/127.0.0.1/tcp/0",
-                "--listen",
-                "/ip4/127.0.0.1/udp/0/quic-v1",
-                "--no-mdns",
-            ])
+            .args(
+                listen
+                    .p2p
+                    .iter()
+                    .flat_map(|address| ["--listen", address.as_str()]),
+            )
+            .arg("--no-mdns")
             .args(&spec.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -218,6 +277,11 @@ impl NodeProcess {
         self.child = None;
     }
 
+    /// The OS process id while this handle owns the process.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The exit status, once the process has exited.
     pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
         self.child
@@ -281,4 +345,45 @@ pub fn pause(pid: u32) {
 /// SIGCONT: a paused process goes on.
 pub fn resume(pid: u32) {
     signal(pid, "-CONT");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses_of_a_running_node() {
+        let endpoints = Endpoints {
+            peer_id: "12D3KooWabc".into(),
+            public_key: "00".into(),
+            p2p: vec![
+                "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWabc".into(),
+                "/ip4/127.0.0.1/udp/4002/quic-v1/p2p/12D3KooWabc".into(),
+            ],
+            grpc: "http://127.0.0.1:7001".into(),
+            http: "http://127.0.0.1:7002".into(),
+            pid: 1,
+        };
+        assert_eq!(
+            Listen::of(&endpoints),
+            Some(Listen {
+                grpc: "127.0.0.1:7001".into(),
+                http: "127.0.0.1:7002".into(),
+                p2p: vec![
+                    "/ip4/127.0.0.1/tcp/4001".into(),
+                    "/ip4/127.0.0.1/udp/4002/quic-v1".into()
+                ],
+            })
+        );
+        let broken = Endpoints {
+            grpc: "nowhere".into(),
+            ..endpoints.clone()
+        };
+        assert_eq!(Listen::of(&broken), None);
+        let silent = Endpoints {
+            p2p: vec![],
+            ..endpoints
+        };
+        assert_eq!(Listen::of(&silent), None);
+    }
 }
