@@ -15,8 +15,11 @@
 //! - [`show`]: printing certificate chains for people.
 //! - [`demo`]: the `polity-testnet demo` walk-through.
 //! - [`bench`]: `polity-testnet bench`, a gRPC load generator.
+//! - [`chaos`]: `polity-testnet chaos`, fault injection, crash and partition
+//!   schedules, measured reliability, a self-spawning supervisor.
 
 pub mod bench;
+pub mod chaos;
 pub mod cluster;
 pub mod demo;
 pub mod process;

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use polity_testnet::bench::{self, BenchArgs};
+use polity_testnet::chaos;
 use polity_testnet::cluster::{self, DirArgs, UpArgs};
 use polity_testnet::demo::{self, DemoArgs};
 
@@ -32,6 +33,10 @@ enum Command {
     /// Load a running cluster with tasks over gRPC and report throughput, latency
     /// percentiles and outcomes.
     Bench(BenchArgs),
+    /// Fault injection against a fresh cluster: measured reliability, crash and
+    /// partition schedules, a self-spawning supervisor.
+    #[command(subcommand)]
+    Chaos(chaos::ChaosCommand),
 }
 
 #[tokio::main]
@@ -43,6 +48,7 @@ async fn main() -> ExitCode {
         Command::Status(args) => cluster::status(args).await,
         Command::Down(args) => cluster::down(args).await,
         Command::Bench(args) => bench::cli(args).await,
+        Command::Chaos(command) => chaos::cli(command).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
