@@ -197,7 +197,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     if args.detach {
         TestnetState {
             nodes: records,
-            token_file: None,
+            token_file: token_file(&args.node_args),
         }
         .write(&args.dir)?;
         for node in nodes {
@@ -211,7 +211,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     }
     TestnetState {
         nodes: records,
-        token_file: None,
+        token_file: token_file(&args.node_args),
     }
     .write(&args.dir)?;
     println!("Running; Ctrl-C stops every node.");
@@ -301,7 +301,11 @@ pub async fn launch(args: &UpArgs, capabilities: &[String]) -> anyhow::Result<La
         .first()
         .and_then(|spec| spec.split('=').next())
         .unwrap_or("echo");
-    if let Err(error) = wait_for_discovery(&nodes, capability, timeout).await {
+    let token = match token_file(&args.node_args) {
+        Some(path) => Some(crate::chaos::Token::read(&path)?),
+        None => None,
+    };
+    if let Err(error) = wait_for_discovery(&nodes, capability, token.as_ref(), timeout).await {
         for node in nodes {
             let _ = node.stop();
         }
@@ -315,10 +319,26 @@ pub async fn launch(args: &UpArgs, capabilities: &[String]) -> anyhow::Result<La
     })
 }
 
+/// The API token file named in node flags (`--api-token-file=PATH` or
+/// `--api-token-file PATH`), the last one when several are given.
+pub fn token_file(node_args: &[String]) -> Option<PathBuf> {
+    let mut found = None;
+    let mut args = node_args.iter();
+    while let Some(arg) = args.next() {
+        if let Some(path) = arg.strip_prefix("--api-token-file=") {
+            found = Some(PathBuf::from(path));
+        } else if arg == "--api-token-file" {
+            found = args.next().map(PathBuf::from);
+        }
+    }
+    found
+}
+
 /// Polls every node's ListPeers until each knows all others as compatible peers.
 async fn wait_for_discovery(
     nodes: &[NodeProcess],
     capability: &str,
+    token: Option<&crate::chaos::Token>,
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let expected = nodes.len() * (nodes.len() - 1);
@@ -329,7 +349,20 @@ async fn wait_for_discovery(
     bar.set_message("discovering peers");
     let mut clients = Vec::with_capacity(nodes.len());
     for node in nodes {
-        clients.push(node.client().await?);
+        let client = match token {
+            Some(token) => crate::chaos::federation(&node.endpoints.grpc, token).await?,
+            None => {
+                let channel = tonic::transport::Endpoint::from_shared(node.endpoints.grpc.clone())?
+                    .connect()
+                    .await
+                    .with_context(|| format!("connecting to node {}", node.spec.name))?;
+                polity_proto::federation_client::FederationClient::with_interceptor(
+                    channel,
+                    polity_node::client::BearerToken(None),
+                )
+            }
+        };
+        clients.push(client);
     }
     let started = Instant::now();
     loop {
@@ -574,4 +607,24 @@ pub async fn down(args: DirArgs) -> anyhow::Result<()> {
     std::fs::remove_file(args.dir.join(STATE_FILE))?;
     println!("stopped {} node(s)", state.nodes.len());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_file_among_node_flags() {
+        let args = |list: &[&str]| -> Vec<String> { list.iter().map(|s| s.to_string()).collect() };
+        assert_eq!(token_file(&args(&["--stake=2"])), None);
+        assert_eq!(
+            token_file(&args(&["--api-token-file=/a", "--stake=2"])),
+            Some(PathBuf::from("/a"))
+        );
+        assert_eq!(
+            token_file(&args(&["--api-token-file", "/a", "--api-token-file", "/b"])),
+            Some(PathBuf::from("/b"))
+        );
+        assert_eq!(token_file(&args(&["--api-token-file"])), None);
+    }
 }
