@@ -1083,3 +1083,33 @@ fn unix_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(drop_rate: f64, seed: u64) -> LinkFaults {
+        let link = LinkFaults::default();
+        link.drop_ppm
+            .store((drop_rate * 1_000_000.0) as u64, Ordering::Relaxed);
+        link.seed.store(seed, Ordering::Relaxed);
+        link
+    }
+
+    #[test]
+    fn link_drops_follow_the_rate_and_the_seed() {
+        assert!((0..1_000).all(|_| !LinkFaults::default().drop_next()));
+        assert!((0..1_000).all(|_| link(1.0, 3).drop_next()));
+        let faults = link(0.3, 42);
+        let drops = (0..20_000).filter(|_| faults.drop_next()).count();
+        // 6,000 expected; the binomial standard deviation is about 65.
+        assert!((5_600..6_400).contains(&drops), "{drops}");
+        let again = link(0.3, 42);
+        let replay: Vec<bool> = (0..64).map(|_| again.drop_next()).collect();
+        let same_seed_same_choices: Vec<bool> = {
+            let other = link(0.3, 42);
+            (0..64).map(|_| other.drop_next()).collect()
+        };
+        assert_eq!(replay, same_seed_same_choices);
+    }
+}
