@@ -14,12 +14,15 @@
 //!   signed NodeInfo), `/polity/task/1` and `/polity/consensus/1` (handed to the node).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
+use libp2p::allow_block_list::{self, BlockedPeers};
 use libp2p::connection_limits::{self, ConnectionLimits};
 use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, ValidationMode};
 use libp2p::identity::Keypair;
@@ -178,6 +181,37 @@ enum Command {
     },
     PublishEvidence(Vec<u8>),
     ListenAddresses(oneshot::Sender<Vec<Multiaddr>>),
+    SetBlocked(HashSet<PeerId>),
+}
+
+/// Injected link faults on this node's outbound requests: a drop probability and
+/// an added delay. Shared by every clone of a [`NetHandle`]; all zero by default.
+#[derive(Debug, Default)]
+struct LinkFaults {
+    /// Drop probability in parts per million.
+    drop_ppm: AtomicU64,
+    delay_ms: AtomicU64,
+    seed: AtomicU64,
+    /// Requests seen, the counter behind each drop decision.
+    sequence: AtomicU64,
+}
+
+impl LinkFaults {
+    /// Whether the next request is dropped: a splitmix64 of (seed, sequence), so a
+    /// run with the same seed and the same request order drops the same requests.
+    fn drop_next(&self) -> bool {
+        let ppm = self.drop_ppm.load(Ordering::Relaxed);
+        if ppm == 0 {
+            return false;
+        }
+        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
+        let mut x =
+            self.seed.load(Ordering::Relaxed) ^ sequence.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        x ^= x >> 31;
+        x % 1_000_000 < ppm
+    }
 }
 
 /// A cloneable handle on the event loop.
@@ -185,6 +219,7 @@ enum Command {
 pub struct NetHandle {
     commands: mpsc::Sender<Command>,
     peer_id: PeerId,
+    link: Arc<LinkFaults>,
 }
 
 impl NetHandle {
@@ -216,6 +251,16 @@ impl NetHandle {
         protocol: AppProtocol,
         bytes: Vec<u8>,
     ) -> Result<Vec<u8>, NetError> {
+        let delay_ms = self.link.delay_ms.load(Ordering::Relaxed);
+        if delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        }
+        if self.link.drop_next() {
+            return Err(NetError::Request {
+                peer,
+                reason: "dropped by fault injection".into(),
+            });
+        }
         self.call(|reply| Command::Request {
             peer,
             protocol,
@@ -246,11 +291,36 @@ impl NetHandle {
     pub async fn listen_addresses(&self) -> Result<Vec<Multiaddr>, NetError> {
         self.call(Command::ListenAddresses).await
     }
+
+    /// Fault injection: from now on, drop each outbound request with probability
+    /// `drop_rate` (clamped to [0, 1]; a dropped request fails at once with
+    /// [`NetError::Request`]) and delay each by `delay_ms` before it is sent.
+    pub fn set_link_faults(&self, drop_rate: f64, delay_ms: u64, seed: u64) {
+        let ppm = if drop_rate.is_nan() {
+            0
+        } else {
+            (drop_rate.clamp(0.0, 1.0) * 1_000_000.0).round() as u64
+        };
+        self.link.drop_ppm.store(ppm, Ordering::Relaxed);
+        self.link.delay_ms.store(delay_ms, Ordering::Relaxed);
+        self.link.seed.store(seed, Ordering::Relaxed);
+    }
+
+    /// Fault injection: refuse every connection with `peers` (closing the open
+    /// ones) and unblock everyone else: one side of a partition.
+    pub async fn set_blocked(&self, peers: HashSet<PeerId>) -> Result<(), NetError> {
+        self.commands
+            .send(Command::SetBlocked(peers))
+            .await
+            .map_err(|_| NetError::Stopped)
+    }
 }
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     limits: connection_limits::Behaviour,
+    /// Peers the node refuses to talk to (fault injection: partitions).
+    blocked: allow_block_list::Behaviour<BlockedPeers>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     kademlia: kad::Behaviour<MemoryStore>,
@@ -340,6 +410,7 @@ pub fn start(
                 gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gossip_config)?;
             Ok(Behaviour {
                 limits,
+                blocked: allow_block_list::Behaviour::default(),
                 identify,
                 ping: ping::Behaviour::new(
                     ping::Config::new().with_interval(Duration::from_secs(5)),
@@ -393,6 +464,7 @@ pub fn start(
         NetHandle {
             commands: commands_tx,
             peer_id,
+            link: Arc::default(),
         },
         events_rx,
         task,
@@ -682,6 +754,21 @@ impl EventLoop {
             }
             Command::ListenAddresses(reply) => {
                 let _ = reply.send(self.swarm.listeners().cloned().collect());
+            }
+            Command::SetBlocked(peers) => {
+                let blocked = &mut self.swarm.behaviour_mut().blocked;
+                let unblock: Vec<PeerId> = blocked
+                    .blocked_peers()
+                    .iter()
+                    .filter(|peer| !peers.contains(peer))
+                    .copied()
+                    .collect();
+                for peer in unblock {
+                    blocked.unblock_peer(peer);
+                }
+                for peer in peers {
+                    blocked.block_peer(peer);
+                }
             }
         }
     }
@@ -995,4 +1082,34 @@ fn unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(drop_rate: f64, seed: u64) -> LinkFaults {
+        let link = LinkFaults::default();
+        link.drop_ppm
+            .store((drop_rate * 1_000_000.0) as u64, Ordering::Relaxed);
+        link.seed.store(seed, Ordering::Relaxed);
+        link
+    }
+
+    #[test]
+    fn link_drops_follow_the_rate_and_the_seed() {
+        assert!((0..1_000).all(|_| !LinkFaults::default().drop_next()));
+        assert!((0..1_000).all(|_| link(1.0, 3).drop_next()));
+        let faults = link(0.3, 42);
+        let drops = (0..20_000).filter(|_| faults.drop_next()).count();
+        // 6,000 expected; the binomial standard deviation is about 65.
+        assert!((5_600..6_400).contains(&drops), "{drops}");
+        let again = link(0.3, 42);
+        let replay: Vec<bool> = (0..64).map(|_| again.drop_next()).collect();
+        let same_seed_same_choices: Vec<bool> = {
+            let other = link(0.3, 42);
+            (0..64).map(|_| other.drop_next()).collect()
+        };
+        assert_eq!(replay, same_seed_same_choices);
+    }
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use polity_consensus::{TaskId, certificate_json};
+use polity_proto::admin_client::AdminClient;
 use polity_proto::federation_client::FederationClient;
 use polity_proto::{
     Aggregation, Certificate, ConsensusPath, GetNodeInfoRequest, GetTaskRequest,
@@ -72,8 +73,24 @@ impl tonic::service::Interceptor for BearerToken {
 
 pub type Client = FederationClient<InterceptedService<Channel, BearerToken>>;
 
+/// A client of a node's `polity.v1.Admin` service.
+pub type AdminApiClient = AdminClient<InterceptedService<Channel, BearerToken>>;
+
 impl Connection {
     pub async fn connect(&self) -> anyhow::Result<Client> {
+        let (channel, token) = self.channel().await?;
+        Ok(
+            FederationClient::with_interceptor(channel, BearerToken(token))
+                .max_decoding_message_size(64 * 1024 * 1024),
+        )
+    }
+
+    pub async fn connect_admin(&self) -> anyhow::Result<AdminApiClient> {
+        let (channel, token) = self.channel().await?;
+        Ok(AdminClient::with_interceptor(channel, BearerToken(token)))
+    }
+
+    async fn channel(&self) -> anyhow::Result<(Channel, Option<AsciiMetadataValue>)> {
         let mut endpoint = Channel::from_shared(self.addr.clone())
             .with_context(|| format!("bad --addr {:?}", self.addr))?;
         if self.addr.starts_with("https://") || self.tls_ca.is_some() {
@@ -105,10 +122,7 @@ impl Connection {
             }
             None => None,
         };
-        Ok(
-            FederationClient::with_interceptor(channel, BearerToken(token))
-                .max_decoding_message_size(64 * 1024 * 1024),
-        )
+        Ok((channel, token))
     }
 }
 
@@ -703,4 +717,156 @@ fn show_record(record: &TaskRecord, output: &OutputArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `polity faults` options: the whole fault plan to put in force.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FaultArgs {
+    #[command(flatten)]
+    pub flags: crate::config::FaultFlags,
+    /// Public key (hex) of a peer to block: one side of a partition (repeatable).
+    #[arg(long = "block")]
+    pub blocked: Vec<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Replaces the node's faults with exactly what the flags say (no flag: a healthy
+/// node again).
+pub async fn faults(connection: &Connection, args: &FaultArgs) -> anyhow::Result<()> {
+    let mut config = crate::faults::FaultConfig {
+        blocked_peers: args.blocked.clone(),
+        ..crate::faults::FaultConfig::default()
+    };
+    args.flags.apply(&mut config);
+    let plan = config.to_plan().map_err(anyhow::Error::msg)?;
+    let now = connection
+        .connect_admin()
+        .await?
+        .set_faults(plan)
+        .await?
+        .into_inner();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&faults_json(&now))?);
+    } else {
+        println!("faults in force: {}", faults_summary(&now));
+    }
+    Ok(())
+}
+
+/// Shows the node's load, worker slots, faults and recovery record.
+pub async fn status(connection: &Connection, json: bool) -> anyhow::Result<()> {
+    let status = connection
+        .connect_admin()
+        .await?
+        .get_status(polity_proto::GetStatusRequest {})
+        .await?
+        .into_inner();
+    let faults = status.faults.clone().unwrap_or_default();
+    if json {
+        let recovery: Vec<serde_json::Value> = status
+            .recovery
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "failure": r.failure, "failures": r.failures, "recoveries": r.recoveries,
+                    "recovery_ms_ewma": r.recovery_ms_ewma,
+                    "success_rate_ewma": r.success_rate_ewma, "open": r.open,
+                })
+            })
+            .collect();
+        let value = serde_json::json!({
+            "worker_slots": status.worker_slots,
+            "workers_busy": status.workers_busy,
+            "load": status.load,
+            "workers_spawned": status.workers_spawned,
+            "workers_retired": status.workers_retired,
+            "reliability": status.reliability,
+            "scale_signal": status.scale_signal,
+            "faults": faults_json(&faults),
+            "recovery": recovery,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    println!(
+        "workers      {} slots, {} busy, load {:.2} ({} spawned, {} retired)",
+        status.worker_slots,
+        status.workers_busy,
+        status.load,
+        status.workers_spawned,
+        status.workers_retired
+    );
+    println!(
+        "reliability  {:.3} (scale signal {:+})",
+        status.reliability, status.scale_signal
+    );
+    println!("faults       {}", faults_summary(&faults));
+    for r in &status.recovery {
+        println!(
+            "recovery     {:<17} {} failed, {} recovered, {} open, ewma {:.0} ms, success {:.2}",
+            r.failure, r.failures, r.recoveries, r.open, r.recovery_ms_ewma, r.success_rate_ewma
+        );
+    }
+    Ok(())
+}
+
+fn faults_json(plan: &polity_proto::Faults) -> serde_json::Value {
+    serde_json::json!({
+        "error_rate": plan.error_rate,
+        "distinct_wrong": plan.distinct_wrong,
+        "timeout_rate": plan.timeout_rate,
+        "added_latency_ms": plan.added_latency_ms,
+        "equivocate": plan.equivocate,
+        "forge_signatures": plan.forge_signatures,
+        "replay_statements": plan.replay_statements,
+        "withhold_as_collector": plan.withhold_as_collector,
+        "message_drop_rate": plan.message_drop_rate,
+        "message_delay_ms": plan.message_delay_ms,
+        "blocked_peers": plan.blocked_peers.iter().map(hex::encode).collect::<Vec<_>>(),
+        "seed": plan.seed,
+    })
+}
+
+/// One line: the faults that are on.
+pub fn faults_summary(plan: &polity_proto::Faults) -> String {
+    let mut on = Vec::new();
+    if plan.error_rate > 0.0 {
+        let kind = if plan.distinct_wrong {
+            "distinct"
+        } else {
+            "colluding"
+        };
+        on.push(format!("error rate {} ({kind})", plan.error_rate));
+    }
+    if plan.timeout_rate > 0.0 {
+        on.push(format!("timeout rate {}", plan.timeout_rate));
+    }
+    if plan.added_latency_ms > 0 {
+        on.push(format!("+{} ms per execution", plan.added_latency_ms));
+    }
+    for (flag, name) in [
+        (plan.equivocate, "equivocate"),
+        (plan.forge_signatures, "forge signatures"),
+        (plan.replay_statements, "replay statements"),
+        (plan.withhold_as_collector, "withhold as collector"),
+    ] {
+        if flag {
+            on.push(name.to_string());
+        }
+    }
+    if plan.message_drop_rate > 0.0 {
+        on.push(format!("drop {} of messages", plan.message_drop_rate));
+    }
+    if plan.message_delay_ms > 0 {
+        on.push(format!("+{} ms per message", plan.message_delay_ms));
+    }
+    if !plan.blocked_peers.is_empty() {
+        on.push(format!("{} peer(s) blocked", plan.blocked_peers.len()));
+    }
+    if on.is_empty() {
+        "none".to_string()
+    } else {
+        format!("{} (seed {})", on.join(", "), plan.seed)
+    }
 }

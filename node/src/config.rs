@@ -40,6 +40,10 @@ pub struct NodeConfig {
     pub tls: TlsConfig,
     pub executor: ExecutorLimits,
     pub tasks: TaskLimits,
+    /// Worker slots and the thresholds that grow and shrink them.
+    pub workers: crate::workers::WorkersConfig,
+    /// Faults injected on purpose (chaos runs; all off by default).
+    pub faults: crate::faults::FaultConfig,
     /// `text` or `json`.
     pub log_format: LogFormat,
 }
@@ -160,6 +164,8 @@ impl Default for NodeConfig {
             tls: TlsConfig::default(),
             executor: ExecutorLimits::default(),
             tasks: TaskLimits::default(),
+            workers: crate::workers::WorkersConfig::default(),
+            faults: crate::faults::FaultConfig::default(),
             log_format: LogFormat::Text,
         }
     }
@@ -258,6 +264,69 @@ pub struct NodeFlags {
     pub executor_timeout_ms: Option<u64>,
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
+    #[command(flatten)]
+    pub faults: FaultFlags,
+}
+
+/// `--fault-*` flags: inject faults on purpose (chaos runs and tests). Each one,
+/// when given, overrides the `[faults]` section; `Admin/SetFaults` replaces them at
+/// run time.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct FaultFlags {
+    /// Probability in [0,1] that an execution answers wrong (ε).
+    #[arg(long)]
+    pub fault_error_rate: Option<f64>,
+    /// Wrong answers differ per node (default: all faulty nodes agree on one).
+    #[arg(long)]
+    pub fault_distinct_wrong: bool,
+    /// Probability in [0,1] that an execution hangs until the executor timeout.
+    #[arg(long)]
+    pub fault_timeout_rate: Option<f64>,
+    /// Milliseconds added to every execution.
+    #[arg(long)]
+    pub fault_latency_ms: Option<u64>,
+    /// Send two different signed observations (byzantine).
+    #[arg(long)]
+    pub fault_equivocate: bool,
+    /// Send statements with broken signatures (byzantine).
+    #[arg(long)]
+    pub fault_forge_signatures: bool,
+    /// Replay own statements of earlier tasks (byzantine).
+    #[arg(long)]
+    pub fault_replay: bool,
+    /// As collector, never send reports or certificates (byzantine).
+    #[arg(long)]
+    pub fault_withhold: bool,
+    /// Probability in [0,1] that an outbound peer request is dropped.
+    #[arg(long)]
+    pub fault_drop_rate: Option<f64>,
+    /// Milliseconds added before every outbound peer request.
+    #[arg(long)]
+    pub fault_delay_ms: Option<u64>,
+    /// Seed of the fault choices.
+    #[arg(long)]
+    pub fault_seed: Option<u64>,
+}
+
+impl FaultFlags {
+    pub fn apply(&self, faults: &mut crate::faults::FaultConfig) {
+        fn set<T: Clone>(target: &mut T, value: &Option<T>) {
+            if let Some(value) = value {
+                *target = value.clone();
+            }
+        }
+        set(&mut faults.error_rate, &self.fault_error_rate);
+        set(&mut faults.timeout_rate, &self.fault_timeout_rate);
+        set(&mut faults.added_latency_ms, &self.fault_latency_ms);
+        set(&mut faults.message_drop_rate, &self.fault_drop_rate);
+        set(&mut faults.message_delay_ms, &self.fault_delay_ms);
+        set(&mut faults.seed, &self.fault_seed);
+        faults.distinct_wrong |= self.fault_distinct_wrong;
+        faults.equivocate |= self.fault_equivocate;
+        faults.forge_signatures |= self.fault_forge_signatures;
+        faults.replay_statements |= self.fault_replay;
+        faults.withhold_as_collector |= self.fault_withhold;
+    }
 }
 
 impl NodeConfig {
@@ -294,6 +363,7 @@ impl NodeConfig {
         set(&mut self.api.payload_bytes_max, &flags.payload_bytes_max);
         set(&mut self.executor.timeout_ms, &flags.executor_timeout_ms);
         set(&mut self.log_format, &flags.log_format);
+        flags.faults.apply(&mut self.faults);
         if flags.api_token_file.is_some() {
             self.api.token_file = flags.api_token_file.clone();
         }
@@ -388,6 +458,10 @@ impl NodeConfig {
         if tasks.member_rounds_max == 0 || tasks.inflight_max == 0 {
             bail!("tasks.inflight_max and tasks.member_rounds_max must be at least 1");
         }
+        self.workers.validate().map_err(anyhow::Error::msg)?;
+        self.faults
+            .to_plan()
+            .map_err(|reason| anyhow::anyhow!("faults: {reason}"))?;
         Ok(())
     }
 }

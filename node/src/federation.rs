@@ -38,11 +38,14 @@ use prost::Message;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::executor::{Executor, RunLimits};
+use crate::faults::Faults;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::peers::Peers;
 use crate::raftnet::RaftGroups;
+use crate::recovery::{BREAKER_OPEN, PEER_UNREACHABLE};
 use crate::unix_ms;
+use crate::workers::Workers;
 
 /// Inputs queued for one round at most; more are dropped (the round re-asks by
 /// rotating its collector).
@@ -144,6 +147,8 @@ pub struct Federation {
     slots: Mutex<Slots>,
     outcomes: Mutex<HashMap<TaskId, mpsc::Sender<OutcomeMessage>>>,
     sends: Arc<Semaphore>,
+    faults: Arc<Faults>,
+    workers: Arc<Workers>,
 }
 
 impl Federation {
@@ -160,6 +165,8 @@ impl Federation {
         executors: BTreeMap<String, Executor>,
         executor_limits: crate::config::ExecutorLimits,
         member_rounds_max: usize,
+        faults: Arc<Faults>,
+        workers: Arc<Workers>,
     ) -> Arc<Federation> {
         Arc::new(Federation {
             identity,
@@ -173,7 +180,17 @@ impl Federation {
             slots: Mutex::new(Slots::default()),
             outcomes: Mutex::new(HashMap::new()),
             sends: Arc::new(Semaphore::new(SENDS_INFLIGHT_MAX)),
+            faults,
+            workers,
         })
+    }
+
+    pub fn faults(&self) -> &Arc<Faults> {
+        &self.faults
+    }
+
+    pub fn workers(&self) -> &Arc<Workers> {
+        &self.workers
     }
 
     pub fn me(&self) -> PublicKey {
@@ -260,17 +277,18 @@ impl Federation {
         if to == self.me() {
             return Ok(self.handle_task(to, request));
         }
+        if self.faults.is_blocked(&to) {
+            return Err(format!("{to} is blocked (fault injection)"));
+        }
         let peer = peer_id_of(&to.0).map_err(|e| e.to_string())?;
         let bytes = TaskRequest {
             request: Some(request),
         }
         .encode_to_vec();
-        let reply = self
-            .net
-            .request(peer, AppProtocol::Task, bytes)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ack::decode(reply.as_slice()).map_err(|e| format!("undecodable answer: {e}"))
+        let reply = self.net.request(peer, AppProtocol::Task, bytes).await;
+        note_delivery(&self.metrics, &peer, &reply);
+        Ack::decode(reply.map_err(|e| e.to_string())?.as_slice())
+            .map_err(|e| format!("undecodable answer: {e}"))
     }
 
     /// Sends a round message to a member without waiting for it (bounded by
@@ -278,6 +296,9 @@ impl Federation {
     fn send_round(self: &Arc<Self>, to: PublicKey, envelope: RoundEnvelope) {
         if to == self.me() {
             self.on_round(to, envelope);
+            return;
+        }
+        if self.faults.is_blocked(&to) {
             return;
         }
         let Ok(permit) = Arc::clone(&self.sends).try_acquire_owned() else {
@@ -288,12 +309,15 @@ impl Federation {
             return;
         };
         let net = self.net.clone();
+        let metrics = Arc::clone(&self.metrics);
         let bytes = ConsensusRequest {
             request: Some(consensus_request::Request::Round(envelope)),
         }
         .encode_to_vec();
         tokio::spawn(async move {
-            if let Err(error) = net.request(peer, AppProtocol::Consensus, bytes).await {
+            let reply = net.request(peer, AppProtocol::Consensus, bytes).await;
+            note_delivery(&metrics, &peer, &reply);
+            if let Err(error) = reply {
                 tracing::debug!(%peer, %error, "round message not delivered");
             }
             drop(permit);
@@ -540,20 +564,26 @@ impl Driver {
             });
         }
         let answer_inbox = self.inbox.clone();
-        let metrics = Arc::clone(&self.federation.metrics);
+        let federation = Arc::clone(&self.federation);
+        let task = self.key.task;
         tokio::spawn(async move {
             let input = match work {
                 Work::Execute {
                     executor,
                     payload,
                     limits,
-                } => Input::LocalAnswer {
-                    answer: executor.run(&payload, limits).await.map_err(|error| {
-                        metrics.executor_errors.inc();
-                        error.to_string()
-                    }),
-                    child_certificate: None,
-                },
+                } => {
+                    let run = executor.run(&payload, limits);
+                    let run = federation.faults.execute(&task, limits, run);
+                    let answer = federation.workers.run(run).await;
+                    Input::LocalAnswer {
+                        answer: answer.map_err(|error| {
+                            federation.metrics.executor_errors.inc();
+                            error.to_string()
+                        }),
+                        child_certificate: None,
+                    }
+                }
                 Work::Represent { value, child } => Input::LocalAnswer {
                     answer: Ok(value),
                     child_certificate: Some(child),
@@ -592,23 +622,28 @@ impl Driver {
         match action {
             Action::Broadcast(message) => {
                 self.note_own(&message);
-                for member in self.members.clone() {
+                for (index, member) in self.members.clone().into_iter().enumerate() {
                     if member != self.federation.me() {
-                        self.federation.send_round(member, self.envelope(&message));
+                        self.send(index, member, &message);
                     }
                 }
                 false
             }
             Action::SendTo(member, message) => {
                 self.note_own(&message);
-                self.federation.send_round(member, self.envelope(&message));
+                let index = self.members.iter().position(|m| *m == member).unwrap_or(0);
+                self.send(index, member, &message);
                 false
             }
             Action::Commit {
                 report,
                 report_digest,
             } => {
-                self.commit(report, report_digest);
+                if self.federation.faults.withholds() {
+                    self.federation.metrics.fault_injected("withheld");
+                } else {
+                    self.commit(report, report_digest);
+                }
                 false
             }
             Action::Decided(certificate) => {
@@ -622,6 +657,10 @@ impl Driver {
                     .report
                     .as_ref()
                     .is_some_and(|report| report.signer == me.0);
+                if collected_here && self.federation.faults.withholds() {
+                    self.federation.metrics.fault_injected("withheld");
+                    return true;
+                }
                 if !entry_is_member || collected_here || self.entry == me {
                     let outcome = self.outcome(group_outcome::Outcome::Decided(*certificate));
                     self.report(outcome).await;
@@ -675,6 +714,17 @@ impl Driver {
                 }
                 false
             }
+        }
+    }
+
+    /// Sends `message` to the member at `index`, as the injected faults have it.
+    fn send(&self, index: usize, member: PublicKey, message: &RoundMessage) {
+        for message in self
+            .federation
+            .faults
+            .outgoing(&self.key.task, index, message.clone())
+        {
+            self.federation.send_round(member, self.envelope(&message));
         }
     }
 
@@ -763,6 +813,23 @@ impl Driver {
                 Err(_) => tokio::time::sleep(OUTCOME_RETRY_DELAY).await,
             }
         }
+    }
+}
+
+/// Recovery learning for requests to peers: a failure opens `peer_unreachable` (or
+/// `breaker_open`), the next delivered request closes both.
+fn note_delivery(metrics: &Metrics, peer: &PeerId, reply: &Result<Vec<u8>, polity_net::NetError>) {
+    let key = peer.to_string();
+    match reply {
+        Ok(_) => {
+            metrics.recovery.recovered(PEER_UNREACHABLE, &key);
+            metrics.recovery.recovered(BREAKER_OPEN, &key);
+        }
+        Err(polity_net::NetError::CircuitOpen(_)) => metrics.recovery.failed(BREAKER_OPEN, &key),
+        Err(polity_net::NetError::Request { .. }) => {
+            metrics.recovery.failed(PEER_UNREACHABLE, &key)
+        }
+        Err(_) => {}
     }
 }
 

@@ -32,10 +32,12 @@
 //! - [`server`]: starts everything, shuts it down on SIGINT/SIGTERM.
 //! - [`client`]: the CLI's gRPC client commands.
 
+pub mod admin;
 pub mod api;
 pub mod client;
 pub mod config;
 pub mod executor;
+pub mod faults;
 pub mod federation;
 pub mod http;
 pub mod identity;
@@ -43,9 +45,11 @@ pub mod metrics;
 mod orchestrator;
 pub mod peers;
 pub mod raftnet;
+pub mod recovery;
 pub mod server;
 pub mod storage;
 pub mod tasks;
+pub mod workers;
 
 /// Selects ring as the process's TLS crypto provider. rustls needs one chosen when
 /// more than one is compiled in (libp2p's QUIC brings aws-lc-rs, tonic uses ring);

@@ -85,6 +85,21 @@ enum Command {
     },
     /// Print the theoretical probability that a federation's answer is correct.
     Reliability(ReliabilityArgs),
+    /// Put faults in force on a node (chaos runs; needs the node's API token).
+    /// Replaces every fault: no flag makes the node healthy again.
+    Faults {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(flatten)]
+        args: client::FaultArgs,
+    },
+    /// Show a node's load, worker slots, faults and recovery record (needs the token).
+    Status {
+        #[command(flatten)]
+        connection: Connection,
+        #[arg(long)]
+        json: bool,
+    },
     /// Verify a certificate chain: offline from a file, or by task id on a node.
     Verify {
         #[command(flatten)]
@@ -235,6 +250,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => client::trust(&connection, peer_id, json).await?,
         Command::Topology { connection, json } => client::topology(&connection, json).await?,
         Command::Reliability(args) => reliability(&args)?,
+        Command::Faults { connection, args } => client::faults(&connection, &args).await?,
+        Command::Status { connection, json } => client::status(&connection, json).await?,
         Command::Verify { connection, args } => {
             if !client::verify(&connection, &args).await? {
                 return Ok(ExitCode::from(2));

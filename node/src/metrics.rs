@@ -37,6 +37,11 @@ pub struct RejectLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RaftGroupLabels {
     /// The raft group's name (`crate::raftnet::RaftGroups::name_for`).
     pub group: String,
@@ -73,6 +78,20 @@ pub struct Metrics {
     pub raft_term: Family<RaftGroupLabels, Gauge>,
     /// The network layer's counters (malformed frames, rejected infos, ...).
     pub net: polity_net::NetMetrics,
+    /// Faults injected on purpose, by kind (see `crate::faults`).
+    pub faults_injected: Family<KindLabels, Counter>,
+    /// Worker slots, busy slots, smoothed load (per mille) and slot changes.
+    pub worker_slots: Gauge,
+    pub workers_busy: Gauge,
+    pub worker_load_permille: Gauge,
+    pub workers_spawned: Gauge,
+    pub workers_retired: Gauge,
+    /// Smoothed share of this node's tasks that ended DECIDED, per mille.
+    pub reliability_permille: Gauge,
+    /// +1 wants more agents, -1 may retire agents, 0 steady (see `crate::workers`).
+    pub scale_signal: Gauge,
+    /// Recovery learning per failure kind (`crate::recovery`).
+    pub recovery: crate::recovery::Recovery,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -179,7 +198,60 @@ impl Metrics {
         );
         let net = polity_net::NetMetrics::default();
         net.register(&mut registry);
+        let faults_injected = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "polity_faults_injected",
+            "Faults this node injected on purpose (chaos runs), by kind",
+            faults_injected.clone(),
+        );
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let gauge = Gauge::default();
+            registry.register(name, help, gauge.clone());
+            gauge
+        };
+        let worker_slots = gauge(
+            &mut registry,
+            "polity_worker_slots",
+            "Executions this node runs at once at most (grows with load)",
+        );
+        let workers_busy = gauge(&mut registry, "polity_workers_busy", "Executions running");
+        let worker_load_permille = gauge(
+            &mut registry,
+            "polity_worker_load_permille",
+            "Smoothed (busy + waiting) / slots, in thousandths",
+        );
+        let workers_spawned = gauge(
+            &mut registry,
+            "polity_workers_spawned",
+            "Worker slots added under load since start",
+        );
+        let workers_retired = gauge(
+            &mut registry,
+            "polity_workers_retired",
+            "Worker slots retired since start",
+        );
+        let reliability_permille = gauge(
+            &mut registry,
+            "polity_reliability_permille",
+            "Smoothed share of this node's tasks that ended DECIDED, in thousandths",
+        );
+        let scale_signal = gauge(
+            &mut registry,
+            "polity_scale_signal",
+            "+1 the node wants more agents, -1 agents may be retired, 0 steady",
+        );
+        let recovery = crate::recovery::Recovery::default();
+        recovery.register(&mut registry);
         Metrics {
+            faults_injected,
+            worker_slots,
+            workers_busy,
+            worker_load_permille,
+            workers_spawned,
+            workers_retired,
+            reliability_permille,
+            scale_signal,
+            recovery,
             net,
             registry,
             agents,
@@ -205,6 +277,29 @@ impl Metrics {
                 reason: reason.to_string(),
             })
             .inc();
+    }
+
+    pub fn fault_injected(&self, kind: &str) {
+        self.faults_injected
+            .get_or_create(&KindLabels {
+                kind: kind.to_string(),
+            })
+            .inc();
+    }
+
+    /// Publishes a workers snapshot.
+    pub fn set_workers(&self, view: &crate::workers::WorkersView) {
+        self.worker_slots.set(i64::from(view.slots));
+        self.workers_busy.set(i64::from(view.busy));
+        self.worker_load_permille
+            .set((view.load * 1_000.0).round() as i64);
+        self.workers_spawned
+            .set(i64::try_from(view.spawned).unwrap_or(i64::MAX));
+        self.workers_retired
+            .set(i64::try_from(view.retired).unwrap_or(i64::MAX));
+        self.reliability_permille
+            .set((view.reliability * 1_000.0).round() as i64);
+        self.scale_signal.set(i64::from(view.scale_signal));
     }
 
     pub fn reject(&self, reason: &str) {

@@ -23,6 +23,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::federation::OutcomeMessage;
 use crate::metrics::LevelLabels;
+use crate::recovery::GROUP_DEGRADED;
 use crate::tasks::{Plan, Seat, TaskEngine, group_stats, level_name, path_name, unverified};
 use crate::unix_ms;
 
@@ -92,6 +93,9 @@ impl TaskEngine {
             record.state = TaskState::Failed as i32;
             record.error = error;
         }
+        self.federation
+            .workers()
+            .task_finished(record.state == TaskState::Decided as i32);
         record
     }
 
@@ -556,6 +560,17 @@ impl TaskEngine {
             stats.rounds = decided_round(certificate) + 1;
         }
         self.move_trust(&stats);
+        // Recovery learning: a group (by level and name, extra replicas included)
+        // that degraded has recovered when a group of that name decides again.
+        let group_key = format!(
+            "{}/{}",
+            level_name(level),
+            state.group.name.split('~').next().unwrap_or_default()
+        );
+        match &resolution {
+            Resolution::Decided(_) => self.metrics.recovery.recovered(GROUP_DEGRADED, &group_key),
+            Resolution::Degraded(_) => self.metrics.recovery.failed(GROUP_DEGRADED, &group_key),
+        }
         self.metrics
             .disagreements
             .inc_by(stats.disagreed.len() as u64);

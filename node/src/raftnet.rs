@@ -85,6 +85,7 @@ use tokio::sync::{Mutex, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::metrics::{Metrics, RaftGroupLabels};
+use crate::recovery::RAFT_LEADER;
 
 /// Most raft groups running on one node at once.
 pub const RAFT_GROUPS_MAX: usize = 64;
@@ -783,13 +784,25 @@ impl RaftGroups {
         let term_gauge = self.metrics.raft_term.get_or_create(&labels).clone();
         let mut receiver = group.raft().metrics();
         let own = self.node_id;
+        let node_metrics = Arc::clone(&self.metrics);
+        let group_key = name.to_string();
+        let mut had_leader = false;
         tokio::spawn(async move {
             loop {
-                {
+                let has_leader = {
                     let metrics = receiver.borrow_and_update();
                     leader_gauge.set(i64::from(metrics.current_leader == Some(own)));
                     term_gauge.set(i64::try_from(metrics.current_term).unwrap_or(i64::MAX));
+                    metrics.current_leader.is_some()
+                };
+                // Recovery learning: a group that had a leader and lost it has
+                // recovered when it has one again (re-election).
+                if had_leader && !has_leader {
+                    node_metrics.recovery.failed(RAFT_LEADER, &group_key);
+                } else if has_leader {
+                    node_metrics.recovery.recovered(RAFT_LEADER, &group_key);
                 }
+                had_leader |= has_leader;
                 if receiver.changed().await.is_err() {
                     leader_gauge.set(0);
                     return;

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use polity_proto::admin_server::AdminServer;
 use polity_proto::federation_server::FederationServer;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -23,9 +24,11 @@ use tonic::transport::{
 
 use std::collections::BTreeMap;
 
+use crate::admin::AdminApi;
 use crate::api::{Api, Gate};
 use crate::config::NodeConfig;
 use crate::executor::{Executor, ExecutorSpec};
+use crate::faults::Faults;
 use crate::federation::Federation;
 use crate::http::{HttpState, router};
 use crate::identity::Identity;
@@ -34,6 +37,7 @@ use crate::peers::{Compatibility, Peers};
 use crate::raftnet::RaftGroups;
 use crate::storage::{SledStore, Store};
 use crate::tasks::TaskEngine;
+use crate::workers::Workers;
 use polity_net::{LocalInfo, Multiaddr, NetConfig, NetEvent, NetHandle};
 use polity_proto::NodeInfo;
 
@@ -124,10 +128,11 @@ pub async fn run_until(config: NodeConfig, mut stop: watch::Receiver<bool>) -> a
         pid: std::process::id(),
     };
 
-    let token = match &config.api.token_file {
+    let token: Option<String> = match &config.api.token_file {
         Some(path) => Some(read_token(path)?),
         None => None,
     };
+    let token_configured = token.is_some();
     let gate = Gate::new(
         token,
         config.api.rate_limit_per_second,
@@ -187,6 +192,15 @@ pub async fn run_until(config: NodeConfig, mut stop: watch::Receiver<bool>) -> a
         },
     );
     let raft = RaftGroups::new(identity.public_key(), db, net.clone(), Arc::clone(&metrics));
+    let faults = Faults::new(identity.clone(), net.clone(), Arc::clone(&metrics));
+    let plan = config.faults.to_plan().map_err(anyhow::Error::msg)?;
+    faults.set(plan).await.map_err(anyhow::Error::msg)?;
+    let workers = Arc::new(Workers::new(config.workers.clone()));
+    tokio::spawn(watch_load(
+        Arc::clone(&workers),
+        Arc::clone(&metrics),
+        stop.clone(),
+    ));
     let federation = Federation::new(
         identity.clone(),
         net.clone(),
@@ -196,6 +210,8 @@ pub async fn run_until(config: NodeConfig, mut stop: watch::Receiver<bool>) -> a
         executors,
         config.executor.clone(),
         config.tasks.member_rounds_max,
+        Arc::clone(&faults),
+        Arc::clone(&workers),
     );
     let engine = TaskEngine::new(
         identity.clone(),
@@ -219,6 +235,16 @@ pub async fn run_until(config: NodeConfig, mut stop: watch::Receiver<bool>) -> a
     let federation = FederationServer::new(api)
         .max_decoding_message_size(message_bytes_max)
         .max_encoding_message_size(message_bytes_max.max(crate::api::CERTIFICATE_BYTES_MAX));
+    let admin = AdminServer::new(AdminApi::new(
+        faults,
+        workers,
+        Arc::clone(&metrics),
+        token_configured,
+    ));
+    let admin_gate = gate.clone();
+    let admin = tonic::service::interceptor::InterceptedService::new(admin, move |request| {
+        admin_gate.check(request)
+    });
     let federation =
         tonic::service::interceptor::InterceptedService::new(federation, move |request| {
             gate.check(request)
@@ -242,6 +268,7 @@ pub async fn run_until(config: NodeConfig, mut stop: watch::Receiver<bool>) -> a
         .add_service(health_service)
         .add_service(reflection)
         .add_service(federation)
+        .add_service(admin)
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(grpc_listener),
             wait_until_true(grpc_stop),
@@ -304,6 +331,30 @@ pub async fn run_until(config: NodeConfig, mut stop: watch::Receiver<bool>) -> a
     let _ = std::fs::remove_file(data_dir.join(ENDPOINTS_FILE));
     tracing::info!("node stopped");
     Ok(())
+}
+
+/// How often worker slots adapt to load.
+const LOAD_TICK: Duration = Duration::from_millis(500);
+/// How often open failures past the recovery horizon are given up.
+const RECOVERY_SWEEP_TICKS: u64 = 20;
+
+/// Samples load, grows and shrinks worker slots, publishes them; sweeps the
+/// recovery record.
+async fn watch_load(workers: Arc<Workers>, metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(LOAD_TICK);
+    let mut ticks: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.changed() => return,
+        }
+        workers.tick();
+        metrics.set_workers(&workers.view());
+        ticks += 1;
+        if ticks.is_multiple_of(RECOVERY_SWEEP_TICKS) {
+            metrics.recovery.sweep();
+        }
+    }
 }
 
 /// Peer requests waiting for a handler, and handled at once, at most.

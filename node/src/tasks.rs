@@ -376,6 +376,9 @@ impl TaskEngine {
             let Ok(key) = PublicKey::from_slice(&info.public_key) else {
                 continue;
             };
+            if self.federation.faults().is_blocked(&key) {
+                continue; // on the other side of an injected partition
+            }
             seats.push(Seat {
                 key,
                 region: info.region,
