@@ -11,7 +11,8 @@
 //!   readers can see the gap;
 //! - the same under colluding wrong members ([`majority_wrong_levels`]), and a
 //!   quorum model closer to what the federation runs: a region group decides only
-//!   when its path's quorum agrees ([`quorum_outcome`], [`equal_weight_quorum`]),
+//!   when enough members agree for its path ([`quorum_outcome`],
+//!   [`decisive_agreement`], [`equal_weight_quorum`]),
 //!   a parent group over representatives of its decided children
 //!   ([`parent_outcome`]);
 //! - the Wilson score interval, for reporting measured rates next to the theory
@@ -123,6 +124,35 @@ pub fn equal_weight_quorum(path: polity_proto::ConsensusPath, members: u32) -> u
         ConsensusPath::Stake => 2 * members / 3 + 1,
         ConsensusPath::Raft | ConsensusPath::Unspecified => members / 2 + 1,
     }
+}
+
+/// The fewest members answering one value `v` that make an equal-weight group of
+/// `members` decide `v` when every member answers and the others agree on one other
+/// value (colluding), as rounds run (`round.rs`): `v` must be the strict majority
+/// (the collector's report aggregates all observations), and either `v`'s members
+/// alone are a quorum (fast path) or the dissenters attest `v` too, which an honest
+/// member does only when `v`'s members rule out a quorum for its own answer
+/// (`QuorumRule::excludes_quorum`: bft more than `2f`, stake at least two thirds of
+/// the weight). Raft commits the majority value. So: bft `max(⌊n/2⌋+1, 2f+1)`,
+/// stake `max(⌊n/2⌋+1, ⌈2n/3⌉)`, raft `⌊n/2⌋+1`. For three members every path
+/// decides by plain majority (bft: f = 0, so any dissent lets the minority attest).
+pub fn decisive_agreement(path: polity_proto::ConsensusPath, members: u32) -> u32 {
+    use polity_proto::ConsensusPath;
+    if members == 0 {
+        return 1;
+    }
+    let majority = members / 2 + 1;
+    let quorum = equal_weight_quorum(path, members);
+    let attested = match path {
+        ConsensusPath::Bft => {
+            let faults =
+                u32::try_from(crate::quorum::faults_max(members as usize)).unwrap_or(u32::MAX / 2);
+            2 * faults + 1
+        }
+        ConsensusPath::Stake => (2 * members).div_ceil(3),
+        ConsensusPath::Raft | ConsensusPath::Unspecified => majority,
+    };
+    majority.max(attested.min(quorum))
 }
 
 /// How one group's decision can end, as probabilities that add up to at most 1
@@ -399,6 +429,45 @@ mod tests {
             let q = equal_weight_quorum(Stake, n);
             assert!(3 * q > 2 * n && 3 * (q - 1) <= 2 * n, "n = {n}");
         }
+    }
+
+    #[test]
+    fn decisive_agreement_with_attestations() {
+        use polity_proto::ConsensusPath::{Bft, Raft, Stake};
+        let table: Vec<(u32, u32, u32)> = (1..=9)
+            .map(|n| {
+                (
+                    decisive_agreement(Bft, n),
+                    decisive_agreement(Stake, n),
+                    decisive_agreement(Raft, n),
+                )
+            })
+            .collect();
+        assert_eq!(
+            table,
+            [
+                (1, 1, 1),
+                (2, 2, 2),
+                (2, 2, 2),
+                (3, 3, 3),
+                (3, 4, 3),
+                (4, 4, 4),
+                (5, 5, 4),
+                (5, 6, 5),
+                (5, 6, 5)
+            ]
+        );
+        for n in 1..=100u32 {
+            for path in [Bft, Stake, Raft] {
+                let t = decisive_agreement(path, n);
+                // Never more than a quorum, always a strict majority.
+                assert!(
+                    t <= equal_weight_quorum(path, n) && 2 * t > n,
+                    "{path:?} {n}"
+                );
+            }
+        }
+        assert_eq!(decisive_agreement(Bft, 0), 1);
     }
 
     #[test]

@@ -28,15 +28,28 @@
 //! is what the nodes inject unless `--distinct-wrong`. The seed formula `1 − ε^(n·d)`
 //! is the chance that one of n·d agents is right, not a majority figure.
 //!
-//! The federation does not take plain majorities: a group decides only when its
-//! path's quorum agrees: bft `n − f` (all of 3), stake more than two thirds of the
-//! weight (all of 3 with equal stake), raft a majority. A region group that could
-//! not agree gets extra replicas only when its region has more nodes than the
-//! group (here it has none to spare), and a continent group is made of
-//! `representatives` (2) members of each decided region group, under the same
-//! path's quorum; a continent formed without some region ends DEGRADED. The
-//! "quorum model" line computes exactly that model (`quorum_outcome`,
-//! `parent_outcome`), still with independent members and colluding wrong answers.
+//! The federation does not take plain majorities everywhere. A group's collector
+//! reports the strict majority of all observations; it decides when its members
+//! alone are a quorum (bft `n − f`, stake more than two thirds of the weight, raft a
+//! majority) or when the dissenters attest it too, which an honest member does only
+//! once the others rule out a quorum for its own answer (bft: more than `2f`
+//! dissenters, stake: two thirds). So a group of 3 decides by plain majority on
+//! every path, a bft group of 4 needs 3 agreeing, a stake group of 5 needs 4
+//! (`decisive_agreement`). A region group that could not agree gets extra replicas
+//! only when its region has more nodes than the group (here it has none to spare),
+//! and a continent group is made of `representatives` (2) agreeing members of each
+//! decided region group, under the same rule; a continent formed without some
+//! region ends DEGRADED. The "quorum model" line computes exactly that model
+//! (`quorum_outcome`, `parent_outcome`), still with independent members and
+//! colluding wrong answers.
+//!
+//! Trust: the entry node lowers a member's trust when it disagrees with a decided
+//! group, and members at or below `discovery.trust_min` (0.7) are no longer
+//! chosen. With ε > 0 on every node of a region that has exactly N nodes, groups
+//! soon cannot be formed at all (FAILED_PRECONDITION), which measures the trust
+//! rule rather than the quorum. So by default the nodes run with
+//! `discovery.trust_min = 0` (written to `<dir>/chaos-node.toml`);
+//! `--keep-trust-floor` keeps the node's default.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -46,7 +59,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use polity_consensus::reliability::{
-    Interval, Outcome, Z_95, equal_weight_quorum, majority_correct_levels, majority_wrong_levels,
+    Interval, Outcome, Z_95, decisive_agreement, majority_correct_levels, majority_wrong_levels,
     parent_outcome, quorum_outcome, seed_formula, wilson_interval,
 };
 use polity_consensus::verify_chain;
@@ -73,6 +86,8 @@ const REPRESENTATIVES: u32 = 2;
 const CONTINENT_REGIONS: u32 = 3;
 /// Error messages kept as samples at most.
 const SAMPLES_MAX: usize = 5;
+/// The node configuration file a measurement writes (trust floor 0).
+pub const NODE_CONFIG: &str = "chaos-node.toml";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -111,6 +126,10 @@ pub struct ReliabilityArgs {
     /// Time budget of each task in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     pub deadline_ms: u64,
+    /// Keep the node's trust floor (members at or below trust 0.7 are not chosen);
+    /// by default it is 0 for the measurement (see the module doc).
+    #[arg(long)]
+    pub keep_trust_floor: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -271,6 +290,7 @@ pub struct RunConfig {
     pub deadline_ms: u64,
     pub nodes: usize,
     pub regions: usize,
+    pub trust_floor_kept: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -296,7 +316,7 @@ pub fn theory(config: &RunConfig, path: ConsensusPath, measured: &Measured) -> V
         ScopeKind::Continent => vec![n, CONTINENT_REGIONS],
     };
     let levels = sizes.len() as u32;
-    let region_quorum = equal_weight_quorum(path, n);
+    let region_quorum = decisive_agreement(path, n);
     let region = quorum_outcome(n, region_quorum, epsilon);
     let model: Outcome = match config.scope {
         ScopeKind::Region => region,
@@ -304,7 +324,7 @@ pub fn theory(config: &RunConfig, path: ConsensusPath, measured: &Measured) -> V
             CONTINENT_REGIONS,
             REPRESENTATIVES.min(region_quorum),
             region,
-            |members| equal_weight_quorum(path, members),
+            |members| decisive_agreement(path, members),
         ),
     };
     vec![
@@ -322,7 +342,7 @@ pub fn theory(config: &RunConfig, path: ConsensusPath, measured: &Measured) -> V
         ),
         TheoryLine::new(
             &format!(
-                "quorum model ({} {region_quorum} of {n} per region)",
+                "quorum model ({} decides with {region_quorum} of {n} agreeing)",
                 polity_node::tasks::path_name(path)
             ),
             model.correct,
@@ -337,10 +357,24 @@ fn assumptions(config: &RunConfig) -> Vec<String> {
         "theory: members independent, each wrong with probability eps; a tie is a failure".into(),
         "theory 'wrong' figures assume colluding members (one wrong value per task)".into(),
         "seed formula: P(at least one of n*d agents right), not a majority figure".into(),
-        "federation: a group decides only on its path's quorum (bft n-f, stake > 2/3 of \
-         weight, raft majority); no extra replicas here (every region has exactly N nodes)"
+        "federation: a group decides its majority value when that value's members are a \
+         quorum or the dissenters may attest it (bft > 2f, stake >= 2/3 dissent); no extra \
+         replicas here (every region has exactly N nodes)"
             .into(),
     ];
+    if config.trust_floor_kept {
+        lines.push(
+            "trust floor kept: members that disagreed often are no longer chosen, so \
+             groups may not form (counted as errors)"
+                .into(),
+        );
+    } else {
+        lines.push(
+            "nodes ran with discovery.trust_min = 0: disagreeing members stay eligible, as \
+             the theory's fixed members do"
+                .into(),
+        );
+    }
     if config.scope == ScopeKind::Continent {
         lines.push(
             "federation: the continent group is 2 representatives of each decided region \
@@ -396,6 +430,7 @@ impl ReliabilityArgs {
             deadline_ms: self.deadline_ms,
             nodes: regions * self.replicas as usize,
             regions,
+            trust_floor_kept: self.keep_trust_floor,
         }
     }
 }
@@ -425,6 +460,13 @@ pub async fn measure(args: &ReliabilityArgs) -> anyhow::Result<ReliabilityReport
     let path = args.validate()?;
     let config = args.run_config();
     let token = Token::create(&args.dir)?;
+    let mut node_args = vec![token.node_arg()];
+    if !args.keep_trust_floor {
+        let path = args.dir.join(NODE_CONFIG);
+        std::fs::write(&path, "[discovery]\ntrust_min = 0.0\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        node_args.push(format!("--config={}", path.display()));
+    }
     let up = UpArgs {
         nodes: config.nodes,
         regions: config.regions,
@@ -434,7 +476,7 @@ pub async fn measure(args: &ReliabilityArgs) -> anyhow::Result<ReliabilityReport
         detach: false,
         measure: false,
         timeout_s: 120,
-        node_args: vec![token.node_arg()],
+        node_args,
     };
     let Launched { nodes, .. } = launch(&up, &default_capabilities()).await?;
     let result = measure_on(args, &config, path, &token, &nodes).await;
@@ -750,6 +792,7 @@ mod tests {
             deadline_ms: 10_000,
             nodes: 3,
             regions: 1,
+            trust_floor_kept: false,
         }
     }
 
@@ -765,11 +808,21 @@ mod tests {
         // Majority over 3 at eps 0.3 is 0.784: far outside [0.25, 0.44].
         assert!((lines[0].correct - 0.784).abs() < 1e-9);
         assert!(!lines[0].correct_inside);
-        // The bft quorum model: all three right, 0.343; all three wrong, 0.027.
-        assert!((lines[2].correct - 0.343).abs() < 1e-9);
-        assert!(lines[2].correct_inside);
-        assert_eq!(lines[2].wrong_inside, Some(true));
+        // A group of three decides by majority on bft too (f = 0: any dissent
+        // lets the minority attest), so the quorum model is the majority here.
+        assert!((lines[2].correct - 0.784).abs() < 1e-9);
+        assert!((lines[2].wrong.unwrap() - 0.216).abs() < 1e-9);
         assert!(lines[1].wrong.is_none());
+        // bft over 4 needs 3 agreeing.
+        let four = RunConfig {
+            replicas: 4,
+            nodes: 4,
+            ..config(ScopeKind::Region)
+        };
+        let lines = theory(&four, ConsensusPath::Bft, &measured);
+        let expected = polity_consensus::reliability::at_least(4, 3, 0.7);
+        assert!((lines[2].correct - expected).abs() < 1e-12);
+        assert!(!lines[2].correct_inside);
         let continent = theory(
             &config(ScopeKind::Continent),
             ConsensusPath::Raft,
@@ -802,6 +855,7 @@ mod tests {
             concurrency: 2,
             distinct_wrong: false,
             deadline_ms: 1000,
+            keep_trust_floor: false,
             json: true,
             dir: PathBuf::from("unused"),
         };
