@@ -353,6 +353,9 @@ pub struct LedgerReport {
     pub unverified: u64,
     /// First few problems.
     pub problems: Vec<String>,
+    /// Served back, per entry node (member index).
+    #[serde(skip)]
+    pub served_by_entry: BTreeMap<usize, u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -1324,7 +1327,10 @@ async fn check_ledgers(supervisor: &mut Supervisor, logs: &[TaskLog]) -> LedgerR
             .await
             .map(|reply| reply.into_inner());
         match verified {
-            Ok(reply) if reply.valid => ledger.served += 1,
+            Ok(reply) if reply.valid => {
+                ledger.served += 1;
+                *ledger.served_by_entry.entry(log.entry).or_default() += 1;
+            }
             Ok(reply) => {
                 ledger.unverified += 1;
                 problem(&mut ledger, format!("{name}: task {id}: {}", reply.error));
@@ -1433,19 +1439,12 @@ fn report(
             }
         }
     }
-    // Served per entry node: certified minus the problems found for it is not
-    // tracked per node by the ledger check, so recount from its problems.
     let node_reports = supervisor
         .members
         .iter()
         .enumerate()
         .map(|(index, member)| {
             let certified = certified_by_entry.get(&index).copied().unwrap_or(0);
-            let failed_here = ledger
-                .problems
-                .iter()
-                .filter(|p| p.starts_with(&format!("{}:", member.spec.name)))
-                .count() as u64;
             NodeReport {
                 name: member.spec.name.clone(),
                 region: member.spec.region.clone(),
@@ -1455,7 +1454,7 @@ fn report(
                 crashes: member.crashes,
                 new_ports: member.new_ports,
                 certified_entered: certified,
-                served: certified.saturating_sub(failed_here),
+                served: ledger.served_by_entry.get(&index).copied().unwrap_or(0),
                 status: statuses
                     .get(index)
                     .and_then(Option::as_ref)
