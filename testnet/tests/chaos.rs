@@ -290,3 +290,44 @@ fn the_reliability_command_reports_counts_that_add_up() {
     );
     assert_eq!(report["node_reliability"].as_array().unwrap().len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_supervisor_spawns_nodes_under_load_and_retires_them_when_it_falls() {
+    let _turn = turn();
+    let dir = tempfile::tempdir().unwrap();
+    // One worker slot per node and slow executions: six clients overload three
+    // nodes at once. The load stops at 8 s; the supervisor watches until 18 s.
+    let config = dir.path().join("workers.toml");
+    std::fs::write(&config, "[workers]\nslots_min = 1\nslots_max = 1\n").unwrap();
+    let args = RunArgs {
+        clients: 6,
+        duration_s: 18.0,
+        load_until_s: Some(8.0),
+        autoscale: true,
+        poll_ms: 500,
+        spawn_max: 1,
+        node_args: vec![
+            format!("--config={}", config.display()),
+            "--fault-latency-ms=300".into(),
+        ],
+        json: true,
+        ..RunArgs::new(3, &dir.path().join("run"))
+    };
+    let report = run(&args).await.expect("the chaos run completes");
+    let summary = report.table();
+    let autoscale = report.autoscale.as_ref().expect("autoscaling ran");
+    assert_eq!(autoscale.spawned, 1, "spawn-max 1: {summary}");
+    assert_eq!(autoscale.retired, 1, "{summary}");
+    assert!(autoscale.mean_load_max > args.load_high, "{summary}");
+    let spawned: Vec<_> = report
+        .node_reports
+        .iter()
+        .filter(|node| node.spawned)
+        .collect();
+    assert_eq!(spawned.len(), 1, "{summary}");
+    assert!(spawned[0].retired, "{summary}");
+    // Whatever the spawned node entered is still served after its retirement.
+    assert_eq!(spawned[0].served, spawned[0].certified_entered, "{summary}");
+    assert_eq!(report.ledger.served, report.ledger.certified, "{summary}");
+    assert!(report.ok, "{summary}");
+}

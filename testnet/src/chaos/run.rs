@@ -92,9 +92,13 @@ pub struct RunArgs {
     /// Heal the split this many seconds after it began.
     #[arg(long, default_value_t = 10.0)]
     pub heal_after_s: f64,
-    /// Length of the load phase in seconds.
+    /// Length of the run in seconds (the schedule's horizon).
     #[arg(long, default_value_t = 30.0)]
     pub duration_s: f64,
+    /// The clients stop submitting at this second (default: at the end); the
+    /// supervisor goes on until --duration-s, e.g. to watch the autoscaler retire.
+    #[arg(long)]
+    pub load_until_s: Option<f64>,
     /// Seed of the schedule and of the clients' choices.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -149,6 +153,7 @@ impl RunArgs {
             partition_at_s: None,
             heal_after_s: 10.0,
             duration_s: 30.0,
+            load_until_s: None,
             seed: 1,
             clients: 3,
             replication: 3,
@@ -201,6 +206,11 @@ impl RunArgs {
         let duration_ms = ms("--duration-s", self.duration_s)?;
         if duration_ms == 0 {
             bail!("--duration-s must be positive");
+        }
+        if let Some(until) = self.load_until_s
+            && !(until.is_finite() && until >= 0.0)
+        {
+            bail!("--load-until-s must be a non-negative number of seconds");
         }
         let kill_every_ms = self
             .kill_every_s
@@ -370,6 +380,8 @@ pub struct NodeReport {
     pub crashes: u32,
     /// Restarts that could not bind the old ports and took new ones.
     pub new_ports: u32,
+    /// Retired by the autoscaler (then started again only to check its ledger).
+    pub retired: bool,
     /// Certified tasks it entered, and of those served back after the run.
     pub certified_entered: u64,
     pub served: u64,
@@ -656,12 +668,20 @@ impl Supervisor {
         let name = member.spec.name.clone();
         let grpc = member.grpc.clone();
         let faults = member.faults.clone();
-        self.restart_ms_ewma = ewma(self.restart_ms_ewma, serving_ms);
+        let revived = member.retired;
+        if !revived {
+            self.restart_ms_ewma = ewma(self.restart_ms_ewma, serving_ms);
+        }
         if let Some(downtime) = downtime {
             self.downtime_ms_ewma = ewma(self.downtime_ms_ewma, downtime.as_secs_f64() * 1000.0);
         }
         self.note(format!(
-            "restarted {name} in {serving_ms:.0} ms{}",
+            "{} {name} in {serving_ms:.0} ms{}",
+            if revived {
+                "started the retired node for the ledger check:"
+            } else {
+                "restarted"
+            },
             if new_ports { " (on new ports)" } else { "" }
         ));
         if faults != Faults::default()
@@ -1059,6 +1079,11 @@ async fn drive(
         wait: true,
     };
     let rpc_timeout = Duration::from_millis(args.deadline_ms) + Duration::from_secs(5);
+    let load_until = Duration::from_millis(schedule_config.duration_ms).min(
+        args.load_until_s
+            .and_then(|s| Duration::try_from_secs_f64(s).ok())
+            .unwrap_or(Duration::MAX),
+    );
     let mut clients = Vec::with_capacity(args.clients);
     for client in 0..args.clients {
         let view = supervisor.view.clone();
@@ -1072,7 +1097,7 @@ async fn drive(
             let mut log = Vec::new();
             let mut unlogged = 0u64;
             let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < load_until {
                 let choice = {
                     let view = view.read().unwrap_or_else(|e| e.into_inner());
                     let live: Vec<(usize, Client)> = view
@@ -1153,6 +1178,15 @@ async fn drive(
             report.polls += 1;
             polls_since_change += 1;
             let statuses = supervisor.statuses().await;
+            let signals =
+                statuses
+                    .iter()
+                    .flatten()
+                    .fold((0, 0), |(up, down), s| match s.scale_signal {
+                        1.. => (up + 1, down),
+                        ..=-1 => (up, down + 1),
+                        0 => (up, down),
+                    });
             let loads: Vec<(String, f64)> = statuses
                 .iter()
                 .zip(&supervisor.members)
@@ -1179,8 +1213,10 @@ async fn drive(
             let decision = scale_decision(&loads, reliability, spawned, args);
             if polls_since_change >= AUTOSCALE_COOLDOWN_POLLS {
                 let why = format!(
-                    "mean load {mean:.2}, reliability {}",
-                    reliability.map_or("-".into(), |r| format!("{r:.3}"))
+                    "mean load {mean:.2}, reliability {}, node scale signals +{} -{}",
+                    reliability.map_or("-".into(), |r| format!("{r:.3}")),
+                    signals.0,
+                    signals.1
                 );
                 match decision {
                     ScaleDecision::Spawn(region) => match supervisor.spawn_node(&region).await {
@@ -1223,15 +1259,20 @@ async fn drive(
     }
     let load_ended_s = supervisor.started.elapsed().as_secs_f64();
 
-    // Bring everything back: heal, restart what is down.
+    // Bring everything back: heal, restart what is down, and start retired nodes
+    // once more so their ledgers are checked too (not counted as restarts).
     supervisor.heal().await;
     for index in 0..supervisor.members.len() {
         let member = &supervisor.members[index];
-        if !member.alive()
-            && !member.retired
-            && let Err(error) = supervisor.restart(index).await
-        {
+        if member.alive() {
+            continue;
+        }
+        let retired = member.retired;
+        let restarts = member.restarts;
+        if let Err(error) = supervisor.restart(index).await {
             supervisor.note(format!("{error:#}"));
+        } else if retired {
+            supervisor.members[index].restarts = restarts;
         }
     }
     let ledger = check_ledgers(supervisor, &logs).await;
@@ -1453,6 +1494,7 @@ fn report(
                 restarts: member.restarts,
                 crashes: member.crashes,
                 new_ports: member.new_ports,
+                retired: member.retired,
                 certified_entered: certified,
                 served: ledger.served_by_entry.get(&index).copied().unwrap_or(0),
                 status: statuses
@@ -1553,7 +1595,11 @@ impl RunReport {
                 "{:<9} {:<10} {:<8} {:>5} {:>8} {:>7} {:>9} {:>6} {:>5} {:>5} {:>6}\n",
                 n.name,
                 n.region,
-                if n.spawned { "spawned" } else { "original" },
+                match (n.spawned, n.retired) {
+                    (_, true) => "retired",
+                    (true, false) => "spawned",
+                    (false, false) => "original",
+                },
                 n.kills,
                 n.restarts,
                 n.crashes,
