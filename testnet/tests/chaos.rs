@@ -4,8 +4,6 @@
 //! asserted. The tests take turns (one cluster at a time), so a 2-core machine runs
 //! each at the pace the others would slow down.
 
-use std::sync::Mutex;
-
 use polity_consensus::verify_chain;
 use polity_proto::{
     ConsensusPath, Faults, GetTrustRequest, Level, ListPeersRequest, RiskPolicy, Scope,
@@ -15,16 +13,13 @@ use polity_testnet::chaos::run::{RunArgs, run};
 use polity_testnet::chaos::{Token, federation, sha256_hex};
 use polity_testnet::cluster::{Launched, UpArgs, default_capabilities, launch};
 
-/// One cluster at a time.
-static TURN: Mutex<()> = Mutex::new(());
-
-fn turn() -> std::sync::MutexGuard<'static, ()> {
-    TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
+/// One cluster at a time (an async lock: held across awaits, shared by the
+/// tests' runtimes; a failed test does not poison it).
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lying_equivocating_member_never_gets_a_wrong_certificate_and_loses_trust() {
-    let _turn = turn();
+    let _turn = TURN.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let token = Token::create(dir.path()).unwrap();
     let up = UpArgs {
@@ -149,7 +144,7 @@ async fn a_lying_equivocating_member_never_gets_a_wrong_certificate_and_loses_tr
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_killed_under_load_lose_no_certified_result() {
-    let _turn = turn();
+    let _turn = TURN.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let args = RunArgs {
         kill_every_s: Some(4.0),
@@ -200,7 +195,7 @@ async fn nodes_killed_under_load_lose_no_certified_result() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_minority_decides_nothing_while_split_and_both_sides_decide_after_the_heal() {
-    let _turn = turn();
+    let _turn = TURN.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let args = RunArgs {
         partition_at_s: Some(3.0),
@@ -231,7 +226,7 @@ async fn a_minority_decides_nothing_while_split_and_both_sides_decide_after_the_
 
 #[test]
 fn the_reliability_command_reports_counts_that_add_up() {
-    let _turn = turn();
+    let _turn = TURN.blocking_lock();
     let dir = tempfile::tempdir().unwrap();
     let binary = std::path::PathBuf::from(env!("CARGO_BIN_EXE_polity-testnet"));
     let output = std::process::Command::new(&binary)
@@ -293,7 +288,7 @@ fn the_reliability_command_reports_counts_that_add_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_supervisor_spawns_nodes_under_load_and_retires_them_when_it_falls() {
-    let _turn = turn();
+    let _turn = TURN.lock().await;
     let dir = tempfile::tempdir().unwrap();
     // One worker slot per node and slow executions: six clients overload three
     // nodes at once. The load stops at 8 s; the supervisor watches until 18 s.
