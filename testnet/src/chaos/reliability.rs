@@ -300,6 +300,9 @@ pub struct ReliabilityReport {
     pub measured: Measured,
     pub theory: Vec<TheoryLine>,
     pub assumptions: Vec<String>,
+    /// What the members answered, where it can be known (region scope, decided
+    /// tasks): a check that the injected ε is what the members did.
+    pub member_errors: Option<MemberErrorReport>,
     /// Each node's own smoothed reliability (Admin GetStatus), after the run.
     pub node_reliability: Vec<f64>,
     pub duration_s: f64,
@@ -572,6 +575,7 @@ async fn measure_on(
         }));
     }
     let mut counts = Counts::default();
+    let mut members = MemberErrors::default();
     let mut samples = Vec::new();
     for worker in workers {
         for (k, outcome) in worker.await.context("a client task panicked")? {
@@ -580,6 +584,11 @@ async fn measure_on(
                 Ok(record) => {
                     let state = TaskState::try_from(record.state).unwrap_or_default();
                     let verdict = judge_record(&record, truth.as_bytes());
+                    if args.scope == ScopeKind::Region
+                        && matches!(verdict, Verdict::Correct | Verdict::Wrong)
+                    {
+                        members.add(&record, verdict == Verdict::Correct);
+                    }
                     if state == TaskState::Failed && samples.len() < SAMPLES_MAX {
                         samples.push(format!("FAILED: {}", record.error));
                     }
@@ -619,6 +628,7 @@ async fn measure_on(
         no_decision_rate: Rate::of(counts.no_decision(), counts.tasks),
     };
     Ok(ReliabilityReport {
+        member_errors: members.report(args.epsilon),
         theory: theory(config, path, &measured),
         assumptions: assumptions(config),
         config: config.clone(),
@@ -628,6 +638,84 @@ async fn measure_on(
         duration_s,
         samples,
     })
+}
+
+/// Wrong answers of region members, read from decided records: when the value
+/// is right, the members that disagreed answered wrong; when it is wrong, the ones
+/// that agreed did. Only groups that list every member as agreed or disagreed
+/// count: a fast-path certificate leaves out the members it did not need (e.g. the
+/// one wrong member of a bft group of 4), and such groups are counted as left out,
+/// so the estimate is only unbiased when none are.
+#[derive(Debug, Clone, Default)]
+pub struct MemberErrors {
+    answers: u64,
+    wrong: u64,
+    left_out: u64,
+    /// Tasks by how many of their members answered wrong.
+    histogram: Vec<u64>,
+}
+
+impl MemberErrors {
+    pub fn add(&mut self, record: &TaskRecord, value_right: bool) {
+        for group in record
+            .groups
+            .iter()
+            .filter(|g| g.level == Level::Region as i32 && g.degraded_reason.is_empty())
+        {
+            if group.agreed.len() + group.disagreed.len() != group.members.len() {
+                self.left_out += 1;
+                continue;
+            }
+            let wrong = if value_right {
+                group.disagreed.len()
+            } else {
+                group.agreed.len()
+            };
+            self.answers += (group.agreed.len() + group.disagreed.len()) as u64;
+            self.wrong += wrong as u64;
+            if self.histogram.len() <= wrong {
+                self.histogram.resize(wrong + 1, 0);
+            }
+            self.histogram[wrong] += 1;
+        }
+    }
+
+    pub fn report(&self, epsilon: f64) -> Option<MemberErrorReport> {
+        if self.answers == 0 && self.left_out == 0 {
+            return None;
+        }
+        let Interval { low, high } = wilson_interval(self.wrong, self.answers, Z_95);
+        Some(MemberErrorReport {
+            answers: self.answers,
+            wrong: self.wrong,
+            rate: Rate {
+                value: if self.answers == 0 {
+                    0.0
+                } else {
+                    self.wrong as f64 / self.answers as f64
+                },
+                low,
+                high,
+            },
+            epsilon_inside: low <= epsilon && epsilon <= high,
+            groups_by_wrong_members: self.histogram.clone(),
+            groups_left_out: self.left_out,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MemberErrorReport {
+    /// Member answers seen (agreed + disagreed of decided region groups).
+    pub answers: u64,
+    pub wrong: u64,
+    /// wrong / answers, with its Wilson 95 % interval.
+    pub rate: Rate,
+    pub epsilon_inside: bool,
+    /// Decided region groups by their number of wrong members (index = count).
+    pub groups_by_wrong_members: Vec<u64>,
+    /// Decided groups that did not list every member (fast path), not counted.
+    pub groups_left_out: u64,
 }
 
 /// Verifies a record's certificate chain and judges it.
@@ -692,6 +780,21 @@ impl ReliabilityReport {
                 out += &format!("  P(wrong) {wrong:.4} {}", yes(inside));
             }
             out.push('\n');
+        }
+        if let Some(members) = &self.member_errors {
+            out += &format!(
+                "members    wrong answers {} of {}: {} ({} the interval); decided groups by wrong members {:?}; groups not listing every member (left out) {}\n",
+                members.wrong,
+                members.answers,
+                rate(&members.rate),
+                if members.epsilon_inside {
+                    "eps inside"
+                } else {
+                    "eps OUTSIDE"
+                },
+                members.groups_by_wrong_members,
+                members.groups_left_out
+            );
         }
         if !self.node_reliability.is_empty() {
             let shown: Vec<String> = self
@@ -830,6 +933,33 @@ mod tests {
         );
         assert!((continent[0].correct - majority_correct_levels(&[3, 3], 0.3)).abs() < 1e-12);
         assert!(continent[2].correct <= continent[0].correct + 1e-12);
+    }
+
+    #[test]
+    fn member_errors_from_records() {
+        use polity_proto::GroupStats;
+        let group = |agreed: usize, disagreed: usize, members: usize| GroupStats {
+            level: Level::Region as i32,
+            agreed: vec!["a".into(); agreed],
+            disagreed: vec!["d".into(); disagreed],
+            members: vec!["m".into(); members],
+            ..GroupStats::default()
+        };
+        let record = |g: GroupStats| TaskRecord {
+            groups: vec![g],
+            ..TaskRecord::default()
+        };
+        let mut errors = MemberErrors::default();
+        errors.add(&record(group(2, 1, 3)), true); // one wrong member
+        errors.add(&record(group(2, 1, 3)), false); // two wrong members won
+        errors.add(&record(group(3, 0, 3)), true);
+        errors.add(&record(group(3, 0, 4)), true); // fast path: left out
+        let report = errors.report(0.3).unwrap();
+        assert_eq!((report.answers, report.wrong), (9, 3));
+        assert_eq!(report.groups_by_wrong_members, vec![1, 1, 1]);
+        assert_eq!(report.groups_left_out, 1);
+        assert!(report.epsilon_inside);
+        assert!(MemberErrors::default().report(0.3).is_none());
     }
 
     #[test]
