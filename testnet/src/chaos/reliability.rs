@@ -628,7 +628,7 @@ async fn measure_on(
         no_decision_rate: Rate::of(counts.no_decision(), counts.tasks),
     };
     Ok(ReliabilityReport {
-        member_errors: members.report(args.epsilon),
+        member_errors: members.report(args.epsilon, counts.correct + counts.wrong == counts.tasks),
         theory: theory(config, path, &measured),
         assumptions: assumptions(config),
         config: config.clone(),
@@ -680,7 +680,8 @@ impl MemberErrors {
         }
     }
 
-    pub fn report(&self, epsilon: f64) -> Option<MemberErrorReport> {
+    /// `all_decided`: every task of the run decided (see `unbiased`).
+    pub fn report(&self, epsilon: f64, all_decided: bool) -> Option<MemberErrorReport> {
         if self.answers == 0 && self.left_out == 0 {
             return None;
         }
@@ -700,6 +701,7 @@ impl MemberErrors {
             epsilon_inside: low <= epsilon && epsilon <= high,
             groups_by_wrong_members: self.histogram.clone(),
             groups_left_out: self.left_out,
+            unbiased: self.left_out == 0 && all_decided,
         })
     }
 }
@@ -716,6 +718,9 @@ pub struct MemberErrorReport {
     pub groups_by_wrong_members: Vec<u64>,
     /// Decided groups that did not list every member (fast path), not counted.
     pub groups_left_out: u64,
+    /// No group left out and every task decided: only then is `rate` an unbiased
+    /// estimate of ε (undecided tasks and left-out groups are not a random sample).
+    pub unbiased: bool,
 }
 
 /// Verifies a record's certificate chain and judges it.
@@ -787,10 +792,11 @@ impl ReliabilityReport {
                 members.wrong,
                 members.answers,
                 rate(&members.rate),
-                if members.epsilon_inside {
-                    "eps inside"
-                } else {
-                    "eps OUTSIDE"
+                match (members.unbiased, members.epsilon_inside) {
+                    (false, _) =>
+                        "biased, not comparable: not every task decided or groups left out;",
+                    (true, true) => "eps inside",
+                    (true, false) => "eps OUTSIDE",
                 },
                 members.groups_by_wrong_members,
                 members.groups_left_out
@@ -954,12 +960,17 @@ mod tests {
         errors.add(&record(group(2, 1, 3)), false); // two wrong members won
         errors.add(&record(group(3, 0, 3)), true);
         errors.add(&record(group(3, 0, 4)), true); // fast path: left out
-        let report = errors.report(0.3).unwrap();
+        let report = errors.report(0.3, true).unwrap();
+        assert!(!report.unbiased, "a group was left out");
         assert_eq!((report.answers, report.wrong), (9, 3));
         assert_eq!(report.groups_by_wrong_members, vec![1, 1, 1]);
         assert_eq!(report.groups_left_out, 1);
         assert!(report.epsilon_inside);
-        assert!(MemberErrors::default().report(0.3).is_none());
+        assert!(MemberErrors::default().report(0.3, true).is_none());
+        let mut complete = MemberErrors::default();
+        complete.add(&record(group(2, 1, 3)), true);
+        assert!(complete.report(0.3, true).unwrap().unbiased);
+        assert!(!complete.report(0.3, false).unwrap().unbiased);
     }
 
     #[test]
