@@ -308,8 +308,40 @@ async fn the_supervisor_spawns_nodes_under_load_and_retires_them_when_it_falls()
         json: true,
         ..RunArgs::new(3, &dir.path().join("run"))
     };
+    // Meanwhile `polity-testnet status` shows the spawned node with its Admin columns.
+    let status_dir = args.dir.clone();
+    let status_row = tokio::spawn(async move {
+        for _ in 0..80 {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_polity-testnet"))
+                .arg("status")
+                .arg("--dir")
+                .arg(&status_dir)
+                .output()
+                .await;
+            let Ok(output) = output else { continue };
+            let text = String::from_utf8_lossy(&output.stdout).to_string();
+            if let Some(row) = text
+                .lines()
+                .find(|line| line.split_whitespace().nth(7) == Some("spawned"))
+            {
+                return Some(row.to_string());
+            }
+        }
+        None
+    });
     let report = run(&args).await.expect("the chaos run completes");
     let summary = report.table();
+    let row = status_row
+        .await
+        .unwrap()
+        .expect("status never listed a spawned node");
+    // node pid state peers rss region continent origin slots load reliability gRPC
+    let columns: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(columns[2], "up", "{row}");
+    assert_eq!(columns[8].parse::<u32>().ok(), Some(1), "one slot: {row}");
+    assert!(columns[9].parse::<f64>().is_ok(), "load: {row}");
+    assert!(columns[10].parse::<f64>().is_ok(), "reliability: {row}");
     let autoscale = report.autoscale.as_ref().expect("autoscaling ran");
     assert_eq!(autoscale.spawned, 1, "spawn-max 1: {summary}");
     assert_eq!(autoscale.retired, 1, "{summary}");

@@ -33,6 +33,8 @@ pub type Admin = AdminClient<InterceptedService<Channel, BearerToken>>;
 pub const TOKEN_FILE: &str = "token";
 /// How long connecting to a node may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one Admin call may take.
+pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ChaosCommand {
@@ -105,9 +107,13 @@ impl Token {
     }
 }
 
-async fn channel(grpc: &str) -> anyhow::Result<Channel> {
-    Endpoint::from_shared(grpc.to_string())
-        .with_context(|| format!("bad endpoint {grpc:?}"))?
+async fn channel(grpc: &str, timeout: Option<Duration>) -> anyhow::Result<Channel> {
+    let mut endpoint = Endpoint::from_shared(grpc.to_string())
+        .with_context(|| format!("bad endpoint {grpc:?}"))?;
+    if let Some(timeout) = timeout {
+        endpoint = endpoint.timeout(timeout);
+    }
+    endpoint
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .connect()
@@ -115,18 +121,20 @@ async fn channel(grpc: &str) -> anyhow::Result<Channel> {
         .with_context(|| format!("connecting to {grpc}"))
 }
 
-/// A Federation client for `grpc` that sends `token`.
+/// A Federation client for `grpc` that sends `token`. Its calls have no deadline of
+/// their own (a waiting SubmitTask lasts as long as the task): callers bound them.
 pub async fn federation(grpc: &str, token: &Token) -> anyhow::Result<Client> {
     Ok(
-        FederationClient::with_interceptor(channel(grpc).await?, token.interceptor()?)
+        FederationClient::with_interceptor(channel(grpc, None).await?, token.interceptor()?)
             .max_decoding_message_size(64 * 1024 * 1024),
     )
 }
 
-/// An Admin client for `grpc` that sends `token`.
+/// An Admin client for `grpc` that sends `token`; every call gives up after
+/// [`ADMIN_TIMEOUT`] (a hung node must not hang the supervisor).
 pub async fn admin(grpc: &str, token: &Token) -> anyhow::Result<Admin> {
     Ok(AdminClient::with_interceptor(
-        channel(grpc).await?,
+        channel(grpc, Some(ADMIN_TIMEOUT)).await?,
         token.interceptor()?,
     ))
 }

@@ -65,6 +65,8 @@ const AUTOSCALE_COOLDOWN_POLLS: u32 = 3;
 /// Tasks that must have finished since the last poll for the measured
 /// reliability to count.
 const RELIABILITY_SAMPLE_MIN: usize = 5;
+/// How long one GetTask or VerifyCertificate of the ledger check may take.
+const LEDGER_CALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// Tasks at most kept as samples of failures.
 const SAMPLES_MAX: usize = 5;
 
@@ -1339,12 +1341,15 @@ async fn check_ledgers(supervisor: &mut Supervisor, logs: &[TaskLog]) -> LedgerR
         };
         let mut client = client.clone();
         let id = hex::encode(&finished.task_id);
-        match client
-            .get_task(GetTaskRequest {
+        let stored = tokio::time::timeout(
+            LEDGER_CALL_TIMEOUT,
+            client.get_task(GetTaskRequest {
                 task_id: finished.task_id.clone(),
-            })
-            .await
-        {
+            }),
+        )
+        .await
+        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no reply")));
+        match stored {
             Ok(stored) => {
                 if stored.into_inner().certificate.as_ref() != Some(certificate) {
                     ledger.changed += 1;
@@ -1361,12 +1366,15 @@ async fn check_ledgers(supervisor: &mut Supervisor, logs: &[TaskLog]) -> LedgerR
                 continue;
             }
         }
-        let verified = client
-            .verify_certificate(VerifyCertificateRequest {
+        let verified = tokio::time::timeout(
+            LEDGER_CALL_TIMEOUT,
+            client.verify_certificate(VerifyCertificateRequest {
                 source: Some(Source::TaskId(finished.task_id.clone())),
-            })
-            .await
-            .map(|reply| reply.into_inner());
+            }),
+        )
+        .await
+        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no reply")))
+        .map(|reply| reply.into_inner());
         match verified {
             Ok(reply) if reply.valid => {
                 ledger.served += 1;
