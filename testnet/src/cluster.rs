@@ -146,15 +146,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     if args.regions == 0 || args.continents == 0 || args.continents > args.regions {
         bail!("need at least one region and one continent, and no more continents than regions");
     }
-    if let Some(state) = TestnetState::read(&args.dir)?
-        && state.nodes.iter().any(|node| process_alive(node.pid))
-    {
-        bail!(
-            "a testnet is already running in {} (polity-testnet down --dir {} first)",
-            args.dir.display(),
-            args.dir.display()
-        );
-    }
+    ensure_no_testnet(&args.dir)?;
     let capabilities = if args.capabilities.is_empty() {
         default_capabilities()
     } else {
@@ -223,6 +215,21 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         }
     }
     println!("Testnet stopped.");
+    Ok(())
+}
+
+/// Refuses a dir whose recorded testnet still has a live node (its data dirs
+/// would be wiped under it).
+pub fn ensure_no_testnet(dir: &Path) -> anyhow::Result<()> {
+    if let Some(state) = TestnetState::read(dir)?
+        && state.nodes.iter().any(|node| process_alive(node.pid))
+    {
+        bail!(
+            "a testnet is already running in {} (polity-testnet down --dir {} first)",
+            dir.display(),
+            dir.display()
+        );
+    }
     Ok(())
 }
 

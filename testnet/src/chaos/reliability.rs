@@ -462,6 +462,7 @@ pub async fn set_faults(grpc: &str, token: &Token, faults: Faults) -> anyhow::Re
 pub async fn measure(args: &ReliabilityArgs) -> anyhow::Result<ReliabilityReport> {
     let path = args.validate()?;
     let config = args.run_config();
+    crate::cluster::ensure_no_testnet(&args.dir)?;
     let token = Token::create(&args.dir)?;
     let mut node_args = vec![token.node_arg()];
     if !args.keep_trust_floor {

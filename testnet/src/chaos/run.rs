@@ -50,7 +50,7 @@ use super::{Token, admin, federation, sha256_hex};
 use crate::cluster::{
     Launched, NodeRecord, TestnetState, UpArgs, default_capabilities, launch, record_of,
 };
-use crate::process::{Listen, NodeProcess, NodeSpec, Starting, polity_binary, process_alive};
+use crate::process::{Listen, NodeProcess, NodeSpec, Starting, polity_binary};
 
 /// Client tasks at most.
 pub const CLIENTS_MAX: usize = 64;
@@ -993,15 +993,7 @@ pub fn scale_decision(
 pub async fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
     let schedule_config = args.schedule()?;
     let events = plan(&schedule_config);
-    if let Some(state) = TestnetState::read(&args.dir)?
-        && state.nodes.iter().any(|node| process_alive(node.pid))
-    {
-        bail!(
-            "a testnet is already running in {} (polity-testnet down --dir {} first)",
-            args.dir.display(),
-            args.dir.display()
-        );
-    }
+    crate::cluster::ensure_no_testnet(&args.dir)?;
     let token = Token::create(&args.dir)?;
     let capabilities = default_capabilities();
     let mut node_args = vec![token.node_arg()];
