@@ -320,7 +320,11 @@ pub fn theory(config: &RunConfig, path: ConsensusPath, measured: &Measured) -> V
     };
     let levels = sizes.len() as u32;
     let region_quorum = decisive_agreement(path, n);
-    let region = quorum_outcome(n, region_quorum, epsilon);
+    let mut region = quorum_outcome(n, region_quorum, epsilon);
+    if config.distinct_wrong && region_quorum >= 2 {
+        // Distinct wrong answers never agree: no wrong value gathers two members.
+        region.wrong = 0.0;
+    }
     let model: Outcome = match config.scope {
         ScopeKind::Region => region,
         ScopeKind::Continent => parent_outcome(
@@ -345,8 +349,13 @@ pub fn theory(config: &RunConfig, path: ConsensusPath, measured: &Measured) -> V
         ),
         TheoryLine::new(
             &format!(
-                "quorum model ({} decides with {region_quorum} of {n} agreeing)",
-                polity_node::tasks::path_name(path)
+                "quorum model ({} decides with {region_quorum} of {n} agreeing{})",
+                polity_node::tasks::path_name(path),
+                if config.distinct_wrong {
+                    ", distinct wrong"
+                } else {
+                    ""
+                }
             ),
             model.correct,
             Some(model.wrong),
@@ -388,8 +397,8 @@ fn assumptions(config: &RunConfig) -> Vec<String> {
     }
     if config.distinct_wrong {
         lines.push(
-            "--distinct-wrong: wrong members disagree with each other, so the colluding \
-             'wrong' figures are upper bounds"
+            "--distinct-wrong: wrong members disagree with each other, so the majority theory's \
+             'wrong' figure is an upper bound; the quorum model's is 0 (no two agree)"
                 .into(),
         );
     }
@@ -933,6 +942,13 @@ mod tests {
         let expected = polity_consensus::reliability::at_least(4, 3, 0.7);
         assert!((lines[2].correct - expected).abs() < 1e-12);
         assert!(!lines[2].correct_inside);
+        let distinct = RunConfig {
+            distinct_wrong: true,
+            ..config(ScopeKind::Region)
+        };
+        let lines = theory(&distinct, ConsensusPath::Bft, &measured);
+        assert_eq!(lines[2].wrong, Some(0.0));
+        assert!((lines[2].correct - 0.784).abs() < 1e-9);
         let continent = theory(
             &config(ScopeKind::Continent),
             ConsensusPath::Raft,
