@@ -837,7 +837,9 @@ impl EventLoop {
                 result: Ok(rtt),
                 ..
             }) => {
-                self.peers.entry(peer, now_ms).rtt_ms = Some(rtt.as_millis() as u64);
+                self.peers
+                    .entry(peer, now_ms)
+                    .observe_rtt(rtt.as_millis() as u64);
             }
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, address) in found {

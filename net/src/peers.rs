@@ -20,11 +20,24 @@ pub struct PeerRecord {
     pub signed: Option<SignedStatement>,
     pub addresses: Vec<Multiaddr>,
     pub connections: u32,
-    /// Last ping round-trip time.
+    /// Smoothed ping round-trip time (see [`PeerRecord::observe_rtt`]).
     pub rtt_ms: Option<u64>,
     pub last_seen_ms: u64,
     /// An info request is in flight.
     pub info_requested: bool,
+}
+
+impl PeerRecord {
+    /// Folds a ping sample into the smoothed RTT, TCP's way (RFC 6298:
+    /// `srtt = 7/8 srtt + 1/8 sample`; the first sample sets it). One slow ping on a
+    /// busy machine must not make a peer incompatible (the rule's limit is 100 ms);
+    /// a peer that stays slow still crosses it within a few pings.
+    pub fn observe_rtt(&mut self, sample_ms: u64) {
+        self.rtt_ms = Some(match self.rtt_ms {
+            None => sample_ms,
+            Some(smoothed) => (7 * smoothed + sample_ms).div_ceil(8),
+        });
+    }
 }
 
 /// A peer, as handed out of the event loop.
@@ -168,6 +181,22 @@ mod tests {
             capabilities: vec!["sha256".into()],
             ..NodeInfo::default()
         }
+    }
+
+    #[test]
+    fn rtt_is_smoothed() {
+        let mut table = PeerTable::default();
+        let record = table.entry(PeerId::random(), 0);
+        record.observe_rtt(8);
+        assert_eq!(record.rtt_ms, Some(8));
+        // One 400 ms spike moves the estimate to 57 ms, still under a 100 ms rule.
+        record.observe_rtt(400);
+        assert_eq!(record.rtt_ms, Some(57));
+        // A peer that stays slow crosses it within a few pings.
+        for _ in 0..3 {
+            record.observe_rtt(400);
+        }
+        assert!(record.rtt_ms.unwrap() > 100, "{:?}", record.rtt_ms);
     }
 
     #[test]
