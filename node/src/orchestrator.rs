@@ -45,11 +45,32 @@ struct GroupRun {
     members: Vec<Seat>,
     /// Levels 2 and 3: each member's child certificate (exact bytes).
     children: HashMap<PublicKey, Vec<u8>>,
-    /// Attempt number: 0, then 1.. for extra replicas.
+    /// Attempt number: 0, then 1.. for extra replicas and replacements.
     attempt: u32,
+    /// Region seats that could not be reached in an earlier attempt: never chosen
+    /// again for this task.
+    unreachable: BTreeSet<PublicKey>,
 }
 
 impl GroupRun {
+    /// Seats of this region that could join the group: not in it, not `lost` now,
+    /// not unreachable before, in the plan's order (trust, then RTT). None above the
+    /// region level: a parent's members are its children's representatives.
+    fn spare_seats(&self, plan: &Plan, lost: &BTreeSet<PublicKey>) -> Vec<Seat> {
+        if self.level != Level::Region {
+            return Vec::new();
+        }
+        let Some(seats) = plan.regions.get(&self.place) else {
+            return Vec::new();
+        };
+        seats
+            .iter()
+            .filter(|seat| !self.members.iter().any(|member| member.key == seat.key))
+            .filter(|seat| !lost.contains(&seat.key) && !self.unreachable.contains(&seat.key))
+            .cloned()
+            .collect()
+    }
+
     fn member_protos(&self) -> Vec<Member> {
         self.members
             .iter()
@@ -76,6 +97,10 @@ struct Resolved {
     resolution: Resolution,
     /// Members that sent any outcome (alive and talking).
     answered: BTreeSet<PublicKey>,
+    /// Members that could not be reached or refused the assignment.
+    lost: BTreeSet<PublicKey>,
+    /// The group was given up to replace its lost members.
+    replace: bool,
 }
 
 impl TaskEngine {
@@ -122,6 +147,7 @@ impl TaskEngine {
                 members: seats[..replication].to_vec(),
                 children: HashMap::new(),
                 attempt: 0,
+                unreachable: BTreeSet::new(),
             })
             .collect();
         let mut decided: Vec<Child> = Vec::new();
@@ -137,13 +163,52 @@ impl TaskEngine {
                 match done.resolution {
                     Resolution::Decided(certificate) => decided.push((done.group, certificate)),
                     Resolution::Degraded(reason) => {
-                        let seats = &plan.regions[&done.group.place];
+                        let spares = done.group.spare_seats(plan, &done.lost);
                         let disagreed = done.answered.len() == done.group.members.len();
                         let size = done.group.members.len();
-                        if disagreed
+                        let time_left = unix_ms() + 1_000 < deadline_ms;
+                        if done.replace && !spares.is_empty() && time_left {
+                            // Members that could not be reached are replaced at once
+                            // by spare seats of the region, under a new slot name.
+                            let mut spares = spares.into_iter();
+                            let members: Vec<Seat> = done
+                                .group
+                                .members
+                                .iter()
+                                .map(|seat| match done.lost.contains(&seat.key) {
+                                    true => spares.next().unwrap_or_else(|| seat.clone()),
+                                    false => seat.clone(),
+                                })
+                                .collect();
+                            self.emit(
+                                events,
+                                plan.id,
+                                TaskEvent {
+                                    kind: TaskEventKind::GroupDegraded as i32,
+                                    level: Level::Region as i32,
+                                    group: done.group.name.clone(),
+                                    detail: format!(
+                                        "{reason}; replacing {} unreachable member(s) with \
+                                         spare seats",
+                                        done.lost.len()
+                                    ),
+                                    ..TaskEvent::default()
+                                },
+                            );
+                            let attempt = done.group.attempt + 1;
+                            let mut unreachable = done.group.unreachable.clone();
+                            unreachable.extend(done.lost.iter().copied());
+                            groups.push(GroupRun {
+                                name: format!("{}~{attempt}", done.group.place),
+                                members,
+                                attempt,
+                                unreachable,
+                                ..done.group
+                            });
+                        } else if disagreed
                             && done.group.attempt < extra_max
-                            && seats.len() > size
-                            && unix_ms() + 1_000 < deadline_ms
+                            && !spares.is_empty()
+                            && time_left
                         {
                             self.emit(
                                 events,
@@ -161,9 +226,11 @@ impl TaskEngine {
                                 },
                             );
                             let attempt = done.group.attempt + 1;
+                            let mut members = done.group.members.clone();
+                            members.push(spares[0].clone());
                             groups.push(GroupRun {
                                 name: format!("{}~{attempt}", done.group.place),
-                                members: seats[..size + 1].to_vec(),
+                                members,
                                 attempt,
                                 ..done.group
                             });
@@ -303,6 +370,7 @@ impl TaskEngine {
             members,
             children: child_bytes,
             attempt: 0,
+            unreachable: BTreeSet::new(),
         }
     }
 
@@ -321,6 +389,7 @@ impl TaskEngine {
             return Vec::new();
         };
         let started_ms = unix_ms();
+        let replacements_max = self.config.tasks.extra_replicas_max;
         let level_timeout_ms = match level {
             Level::Region => self.config.tasks.region_timeout_ms,
             Level::Continent => self.config.tasks.continent_timeout_ms,
@@ -407,20 +476,36 @@ impl TaskEngine {
             level_deadline_ms.saturating_sub(unix_ms()),
         ));
         tokio::pin!(sleep);
+        // A live member acknowledges an assignment at once; one that has not within
+        // a round's time is as good as gone (crashed, or its connection is dead).
+        let ack_grace_ms =
+            (budget_ms / ROUNDS_MAX as u64).max(MEMBER_PROBE_INTERVAL.as_millis() as u64);
+        let mut probe = tokio::time::interval_at(
+            tokio::time::Instant::now() + MEMBER_PROBE_INTERVAL,
+            MEMBER_PROBE_INTERVAL,
+        );
         while states.iter().any(|state| state.resolution.is_none()) {
             tokio::select! {
                 ack = acks.recv(), if acks_open => match ack {
                     Some((index, member, Err(reason))) => {
                         tracing::info!(%member, reason, "member did not take the assignment");
-                        states[index].lost.insert(member, reason);
-                        states[index].check_all_out();
+                        let state = &mut states[index];
+                        state.lost.insert(member, reason);
+                        state.replace_if_possible(plan, replacements_max);
+                        state.check_all_out();
                     }
-                    Some(_) => {}
+                    Some((index, member, Ok(()))) => {
+                        states[index].acked.insert(member);
+                    }
                     None => acks_open = false,
                 },
                 outcome = inbox.recv() => {
                     let Some((from, outcome)) = outcome else { break };
                     self.on_outcome(plan, &mut states, from, outcome, events);
+                }
+                _ = probe.tick(), if level == Level::Region => {
+                    let ack_overdue = unix_ms() > started_ms + ack_grace_ms;
+                    self.probe_members(plan, &mut states, replacements_max, ack_overdue).await;
                 }
                 _ = &mut sleep => break,
             }
@@ -440,6 +525,68 @@ impl TaskEngine {
             }
         }
         resolved
+    }
+
+    /// Region members that have not answered and whose connection to this node is
+    /// gone (a crashed node), or that have not acknowledged their assignment when
+    /// `ack_overdue`, are lost; their group is re-formed with spare seats when there
+    /// are any, instead of waiting out the level.
+    async fn probe_members(
+        &self,
+        plan: &Plan,
+        states: &mut [GroupState],
+        replacements_max: u32,
+        ack_overdue: bool,
+    ) {
+        let me = self.identity.public_key();
+        let waiting = |state: &GroupState| {
+            state.resolution.is_none()
+                && state.group.attempt < replacements_max
+                && state.group.members.iter().any(|seat| {
+                    seat.key != me
+                        && !state.answered.contains(&seat.key)
+                        && !state.lost.contains_key(&seat.key)
+                })
+        };
+        if !states.iter().any(waiting) {
+            return;
+        }
+        let Ok(views) = self.federation.peers().net().peers().await else {
+            return;
+        };
+        let connected: BTreeSet<PublicKey> = views
+            .iter()
+            .filter(|view| view.connected)
+            .filter_map(|view| polity_net::public_key_of(&view.peer_id).ok().map(PublicKey))
+            .collect();
+        for state in states.iter_mut().filter(|state| waiting(state)) {
+            let gone: Vec<PublicKey> = state
+                .group
+                .members
+                .iter()
+                .map(|seat| seat.key)
+                .filter(|key| *key != me && !state.answered.contains(key))
+                .filter(|key| !connected.contains(key))
+                .collect();
+            for key in gone {
+                state.lost.insert(key, "its connection closed".to_string());
+            }
+            if ack_overdue {
+                let unacknowledged: Vec<PublicKey> = state
+                    .group
+                    .members
+                    .iter()
+                    .map(|seat| seat.key)
+                    .filter(|key| !state.acked.contains(key) && !state.lost.contains_key(key))
+                    .collect();
+                for key in unacknowledged {
+                    state
+                        .lost
+                        .insert(key, "it did not acknowledge its assignment".to_string());
+                }
+            }
+            state.replace_if_possible(plan, replacements_max);
+        }
     }
 
     /// One member's outcome: routed to its group, checked, and noted.
@@ -545,6 +692,9 @@ impl TaskEngine {
                     .members
                     .iter()
                     .filter(|seat| !state.answered.contains(&seat.key))
+                    // Given up early to replace a lost member: only the lost one
+                    // is to blame; the others had no chance to answer.
+                    .filter(|seat| !state.replace || state.lost.contains_key(&seat.key))
                     .map(|seat| seat.key.to_string())
                     .collect(),
                 ..GroupStats::default()
@@ -602,6 +752,8 @@ impl TaskEngine {
             group: state.group,
             resolution,
             answered: state.answered,
+            lost: state.lost.keys().copied().collect(),
+            replace: state.replace,
         }
     }
 
@@ -634,6 +786,10 @@ impl TaskEngine {
     }
 }
 
+/// How often the members of unresolved region groups are checked for a closed
+/// connection.
+const MEMBER_PROBE_INTERVAL: Duration = Duration::from_millis(250);
+
 /// What the orchestrator knows about one group while its level runs.
 struct GroupState {
     group: GroupRun,
@@ -644,6 +800,11 @@ struct GroupState {
     /// Members whose round gave up, and why.
     gave_up: BTreeMap<PublicKey, String>,
     answered: BTreeSet<PublicKey>,
+    /// Members that accepted the assignment.
+    acked: BTreeSet<PublicKey>,
+    /// Given up at once because a member could not be reached and a spare seat can
+    /// take its place: the others are not blamed for silence.
+    replace: bool,
 }
 
 impl GroupState {
@@ -655,6 +816,23 @@ impl GroupState {
             lost: BTreeMap::new(),
             gave_up: BTreeMap::new(),
             answered: BTreeSet::new(),
+            acked: BTreeSet::new(),
+            replace: false,
+        }
+    }
+
+    /// Gives the group up at once when it has lost members and a spare seat can take
+    /// their place (waiting out the level for a member that is gone wastes it); the
+    /// task engine then re-forms it under a new slot name.
+    fn replace_if_possible(&mut self, plan: &Plan, replacements_max: u32) {
+        if self.resolution.is_some() || self.lost.is_empty() {
+            return;
+        }
+        let lost: BTreeSet<PublicKey> = self.lost.keys().copied().collect();
+        if self.group.attempt < replacements_max && !self.group.spare_seats(plan, &lost).is_empty()
+        {
+            self.replace = true;
+            self.resolution = Some(Resolution::Degraded(self.summary()));
         }
     }
 
@@ -693,7 +871,9 @@ impl GroupState {
             .iter()
             .filter(|seat| !self.answered.contains(&seat.key) && !self.lost.contains_key(&seat.key))
             .count();
-        if silent > 0 {
+        if silent > 0 && self.replace {
+            parts.push(format!("{silent} had not answered yet"));
+        } else if silent > 0 {
             parts.push(format!("{silent} silent until the level's time ran out"));
         }
         if parts.is_empty() {

@@ -174,7 +174,17 @@ impl TaskEngine {
         self: &Arc<Self>,
         request: SubmitTaskRequest,
     ) -> Result<Submission, SubmitError> {
-        let plan = self.plan(request).await?;
+        let plan = match self.plan(request).await {
+            Ok(plan) => plan,
+            Err(error) => {
+                // A task refused for want of nodes is a task this node could not
+                // serve: it counts against its reliability (and scale signal).
+                if matches!(error, SubmitError::FailedPrecondition(_)) {
+                    self.federation.workers().task_finished(false);
+                }
+                return Err(error);
+            }
+        };
         if let Some(record) = self.store.task(&plan.id)? {
             return Ok(Submission::Known(Box::new(record)));
         }

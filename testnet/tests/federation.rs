@@ -402,3 +402,80 @@ async fn a_group_that_agrees_on_nothing_gets_more_replicas_up_to_the_bound() {
         node.stop().unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_that_crashed_are_replaced_by_spare_seats_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = UpArgs {
+        nodes: 5,
+        regions: 1,
+        continents: 1,
+        ..up_args(dir.path(), &[])
+    };
+    let Launched { nodes, .. } = launch(&args, &default_capabilities())
+        .await
+        .expect("testnet starts and converges");
+    let mut client = nodes[0].client().await.unwrap();
+    // The two peers node-0 ranks first would sit in its next group of three.
+    let ranked: Vec<String> = client
+        .list_peers(polity_proto::ListPeersRequest {
+            capability: "sha256".into(),
+            compatible_only: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .peers
+        .into_iter()
+        .map(|peer| peer.peer_id)
+        .collect();
+    assert_eq!(ranked.len(), 4, "{ranked:?}");
+    let doomed: Vec<&NodeProcess> = ranked[..2]
+        .iter()
+        .map(|peer_id| {
+            nodes
+                .iter()
+                .find(|node| &node.endpoints.peer_id == peer_id)
+                .unwrap()
+        })
+        .collect();
+    for node in &doomed {
+        polity_testnet::process::kill(node.endpoints.pid);
+    }
+    let payload = "two members crashed";
+    let mut task = request("sha256", payload, Level::Region, ConsensusPath::Bft);
+    task.replication = 3;
+    let record = submit(&mut client, task).await;
+    assert_eq!(state(&record), TaskState::Decided, "{record:?}");
+    let truth = hex::encode(sha2::Sha256::digest(payload.as_bytes())).into_bytes();
+    assert_eq!(record.value, truth);
+    verify_chain(record.certificate.as_ref().unwrap()).unwrap();
+    // The group that held the crashed members was re-formed under a new slot name,
+    // without them, and decided well within the region's time budget.
+    let decided = record
+        .groups
+        .iter()
+        .find(|group| group.degraded_reason.is_empty())
+        .unwrap();
+    assert!(decided.group.contains('~'), "{:?}", record.groups);
+    let doomed_keys: Vec<&str> = doomed
+        .iter()
+        .map(|node| node.endpoints.public_key.as_str())
+        .collect();
+    assert!(
+        decided
+            .members
+            .iter()
+            .all(|member| !doomed_keys.contains(&member.as_str())),
+        "{decided:?}"
+    );
+    // The first group was given up because members were unreachable, not because
+    // the level's time ran out.
+    let given_up = &record.groups[0];
+    assert!(
+        given_up.degraded_reason.contains("unreachable")
+            && !given_up.degraded_reason.contains("time ran out"),
+        "{given_up:?}"
+    );
+}
