@@ -35,8 +35,7 @@ enum Command {
     Bench(BenchArgs),
     /// Fault injection against a fresh cluster: measured reliability, crash and
     /// partition schedules, a self-spawning supervisor.
-    #[command(subcommand)]
-    Chaos(chaos::ChaosCommand),
+    Chaos(chaos::ChaosArgs),
 }
 
 #[tokio::main]

@@ -46,10 +46,22 @@ pub enum ChaosCommand {
     Run(run::RunArgs),
 }
 
-pub async fn cli(command: ChaosCommand) -> anyhow::Result<()> {
-    match command {
-        ChaosCommand::Reliability(args) => reliability::cli(args).await,
-        ChaosCommand::Run(args) => run::cli(args).await,
+/// `polity-testnet chaos`: a subcommand, or, without one, `reliability` with its
+/// flags (`polity-testnet chaos --tasks K --epsilon E --replicas N --scope ... --path ...`).
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct ChaosArgs {
+    #[command(subcommand)]
+    pub command: Option<ChaosCommand>,
+    #[command(flatten)]
+    pub reliability: reliability::ReliabilityArgs,
+}
+
+pub async fn cli(args: ChaosArgs) -> anyhow::Result<()> {
+    match args.command {
+        Some(ChaosCommand::Reliability(args)) => reliability::cli(args).await,
+        Some(ChaosCommand::Run(args)) => run::cli(args).await,
+        None => reliability::cli(args.reliability).await,
     }
 }
 
