@@ -102,7 +102,7 @@ pub struct ReliabilityArgs {
     #[arg(long, default_value_t = 100)]
     pub tasks: u32,
     /// Per-member error rate ε injected on every node.
-    #[arg(long)]
+    #[arg(long, default_value_t = 0.15)]
     pub epsilon: f64,
     /// Nodes per region and members per region group (N).
     #[arg(long, default_value_t = 3)]
