@@ -205,6 +205,11 @@ impl Faults {
         self.plan.read().expect("faults lock").as_ref().clone()
     }
 
+    /// Whether any fault is in force.
+    pub fn active(&self) -> bool {
+        self.active.load(Ordering::Acquire)
+    }
+
     fn plan(&self) -> Option<Arc<FaultPlan>> {
         if !self.active.load(Ordering::Acquire) {
             return None;

@@ -719,6 +719,10 @@ impl Driver {
 
     /// Sends `message` to the member at `index`, as the injected faults have it.
     fn send(&self, index: usize, member: PublicKey, message: &RoundMessage) {
+        if !self.federation.faults.active() {
+            self.federation.send_round(member, self.envelope(message));
+            return;
+        }
         for message in self
             .federation
             .faults
@@ -819,6 +823,9 @@ impl Driver {
 /// Recovery learning for requests to peers: a failure opens `peer_unreachable` (or
 /// `breaker_open`), the next delivered request closes both.
 fn note_delivery(metrics: &Metrics, peer: &PeerId, reply: &Result<Vec<u8>, polity_net::NetError>) {
+    if reply.is_ok() && !metrics.recovery.any_open() {
+        return; // the hot path: nothing to recover from
+    }
     let key = peer.to_string();
     match reply {
         Ok(_) => {

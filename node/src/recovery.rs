@@ -25,7 +25,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Weight of the newest sample in each average.
 pub const EWMA_ALPHA: f64 = 0.2;
@@ -103,6 +103,9 @@ impl State {
 #[derive(Default)]
 pub struct Recovery {
     state: Mutex<State>,
+    /// Open failures of any kind: lets [`Recovery::recovered`] return at once on the
+    /// hot path (every delivered message) when nothing is open.
+    open_total: AtomicUsize,
     failures: Family<FailureLabels, Counter>,
     recoveries: Family<FailureLabels, Counter>,
     recovery_ms: Family<FailureLabels, Gauge<f64, AtomicU64>>,
@@ -137,8 +140,15 @@ impl Recovery {
         self.failed_at(kind, key, Instant::now());
     }
 
+    /// Whether any failure is open: when not, there is nothing to recover.
+    pub fn any_open(&self) -> bool {
+        self.open_total.load(Ordering::Relaxed) > 0
+    }
+
     pub fn recovered(&self, kind: &'static str, key: &str) {
-        self.recovered_at(kind, key, Instant::now());
+        if self.any_open() {
+            self.recovered_at(kind, key, Instant::now());
+        }
     }
 
     pub fn failed_at(&self, kind: &'static str, key: &str, now: Instant) {
@@ -155,6 +165,7 @@ impl Recovery {
         stats.open += 1;
         self.failures.get_or_create(&labels(kind)).inc();
         state.expire(now);
+        self.open_total.store(state.open.len(), Ordering::Relaxed);
         self.export(&state, kind);
     }
 
@@ -162,8 +173,9 @@ impl Recovery {
     pub fn recovered_at(&self, kind: &'static str, key: &str, now: Instant) {
         let mut state = self.state.lock().expect("recovery lock");
         state.expire(now);
-        let Some(opened) = state.open.remove(&(kind, key.to_string())) else {
-            self.export(&state, kind);
+        let removed = state.open.remove(&(kind, key.to_string()));
+        self.open_total.store(state.open.len(), Ordering::Relaxed);
+        let Some(opened) = removed else {
             return;
         };
         let elapsed_ms = now.saturating_duration_since(opened).as_secs_f64() * 1_000.0;
@@ -180,6 +192,7 @@ impl Recovery {
     pub fn sweep(&self) {
         let mut state = self.state.lock().expect("recovery lock");
         state.expire(Instant::now());
+        self.open_total.store(state.open.len(), Ordering::Relaxed);
         let kinds: Vec<&'static str> = state.kinds.keys().copied().collect();
         for kind in kinds {
             self.export(&state, kind);
