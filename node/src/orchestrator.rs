@@ -162,81 +162,36 @@ impl TaskEngine {
             for done in resolved {
                 match done.resolution {
                     Resolution::Decided(certificate) => decided.push((done.group, certificate)),
-                    Resolution::Degraded(reason) => {
-                        let spares = done.group.spare_seats(plan, &done.lost);
-                        let disagreed = done.answered.len() == done.group.members.len();
-                        let size = done.group.members.len();
+                    Resolution::Degraded(ref reason) => {
                         let time_left = unix_ms() + 1_000 < deadline_ms;
-                        if done.replace && !spares.is_empty() && time_left {
-                            // Members that could not be reached are replaced at once
-                            // by spare seats of the region, under a new slot name.
-                            let mut spares = spares.into_iter();
-                            let members: Vec<Seat> = done
-                                .group
-                                .members
-                                .iter()
-                                .map(|seat| match done.lost.contains(&seat.key) {
-                                    true => spares.next().unwrap_or_else(|| seat.clone()),
-                                    false => seat.clone(),
-                                })
-                                .collect();
-                            self.emit(
-                                events,
-                                plan.id,
-                                TaskEvent {
-                                    kind: TaskEventKind::GroupDegraded as i32,
-                                    level: Level::Region as i32,
-                                    group: done.group.name.clone(),
-                                    detail: format!(
-                                        "{reason}; replacing {} unreachable member(s) with \
-                                         spare seats",
-                                        done.lost.len()
-                                    ),
-                                    ..TaskEvent::default()
-                                },
-                            );
-                            let attempt = done.group.attempt + 1;
-                            let mut unreachable = done.group.unreachable.clone();
-                            unreachable.extend(done.lost.iter().copied());
-                            groups.push(GroupRun {
-                                name: format!("{}~{attempt}", done.group.place),
-                                members,
-                                attempt,
-                                unreachable,
-                                ..done.group
-                            });
-                        } else if disagreed
-                            && done.group.attempt < extra_max
-                            && !spares.is_empty()
-                            && time_left
-                        {
-                            self.emit(
-                                events,
-                                plan.id,
-                                TaskEvent {
-                                    kind: TaskEventKind::GroupDegraded as i32,
-                                    level: Level::Region as i32,
-                                    group: done.group.name.clone(),
-                                    detail: format!(
-                                        "{reason}; members answered but disagreed: asking \
-                                         one more replica ({} members)",
-                                        size + 1
-                                    ),
-                                    ..TaskEvent::default()
-                                },
-                            );
-                            let attempt = done.group.attempt + 1;
-                            let mut members = done.group.members.clone();
-                            members.push(spares[0].clone());
-                            groups.push(GroupRun {
-                                name: format!("{}~{attempt}", done.group.place),
-                                members,
-                                attempt,
-                                ..done.group
-                            });
-                        } else {
+                        let next = time_left
+                            .then(|| next_attempt(plan, &done, extra_max))
+                            .flatten();
+                        let Some((members, why)) = next else {
                             degraded.push(format!("region {}: {reason}", done.group.name));
-                        }
+                            continue;
+                        };
+                        self.emit(
+                            events,
+                            plan.id,
+                            TaskEvent {
+                                kind: TaskEventKind::GroupDegraded as i32,
+                                level: Level::Region as i32,
+                                group: done.group.name.clone(),
+                                detail: format!("{reason}; {why}"),
+                                ..TaskEvent::default()
+                            },
+                        );
+                        let attempt = done.group.attempt + 1;
+                        let mut unreachable = done.group.unreachable.clone();
+                        unreachable.extend(done.lost.iter().copied());
+                        groups.push(GroupRun {
+                            name: format!("{}~{attempt}", done.group.place),
+                            members,
+                            attempt,
+                            unreachable,
+                            ..done.group
+                        });
                     }
                 }
             }
@@ -784,6 +739,43 @@ impl TaskEngine {
             }
         }
     }
+}
+
+/// The members of the next attempt of a region group that did not decide, and why,
+/// if it gets one: its lost members replaced by spare seats of the region, or, when
+/// every member answered but they disagreed, one more replica (at most `extra_max`
+/// attempts in all).
+fn next_attempt(plan: &Plan, done: &Resolved, extra_max: u32) -> Option<(Vec<Seat>, String)> {
+    let spares = done.group.spare_seats(plan, &done.lost);
+    let first_spare = spares.first()?.clone();
+    if done.replace {
+        let mut spares = spares.into_iter();
+        let members = done
+            .group
+            .members
+            .iter()
+            .map(|seat| match done.lost.contains(&seat.key) {
+                true => spares.next().unwrap_or_else(|| seat.clone()),
+                false => seat.clone(),
+            })
+            .collect();
+        let why = format!(
+            "replacing {} unreachable member(s) with spare seats",
+            done.lost.len()
+        );
+        return Some((members, why));
+    }
+    let disagreed = done.answered.len() == done.group.members.len();
+    if !disagreed || done.group.attempt >= extra_max {
+        return None;
+    }
+    let mut members = done.group.members.clone();
+    members.push(first_spare);
+    let why = format!(
+        "members answered but disagreed: asking one more replica ({} members)",
+        members.len()
+    );
+    Some((members, why))
 }
 
 /// How often the members of unresolved region groups are checked for a closed

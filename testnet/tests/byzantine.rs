@@ -4,15 +4,14 @@
 //! refused and counted, and its trust falls. (Wrong answers with equivocation, and
 //! crashes and partitions, are in `chaos.rs`.)
 
-use std::time::Duration;
+mod support;
 
 use polity_consensus::verify_chain;
 use polity_proto::federation_client::FederationClient;
 use polity_proto::{
-    ConsensusPath, GetTrustRequest, Level, ListPeersRequest, RiskPolicy, Scope, SubmitTaskRequest,
-    TaskState,
+    ConsensusPath, GetTrustRequest, Level, RiskPolicy, Scope, SubmitTaskRequest, TaskState,
 };
-use polity_testnet::process::{NodeProcess, NodeSpec, polity_binary};
+use polity_testnet::process::NodeProcess;
 use sha2::Digest;
 use tonic::transport::Channel;
 
@@ -21,53 +20,19 @@ const NODES: usize = 4;
 /// Starts four nodes in one region; the last one gets `byzantine_args`. Waits until
 /// every node sees the other three as compatible.
 async fn cluster(dir: &std::path::Path, byzantine_args: &[&str]) -> Vec<NodeProcess> {
-    let binary = polity_binary().unwrap();
-    let mut nodes: Vec<NodeProcess> = Vec::new();
-    for index in 0..NODES {
-        let mut extra_args = vec![
-            "--capability".to_string(),
-            "sha256=builtin:sha256".to_string(),
-        ];
-        if let Some(first) = nodes.first() {
-            extra_args.push("--bootstrap".into());
-            extra_args.push(first.endpoints.p2p[0].clone());
-        }
-        if index == NODES - 1 {
-            extra_args.extend(byzantine_args.iter().map(|arg| arg.to_string()));
-        }
-        let spec = NodeSpec {
-            name: format!("node-{index}"),
-            data_dir: dir.join(format!("node-{index}")),
-            region: "region-0".into(),
-            continent: "continent-0".into(),
-            extra_args,
-        };
-        nodes.push(NodeProcess::start(&binary, spec).unwrap());
-    }
-    for _ in 0..600 {
-        let mut converged = true;
-        for node in &nodes {
-            let peers = node
-                .client()
-                .await
-                .unwrap()
-                .list_peers(ListPeersRequest {
-                    capability: "sha256".into(),
-                    compatible_only: true,
-                    ..ListPeersRequest::default()
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .peers;
-            converged &= peers.len() >= NODES - 1;
-        }
-        if converged {
-            return nodes;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("four nodes did not see each other within a minute");
+    let node_args = (0..NODES)
+        .map(|index| {
+            let mut args = vec![
+                "--capability".to_string(),
+                "sha256=builtin:sha256".to_string(),
+            ];
+            if index == NODES - 1 {
+                args.extend(byzantine_args.iter().map(|arg| arg.to_string()));
+            }
+            args
+        })
+        .collect();
+    support::start_region(dir, "sha256", node_args).await
 }
 
 fn bft_task(payload: &str) -> SubmitTaskRequest {

@@ -2,6 +2,8 @@
 //! a 9-node testnet (3 regions on 2 continents), a region that goes silent, and an
 //! entry node killed mid-task.
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -332,48 +334,16 @@ async fn an_entry_node_killed_mid_task_loses_no_certified_result() {
 /// Starts `answers.len()` nodes in one region; node i serves capability `answer` as
 /// `exec:echo <answers[i]>`. Node 0 is the entry and every other node's bootstrap.
 async fn answering_nodes(dir: &std::path::Path, answers: &[&str]) -> Vec<NodeProcess> {
-    let binary = polity_binary().unwrap();
-    let mut nodes: Vec<NodeProcess> = Vec::new();
-    for (index, answer) in answers.iter().enumerate() {
-        let mut extra_args = vec![
-            "--capability".to_string(),
-            format!("answer=exec:echo {answer}"),
-        ];
-        if let Some(first) = nodes.first() {
-            extra_args.push("--bootstrap".into());
-            extra_args.push(first.endpoints.p2p[0].clone());
-        }
-        let spec = polity_testnet::process::NodeSpec {
-            name: format!("node-{index}"),
-            data_dir: dir.join(format!("node-{index}")),
-            region: "region-0".into(),
-            continent: "continent-0".into(),
-            extra_args,
-        };
-        nodes.push(NodeProcess::start(&binary, spec).unwrap());
-    }
-    let mut client = nodes[0].client().await.unwrap();
-    for _ in 0..600 {
-        let compatible = client
-            .list_peers(polity_proto::ListPeersRequest {
-                capability: "answer".into(),
-                compatible_only: true,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .peers
-            .len();
-        if compatible == answers.len() - 1 {
-            return nodes;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!(
-        "node-0 never saw its {} peers as compatible",
-        answers.len() - 1
-    );
+    let node_args = answers
+        .iter()
+        .map(|answer| {
+            vec![
+                "--capability".to_string(),
+                format!("answer=exec:echo {answer}"),
+            ]
+        })
+        .collect();
+    support::start_region(dir, "answer", node_args).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

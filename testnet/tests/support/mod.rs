@@ -1,0 +1,61 @@
+//! Helpers shared by the process tests.
+
+use std::path::Path;
+use std::time::Duration;
+
+use polity_proto::ListPeersRequest;
+use polity_testnet::process::{NodeProcess, NodeSpec, polity_binary};
+
+/// Starts one node per entry of `node_args` in `region-0` (node i gets
+/// `node_args[i]`; every node after the first bootstraps to node-0) and waits until
+/// every node sees all the others as compatible peers serving `capability`.
+pub async fn start_region(
+    dir: &Path,
+    capability: &str,
+    node_args: Vec<Vec<String>>,
+) -> Vec<NodeProcess> {
+    let binary = polity_binary().unwrap();
+    let mut nodes: Vec<NodeProcess> = Vec::new();
+    for (index, mut extra_args) in node_args.into_iter().enumerate() {
+        if let Some(first) = nodes.first() {
+            extra_args.push("--bootstrap".into());
+            extra_args.push(first.endpoints.p2p[0].clone());
+        }
+        let spec = NodeSpec {
+            name: format!("node-{index}"),
+            data_dir: dir.join(format!("node-{index}")),
+            region: "region-0".into(),
+            continent: "continent-0".into(),
+            extra_args,
+        };
+        nodes.push(NodeProcess::start(&binary, spec).unwrap());
+    }
+    for _ in 0..600 {
+        let mut converged = true;
+        for node in &nodes {
+            let compatible = node
+                .client()
+                .await
+                .unwrap()
+                .list_peers(ListPeersRequest {
+                    capability: capability.into(),
+                    compatible_only: true,
+                    ..ListPeersRequest::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .peers
+                .len();
+            converged &= compatible >= nodes.len() - 1;
+        }
+        if converged {
+            return nodes;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "{} nodes did not all see each other as compatible within a minute",
+        nodes.len()
+    );
+}
