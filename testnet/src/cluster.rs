@@ -356,19 +356,9 @@ async fn wait_for_discovery(
     bar.set_message("discovering peers");
     let mut clients = Vec::with_capacity(nodes.len());
     for node in nodes {
-        let client = match token {
-            Some(token) => crate::chaos::federation(&node.endpoints.grpc, token).await?,
-            None => {
-                let channel = tonic::transport::Endpoint::from_shared(node.endpoints.grpc.clone())?
-                    .connect()
-                    .await
-                    .with_context(|| format!("connecting to node {}", node.spec.name))?;
-                polity_proto::federation_client::FederationClient::with_interceptor(
-                    channel,
-                    polity_node::client::BearerToken(None),
-                )
-            }
-        };
+        let client = crate::chaos::federation(&node.endpoints.grpc, token)
+            .await
+            .with_context(|| format!("connecting to node {}", node.spec.name))?;
         clients.push(client);
     }
     let started = Instant::now();
@@ -561,20 +551,7 @@ async fn admin_status(grpc: &str, token: &crate::chaos::Token) -> Option<polity_
 
 async fn known_peers(grpc: &str, token: Option<&crate::chaos::Token>) -> Option<usize> {
     let peers = async {
-        let mut client = match token {
-            Some(token) => crate::chaos::federation(grpc, token).await.ok()?,
-            None => {
-                let channel = tonic::transport::Endpoint::from_shared(grpc.to_string())
-                    .ok()?
-                    .connect()
-                    .await
-                    .ok()?;
-                polity_proto::federation_client::FederationClient::with_interceptor(
-                    channel,
-                    polity_node::client::BearerToken(None),
-                )
-            }
-        };
+        let mut client = crate::chaos::federation(grpc, token).await.ok()?;
         client.get_node_info(GetNodeInfoRequest {}).await.ok()?;
         let peers = client
             .list_peers(ListPeersRequest::default())

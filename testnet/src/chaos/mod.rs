@@ -133,11 +133,19 @@ async fn channel(grpc: &str, timeout: Option<Duration>) -> anyhow::Result<Channe
         .with_context(|| format!("connecting to {grpc}"))
 }
 
-/// A Federation client for `grpc` that sends `token`. Its calls have no deadline of
-/// their own (a waiting SubmitTask lasts as long as the task): callers bound them.
-pub async fn federation(grpc: &str, token: &Token) -> anyhow::Result<Client> {
+/// A Federation client for `grpc` that sends `token` (if any). Its calls have no
+/// deadline of their own (a waiting SubmitTask lasts as long as the task): callers
+/// bound them.
+pub async fn federation<'a>(
+    grpc: &str,
+    token: impl Into<Option<&'a Token>>,
+) -> anyhow::Result<Client> {
+    let interceptor = match token.into() {
+        Some(token) => token.interceptor()?,
+        None => BearerToken(None),
+    };
     Ok(
-        FederationClient::with_interceptor(channel(grpc, None).await?, token.interceptor()?)
+        FederationClient::with_interceptor(channel(grpc, None).await?, interceptor)
             .max_decoding_message_size(64 * 1024 * 1024),
     )
 }
