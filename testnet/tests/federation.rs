@@ -174,19 +174,31 @@ async fn every_path_decides_at_every_scope_and_a_silent_region_degrades_only_its
         .await
         .unwrap()
         .into_inner();
-    let mut kinds = Vec::new();
+    let mut events = Vec::new();
     while let Some(event) = stream.message().await.unwrap() {
-        kinds.push(TaskEventKind::try_from(event.kind).unwrap());
+        let kind = TaskEventKind::try_from(event.kind).unwrap();
+        events.push((kind, event.level, event.group));
     }
+    let kinds: Vec<TaskEventKind> = events.iter().map(|(kind, ..)| *kind).collect();
     assert_eq!(kinds.last(), Some(&TaskEventKind::Final), "{kinds:?}");
     // The watch may begin after some events went by (it sees a suffix of the
-    // task's progress), but what it sees comes in order: dispatch before decision.
-    let position = |kind| kinds.iter().position(|k| *k == kind);
-    if let (Some(dispatched), Some(decided)) = (
-        position(TaskEventKind::Dispatched),
-        position(TaskEventKind::GroupDecided),
-    ) {
-        assert!(dispatched < decided, "{kinds:?}");
+    // task's progress), but what it sees comes in order: each group is dispatched
+    // before it is decided.
+    let position = |kind, level, group: &str| {
+        events
+            .iter()
+            .position(|(k, l, g)| *k == kind && *l == level && g == group)
+    };
+    for (level, group) in events
+        .iter()
+        .map(|(_, level, group)| (*level, group.as_str()))
+    {
+        if let (Some(dispatched), Some(decided)) = (
+            position(TaskEventKind::Dispatched, level, group),
+            position(TaskEventKind::GroupDecided, level, group),
+        ) {
+            assert!(dispatched < decided, "{events:?}");
+        }
     }
     assert!(
         kinds[..kinds.len() - 1]
