@@ -1,7 +1,7 @@
 //! What a node knows of its peers: their verified NodeInfo, connection state and
 //! measured round-trip time. Owned by the event loop; others get snapshots.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use libp2p::{Multiaddr, PeerId};
 use polity_proto::{NodeInfo, SignedStatement};
@@ -11,6 +11,8 @@ use polity_proto::{NodeInfo, SignedStatement};
 pub const PEERS_MAX: usize = 4_096;
 /// Addresses remembered per peer.
 pub const ADDRESSES_PER_PEER_MAX: usize = 8;
+/// Ping samples a peer's round-trip time is judged on: 20 s at one ping per 5 s.
+pub const RTT_WINDOW: usize = 4;
 
 /// One peer as the event loop sees it.
 #[derive(Debug, Clone, Default)]
@@ -20,23 +22,28 @@ pub struct PeerRecord {
     pub signed: Option<SignedStatement>,
     pub addresses: Vec<Multiaddr>,
     pub connections: u32,
-    /// Smoothed ping round-trip time (see [`PeerRecord::observe_rtt`]).
+    /// The lowest of the recent ping samples (see [`PeerRecord::observe_rtt`]).
     pub rtt_ms: Option<u64>,
+    rtt_samples: VecDeque<u64>,
     pub last_seen_ms: u64,
     /// An info request is in flight.
     pub info_requested: bool,
 }
 
 impl PeerRecord {
-    /// Folds a ping sample into the smoothed RTT, TCP's way (RFC 6298:
-    /// `srtt = 7/8 srtt + 1/8 sample`; the first sample sets it). One slow ping on a
-    /// busy machine must not make a peer incompatible (the rule's limit is 100 ms);
-    /// a peer that stays slow still crosses it within a few pings.
+    /// Takes a ping sample: the peer's RTT is the lowest of the last [`RTT_WINDOW`]
+    /// samples, a windowed min-RTT filter as in BBR. The compatibility rule asks how
+    /// far a peer is (its limit is 100 ms); queueing and a busy CPU inflate single
+    /// pings, never the minimum. So one slow ping does not make a peer incompatible,
+    /// nor does the inflated first ping of a connection opened while the machine is
+    /// busy starting nodes (a smoothed average kept that one for half a minute); a
+    /// peer that is slow for a whole window is.
     pub fn observe_rtt(&mut self, sample_ms: u64) {
-        self.rtt_ms = Some(match self.rtt_ms {
-            None => sample_ms,
-            Some(smoothed) => (7 * smoothed + sample_ms).div_ceil(8),
-        });
+        if self.rtt_samples.len() == RTT_WINDOW {
+            self.rtt_samples.pop_front();
+        }
+        self.rtt_samples.push_back(sample_ms);
+        self.rtt_ms = self.rtt_samples.iter().copied().min();
     }
 }
 
@@ -184,19 +191,25 @@ mod tests {
     }
 
     #[test]
-    fn rtt_is_smoothed() {
+    fn rtt_is_the_windowed_minimum() {
         let mut table = PeerTable::default();
         let record = table.entry(PeerId::random(), 0);
-        record.observe_rtt(8);
-        assert_eq!(record.rtt_ms, Some(8));
-        // One 400 ms spike moves the estimate to 57 ms, still under a 100 ms rule.
-        record.observe_rtt(400);
-        assert_eq!(record.rtt_ms, Some(57));
-        // A peer that stays slow crosses it within a few pings.
-        for _ in 0..3 {
+        // A connection's first ping, taken while the machine is busy, is slow; the
+        // next normal one sets the RTT at once.
+        record.observe_rtt(228);
+        assert_eq!(record.rtt_ms, Some(228));
+        record.observe_rtt(5);
+        assert_eq!(record.rtt_ms, Some(5));
+        // Spikes within the window leave it alone.
+        for _ in 0..RTT_WINDOW - 1 {
             record.observe_rtt(400);
+            assert_eq!(record.rtt_ms, Some(5));
         }
-        assert!(record.rtt_ms.unwrap() > 100, "{:?}", record.rtt_ms);
+        // A peer slow for a whole window is slow.
+        record.observe_rtt(400);
+        assert_eq!(record.rtt_ms, Some(400));
+        record.observe_rtt(90);
+        assert_eq!(record.rtt_ms, Some(90));
     }
 
     #[test]
