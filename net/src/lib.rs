@@ -14,9 +14,11 @@
 //! - [`network`]: behaviours, the event loop, [`NetHandle`], [`NetEvent`].
 //! - [`codec`]: length-prefixed frames with a size limit.
 //! - [`peers`]: the peer table (verified info, connections, RTT).
+//! - [`announce`]: when the node gossips its NodeInfo again (backs off while quiet).
 //! - [`breaker`]: the per-peer circuit breaker.
 //! - [`metrics`]: counters of dropped and rejected input.
 
+pub mod announce;
 pub mod breaker;
 pub mod codec;
 pub mod metrics;

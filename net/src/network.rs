@@ -36,6 +36,7 @@ use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::NotAnEd25519Key;
+use crate::announce::AnnounceSchedule;
 use crate::breaker::Breaker;
 use crate::codec::{Frame, FrameCodec};
 use crate::metrics::NetMetrics;
@@ -70,8 +71,8 @@ const PENDING_REQUESTS_MAX: usize = 4_096;
 const PENDING_QUERIES_MAX: usize = 256;
 /// Providers collected per query at most.
 const PROVIDERS_PER_QUERY_MAX: usize = 1_024;
-/// How often the node re-signs and gossips its NodeInfo, and re-bootstraps Kademlia.
-const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the node re-bootstraps Kademlia and republishes its provider records
+/// (when it gossips its NodeInfo: [`AnnounceSchedule`]).
 const BOOTSTRAP_INTERVAL: Duration = Duration::from_secs(30);
 const PROVIDE_INTERVAL: Duration = Duration::from_secs(60);
 /// How often a node with no connection redials its bootstrap peers.
@@ -457,6 +458,7 @@ pub fn start(
         pending_queries: HashMap::new(),
         pending_responses: FuturesUnordered::new(),
         breakers: HashMap::new(),
+        announce: AnnounceSchedule::new(0),
         started: std::time::Instant::now(),
     };
     let task = tokio::spawn(event_loop.run());
@@ -524,6 +526,7 @@ struct EventLoop {
     pending_queries: HashMap<QueryId, PendingQuery>,
     pending_responses: FuturesUnordered<PendingResponse>,
     breakers: HashMap<PeerId, Breaker>,
+    announce: AnnounceSchedule,
     started: std::time::Instant,
 }
 
@@ -559,7 +562,8 @@ impl EventLoop {
     }
 
     async fn run(mut self) {
-        let mut announce = tokio::time::interval(ANNOUNCE_INTERVAL);
+        let announce = tokio::time::sleep_until(self.announce_due());
+        tokio::pin!(announce);
         let mut provide = tokio::time::interval(PROVIDE_INTERVAL);
         let mut redial = tokio::time::interval(BOOTSTRAP_REDIAL_INTERVAL);
         loop {
@@ -575,11 +579,21 @@ impl EventLoop {
                         let _ = self.rpc(protocol).send_response(channel, Frame(bytes));
                     }
                 }
-                _ = announce.tick() => self.announce(),
+                _ = &mut announce => self.announce(),
                 _ = provide.tick() => self.provide(),
                 _ = redial.tick() => self.redial_bootstrap(),
             }
+            // Any arm may have moved the next announcement (a newcomer, a publish).
+            let due = self.announce_due();
+            if announce.deadline() != due {
+                announce.as_mut().reset(due);
+            }
         }
+    }
+
+    fn announce_due(&self) -> tokio::time::Instant {
+        let due = self.started + Duration::from_millis(self.announce.next_ms());
+        tokio::time::Instant::from_std(due)
     }
 
     /// Our NodeInfo, freshly signed.
@@ -601,12 +615,15 @@ impl EventLoop {
 
     fn announce(&mut self) {
         let bytes = self.signed_info().encode_to_vec();
-        // No subscribed peer yet is normal right after start.
-        let _ = self
+        // No subscribed peer yet is normal right after start: retried soon.
+        let reached = self
             .swarm
             .behaviour_mut()
             .gossipsub
-            .publish(IdentTopic::new(ANNOUNCE_TOPIC), bytes);
+            .publish(IdentTopic::new(ANNOUNCE_TOPIC), bytes)
+            .is_ok();
+        let now_ms = self.now_ms();
+        self.announce.published(now_ms, reached);
     }
 
     /// Verifies a signed NodeInfo (see [`verify_node_info`]) and remembers it.
@@ -620,6 +637,14 @@ impl EventLoop {
             return Ok(signer_peer);
         }
         let now_ms = self.now_ms();
+        if self
+            .peers
+            .get(&signer_peer)
+            .is_none_or(|record| record.info.is_none())
+        {
+            // A peer new to us may not have heard of us either.
+            self.announce.newcomer(now_ms);
+        }
         let addresses: Vec<Multiaddr> = info
             .listen_addrs
             .iter()
@@ -856,6 +881,12 @@ impl EventLoop {
             BehaviourEvent::Kademlia(kad::Event::RoutingUpdated { peer, .. }) => {
                 self.peers.entry(peer, now_ms);
                 self.maybe_dial(peer);
+            }
+            BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { topic, .. })
+                if topic == IdentTopic::new(ANNOUNCE_TOPIC).hash() =>
+            {
+                // A peer that just connected (or came back) listens for announcements.
+                self.announce.newcomer(now_ms);
             }
             BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. }) => {
                 if message.data.len() > GOSSIP_BYTES_MAX {
