@@ -71,9 +71,10 @@ const PENDING_REQUESTS_MAX: usize = 4_096;
 const PENDING_QUERIES_MAX: usize = 256;
 /// Providers collected per query at most.
 const PROVIDERS_PER_QUERY_MAX: usize = 1_024;
-/// How often the node re-bootstraps Kademlia and republishes its provider records.
-/// (When it gossips its NodeInfo again is an [`AnnounceSchedule`].)
+/// How often the node re-bootstraps Kademlia. (When it gossips its NodeInfo again
+/// is an [`AnnounceSchedule`].)
 const BOOTSTRAP_INTERVAL: Duration = Duration::from_secs(30);
+/// How often the node republishes its provider records.
 const PROVIDE_INTERVAL: Duration = Duration::from_secs(60);
 /// How often a node with no connection redials its bootstrap peers.
 const BOOTSTRAP_REDIAL_INTERVAL: Duration = Duration::from_secs(2);
