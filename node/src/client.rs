@@ -23,7 +23,7 @@ use tonic::transport::{
     Certificate as TlsCertificate, Channel, ClientTlsConfig, Identity as TlsIdentity,
 };
 
-use crate::tasks::{level_name, path_name};
+use crate::entry::{level_name, path_name};
 
 /// How to reach a node.
 #[derive(Debug, Clone, clap::Args)]
@@ -537,16 +537,16 @@ pub async fn verify(connection: &Connection, args: &VerifyArgs) -> anyhow::Resul
     let response = match (&args.file, &args.task) {
         (Some(path), _) => {
             let bytes = read(path)?;
-            if bytes.len() > crate::api::CERTIFICATE_BYTES_MAX {
+            if bytes.len() > crate::api::federation::CERTIFICATE_BYTES_MAX {
                 bail!(
                     "{} is larger than {} bytes",
                     path.display(),
-                    crate::api::CERTIFICATE_BYTES_MAX
+                    crate::api::federation::CERTIFICATE_BYTES_MAX
                 );
             }
             let certificate = Certificate::decode(bytes.as_slice())
                 .with_context(|| format!("{} is not a polity.v1.Certificate", path.display()))?;
-            crate::api::verification(&certificate)
+            crate::api::federation::verification(&certificate)
         }
         (None, Some(task)) => {
             let id = parse_task_id(task)?;
@@ -697,7 +697,7 @@ fn show_record(record: &TaskRecord, output: &OutputArgs) -> anyhow::Result<()> {
         );
     }
     if let Some(certificate) = &record.certificate {
-        let verification = crate::api::verification(certificate);
+        let verification = crate::api::federation::verification(certificate);
         println!(
             "certificate  {} ({}; {} signature(s))",
             verification.root_digest,
@@ -734,9 +734,9 @@ pub struct FaultArgs {
 /// Replaces the node's faults with exactly what the flags say (no flag: a healthy
 /// node again).
 pub async fn faults(connection: &Connection, args: &FaultArgs) -> anyhow::Result<()> {
-    let mut config = crate::faults::FaultConfig {
+    let mut config = crate::chaos::FaultConfig {
         blocked_peers: args.blocked.clone(),
-        ..crate::faults::FaultConfig::default()
+        ..crate::chaos::FaultConfig::default()
     };
     args.flags.apply(&mut config);
     let plan = config.to_plan().map_err(anyhow::Error::msg)?;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::executor::ExecutorSpec;
+use crate::member::executor::ExecutorSpec;
 
 /// Everything a node needs to start, after merging defaults, file and flags.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -41,9 +41,9 @@ pub struct NodeConfig {
     pub executor: ExecutorLimits,
     pub tasks: TaskLimits,
     /// Worker slots and the thresholds that grow and shrink them.
-    pub workers: crate::workers::WorkersConfig,
+    pub workers: crate::member::workers::WorkersConfig,
     /// Faults injected on purpose (chaos runs; all off by default).
-    pub faults: crate::faults::FaultConfig,
+    pub faults: crate::chaos::FaultConfig,
     /// `text` or `json`.
     pub log_format: LogFormat,
 }
@@ -164,8 +164,8 @@ impl Default for NodeConfig {
             tls: TlsConfig::default(),
             executor: ExecutorLimits::default(),
             tasks: TaskLimits::default(),
-            workers: crate::workers::WorkersConfig::default(),
-            faults: crate::faults::FaultConfig::default(),
+            workers: crate::member::workers::WorkersConfig::default(),
+            faults: crate::chaos::FaultConfig::default(),
             log_format: LogFormat::Text,
         }
     }
@@ -309,7 +309,7 @@ pub struct FaultFlags {
 }
 
 impl FaultFlags {
-    pub fn apply(&self, faults: &mut crate::faults::FaultConfig) {
+    pub fn apply(&self, faults: &mut crate::chaos::FaultConfig) {
         fn set<T: Clone>(target: &mut T, value: &Option<T>) {
             if let Some(value) = value {
                 *target = value.clone();

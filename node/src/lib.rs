@@ -16,40 +16,32 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: flags + TOML file, merged into one [`config::NodeConfig`].
-//! - [`identity`]: the node's key file in the data dir.
-//! - [`storage`]: the [`storage::Store`] trait and its sled implementation.
-//! - [`executor`]: `builtin:`, `exec:` and `http:` executors.
-//! - [`tasks`]: the task engine (entry side): validation, group choice, events;
-//!   `orchestrator` runs a task's levels.
-//! - [`federation`]: the peer protocols and the member side of a group round.
-//! - [`raftnet`]: raft groups among task members, over libp2p.
-//! - [`api`]: the gRPC service, auth and rate limiting.
-//! - [`http`]: health, readiness and Prometheus metrics.
-//! - [`metrics`]: the metric registry.
+//! Along the life of a task (ARCHITECTURE.md has the full codemap):
+//!
+//! - [`api`]: where clients and operators come in: gRPC `Federation` and `Admin`,
+//!   HTTP health, readiness and metrics.
+//! - [`entry`]: the entry node's side of a task: validation and plan, the level
+//!   engine (a pure state machine) and its async driver, records and watchers.
+//! - [`member`]: the member side: the peer protocol router, one round driver per
+//!   slot, executors, worker slots.
+//! - [`raft`]: long-lived raft groups over libp2p for the raft path.
 //! - [`peers`]: peers joined with trust; discovery by capability; topology.
-//! - [`raftnet`]: the node's raft groups, their libp2p transport and forwarded commits.
-//! - [`server`]: starts everything, shuts it down on SIGINT/SIGTERM.
-//! - [`client`]: the CLI's gRPC client commands.
+//! - [`runtime`]: identity, storage, start-up and shutdown.
+//! - [`telemetry`]: metrics and recovery learning.
+//! - [`chaos`]: fault injection.
+//! - [`config`]: flags + TOML file, merged into one [`config::NodeConfig`].
+//! - [`client`]: the CLI's gRPC client, a library `polity-testnet` uses too.
 
-pub mod admin;
 pub mod api;
+pub mod chaos;
 pub mod client;
 pub mod config;
-pub mod executor;
-pub mod faults;
-pub mod federation;
-pub mod http;
-pub mod identity;
-pub mod metrics;
-mod orchestrator;
+pub mod entry;
+pub mod member;
 pub mod peers;
-pub mod raftnet;
-pub mod recovery;
-pub mod server;
-pub mod storage;
-pub mod tasks;
-pub mod workers;
+pub mod raft;
+pub mod runtime;
+pub mod telemetry;
 
 /// Selects ring as the process's TLS crypto provider. rustls needs one chosen when
 /// more than one is compiled in (libp2p's QUIC brings aws-lc-rs, tonic uses ring);

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use polity_node::client::{self, Connection, OutputArgs, PeersArgs, SubmitArgs, VerifyArgs};
 use polity_node::config::{LogFormat, NodeConfig, NodeFlags};
-use polity_node::identity::Identity;
+use polity_node::runtime::identity::Identity;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -223,7 +223,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Node(flags) => {
             let config = NodeConfig::load(&flags)?;
             init_logging(config.log_format);
-            polity_node::server::run(config).await?;
+            polity_node::runtime::start::run(config).await?;
         }
         Command::Id { data_dir } => {
             std::fs::create_dir_all(&data_dir)

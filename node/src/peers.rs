@@ -16,8 +16,8 @@ use polity_proto::{
 use prost::Message;
 use tokio::sync::mpsc;
 
-use crate::metrics::Metrics;
-use crate::storage::{Store, StoreError};
+use crate::runtime::storage::{Store, StoreError};
+use crate::telemetry::metrics::Metrics;
 use crate::unix_ms;
 
 /// Trust entries listed at most.

@@ -9,8 +9,8 @@ use ed25519_dalek::SigningKey;
 use polity_consensus::raft::{GroupName, LedgerEntry, RaftReply, RaftRpc, node_id};
 use polity_consensus::{PublicKey, TaskId};
 use polity_net::{AppProtocol, LocalInfo, Multiaddr, NetConfig, NetEvent, NetHandle, NetMetrics};
-use polity_node::metrics::{Metrics, RaftGroupLabels};
-use polity_node::raftnet::{PROPOSE_REFUSED, RaftGroups, RaftNetError};
+use polity_node::raft::{PROPOSE_REFUSED, RaftGroups, RaftNetError};
+use polity_node::telemetry::metrics::{Metrics, RaftGroupLabels};
 use polity_proto::{ConsensusRequest, Level, Member, RaftEnvelope, RaftPropose};
 use prost::Message;
 
@@ -383,7 +383,7 @@ async fn raft_traffic_from_outside_the_group_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_least_recently_used_idle_group_is_evicted_and_restarts_from_sled() {
-    use polity_node::raftnet::RAFT_GROUPS_MAX;
+    use polity_node::raft::RAFT_GROUPS_MAX;
 
     let node = start(31, vec![]).await;
     let members = [member(31)];

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use polity_node::server::EndpointsFile;
+use polity_node::runtime::start::EndpointsFile;
 use polity_proto::federation_client::FederationClient;
 use tonic::transport::Channel;
 

@@ -350,7 +350,7 @@ pub fn theory(config: &RunConfig, path: ConsensusPath, measured: &Measured) -> V
         TheoryLine::new(
             &format!(
                 "quorum model ({} decides with {region_quorum} of {n} agreeing{})",
-                polity_node::tasks::path_name(path),
+                polity_node::entry::path_name(path),
                 if config.distinct_wrong {
                     ", distinct wrong"
                 } else {

@@ -84,8 +84,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{Mutex, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::metrics::{Metrics, RaftGroupLabels};
-use crate::recovery::RAFT_LEADER;
+use crate::telemetry::metrics::{Metrics, RaftGroupLabels};
+use crate::telemetry::recovery::RAFT_LEADER;
 
 /// Most raft groups running on one node at once.
 pub const RAFT_GROUPS_MAX: usize = 64;

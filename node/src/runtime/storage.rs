@@ -93,7 +93,7 @@ impl SledStore {
     }
 
     /// The node's sled database (a cheap clone of the handle), shared with the raft
-    /// groups ([`crate::raftnet::RaftGroups`]), whose trees are named `raft/<group>/…`.
+    /// groups ([`crate::raft::RaftGroups`]), whose trees are named `raft/<group>/…`.
     pub fn db(&self) -> sled::Db {
         self.db.clone()
     }

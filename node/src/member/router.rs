@@ -9,8 +9,8 @@
 //!   the driver's bounded inbox. Messages that arrive before their `Assign` wait in a
 //!   small bounded buffer; messages for finished slots are dropped quietly.
 //! - **Member → entry** (`GroupOutcome`): the certificate, or why the round gave up,
-//!   routed to the orchestrator of the task ([`crate::tasks`]).
-//! - **Raft** (`RaftEnvelope`, `RaftPropose`): handed to [`crate::raftnet`].
+//!   routed to the orchestrator of the task ([`crate::entry`]).
+//! - **Raft** (`RaftEnvelope`, `RaftPropose`): handed to [`crate::raft`].
 //!
 //! Every request is answered at once, so no stream stays open for a decision, and
 //! every message to this node itself is delivered in process, not over the network.
@@ -37,15 +37,15 @@ use polity_proto::{
 use prost::Message;
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::executor::{Executor, RunLimits};
-use crate::faults::Faults;
-use crate::identity::Identity;
-use crate::metrics::Metrics;
+use crate::chaos::Faults;
+use crate::member::executor::{Executor, RunLimits};
+use crate::member::workers::Workers;
 use crate::peers::Peers;
-use crate::raftnet::RaftGroups;
-use crate::recovery::{BREAKER_OPEN, PEER_UNREACHABLE};
+use crate::raft::RaftGroups;
+use crate::runtime::identity::Identity;
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::recovery::{BREAKER_OPEN, PEER_UNREACHABLE};
 use crate::unix_ms;
-use crate::workers::Workers;
 
 /// Inputs queued for one round at most; more are dropped (the round re-asks by
 /// rotating its collector).

@@ -29,9 +29,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::config::validate_label;
-use crate::metrics::Metrics;
+use crate::entry::{Submission, SubmitError, TaskEngine, Watch};
 use crate::peers::Peers;
-use crate::tasks::{Submission, SubmitError, TaskEngine, Watch};
+use crate::telemetry::metrics::Metrics;
 use crate::unix_ms;
 
 /// Events buffered per WatchTask stream.

@@ -1,47 +1,41 @@
-//! The task engine, the entry node's side of a task: validates submissions, chooses
-//! the groups, orchestrates them level by level, stores the certificate chain and
-//! tells watchers.
+//! The entry node's side of a task: a client's submission becomes a [`plan::Plan`],
+//! the level engine decides it group by group, and the finished record is stored
+//! and told to watchers.
 //!
-//! A task runs leaves first (see `orchestrate` below):
-//!
-//! 1. **Region groups** (level 1): in every region of the scope, `replication`
-//!    members serving the capability, best trust and latency first (the entry node
-//!    itself counts when it serves it). Each member executes the payload and runs
-//!    its own `polity_consensus::Round`; members talk to each other directly
-//!    ([`crate::federation`]) and report the outcome here.
-//! 2. **Continent groups** (level 2): `representatives` members of each decided
-//!    region group (among those who agreed) observe their region's certificate.
-//! 3. **The global group** (level 3): representatives of each decided continent.
-//!
-//! Every level has its own time budget. A group that cannot decide in it is
-//! *degraded*: its parent goes on with the children that did decide (cascade
-//! prevention), and the task ends DEGRADED. A region group whose members all
-//! answered yet agreed on nothing gets one more replica, up to `extra_replicas_max`.
+//! - [`plan`]: validation, scope, and the seats of each region group (pure).
+//! - `engine`: the levels as a pure state machine (events in, commands out): groups,
+//!   attempts, replacements, degradation, representatives.
+//! - `driver`: the async loop that feeds the engine and carries out its commands.
+//! - this module: [`TaskEngine`], the node's task service: submit, get, watch,
+//!   records, and the statistics read off a verified certificate.
 //!
 //! **Invariant:** a record reaches state DECIDED or DEGRADED only after its root
-//! certificate passed `verify_chain` and was flushed to the store; the orchestrator
-//! accepts a group certificate only when it verifies and names the slot and the
-//! members it was asked for.
+//! certificate passed `verify_chain` (in the engine) and was flushed to the store
+//! (in `finish`); nobody hears of a result before it is durable.
 
-use std::collections::{BTreeMap, HashMap};
+mod driver;
+mod engine;
+pub mod plan;
+
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use polity_consensus::{PublicKey, TaskId, encode_task, select, task_id};
+use polity_consensus::{PublicKey, TaskId};
 use polity_proto::{
-    Aggregation, Certificate, ConsensusPath, GroupStats, Level, Observation, RiskPolicy, Scope,
-    StatementKind, SubmitTaskRequest, TaskEvent, TaskEventKind, TaskRecord, TaskSpec, TaskState,
+    Certificate, ConsensusPath, GroupStats, Level, Observation, StatementKind, SubmitTaskRequest,
+    TaskEvent, TaskEventKind, TaskRecord, TaskState,
 };
 use tokio::sync::{broadcast, watch};
 
-use crate::config::{NodeConfig, validate_capability_name};
-use crate::federation::Federation;
-use crate::identity::Identity;
-use crate::metrics::{Metrics, OutcomeLabels};
-use crate::storage::{GroupCommit, Store, StoreError};
+use crate::config::NodeConfig;
+use crate::member::Federation;
+use crate::runtime::identity::Identity;
+use crate::runtime::storage::{GroupCommit, Store, StoreError};
+use crate::telemetry::metrics::{Metrics, OutcomeLabels};
 use crate::unix_ms;
+pub use plan::REPLICATION_MAX;
+use plan::Seat;
 
-/// Largest replication a client may ask for, per region group.
-pub const REPLICATION_MAX: u32 = 64;
 /// Events buffered per task for slow watchers; a watcher that falls further behind
 /// skips the oldest (it always gets FINAL, which is also in the record).
 const EVENTS_PER_TASK_MAX: usize = 64;
@@ -82,28 +76,6 @@ pub enum Watch {
 struct InFlight {
     events: broadcast::Sender<TaskEvent>,
     done: watch::Receiver<Option<TaskRecord>>,
-}
-
-/// A node that may sit in a group: this node or a peer, as the entry node sees it.
-#[derive(Debug, Clone)]
-pub(crate) struct Seat {
-    pub key: PublicKey,
-    pub region: String,
-    pub continent: String,
-    pub stake: u64,
-    pub trust: f64,
-}
-
-/// A validated task, ready to run.
-pub(crate) struct Plan {
-    pub id: TaskId,
-    pub spec: TaskSpec,
-    pub spec_bytes: Vec<u8>,
-    pub top: Level,
-    pub path: ConsensusPath,
-    pub path_reason: String,
-    /// The capable seats of every region in scope, best first.
-    pub regions: BTreeMap<String, Vec<Seat>>,
 }
 
 pub struct TaskEngine {
@@ -174,7 +146,8 @@ impl TaskEngine {
         self: &Arc<Self>,
         request: SubmitTaskRequest,
     ) -> Result<Submission, SubmitError> {
-        let plan = match self.plan(request).await {
+        let seats = self.seats(&request.capability).await;
+        let plan = match plan::plan(request, &self.config, seats, &self.capabilities()) {
             Ok(plan) => plan,
             Err(error) => {
                 // A task refused for want of nodes is a task this node could not
@@ -226,7 +199,7 @@ impl TaskEngine {
         let id = plan.id;
         let engine = Arc::clone(self);
         tokio::spawn(async move {
-            let finished = engine.orchestrate(plan, record, &events).await;
+            let finished = driver::orchestrate(&engine, plan, record, &events).await;
             engine.finish(id, finished, &events, done_tx).await;
         });
         Ok(Submission::Started(id, done_rx))
@@ -252,110 +225,6 @@ impl TaskEngine {
             .store
             .task(id)?
             .map(|record| Watch::Finished(Box::new(record))))
-    }
-
-    async fn plan(&self, request: SubmitTaskRequest) -> Result<Plan, SubmitError> {
-        let invalid = |reason: String| SubmitError::InvalidArgument(reason);
-        if request.capability.is_empty() {
-            return Err(invalid("capability is required".into()));
-        }
-        validate_capability_name(&request.capability)
-            .map_err(|reason| invalid(format!("capability {:?}: {reason}", request.capability)))?;
-        let payload_max = self.config.api.payload_bytes_max;
-        if request.payload.len() > payload_max {
-            return Err(invalid(format!(
-                "payload is {} bytes, the limit is {payload_max}",
-                request.payload.len()
-            )));
-        }
-        let replication = match request.replication {
-            0 => 1,
-            n if n > REPLICATION_MAX => {
-                return Err(invalid(format!(
-                    "replication {n} is above the limit {REPLICATION_MAX}"
-                )));
-            }
-            n => n,
-        };
-        let aggregation = match Aggregation::try_from(request.aggregation) {
-            Ok(Aggregation::Unspecified) => Aggregation::Majority,
-            Ok(aggregation) => aggregation,
-            Err(_) => {
-                return Err(invalid(format!(
-                    "unknown aggregation {}",
-                    request.aggregation
-                )));
-            }
-        };
-        let policy = validate_policy(request.policy)?;
-        let deadline_ms = match request.deadline_ms {
-            0 => self.config.tasks.deadline_ms_default,
-            ms if ms > self.config.tasks.deadline_ms_max => {
-                return Err(invalid(format!(
-                    "deadline {ms} ms is above the limit {} ms",
-                    self.config.tasks.deadline_ms_max
-                )));
-            }
-            ms => ms,
-        };
-        let scope = self.resolve_scope(request.scope)?;
-        let top = Level::try_from(scope.level).expect("resolve_scope returns a known level");
-        let seats = self.seats(&request.capability).await;
-        if seats.is_empty() {
-            return Err(invalid(format!(
-                "unknown capability {:?}: no known node serves it (this node serves {})",
-                request.capability,
-                self.capabilities().join(", ")
-            )));
-        }
-        let in_scope = |seat: &Seat| match top {
-            Level::Region => seat.region == scope.name,
-            Level::Continent => seat.continent == scope.name,
-            _ => true,
-        };
-        let mut regions: BTreeMap<String, Vec<Seat>> = BTreeMap::new();
-        for seat in seats.into_iter().filter(in_scope) {
-            regions.entry(seat.region.clone()).or_default().push(seat);
-        }
-        if regions.is_empty() {
-            return Err(SubmitError::FailedPrecondition(format!(
-                "no known node in {} {:?} serves {:?}",
-                level_name(top),
-                scope.name,
-                request.capability
-            )));
-        }
-        let largest = regions.values().map(Vec::len).max().unwrap_or(0);
-        if replication as usize > largest {
-            return Err(SubmitError::FailedPrecondition(format!(
-                "replication {replication} needs {replication} nodes serving {:?} in a region; \
-                 the best region in scope has {largest}",
-                request.capability
-            )));
-        }
-        // Regions that cannot field a full group stay out of the task.
-        regions.retain(|_, seats| seats.len() >= replication as usize);
-        let choice = select(policy.as_ref());
-        let spec = TaskSpec {
-            capability: request.capability,
-            payload: request.payload,
-            scope: Some(scope),
-            replication,
-            aggregation: aggregation as i32,
-            policy,
-            deadline_ms,
-            nonce: request.nonce,
-        };
-        let spec_bytes = encode_task(&spec);
-        Ok(Plan {
-            id: task_id(&spec_bytes),
-            spec,
-            spec_bytes,
-            top,
-            path: choice.path,
-            path_reason: choice.reason,
-            regions,
-        })
     }
 
     /// Every node that can serve `capability`: this node when it does, and the peers
@@ -398,48 +267,6 @@ impl TaskEngine {
             });
         }
         seats
-    }
-
-    /// Resolves a requested scope. An empty name means the entry node's own region or
-    /// continent.
-    fn resolve_scope(&self, scope: Option<Scope>) -> Result<Scope, SubmitError> {
-        let scope = scope.unwrap_or(Scope {
-            level: Level::Region as i32,
-            name: String::new(),
-        });
-        let name_or = |name: String, mine: &str| {
-            if name.is_empty() {
-                mine.to_string()
-            } else {
-                name
-            }
-        };
-        let (level, name) = match Level::try_from(scope.level) {
-            Ok(Level::Region) => (Level::Region, name_or(scope.name, &self.config.region)),
-            Ok(Level::Continent) => (
-                Level::Continent,
-                name_or(scope.name, &self.config.continent),
-            ),
-            Ok(Level::Global) if scope.name.is_empty() || scope.name == "global" => {
-                (Level::Global, String::new())
-            }
-            Ok(Level::Global) => {
-                return Err(SubmitError::InvalidArgument(format!(
-                    "a global scope has no name, got {:?}",
-                    scope.name
-                )));
-            }
-            Ok(Level::Unspecified) | Err(_) => {
-                return Err(SubmitError::InvalidArgument(format!(
-                    "scope level {} is not region, continent or global",
-                    scope.level
-                )));
-            }
-        };
-        Ok(Scope {
-            level: level as i32,
-            name,
-        })
     }
 
     pub(crate) fn emit(&self, events: &broadcast::Sender<TaskEvent>, id: TaskId, event: TaskEvent) {
@@ -500,29 +327,6 @@ impl TaskEngine {
         self.inflight.lock().expect("inflight lock").remove(&id);
         self.metrics.tasks_inflight.dec();
     }
-}
-
-fn validate_policy(policy: Option<RiskPolicy>) -> Result<Option<RiskPolicy>, SubmitError> {
-    let Some(policy) = policy else {
-        return Ok(None);
-    };
-    for (name, value) in [
-        ("adversarial_risk", policy.adversarial_risk),
-        ("consistency", policy.consistency),
-    ] {
-        if !(0.0..=1.0).contains(&value) {
-            return Err(SubmitError::InvalidArgument(format!(
-                "policy.{name} must be in [0,1], got {value}"
-            )));
-        }
-    }
-    if ConsensusPath::try_from(policy.path_override).is_err() {
-        return Err(SubmitError::InvalidArgument(format!(
-            "unknown consensus path {}",
-            policy.path_override
-        )));
-    }
-    Ok(Some(policy))
 }
 
 /// A statement's signer and body, read without checking the signature: only for

@@ -31,9 +31,9 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::executor::{ExecError, RunLimits};
-use crate::identity::Identity;
-use crate::metrics::Metrics;
+use crate::member::executor::{ExecError, RunLimits};
+use crate::runtime::identity::Identity;
+use crate::telemetry::metrics::Metrics;
 
 /// Own statements kept for replay at most.
 const REPLAY_MEMORY: usize = 32;

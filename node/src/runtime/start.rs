@@ -24,20 +24,20 @@ use tonic::transport::{
 
 use std::collections::BTreeMap;
 
-use crate::admin::AdminApi;
-use crate::api::{Api, Gate};
+use crate::api::admin::AdminApi;
+use crate::api::federation::{Api, Gate};
+use crate::api::http::{HttpState, router};
+use crate::chaos::Faults;
 use crate::config::NodeConfig;
-use crate::executor::{Executor, ExecutorSpec};
-use crate::faults::Faults;
-use crate::federation::Federation;
-use crate::http::{HttpState, router};
-use crate::identity::Identity;
-use crate::metrics::Metrics;
+use crate::entry::TaskEngine;
+use crate::member::Federation;
+use crate::member::executor::{Executor, ExecutorSpec};
+use crate::member::workers::Workers;
 use crate::peers::{Compatibility, Peers};
-use crate::raftnet::RaftGroups;
-use crate::storage::{SledStore, Store};
-use crate::tasks::TaskEngine;
-use crate::workers::Workers;
+use crate::raft::RaftGroups;
+use crate::runtime::identity::Identity;
+use crate::runtime::storage::{SledStore, Store};
+use crate::telemetry::metrics::Metrics;
 use polity_net::{LocalInfo, Multiaddr, NetConfig, NetEvent, NetHandle};
 use polity_proto::NodeInfo;
 
@@ -94,7 +94,7 @@ pub async fn run_until(config: NodeConfig, mut stop: watch::Receiver<bool>) -> a
              restore the original {} or use a fresh data dir",
             data_dir.display(),
             identity.public_key(),
-            crate::identity::KEY_FILE
+            crate::runtime::identity::KEY_FILE
         ),
         Some(_) => {}
         None => {
@@ -234,7 +234,9 @@ pub async fn run_until(config: NodeConfig, mut stop: watch::Receiver<bool>) -> a
     let message_bytes_max = config.api.payload_bytes_max + MESSAGE_OVERHEAD_BYTES;
     let federation = FederationServer::new(api)
         .max_decoding_message_size(message_bytes_max)
-        .max_encoding_message_size(message_bytes_max.max(crate::api::CERTIFICATE_BYTES_MAX));
+        .max_encoding_message_size(
+            message_bytes_max.max(crate::api::federation::CERTIFICATE_BYTES_MAX),
+        );
     let admin = AdminServer::new(AdminApi::new(
         faults,
         workers,

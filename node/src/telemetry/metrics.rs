@@ -43,7 +43,7 @@ pub struct KindLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RaftGroupLabels {
-    /// The raft group's name (`crate::raftnet::RaftGroups::name_for`).
+    /// The raft group's name (`crate::raft::RaftGroups::name_for`).
     pub group: String,
 }
 
@@ -78,7 +78,7 @@ pub struct Metrics {
     pub raft_term: Family<RaftGroupLabels, Gauge>,
     /// The network layer's counters (malformed frames, rejected infos, ...).
     pub net: polity_net::NetMetrics,
-    /// Faults injected on purpose, by kind (see `crate::faults`).
+    /// Faults injected on purpose, by kind (see `crate::chaos`).
     pub faults_injected: Family<KindLabels, Counter>,
     /// Worker slots, busy slots, smoothed load (per mille) and slot changes.
     pub worker_slots: Gauge,
@@ -88,10 +88,10 @@ pub struct Metrics {
     pub workers_retired: Gauge,
     /// Smoothed share of this node's tasks that ended DECIDED, per mille.
     pub reliability_permille: Gauge,
-    /// +1 wants more agents, -1 may retire agents, 0 steady (see `crate::workers`).
+    /// +1 wants more agents, -1 may retire agents, 0 steady (see `crate::member::workers`).
     pub scale_signal: Gauge,
-    /// Recovery learning per failure kind (`crate::recovery`).
-    pub recovery: crate::recovery::Recovery,
+    /// Recovery learning per failure kind (`crate::telemetry::recovery`).
+    pub recovery: crate::telemetry::recovery::Recovery,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -240,7 +240,7 @@ impl Metrics {
             "polity_scale_signal",
             "+1 the node wants more agents, -1 agents may be retired, 0 steady",
         );
-        let recovery = crate::recovery::Recovery::default();
+        let recovery = crate::telemetry::recovery::Recovery::default();
         recovery.register(&mut registry);
         Metrics {
             faults_injected,
@@ -288,7 +288,7 @@ impl Metrics {
     }
 
     /// Publishes a workers snapshot.
-    pub fn set_workers(&self, view: &crate::workers::WorkersView) {
+    pub fn set_workers(&self, view: &crate::member::workers::WorkersView) {
         self.worker_slots.set(i64::from(view.slots));
         self.workers_busy.set(i64::from(view.busy));
         self.worker_load_permille

@@ -1,7 +1,7 @@
 //! The gRPC service `polity.v1.Admin`: fault injection and the node's load, worker
 //! slots and recovery record.
 //!
-//! It runs behind the same [`crate::api::Gate`] as the client API (bearer token,
+//! It runs behind the same [`crate::api::federation::Gate`] as the client API (bearer token,
 //! rate limit) and additionally refuses everything (PERMISSION_DENIED) on a node
 //! started without an API token: faults must never be switchable anonymously.
 
@@ -11,9 +11,9 @@ use polity_proto::admin_server::Admin;
 use polity_proto::{Faults as FaultPlan, GetStatusRequest, NodeStatus, RecoveryStats};
 use tonic::{Request, Response, Status};
 
-use crate::faults::Faults;
-use crate::metrics::Metrics;
-use crate::workers::Workers;
+use crate::chaos::Faults;
+use crate::member::workers::Workers;
+use crate::telemetry::metrics::Metrics;
 
 pub struct AdminApi {
     faults: Arc<Faults>,
@@ -54,7 +54,7 @@ impl Admin for AdminApi {
     async fn set_faults(&self, request: Request<FaultPlan>) -> Result<Response<FaultPlan>, Status> {
         self.allowed()?;
         let plan = request.into_inner();
-        if let Err(reason) = crate::faults::validate(&plan) {
+        if let Err(reason) = crate::chaos::validate(&plan) {
             self.metrics.reject("invalid_argument");
             return Err(Status::invalid_argument(reason));
         }

@@ -10,8 +10,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::metrics::Metrics;
-use crate::storage::Store;
+use crate::runtime::storage::Store;
+use crate::telemetry::metrics::Metrics;
 
 /// What the HTTP handlers read.
 #[derive(Clone)]

@@ -1,0 +1,394 @@
+//! From a client's request to a [`Plan`]: validation, scope, and the seats that may
+//! sit in each region group. Pure: the caller hands in the seats it knows of.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use polity_consensus::{PublicKey, TaskId, encode_task, select, task_id};
+use polity_proto::{
+    Aggregation, ConsensusPath, Level, RiskPolicy, Scope, SubmitTaskRequest, TaskSpec,
+};
+
+use super::{SubmitError, level_name};
+use crate::config::{NodeConfig, validate_capability_name};
+
+/// Largest replication a client may ask for, per region group.
+pub const REPLICATION_MAX: u32 = 64;
+
+/// A node that may sit in a group: this node or a peer, as the entry node sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Seat {
+    pub key: PublicKey,
+    pub region: String,
+    pub continent: String,
+    pub stake: u64,
+    pub trust: f64,
+}
+
+/// A validated task, ready to run.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    pub id: TaskId,
+    pub spec: TaskSpec,
+    pub spec_bytes: Vec<u8>,
+    pub top: Level,
+    pub path: ConsensusPath,
+    pub path_reason: String,
+    /// The capable seats of every region in scope, best first; every region listed
+    /// can field a full group of `spec.replication`.
+    pub regions: BTreeMap<String, Vec<Seat>>,
+}
+
+/// A group's name within a task: the place it stands for (a region, a continent or
+/// "global") and its attempt. Attempt 0 is the first composition; each re-formed
+/// group (an extra replica, a replaced member) is a new attempt, and so a new slot:
+/// an honest member re-signing under another composition would otherwise look like
+/// equivocation. On the wire it is `place` for attempt 0 and `place~k` after.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupName {
+    pub place: String,
+    pub attempt: u32,
+}
+
+impl GroupName {
+    /// Separates the place from the attempt number on the wire; no region, continent
+    /// or capability name may contain it (see `config::validate_label`).
+    pub const ATTEMPT_SEPARATOR: char = '~';
+
+    pub fn first(place: impl Into<String>) -> GroupName {
+        GroupName {
+            place: place.into(),
+            attempt: 0,
+        }
+    }
+
+    /// The same place's next attempt.
+    pub fn next(&self) -> GroupName {
+        GroupName {
+            place: self.place.clone(),
+            attempt: self.attempt + 1,
+        }
+    }
+}
+
+impl fmt::Display for GroupName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.attempt {
+            0 => f.write_str(&self.place),
+            attempt => write!(f, "{}{}{attempt}", self.place, Self::ATTEMPT_SEPARATOR),
+        }
+    }
+}
+
+impl FromStr for GroupName {
+    type Err = String;
+
+    fn from_str(wire: &str) -> Result<GroupName, String> {
+        match wire.split_once(Self::ATTEMPT_SEPARATOR) {
+            None => Ok(GroupName::first(wire)),
+            Some((place, attempt)) => match attempt.parse::<u32>() {
+                Ok(attempt) if attempt > 0 => Ok(GroupName {
+                    place: place.to_string(),
+                    attempt,
+                }),
+                _ => Err(format!(
+                    "group name {wire:?}: attempt is not a positive number"
+                )),
+            },
+        }
+    }
+}
+
+/// Validates a submission against the node's limits and turns it into a plan over
+/// `seats` (every node known to serve the capability, best first). `serves` is what
+/// this node serves, for the error message of an unknown capability.
+pub(crate) fn plan(
+    request: SubmitTaskRequest,
+    config: &NodeConfig,
+    seats: Vec<Seat>,
+    serves: &[String],
+) -> Result<Plan, SubmitError> {
+    let spec = validate(request, config)?;
+    let scope = spec.scope.clone().expect("validate sets the scope");
+    let top = Level::try_from(scope.level).expect("validate resolves a known level");
+    if seats.is_empty() {
+        return Err(SubmitError::InvalidArgument(format!(
+            "unknown capability {:?}: no known node serves it (this node serves {})",
+            spec.capability,
+            serves.join(", ")
+        )));
+    }
+    let regions = regions_in_scope(&spec, top, &scope, seats)?;
+    let choice = select(spec.policy.as_ref());
+    let spec_bytes = encode_task(&spec);
+    Ok(Plan {
+        id: task_id(&spec_bytes),
+        spec,
+        spec_bytes,
+        top,
+        path: choice.path,
+        path_reason: choice.reason,
+        regions,
+    })
+}
+
+/// The request's fields checked and defaulted: the canonical spec.
+fn validate(request: SubmitTaskRequest, config: &NodeConfig) -> Result<TaskSpec, SubmitError> {
+    let invalid = |reason: String| SubmitError::InvalidArgument(reason);
+    if request.capability.is_empty() {
+        return Err(invalid("capability is required".into()));
+    }
+    validate_capability_name(&request.capability)
+        .map_err(|reason| invalid(format!("capability {:?}: {reason}", request.capability)))?;
+    let payload_max = config.api.payload_bytes_max;
+    if request.payload.len() > payload_max {
+        return Err(invalid(format!(
+            "payload is {} bytes, the limit is {payload_max}",
+            request.payload.len()
+        )));
+    }
+    let replication = match request.replication {
+        0 => 1,
+        n if n > REPLICATION_MAX => {
+            return Err(invalid(format!(
+                "replication {n} is above the limit {REPLICATION_MAX}"
+            )));
+        }
+        n => n,
+    };
+    let aggregation = match Aggregation::try_from(request.aggregation) {
+        Ok(Aggregation::Unspecified) => Aggregation::Majority,
+        Ok(aggregation) => aggregation,
+        Err(_) => {
+            return Err(invalid(format!(
+                "unknown aggregation {}",
+                request.aggregation
+            )));
+        }
+    };
+    let policy = validate_policy(request.policy)?;
+    let deadline_ms = match request.deadline_ms {
+        0 => config.tasks.deadline_ms_default,
+        ms if ms > config.tasks.deadline_ms_max => {
+            return Err(invalid(format!(
+                "deadline {ms} ms is above the limit {} ms",
+                config.tasks.deadline_ms_max
+            )));
+        }
+        ms => ms,
+    };
+    let scope = resolve_scope(request.scope, config)?;
+    Ok(TaskSpec {
+        capability: request.capability,
+        payload: request.payload,
+        scope: Some(scope),
+        replication,
+        aggregation: aggregation as i32,
+        policy,
+        deadline_ms,
+        nonce: request.nonce,
+    })
+}
+
+/// The seats in scope, by region; regions that cannot field a full group stay out.
+fn regions_in_scope(
+    spec: &TaskSpec,
+    top: Level,
+    scope: &Scope,
+    seats: Vec<Seat>,
+) -> Result<BTreeMap<String, Vec<Seat>>, SubmitError> {
+    let in_scope = |seat: &Seat| match top {
+        Level::Region => seat.region == scope.name,
+        Level::Continent => seat.continent == scope.name,
+        _ => true,
+    };
+    let mut regions: BTreeMap<String, Vec<Seat>> = BTreeMap::new();
+    for seat in seats.into_iter().filter(in_scope) {
+        regions.entry(seat.region.clone()).or_default().push(seat);
+    }
+    if regions.is_empty() {
+        return Err(SubmitError::FailedPrecondition(format!(
+            "no known node in {} {:?} serves {:?}",
+            level_name(top),
+            scope.name,
+            spec.capability
+        )));
+    }
+    let replication = spec.replication as usize;
+    let largest = regions.values().map(Vec::len).max().unwrap_or(0);
+    if replication > largest {
+        return Err(SubmitError::FailedPrecondition(format!(
+            "replication {replication} needs {replication} nodes serving {:?} in a region; \
+             the best region in scope has {largest}",
+            spec.capability
+        )));
+    }
+    regions.retain(|_, seats| seats.len() >= replication);
+    Ok(regions)
+}
+
+/// Resolves a requested scope. An empty name means the entry node's own region or
+/// continent.
+fn resolve_scope(scope: Option<Scope>, config: &NodeConfig) -> Result<Scope, SubmitError> {
+    let scope = scope.unwrap_or(Scope {
+        level: Level::Region as i32,
+        name: String::new(),
+    });
+    let name_or = |name: String, mine: &str| {
+        if name.is_empty() {
+            mine.to_string()
+        } else {
+            name
+        }
+    };
+    let (level, name) = match Level::try_from(scope.level) {
+        Ok(Level::Region) => (Level::Region, name_or(scope.name, &config.region)),
+        Ok(Level::Continent) => (Level::Continent, name_or(scope.name, &config.continent)),
+        Ok(Level::Global) if scope.name.is_empty() || scope.name == "global" => {
+            (Level::Global, String::new())
+        }
+        Ok(Level::Global) => {
+            return Err(SubmitError::InvalidArgument(format!(
+                "a global scope has no name, got {:?}",
+                scope.name
+            )));
+        }
+        Ok(Level::Unspecified) | Err(_) => {
+            return Err(SubmitError::InvalidArgument(format!(
+                "scope level {} is not region, continent or global",
+                scope.level
+            )));
+        }
+    };
+    Ok(Scope {
+        level: level as i32,
+        name,
+    })
+}
+
+fn validate_policy(policy: Option<RiskPolicy>) -> Result<Option<RiskPolicy>, SubmitError> {
+    let Some(policy) = policy else {
+        return Ok(None);
+    };
+    for (name, value) in [
+        ("adversarial_risk", policy.adversarial_risk),
+        ("consistency", policy.consistency),
+    ] {
+        if !(0.0..=1.0).contains(&value) {
+            return Err(SubmitError::InvalidArgument(format!(
+                "policy.{name} must be in [0,1], got {value}"
+            )));
+        }
+    }
+    if ConsensusPath::try_from(policy.path_override).is_err() {
+        return Err(SubmitError::InvalidArgument(format!(
+            "unknown consensus path {}",
+            policy.path_override
+        )));
+    }
+    Ok(Some(policy))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seat(n: u8, region: &str, continent: &str) -> Seat {
+        Seat {
+            key: PublicKey([n; 32]),
+            region: region.into(),
+            continent: continent.into(),
+            stake: 1,
+            trust: 0.8,
+        }
+    }
+
+    fn request(replication: u32, scope: Option<Scope>) -> SubmitTaskRequest {
+        SubmitTaskRequest {
+            capability: "sha256".into(),
+            payload: b"hi".to_vec(),
+            replication,
+            scope,
+            ..SubmitTaskRequest::default()
+        }
+    }
+
+    fn check(
+        request: SubmitTaskRequest,
+        seats: Vec<Seat>,
+    ) -> Result<BTreeMap<String, usize>, String> {
+        let config = NodeConfig {
+            region: "r1".into(),
+            continent: "c1".into(),
+            ..NodeConfig::default()
+        };
+        plan(request, &config, seats, &["sha256".to_string()])
+            .map(|plan| {
+                plan.regions
+                    .into_iter()
+                    .map(|(region, seats)| (region, seats.len()))
+                    .collect()
+            })
+            .map_err(|error| error.to_string())
+    }
+
+    #[test]
+    fn group_names_round_trip_through_the_wire_form() {
+        for name in [
+            GroupName::first("eu-west"),
+            GroupName::first("eu").next().next(),
+        ] {
+            assert_eq!(name.to_string().parse::<GroupName>(), Ok(name.clone()));
+        }
+        assert_eq!(GroupName::first("eu").next().to_string(), "eu~1");
+        assert!("eu~0".parse::<GroupName>().is_err());
+        assert!("eu~x".parse::<GroupName>().is_err());
+    }
+
+    #[test]
+    fn regions_that_cannot_field_a_group_stay_out() {
+        let seats = vec![
+            seat(1, "r1", "c1"),
+            seat(2, "r1", "c1"),
+            seat(3, "r2", "c1"),
+            seat(4, "r3", "c2"),
+            seat(5, "r3", "c2"),
+        ];
+        let global = Some(Scope {
+            level: Level::Global as i32,
+            name: String::new(),
+        });
+        let regions = check(request(2, global), seats.clone()).unwrap();
+        assert_eq!(
+            regions,
+            BTreeMap::from([("r1".into(), 2), ("r3".into(), 2)])
+        );
+        // The default scope is the entry node's own region.
+        let regions = check(request(1, None), seats).unwrap();
+        assert_eq!(regions, BTreeMap::from([("r1".into(), 2)]));
+    }
+
+    #[test]
+    fn refusals_say_why() {
+        let seats = vec![seat(1, "r1", "c1")];
+        let error = check(request(2, None), seats.clone()).unwrap_err();
+        assert!(error.contains("replication 2 needs 2 nodes"), "{error}");
+        let error = check(request(REPLICATION_MAX + 1, None), seats.clone()).unwrap_err();
+        assert!(error.contains("above the limit"), "{error}");
+        let error = check(request(1, None), Vec::new()).unwrap_err();
+        assert!(error.contains("unknown capability"), "{error}");
+        let elsewhere = Some(Scope {
+            level: Level::Region as i32,
+            name: "r9".into(),
+        });
+        let error = check(request(1, elsewhere), seats.clone()).unwrap_err();
+        assert!(error.contains("no known node in region \"r9\""), "{error}");
+        let named_global = Some(Scope {
+            level: Level::Global as i32,
+            name: "earth".into(),
+        });
+        let error = check(request(1, named_global), seats).unwrap_err();
+        assert!(error.contains("global scope has no name"), "{error}");
+    }
+}
