@@ -8,6 +8,7 @@
 //! - [`workers`]: worker slots that grow and shrink with load.
 
 pub mod executor;
+mod round;
 pub mod router;
 pub mod workers;
 

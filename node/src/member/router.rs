@@ -9,7 +9,7 @@
 //!   the driver's bounded inbox. Messages that arrive before their `Assign` wait in a
 //!   small bounded buffer; messages for finished slots are dropped quietly.
 //! - **Member → entry** (`GroupOutcome`): the certificate, or why the round gave up,
-//!   routed to the orchestrator of the task ([`crate::entry`]).
+//!   routed to the task's level engine ([`crate::entry`]).
 //! - **Raft** (`RaftEnvelope`, `RaftPropose`): handed to [`crate::raft`].
 //!
 //! Every request is answered at once, so no stream stays open for a decision, and
@@ -23,20 +23,18 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use polity_consensus::raft::LedgerEntry;
 use polity_consensus::{
-    Action, Input, PublicKey, Round, RoundConfig, RoundMessage, TaskId, TrustEvent, task_id,
-    verify_chain,
+    Input, PublicKey, Round, RoundConfig, RoundMessage, TaskId, task_id, verify_chain,
 };
 use polity_net::{AppProtocol, NetHandle, PeerId, peer_id_of, public_key_of};
 use polity_proto::{
     Ack, Aggregation, Assign, ConsensusPath, ConsensusRequest, GroupOutcome, Level, RoundEnvelope,
-    SignedStatement, StatementKind, TaskRequest, TaskSpec, consensus_request, group_outcome,
-    task_request,
+    TaskRequest, TaskSpec, consensus_request, task_request,
 };
 use prost::Message;
 use tokio::sync::{Semaphore, mpsc};
 
+use super::round::{RoundDriver, Work};
 use crate::chaos::Faults;
 use crate::member::executor::{Executor, RunLimits};
 use crate::member::workers::Workers;
@@ -59,9 +57,6 @@ const FINISHED_SLOTS_MAX: usize = 16_384;
 pub const OUTCOME_INBOX_MAX: usize = 512;
 /// Messages being sent at once; more are dropped and counted.
 const SENDS_INFLIGHT_MAX: usize = 8_192;
-/// Attempts to deliver a group outcome to the entry node.
-const OUTCOME_ATTEMPTS: u32 = 3;
-const OUTCOME_RETRY_DELAY: Duration = Duration::from_millis(200);
 /// Ticks: a quarter of a round, within these bounds.
 const TICK_MIN: Duration = Duration::from_millis(5);
 const TICK_MAX: Duration = Duration::from_millis(250);
@@ -70,7 +65,8 @@ const TICK_MAX: Duration = Duration::from_millis(250);
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SlotKey {
     pub task: TaskId,
-    pub level: i32,
+    pub level: Level,
+    /// The group's name as on the wire (`place` or `place~attempt`).
     pub group: String,
 }
 
@@ -121,34 +117,21 @@ impl Slots {
     }
 }
 
-/// What a member answers with: the executor (level 1) or the child's value.
-enum Work {
-    Execute {
-        executor: Executor,
-        payload: Vec<u8>,
-        limits: RunLimits,
-    },
-    Represent {
-        value: Vec<u8>,
-        child: Vec<u8>,
-    },
-}
-
 /// The federation side of a node: peer protocols and the member role.
 pub struct Federation {
     identity: Identity,
-    net: NetHandle,
-    peers: Peers,
-    metrics: Arc<Metrics>,
-    raft: Arc<RaftGroups>,
+    pub(super) net: NetHandle,
+    pub(super) peers: Peers,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) raft: Arc<RaftGroups>,
     executors: BTreeMap<String, Executor>,
     executor_limits: crate::config::ExecutorLimits,
     member_rounds_max: usize,
     slots: Mutex<Slots>,
     outcomes: Mutex<HashMap<TaskId, mpsc::Sender<OutcomeMessage>>>,
     sends: Arc<Semaphore>,
-    faults: Arc<Faults>,
-    workers: Arc<Workers>,
+    pub(super) faults: Arc<Faults>,
+    pub(super) workers: Arc<Workers>,
 }
 
 impl Federation {
@@ -256,7 +239,7 @@ impl Federation {
         .encode_to_vec()
     }
 
-    fn count_dropped(&self, reason: &str) {
+    pub(super) fn count_dropped(&self, reason: &str) {
         self.metrics.peer_message_dropped(reason);
     }
 
@@ -293,7 +276,7 @@ impl Federation {
 
     /// Sends a round message to a member without waiting for it (bounded by
     /// [`SENDS_INFLIGHT_MAX`]; over it, the message is dropped and counted).
-    fn send_round(self: &Arc<Self>, to: PublicKey, envelope: RoundEnvelope) {
+    pub(super) fn send_round(self: &Arc<Self>, to: PublicKey, envelope: RoundEnvelope) {
         if to == self.me() {
             self.on_round(to, envelope);
             return;
@@ -377,6 +360,8 @@ impl Federation {
         }
     }
 
+    /// Checks an assignment and starts this member's round for its slot. A repeated
+    /// assignment of a slot that runs or ran here is accepted and changes nothing.
     fn start_round(self: &Arc<Self>, entry: PublicKey, assign: Assign) -> Result<(), String> {
         let plan = assign.plan.ok_or("assign carries no group plan")?;
         let task = task_id(&assign.task);
@@ -391,53 +376,12 @@ impl Federation {
             Aggregation::try_from(plan.aggregation).map_err(|_| "unknown aggregation")?;
         let key = SlotKey {
             task,
-            level: level as i32,
+            level,
             group: plan.group.clone(),
         };
-        let work = if level == Level::Region {
-            let executor = self
-                .executors
-                .get(&spec.capability)
-                .ok_or_else(|| format!("this node does not serve {:?}", spec.capability))?
-                .clone();
-            let limits = RunLimits {
-                timeout: Duration::from_millis(
-                    self.executor_limits.timeout_ms.min(spec.deadline_ms.max(1)),
-                ),
-                output_bytes_max: self.executor_limits.output_bytes_max,
-            };
-            Work::Execute {
-                executor,
-                payload: spec.payload,
-                limits,
-            }
-        } else {
-            let child = polity_proto::Certificate::decode(assign.child_certificate.as_slice())
-                .map_err(|e| format!("child certificate: {e}"))?;
-            let summary = verify_chain(&child).map_err(|e| format!("child certificate: {e}"))?;
-            let slot = child.slot.as_ref().ok_or("child certificate has no slot")?;
-            if slot.task_id != task.as_bytes() || slot.level != level as i32 - 1 {
-                return Err("child certificate is for another task or level".into());
-            }
-            Work::Represent {
-                value: summary.value,
-                child: assign.child_certificate,
-            }
-        };
-        let members: Vec<PublicKey> = plan
-            .members
-            .iter()
-            .filter_map(|m| {
-                <[u8; 32]>::try_from(m.public_key.as_slice())
-                    .ok()
-                    .map(PublicKey)
-            })
-            .collect();
-        let raft_group = if path == ConsensusPath::Raft {
-            Some(RaftGroups::name_for(level, &plan.group, &plan.members))
-        } else {
-            None
-        };
+        let work = self.work_for(&key, spec, assign.child_certificate)?;
+        let raft_group = (path == ConsensusPath::Raft)
+            .then(|| RaftGroups::name_for(level, &plan.group, &plan.members));
         let config = RoundConfig {
             task: assign.task,
             level,
@@ -454,44 +398,86 @@ impl Federation {
         let round = Round::new(config, self.identity.signing_key().clone())
             .map_err(|e| format!("round configuration: {e}"))?;
         let (inbox, receiver) = mpsc::channel(ROUND_INBOX_MAX);
-        {
-            let mut slots = self.slots.lock().expect("slots lock");
-            if slots.active.contains_key(&key) || slots.finished.contains(&key) {
-                return Ok(()); // a repeated assignment: already running or done
-            }
-            if slots.active.len() >= self.member_rounds_max {
-                return Err(format!(
-                    "this node is in {} rounds already; retry later",
-                    slots.active.len()
-                ));
-            }
-            if let Some(early) = slots.early.remove(&key) {
-                for input in early {
-                    let _ = inbox.try_send(input);
-                }
-            }
-            slots.active.insert(key.clone(), inbox.clone());
+        if !self.claim_slot(&key, &inbox)? {
+            return Ok(()); // a repeated assignment: already running or done
         }
         self.metrics.member_rounds.inc();
+        let driver = RoundDriver::new(
+            Arc::clone(self),
+            key.clone(),
+            entry,
+            plan.members,
+            raft_group,
+            inbox,
+        );
         let federation = Arc::clone(self);
         tokio::spawn(async move {
-            let driver = Driver {
-                federation: Arc::clone(&federation),
-                key: key.clone(),
-                entry,
-                members,
-                member_plan: plan.members,
-                raft_group,
-                inbox,
-                own_observation: None,
-                degraded_certificate: None,
-                executor_error: None,
-            };
             driver.run(round, work, receiver, tick).await;
             federation.slots.lock().expect("slots lock").finish(key);
             federation.metrics.member_rounds.dec();
         });
         Ok(())
+    }
+
+    /// What this member answers with: its executor's answer (level 1), or the value
+    /// of the child certificate it represents, which must verify and be of this task
+    /// and the level below.
+    fn work_for(&self, key: &SlotKey, spec: TaskSpec, child: Vec<u8>) -> Result<Work, String> {
+        if key.level == Level::Region {
+            let executor = self
+                .executors
+                .get(&spec.capability)
+                .ok_or_else(|| format!("this node does not serve {:?}", spec.capability))?
+                .clone();
+            let limits = RunLimits {
+                timeout: Duration::from_millis(
+                    self.executor_limits.timeout_ms.min(spec.deadline_ms.max(1)),
+                ),
+                output_bytes_max: self.executor_limits.output_bytes_max,
+            };
+            return Ok(Work::Execute {
+                executor,
+                payload: spec.payload,
+                limits,
+            });
+        }
+        let certificate = polity_proto::Certificate::decode(child.as_slice())
+            .map_err(|e| format!("child certificate: {e}"))?;
+        let summary = verify_chain(&certificate).map_err(|e| format!("child certificate: {e}"))?;
+        let slot = certificate
+            .slot
+            .as_ref()
+            .ok_or("child certificate has no slot")?;
+        if slot.task_id != key.task.as_bytes() || slot.level != key.level as i32 - 1 {
+            return Err("child certificate is for another task or level".into());
+        }
+        Ok(Work::Represent {
+            value: summary.value,
+            child,
+        })
+    }
+
+    /// Registers a new round's inbox for its slot and hands it the messages that
+    /// arrived early. `false` when the slot runs or ran here already; an error when
+    /// this node is in as many rounds as it takes.
+    fn claim_slot(&self, key: &SlotKey, inbox: &mpsc::Sender<Input>) -> Result<bool, String> {
+        let mut slots = self.slots.lock().expect("slots lock");
+        if slots.active.contains_key(key) || slots.finished.contains(key) {
+            return Ok(false);
+        }
+        if slots.active.len() >= self.member_rounds_max {
+            return Err(format!(
+                "this node is in {} rounds already; retry later",
+                slots.active.len()
+            ));
+        }
+        if let Some(early) = slots.early.remove(key) {
+            for input in early {
+                let _ = inbox.try_send(input);
+            }
+        }
+        slots.active.insert(key.clone(), inbox.clone());
+        Ok(true)
     }
 
     fn on_round(self: &Arc<Self>, from: PublicKey, envelope: RoundEnvelope) -> Ack {
@@ -503,9 +489,13 @@ impl Federation {
             self.count_dropped("invalid round message");
             return refused("empty round message");
         };
+        let Ok(level) = Level::try_from(envelope.level) else {
+            self.count_dropped("invalid round message");
+            return refused("unknown level");
+        };
         let key = SlotKey {
             task,
-            level: envelope.level,
+            level,
             group: envelope.group,
         };
         let input = message.into_input(from);
@@ -527,296 +517,6 @@ impl Federation {
             return refused("too many messages before the assignment");
         }
         accepted()
-    }
-}
-
-/// One member's round for one slot: feeds it inputs and carries out its actions.
-struct Driver {
-    federation: Arc<Federation>,
-    key: SlotKey,
-    entry: PublicKey,
-    members: Vec<PublicKey>,
-    member_plan: Vec<polity_proto::Member>,
-    raft_group: Option<polity_consensus::raft::GroupName>,
-    /// The round's own inbox, for the executor's answer and raft commits.
-    inbox: mpsc::Sender<Input>,
-    own_observation: Option<SignedStatement>,
-    degraded_certificate: Option<polity_proto::Certificate>,
-    /// This member's executor failed: said in its outcome.
-    executor_error: Option<String>,
-}
-
-impl Driver {
-    async fn run(
-        mut self,
-        mut round: Round,
-        work: Work,
-        mut receiver: mpsc::Receiver<Input>,
-        tick: Duration,
-    ) {
-        if let Some(name) = self.raft_group.clone() {
-            let raft = Arc::clone(&self.federation.raft);
-            let members = self.member_plan.clone();
-            tokio::spawn(async move {
-                if let Err(error) = raft.ensure(&name, &members).await {
-                    tracing::warn!(group = %name, %error, "could not start a raft group");
-                }
-            });
-        }
-        let answer_inbox = self.inbox.clone();
-        let federation = Arc::clone(&self.federation);
-        let task = self.key.task;
-        tokio::spawn(async move {
-            let input = match work {
-                Work::Execute {
-                    executor,
-                    payload,
-                    limits,
-                } => {
-                    let run = executor.run(&payload, limits);
-                    let run = federation.faults.execute(&task, limits, run);
-                    let answer = federation.workers.run(run).await;
-                    Input::LocalAnswer {
-                        answer: answer.map_err(|error| {
-                            federation.metrics.executor_errors.inc();
-                            error.to_string()
-                        }),
-                        child_certificate: None,
-                    }
-                }
-                Work::Represent { value, child } => Input::LocalAnswer {
-                    answer: Ok(value),
-                    child_certificate: Some(child),
-                },
-            };
-            // The round may have ended already; then nobody needs the answer.
-            let _ = answer_inbox.send(input).await;
-        });
-        let mut ticker = tokio::time::interval(tick);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Bounded: the round gives up after rounds_max rounds, and ticks move it there.
-        loop {
-            let input = tokio::select! {
-                input = receiver.recv() => match input {
-                    Some(input) => input,
-                    None => return,
-                },
-                _ = ticker.tick() => Input::Tick,
-            };
-            if let Input::LocalAnswer {
-                answer: Err(error), ..
-            } = &input
-            {
-                self.executor_error = Some(error.clone());
-            }
-            for action in round.step(unix_ms(), input) {
-                if self.act(action).await {
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Carries out one action; `true` when the round is over.
-    async fn act(&mut self, action: Action) -> bool {
-        match action {
-            Action::Broadcast(message) => {
-                self.note_own(&message);
-                for (index, member) in self.members.clone().into_iter().enumerate() {
-                    if member != self.federation.me() {
-                        self.send(index, member, &message);
-                    }
-                }
-                false
-            }
-            Action::SendTo(member, message) => {
-                self.note_own(&message);
-                let index = self.members.iter().position(|m| *m == member).unwrap_or(0);
-                self.send(index, member, &message);
-                false
-            }
-            Action::Commit {
-                report,
-                report_digest,
-            } => {
-                if self.federation.faults.withholds() {
-                    self.federation.metrics.fault_injected("withheld");
-                } else {
-                    self.commit(report, report_digest);
-                }
-                false
-            }
-            Action::Decided(certificate) => {
-                // When the entry node is a member, its own round learns the decision
-                // from the collector's broadcast, in process; then only the collector
-                // (the report's signer) reports as well, in case that broadcast is
-                // lost. Otherwise every member reports: any one is enough.
-                let me = self.federation.me();
-                let entry_is_member = self.members.contains(&self.entry);
-                let collected_here = certificate
-                    .report
-                    .as_ref()
-                    .is_some_and(|report| report.signer == me.0);
-                if collected_here && self.federation.faults.withholds() {
-                    self.federation.metrics.fault_injected("withheld");
-                    return true;
-                }
-                if !entry_is_member || collected_here || self.entry == me {
-                    let outcome = self.outcome(group_outcome::Outcome::Decided(*certificate));
-                    self.report(outcome).await;
-                }
-                true
-            }
-            Action::DegradedCertificate(certificate) => {
-                self.degraded_certificate = Some(*certificate);
-                false
-            }
-            Action::Degraded(reason) => {
-                let reason = match &self.executor_error {
-                    Some(error) => format!("executor error: {error}; {reason}"),
-                    None => reason.to_string(),
-                };
-                let mut outcome = self.outcome(group_outcome::Outcome::Degraded(reason));
-                outcome.degraded_certificate = self.degraded_certificate.take();
-                self.report(outcome).await;
-                true
-            }
-            Action::Evidence(evidence) => {
-                let federation = &self.federation;
-                federation.metrics.byzantine_attacks_detected.inc();
-                if let Ok(culprit) = polity_consensus::verify_evidence(&evidence) {
-                    tracing::warn!(%culprit, "a member equivocated");
-                    if let Err(error) = federation
-                        .peers
-                        .record_key(&culprit, TrustEvent::Equivocation)
-                    {
-                        tracing::warn!(%error, "could not record equivocation");
-                    }
-                }
-                if let Err(error) = federation
-                    .net
-                    .publish_evidence(evidence.encode_to_vec())
-                    .await
-                {
-                    tracing::debug!(%error, "could not gossip evidence");
-                }
-                false
-            }
-            Action::Rejected { from, reason } => {
-                tracing::info!(%from, reason, "a peer sent an invalid round message");
-                self.federation.count_dropped("invalid statement");
-                if let Err(error) = self
-                    .federation
-                    .peers
-                    .record_key(&from, TrustEvent::InvalidSignature)
-                {
-                    tracing::warn!(%error, "could not record a trust event");
-                }
-                false
-            }
-        }
-    }
-
-    /// Sends `message` to the member at `index`, as the injected faults have it.
-    fn send(&self, index: usize, member: PublicKey, message: &RoundMessage) {
-        if !self.federation.faults.active() {
-            self.federation.send_round(member, self.envelope(message));
-            return;
-        }
-        for message in self
-            .federation
-            .faults
-            .outgoing(&self.key.task, index, message.clone())
-        {
-            self.federation.send_round(member, self.envelope(&message));
-        }
-    }
-
-    fn note_own(&mut self, message: &RoundMessage) {
-        if self.own_observation.is_some() {
-            return;
-        }
-        if let RoundMessage::Statement(statement) = message
-            && statement.kind == StatementKind::Observation as i32
-            && statement.signer == self.federation.me().0
-        {
-            self.own_observation = Some(statement.clone());
-        }
-    }
-
-    fn envelope(&self, message: &RoundMessage) -> RoundEnvelope {
-        RoundEnvelope {
-            task_id: self.key.task.as_bytes().to_vec(),
-            level: self.key.level,
-            group: self.key.group.clone(),
-            message: Some(message.to_proto()),
-        }
-    }
-
-    fn outcome(&self, outcome: group_outcome::Outcome) -> GroupOutcome {
-        GroupOutcome {
-            task_id: self.key.task.as_bytes().to_vec(),
-            level: self.key.level,
-            group: self.key.group.clone(),
-            outcome: Some(outcome),
-            degraded_certificate: None,
-            observation: self.own_observation.clone(),
-        }
-    }
-
-    /// Raft path: commits the report through the group's log in the background and
-    /// feeds `Committed` back into the round.
-    fn commit(&self, report: SignedStatement, report_digest: [u8; 32]) {
-        let Some(name) = self.raft_group.clone() else {
-            return;
-        };
-        let entry = match LedgerEntry::new(self.key.task, report.encode_to_vec(), None) {
-            Ok(entry) => entry,
-            Err(error) => {
-                tracing::warn!(%error, "report does not fit the ledger");
-                return;
-            }
-        };
-        let raft = Arc::clone(&self.federation.raft);
-        let members = self.member_plan.clone();
-        let inbox = self.inbox.clone();
-        let budget = Duration::from_secs(10);
-        tokio::spawn(async move {
-            if let Err(error) = raft.ensure(&name, &members).await {
-                tracing::warn!(group = %name, %error, "raft group unavailable");
-                return;
-            }
-            match raft.commit(&name, entry, budget).await {
-                Ok(committed) => {
-                    let _ = inbox
-                        .send(Input::Committed {
-                            report_digest,
-                            term: committed.term,
-                            commit_index: committed.commit_index,
-                        })
-                        .await;
-                }
-                Err(error) => tracing::info!(group = %name, %error, "report not committed"),
-            }
-        });
-    }
-
-    /// Tells the entry node how the round ended (a few attempts, then gives up: the
-    /// entry node's level timeout covers a lost outcome).
-    async fn report(&self, outcome: GroupOutcome) {
-        for attempt in 1..=OUTCOME_ATTEMPTS {
-            match self
-                .federation
-                .send_task(self.entry, task_request::Request::Outcome(outcome.clone()))
-                .await
-            {
-                Ok(_) => return,
-                Err(error) if attempt == OUTCOME_ATTEMPTS => {
-                    tracing::info!(entry = %self.entry, %error, "could not report a group outcome");
-                }
-                Err(_) => tokio::time::sleep(OUTCOME_RETRY_DELAY).await,
-            }
-        }
     }
 }
 
