@@ -60,7 +60,7 @@ pub struct FaultConfig {
 }
 
 impl FaultConfig {
-    pub fn to_plan(&self) -> Result<FaultPlan, String> {
+    pub fn to_plan(&self) -> Result<FaultPlan, InvalidPlan> {
         let blocked_peers = self
             .blocked_peers
             .iter()
@@ -69,7 +69,9 @@ impl FaultConfig {
                     .ok()
                     .filter(|bytes| bytes.len() == 32)
                     .ok_or_else(|| {
-                        format!("faults.blocked_peers: {key:?} is not a 64-hex-digit key")
+                        InvalidPlan(format!(
+                            "faults.blocked_peers: {key:?} is not a 64-hex-digit key"
+                        ))
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -96,15 +98,30 @@ impl FaultConfig {
 /// node's bounded queues).
 pub const DELAY_MS_MAX: u64 = 60_000;
 
+/// Why a fault plan is refused; the reason names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidPlan(pub String);
+
+/// Why a plan could not be put in force.
+#[derive(Debug, thiserror::Error)]
+pub enum SetFaultsError {
+    #[error(transparent)]
+    Invalid(#[from] InvalidPlan),
+    #[error("network: {0}")]
+    Network(#[from] polity_net::NetError),
+}
+
 /// Checks a plan; the reason names the field.
-pub fn validate(plan: &FaultPlan) -> Result<(), String> {
+pub fn validate(plan: &FaultPlan) -> Result<(), InvalidPlan> {
+    let invalid = |reason: String| Err(InvalidPlan(reason));
     for (name, rate) in [
         ("error_rate", plan.error_rate),
         ("timeout_rate", plan.timeout_rate),
         ("message_drop_rate", plan.message_drop_rate),
     ] {
         if !(0.0..=1.0).contains(&rate) {
-            return Err(format!("{name} must be in [0, 1], got {rate}"));
+            return invalid(format!("{name} must be in [0, 1], got {rate}"));
         }
     }
     for (name, ms) in [
@@ -112,14 +129,14 @@ pub fn validate(plan: &FaultPlan) -> Result<(), String> {
         ("message_delay_ms", plan.message_delay_ms),
     ] {
         if ms > DELAY_MS_MAX {
-            return Err(format!("{name} is at most {DELAY_MS_MAX}, got {ms}"));
+            return invalid(format!("{name} is at most {DELAY_MS_MAX}, got {ms}"));
         }
     }
     if plan.blocked_peers.len() > BLOCKED_PEERS_MAX {
-        return Err(format!("at most {BLOCKED_PEERS_MAX} blocked peers"));
+        return invalid(format!("at most {BLOCKED_PEERS_MAX} blocked peers"));
     }
     if let Some(bad) = plan.blocked_peers.iter().find(|key| key.len() != 32) {
-        return Err(format!(
+        return invalid(format!(
             "blocked_peers: a key is {} bytes, not 32",
             bad.len()
         ));
@@ -172,7 +189,7 @@ impl Faults {
     }
 
     /// Puts `plan` in force (after [`validate`]); returns what is now in force.
-    pub async fn set(&self, plan: FaultPlan) -> Result<FaultPlan, String> {
+    pub async fn set(&self, plan: FaultPlan) -> Result<FaultPlan, SetFaultsError> {
         validate(&plan)?;
         let blocked: HashSet<PublicKey> = plan
             .blocked_peers
@@ -183,10 +200,7 @@ impl Faults {
             .iter()
             .filter_map(|key| peer_id_of(&key.0).ok())
             .collect();
-        self.net
-            .set_blocked(peer_ids)
-            .await
-            .map_err(|e| format!("network: {e}"))?;
+        self.net.set_blocked(peer_ids).await?;
         self.net
             .set_link_faults(plan.message_drop_rate, plan.message_delay_ms, plan.seed);
         *self.blocked.write().expect("faults lock") = blocked;
@@ -393,7 +407,7 @@ mod tests {
             error_rate: 1.5,
             ..FaultPlan::default()
         };
-        assert!(validate(&bad).unwrap_err().contains("error_rate"));
+        assert!(validate(&bad).unwrap_err().0.contains("error_rate"));
         let bad = FaultPlan {
             message_drop_rate: f64::NAN,
             ..FaultPlan::default()
@@ -403,7 +417,7 @@ mod tests {
             blocked_peers: vec![vec![1; 31]],
             ..FaultPlan::default()
         };
-        assert!(validate(&bad).unwrap_err().contains("32"));
+        assert!(validate(&bad).unwrap_err().0.contains("32"));
         let bad = FaultPlan {
             message_delay_ms: DELAY_MS_MAX + 1,
             ..FaultPlan::default()

@@ -470,25 +470,34 @@ impl NodeConfig {
 pub const NAME_BYTES_MAX: usize = 64;
 
 /// Capability names: 1..=64 bytes of `[a-z0-9._-]`.
-pub fn validate_capability_name(name: &str) -> Result<(), String> {
+/// Why a capability, region or continent name is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidLabel {
+    #[error("must not be empty")]
+    Empty,
+    #[error("longer than {NAME_BYTES_MAX} bytes")]
+    TooLong,
+    #[error("character {0:?} is not allowed (use a-z, 0-9, '.', '_', '-')")]
+    Character(char),
+}
+
+pub fn validate_capability_name(name: &str) -> Result<(), InvalidLabel> {
     validate_label(name)
 }
 
 /// Region and continent labels follow the capability-name rule.
-pub fn validate_label(name: &str) -> Result<(), String> {
+pub fn validate_label(name: &str) -> Result<(), InvalidLabel> {
     if name.is_empty() {
-        return Err("must not be empty".to_string());
+        return Err(InvalidLabel::Empty);
     }
     if name.len() > NAME_BYTES_MAX {
-        return Err(format!("longer than {NAME_BYTES_MAX} bytes"));
+        return Err(InvalidLabel::TooLong);
     }
     if let Some(bad) = name
         .chars()
         .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')))
     {
-        return Err(format!(
-            "character {bad:?} is not allowed (use a-z, 0-9, '.', '_', '-')"
-        ));
+        return Err(InvalidLabel::Character(bad));
     }
     Ok(())
 }

@@ -56,9 +56,13 @@ impl Admin for AdminApi {
         let plan = request.into_inner();
         if let Err(reason) = crate::chaos::validate(&plan) {
             self.metrics.reject("invalid_argument");
-            return Err(Status::invalid_argument(reason));
+            return Err(Status::invalid_argument(reason.to_string()));
         }
-        let now = self.faults.set(plan).await.map_err(Status::unavailable)?;
+        let now = self
+            .faults
+            .set(plan)
+            .await
+            .map_err(|error| Status::unavailable(error.to_string()))?;
         Ok(Response::new(now))
     }
 

@@ -145,6 +145,7 @@ impl Driver<'_> {
                     let result = federation
                         .send_task(member, task_request::Request::Assign(*assign))
                         .await
+                        .map_err(|error| error.to_string())
                         .and_then(|ack| {
                             if ack.accepted {
                                 Ok(())

@@ -305,7 +305,7 @@ impl TaskEngine {
             })
             .inc();
         let stored = match self.store.put_task(&record) {
-            Ok(()) => self.commit.flush().await,
+            Ok(()) => self.commit.flush().await.map_err(|error| error.to_string()),
             Err(error) => Err(error.to_string()),
         };
         if let Err(error) = stored {

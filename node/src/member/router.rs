@@ -70,7 +70,20 @@ pub struct SlotKey {
     pub group: String,
 }
 
-/// An outcome as the orchestrator receives it: who sent it, and what.
+/// Why a request to a peer got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("{0} is blocked (fault injection)")]
+    Blocked(PublicKey),
+    #[error("{0} is not a valid ed25519 key")]
+    NotAKey(PublicKey),
+    #[error(transparent)]
+    Net(#[from] polity_net::NetError),
+    #[error("undecodable answer: {0}")]
+    Undecodable(#[from] prost::DecodeError),
+}
+
+/// An outcome as the level engine receives it: who sent it, and what.
 pub type OutcomeMessage = (PublicKey, GroupOutcome);
 
 #[derive(Default)]
@@ -256,22 +269,21 @@ impl Federation {
         self: &Arc<Self>,
         to: PublicKey,
         request: task_request::Request,
-    ) -> Result<Ack, String> {
+    ) -> Result<Ack, SendError> {
         if to == self.me() {
             return Ok(self.handle_task(to, request));
         }
         if self.faults.is_blocked(&to) {
-            return Err(format!("{to} is blocked (fault injection)"));
+            return Err(SendError::Blocked(to));
         }
-        let peer = peer_id_of(&to.0).map_err(|e| e.to_string())?;
+        let peer = peer_id_of(&to.0).map_err(|_| SendError::NotAKey(to))?;
         let bytes = TaskRequest {
             request: Some(request),
         }
         .encode_to_vec();
         let reply = self.net.request(peer, AppProtocol::Task, bytes).await;
         note_delivery(&self.metrics, &peer, &reply);
-        Ack::decode(reply.map_err(|e| e.to_string())?.as_slice())
-            .map_err(|e| format!("undecodable answer: {e}"))
+        Ok(Ack::decode(reply?.as_slice())?)
     }
 
     /// Sends a round message to a member without waiting for it (bounded by

@@ -49,20 +49,25 @@ impl Default for WorkersConfig {
     }
 }
 
+/// Why a `[workers]` configuration is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("workers: {0}")]
+pub struct InvalidWorkers(&'static str);
+
 impl WorkersConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidWorkers> {
         if self.slots_min == 0 || self.slots_min > self.slots_max {
-            return Err("workers: need 1 <= slots_min <= slots_max".into());
+            return Err(InvalidWorkers("need 1 <= slots_min <= slots_max"));
         }
         if self.slots_max > 65_536 {
-            return Err("workers: slots_max is at most 65536".into());
+            return Err(InvalidWorkers("slots_max is at most 65536"));
         }
         let unit = 0.0..=1.0;
         if !(self.load_low >= 0.0 && self.load_low < self.load_high && self.load_high.is_finite()) {
-            return Err("workers: need 0 <= load_low < load_high".into());
+            return Err(InvalidWorkers("need 0 <= load_low < load_high"));
         }
         if !unit.contains(&self.reliability_min) {
-            return Err("workers: reliability_min must be in [0, 1]".into());
+            return Err(InvalidWorkers("reliability_min must be in [0, 1]"));
         }
         Ok(())
     }

@@ -290,7 +290,17 @@ mod tests {
 /// returns `Ok`.
 #[derive(Clone)]
 pub struct GroupCommit {
-    requests: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<(), String>>>,
+    requests: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<(), FlushError>>>,
+}
+
+/// Why a group flush did not make the writes durable.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FlushError {
+    /// The store's flush failed (shared by everyone in the group, hence a string).
+    #[error("{0}")]
+    Store(String),
+    #[error("the flusher stopped")]
+    Stopped,
 }
 
 /// Callers waiting for the next flush at most; more wait for a slot.
@@ -300,7 +310,7 @@ impl GroupCommit {
     /// Starts the flusher task on the current runtime.
     pub fn start(store: std::sync::Arc<dyn Store>) -> GroupCommit {
         let (requests, mut receiver) = tokio::sync::mpsc::channel::<
-            tokio::sync::oneshot::Sender<Result<(), String>>,
+            tokio::sync::oneshot::Sender<Result<(), FlushError>>,
         >(FLUSH_WAITERS_MAX);
         tokio::spawn(async move {
             let mut waiters = Vec::new();
@@ -313,8 +323,8 @@ impl GroupCommit {
                 let store = std::sync::Arc::clone(&store);
                 let result = tokio::task::spawn_blocking(move || store.flush())
                     .await
-                    .map_err(|error| error.to_string())
-                    .and_then(|flushed| flushed.map_err(|error| error.to_string()));
+                    .map_err(|error| FlushError::Store(error.to_string()))
+                    .and_then(|flushed| flushed.map_err(|e| FlushError::Store(e.to_string())));
                 for waiter in waiters.drain(..) {
                     let _ = waiter.send(result.clone());
                 }
@@ -324,12 +334,12 @@ impl GroupCommit {
     }
 
     /// Makes every write made before this call durable.
-    pub async fn flush(&self) -> Result<(), String> {
+    pub async fn flush(&self) -> Result<(), FlushError> {
         let (done, wait) = tokio::sync::oneshot::channel();
         self.requests
             .send(done)
             .await
-            .map_err(|_| "the flusher stopped".to_string())?;
-        wait.await.map_err(|_| "the flusher stopped".to_string())?
+            .map_err(|_| FlushError::Stopped)?;
+        wait.await.map_err(|_| FlushError::Stopped)?
     }
 }
