@@ -61,6 +61,11 @@
 //! [`INBOUND_PROPOSALS_MAX`]; a commit makes at most [`COMMIT_ATTEMPTS_MAX`] attempts
 //! within its timeout. One metrics watcher task runs per running group.
 //!
+//! # Layout
+//!
+//! This file holds the groups' life cycle, commits and inbound handling;
+//! [`transport`] holds the libp2p transport each group's raft sends its RPCs through.
+//!
 //! [`commit`]: RaftGroups::commit
 //! [`handle_propose`]: RaftGroups::handle_propose
 
@@ -73,10 +78,10 @@ use polity_consensus::PublicKey;
 use polity_consensus::raft::network::check_rpc;
 use polity_consensus::raft::{
     GroupName, LedgerEntry, LedgerOutcome, NodeId, RaftGroup, RaftGroupError, RaftMember,
-    RaftReply, RaftRpc, RaftTransport, TransportError, node_id, raft_config, serve,
+    RaftReply, RaftRpc, node_id, raft_config, serve,
 };
 use polity_net::codec::FRAME_BYTES_MAX;
-use polity_net::{AppProtocol, NetError, NetHandle, PeerId};
+use polity_net::{AppProtocol, NetHandle, PeerId};
 use polity_proto::consensus_request::Request as ConsensusRequestKind;
 use polity_proto::{ConsensusRequest, Level, Member, ProposeReply, RaftEnvelope, RaftPropose};
 use prost::Message;
@@ -86,6 +91,9 @@ use tokio::task::JoinHandle;
 
 use crate::telemetry::metrics::{Metrics, RaftGroupLabels};
 use crate::telemetry::recovery::RAFT_LEADER;
+
+mod transport;
+use transport::Libp2pTransport;
 
 /// Most raft groups running on one node at once.
 pub const RAFT_GROUPS_MAX: usize = 64;
@@ -856,96 +864,6 @@ fn check_entry(entry: &LedgerEntry) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// The libp2p side of one group's raft: each RPC is JSON in a `RaftEnvelope` in a
-/// `ConsensusRequest`, sent to the member's peer id (derived from its key) on
-/// `/polity/consensus/1`; the reply is a JSON `RaftReply`.
-#[derive(Clone)]
-struct Libp2pTransport {
-    group: GroupName,
-    net: NetHandle,
-}
-
-impl Libp2pTransport {
-    async fn deliver(
-        &self,
-        member: &RaftMember,
-        rpc: RaftRpc,
-    ) -> Result<RaftReply, TransportError> {
-        let peer = polity_net::peer_id_of(member.public_key.as_bytes()).map_err(|_| {
-            TransportError::Unreachable(format!("member key {} is not ed25519", member.public_key))
-        })?;
-        let entries = match &rpc {
-            RaftRpc::AppendEntries(request) => request.entries.len(),
-            _ => 0,
-        };
-        let json = serde_json::to_vec(&rpc)
-            .map_err(|error| TransportError::Network(format!("encode: {error}")))?;
-        let request = ConsensusRequest {
-            request: Some(ConsensusRequestKind::Raft(RaftEnvelope {
-                raft_group: self.group.to_string(),
-                rpc: json,
-            })),
-        };
-        let bytes = request.encode_to_vec();
-        if bytes.len() > FRAME_BYTES_MAX {
-            if entries > 1 {
-                return Err(TransportError::PayloadTooLarge {
-                    entries_hint: (entries / 2) as u64,
-                });
-            }
-            return Err(TransportError::Network(format!(
-                "raft message of {} bytes exceeds the frame limit of {FRAME_BYTES_MAX}",
-                bytes.len()
-            )));
-        }
-        let reply = self
-            .net
-            .request(peer, AppProtocol::Consensus, bytes)
-            .await
-            .map_err(|error| match error {
-                NetError::Request { .. } => TransportError::Network(error.to_string()),
-                other => TransportError::Unreachable(other.to_string()),
-            })?;
-        serde_json::from_slice(&reply)
-            .map_err(|error| TransportError::Network(format!("undecodable raft reply: {error}")))
-    }
-}
-
-impl RaftTransport for Libp2pTransport {
-    async fn append_entries(
-        &self,
-        _target: NodeId,
-        member: &RaftMember,
-        request: openraft::raft::AppendEntriesRequest<polity_consensus::raft::TypeConfig>,
-    ) -> Result<polity_consensus::raft::network::AppendEntriesReply, TransportError> {
-        self.deliver(member, RaftRpc::AppendEntries(request))
-            .await?
-            .into_append_entries()
-    }
-
-    async fn vote(
-        &self,
-        _target: NodeId,
-        member: &RaftMember,
-        request: openraft::raft::VoteRequest<NodeId>,
-    ) -> Result<polity_consensus::raft::network::VoteReply, TransportError> {
-        self.deliver(member, RaftRpc::Vote(request))
-            .await?
-            .into_vote()
-    }
-
-    async fn install_snapshot(
-        &self,
-        _target: NodeId,
-        member: &RaftMember,
-        request: openraft::raft::InstallSnapshotRequest<polity_consensus::raft::TypeConfig>,
-    ) -> Result<polity_consensus::raft::network::InstallSnapshotReply, TransportError> {
-        self.deliver(member, RaftRpc::InstallSnapshot(request))
-            .await?
-            .into_install_snapshot()
-    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,11 @@
 //! Start-up order matters: the store is opened first, so a second process on the
 //! same data dir fails before it touches anything; the listeners are bound before
 //! `endpoints.json` is written, so whoever reads that file can connect.
+//!
+//! `run_until` reads as that order: one function per stage (storage and identity,
+//! listeners, network and peer table, the node's parts, the gRPC and HTTP servers,
+//! `endpoints.json`), then the wait for the stop signal and `Started::shut_down`, which
+//! drains the servers before it stops raft and the network and flushes the store.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -17,10 +22,13 @@ use polity_proto::federation_server::FederationServer;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{
     Certificate as TlsCertificate, Identity as TlsIdentity, Server, ServerTlsConfig,
 };
+use tonic_health::server::HealthReporter;
 
 use std::collections::BTreeMap;
 
@@ -81,13 +89,92 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     run_until(config, stop_rx).await
 }
 
-/// Runs a node until `stop` turns true.
+/// Runs a node until `stop` turns true. Each step below starts one stage; the order is
+/// the module doc's: storage and identity, listeners, network and peer table, the
+/// node's parts, the servers, `endpoints.json`, then the wait and the ordered shutdown.
 pub async fn run_until(config: NodeConfig, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
-    let data_dir = config.data_dir.clone();
-    let sled_store = SledStore::open(&data_dir)?;
+    let opened = open_storage(&config.data_dir)?;
+    let metrics = Arc::new(Metrics::new());
+    let executors = load_executors(&config)?;
+    let capabilities: Vec<String> = executors.keys().cloned().collect();
+    let listeners = Listeners::bind(&config, &opened.identity).await?;
+    let (gate, token_configured) = start_gate(&config, &metrics, &stop)?;
+    let network = start_network(&config, &opened, &metrics, &capabilities, &listeners).await?;
+    let parts = build_parts(&config, &opened, &metrics, &network, executors, &stop).await?;
+    let (requests_tx, requests_rx) = mpsc::channel(PEER_REQUESTS_QUEUED_MAX);
+    let peers_task = tokio::spawn(network.peers.clone().run(network.events, requests_tx));
+    let requests_task = tokio::spawn(serve_peer_requests(
+        Arc::clone(&parts.federation),
+        requests_rx,
+    ));
+    let Listeners {
+        grpc: grpc_listener,
+        http: http_listener,
+        tls,
+        mut endpoints,
+    } = listeners;
+    let services = GrpcServices {
+        api: Api::new(
+            Arc::clone(&parts.engine),
+            Arc::clone(&metrics),
+            network.peers.clone(),
+        ),
+        admin: AdminApi::new(
+            Arc::clone(&parts.faults),
+            Arc::clone(&parts.workers),
+            Arc::clone(&metrics),
+            token_configured,
+        ),
+        gate,
+    };
+    let (grpc, health_reporter) =
+        grpc_server(&config, tls, grpc_listener, services, stop.clone()).await?;
+    let listeners_bound = Arc::new(AtomicBool::new(false));
+    let http = http_server(
+        http_listener,
+        HttpState {
+            metrics: Arc::clone(&metrics),
+            store: Arc::clone(&opened.store),
+            listeners_bound: Arc::clone(&listeners_bound),
+        },
+        stop.clone(),
+    );
+    announce(
+        &config,
+        &mut endpoints,
+        &network.p2p_addresses,
+        &capabilities,
+    )?;
+    listeners_bound.store(true, Ordering::Release);
+
+    let started = Started {
+        health_reporter,
+        grpc_task: tokio::spawn(grpc),
+        http_task: tokio::spawn(http),
+        requests_task,
+        peers_task,
+    };
+    let _ = stop.wait_for(|stopped| *stopped).await;
+    started
+        .shut_down(&parts.raft, network.task, &opened.store, &config.data_dir)
+        .await
+}
+
+/// The node's store and identity, checked against each other.
+struct Opened {
+    store: Arc<dyn Store>,
+    /// The sled database under `store`, which the raft groups share (trees `raft/…`).
+    db: sled::Db,
+    identity: Identity,
+}
+
+/// Opens the store first, so a second process on the same data dir fails before it
+/// touches anything; then loads the identity key and checks that the store belongs to it.
+fn open_storage(data_dir: &Path) -> anyhow::Result<Opened> {
+    let sled_store = SledStore::open(data_dir)?;
     let db = sled_store.db();
     let store: Arc<dyn Store> = Arc::new(sled_store);
-    let identity = Identity::load_or_create(&data_dir)?;
+    let identity = Identity::load_or_create(data_dir)?;
     match store.identity()? {
         Some(recorded) if recorded != identity.public_key() => bail!(
             "data dir {} belongs to node {recorded}, but its key file is for {}; \
@@ -102,32 +189,72 @@ pub async fn run_until(config: NodeConfig, mut stop: watch::Receiver<bool>) -> a
             store.flush()?;
         }
     }
-    let metrics = Arc::new(Metrics::new());
+    Ok(Opened {
+        store,
+        db,
+        identity,
+    })
+}
+
+/// One executor per configured capability, by capability name.
+fn load_executors(config: &NodeConfig) -> anyhow::Result<BTreeMap<String, Executor>> {
     let mut executors = BTreeMap::new();
     for (name, spec) in &config.capabilities {
         executors.insert(name.clone(), Executor::new(ExecutorSpec::parse(spec)?));
     }
-    let capabilities: Vec<String> = executors.keys().cloned().collect();
+    Ok(executors)
+}
 
-    let grpc_listener = TcpListener::bind(config.grpc_addr)
-        .await
-        .with_context(|| format!("binding gRPC on {}", config.grpc_addr))?;
-    let http_listener = TcpListener::bind(config.http_addr)
-        .await
-        .with_context(|| format!("binding HTTP on {}", config.http_addr))?;
-    let grpc_addr = grpc_listener.local_addr()?;
-    let http_addr = http_listener.local_addr()?;
-    let tls = tls_config(&config)?;
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    let mut endpoints = EndpointsFile {
-        peer_id: identity.peer_id(),
-        public_key: identity.public_key().to_string(),
-        p2p: Vec::new(),
-        grpc: format!("{scheme}://{}", display_addr(grpc_addr)),
-        http: format!("http://{}", display_addr(http_addr)),
-        pid: std::process::id(),
-    };
+/// The gRPC and HTTP listeners, bound, and the endpoints they give (without the p2p
+/// addresses, which the network reports later).
+struct Listeners {
+    grpc: TcpListener,
+    http: TcpListener,
+    tls: Option<ServerTlsConfig>,
+    endpoints: EndpointsFile,
+}
 
+impl Listeners {
+    /// Binds both listeners (ports chosen now, so the endpoints are known) and reads
+    /// the TLS config, which decides the gRPC scheme.
+    async fn bind(config: &NodeConfig, identity: &Identity) -> anyhow::Result<Listeners> {
+        let grpc = TcpListener::bind(config.grpc_addr)
+            .await
+            .with_context(|| format!("binding gRPC on {}", config.grpc_addr))?;
+        let http = TcpListener::bind(config.http_addr)
+            .await
+            .with_context(|| format!("binding HTTP on {}", config.http_addr))?;
+        let grpc_addr = grpc.local_addr()?;
+        let http_addr = http.local_addr()?;
+        let tls = tls_config(config)?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let endpoints = EndpointsFile {
+            peer_id: identity.peer_id(),
+            public_key: identity.public_key().to_string(),
+            p2p: Vec::new(),
+            grpc: format!("{scheme}://{}", display_addr(grpc_addr)),
+            http: format!("http://{}", display_addr(http_addr)),
+            pid: std::process::id(),
+        };
+        Ok(Listeners {
+            grpc,
+            http,
+            tls,
+            endpoints,
+        })
+    }
+}
+
+/// How often the gate forgets clients that have gone quiet.
+const GATE_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The API gate (token and rate limits) and whether a token is configured; starts the
+/// task that forgets idle clients until `stop`.
+fn start_gate(
+    config: &NodeConfig,
+    metrics: &Arc<Metrics>,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<(Gate, bool)> {
     let token: Option<String> = match &config.api.token_file {
         Some(path) => Some(read_token(path)?),
         None => None,
@@ -137,13 +264,13 @@ pub async fn run_until(config: NodeConfig, mut stop: watch::Receiver<bool>) -> a
         token,
         config.api.rate_limit_per_second,
         config.api.rate_limit_burst,
-        Arc::clone(&metrics),
+        Arc::clone(metrics),
     );
     {
         let gate = gate.clone();
         let mut stop = stop.clone();
         tokio::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_secs(60));
+            let mut every = tokio::time::interval(GATE_SWEEP_INTERVAL);
             loop {
                 tokio::select! {
                     _ = every.tick() => gate.forget_idle_clients(),
@@ -152,12 +279,36 @@ pub async fn run_until(config: NodeConfig, mut stop: watch::Receiver<bool>) -> a
             }
         });
     }
+    Ok((gate, token_configured))
+}
+
+/// The started network and the peer table over it.
+struct Network {
+    net: NetHandle,
+    /// The network's events, until the peer table's task takes them.
+    events: mpsc::Receiver<NetEvent>,
+    /// The network's event loop; aborted last but one at shutdown.
+    task: JoinHandle<()>,
+    p2p_addresses: Vec<Multiaddr>,
+    peers: Peers,
+}
+
+/// Starts libp2p with this node's advertised info, waits for its listen addresses and
+/// builds the peer table, which announces them.
+async fn start_network(
+    config: &NodeConfig,
+    opened: &Opened,
+    metrics: &Arc<Metrics>,
+    capabilities: &[String],
+    listeners: &Listeners,
+) -> anyhow::Result<Network> {
+    let identity = &opened.identity;
     let local = LocalInfo {
-        capabilities: capabilities.clone(),
+        capabilities: capabilities.to_vec(),
         region: config.region.clone(),
         continent: config.continent.clone(),
         stake: config.stake,
-        grpc_endpoint: endpoints.grpc.clone(),
+        grpc_endpoint: listeners.endpoints.grpc.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
     };
     let net_config = NetConfig {
@@ -167,12 +318,12 @@ pub async fn run_until(config: NodeConfig, mut stop: watch::Receiver<bool>) -> a
         mdns: config.mdns,
         local: local.clone(),
     };
-    let (net, net_events, net_task) = polity_net::start(net_config, metrics.net.clone())?;
+    let (net, events, task) = polity_net::start(net_config, metrics.net.clone())?;
     let p2p_addresses = wait_for_listen_addresses(&net).await;
     let peers = Peers::new(
         net.clone(),
-        Arc::clone(&store),
-        Arc::clone(&metrics),
+        Arc::clone(&opened.store),
+        Arc::clone(metrics),
         Compatibility {
             overlap_min: config.discovery.capability_overlap_min,
             trust_min: config.discovery.trust_min,
@@ -191,21 +342,57 @@ pub async fn run_until(config: NodeConfig, mut stop: watch::Receiver<bool>) -> a
             listen_addrs: p2p_addresses.iter().map(ToString::to_string).collect(),
         },
     );
-    let raft = RaftGroups::new(identity.public_key(), db, net.clone(), Arc::clone(&metrics));
-    let faults = Faults::new(identity.clone(), net.clone(), Arc::clone(&metrics));
+    Ok(Network {
+        net,
+        events,
+        task,
+        p2p_addresses,
+        peers,
+    })
+}
+
+/// The node's parts over the network: raft groups, faults, workers, the federation
+/// (member side) and the task engine (entry side).
+struct Parts {
+    raft: Arc<RaftGroups>,
+    faults: Arc<Faults>,
+    workers: Arc<Workers>,
+    federation: Arc<Federation>,
+    engine: Arc<TaskEngine>,
+}
+
+/// Builds the parts in dependency order, applies the configured faults, starts the load
+/// watcher, and marks tasks the last stop interrupted as failed.
+async fn build_parts(
+    config: &NodeConfig,
+    opened: &Opened,
+    metrics: &Arc<Metrics>,
+    network: &Network,
+    executors: BTreeMap<String, Executor>,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<Parts> {
+    let identity = &opened.identity;
+    let net = &network.net;
+    let raft = RaftGroups::new(
+        identity.public_key(),
+        opened.db.clone(),
+        net.clone(),
+        Arc::clone(metrics),
+    );
+    let faults = Faults::new(identity.clone(), net.clone(), Arc::clone(metrics));
     let plan = config.faults.to_plan().map_err(anyhow::Error::msg)?;
     faults.set(plan).await.map_err(anyhow::Error::msg)?;
     let workers = Arc::new(Workers::new(config.workers.clone()));
     tokio::spawn(watch_load(
         Arc::clone(&workers),
-        Arc::clone(&metrics),
+        Arc::clone(metrics),
         stop.clone(),
     ));
     let federation = Federation::new(
         identity.clone(),
         net.clone(),
-        peers.clone(),
-        Arc::clone(&metrics),
+        network.peers.clone(),
+        Arc::clone(metrics),
         Arc::clone(&raft),
         executors,
         config.executor.clone(),
@@ -215,8 +402,8 @@ pub async fn run_until(config: NodeConfig, mut stop: watch::Receiver<bool>) -> a
     );
     let engine = TaskEngine::new(
         identity.clone(),
-        Arc::clone(&store),
-        Arc::clone(&metrics),
+        Arc::clone(&opened.store),
+        Arc::clone(metrics),
         config.clone(),
         Arc::clone(&federation),
     );
@@ -227,30 +414,45 @@ pub async fn run_until(config: NodeConfig, mut stop: watch::Receiver<bool>) -> a
             "tasks interrupted by the last stop are marked failed"
         );
     }
-    let (requests_tx, requests_rx) = mpsc::channel(PEER_REQUESTS_QUEUED_MAX);
-    let peers_task = tokio::spawn(peers.clone().run(net_events, requests_tx));
-    let requests_task = tokio::spawn(serve_peer_requests(Arc::clone(&federation), requests_rx));
-    let api = Api::new(Arc::clone(&engine), Arc::clone(&metrics), peers);
+    Ok(Parts {
+        raft,
+        faults,
+        workers,
+        federation,
+        engine,
+    })
+}
+
+/// The gRPC services before the gate wraps them.
+struct GrpcServices {
+    api: Api,
+    admin: AdminApi,
+    gate: Gate,
+}
+
+/// The gRPC server (health, reflection, federation and admin, both behind the gate),
+/// ready to serve until `stop`; and the health reporter shutdown flips to not serving.
+async fn grpc_server(
+    config: &NodeConfig,
+    tls: Option<ServerTlsConfig>,
+    listener: TcpListener,
+    services: GrpcServices,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<(
+    impl Future<Output = Result<(), tonic::transport::Error>> + Send + 'static,
+    HealthReporter,
+)> {
+    let GrpcServices { api, admin, gate } = services;
     let message_bytes_max = config.api.payload_bytes_max + MESSAGE_OVERHEAD_BYTES;
     let federation = FederationServer::new(api)
         .max_decoding_message_size(message_bytes_max)
         .max_encoding_message_size(
             message_bytes_max.max(crate::api::federation::CERTIFICATE_BYTES_MAX),
         );
-    let admin = AdminServer::new(AdminApi::new(
-        faults,
-        workers,
-        Arc::clone(&metrics),
-        token_configured,
-    ));
+    let admin = AdminServer::new(admin);
     let admin_gate = gate.clone();
-    let admin = tonic::service::interceptor::InterceptedService::new(admin, move |request| {
-        admin_gate.check(request)
-    });
-    let federation =
-        tonic::service::interceptor::InterceptedService::new(federation, move |request| {
-            gate.check(request)
-        });
+    let admin = InterceptedService::new(admin, move |request| admin_gate.check(request));
+    let federation = InterceptedService::new(federation, move |request| gate.check(request));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<FederationServer<Api>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
@@ -265,33 +467,38 @@ pub async fn run_until(config: NodeConfig, mut stop: watch::Receiver<bool>) -> a
     if let Some(tls) = tls {
         builder = builder.tls_config(tls).context("configuring TLS")?;
     }
-    let grpc_stop = stop.clone();
     let grpc = builder
         .add_service(health_service)
         .add_service(reflection)
         .add_service(federation)
         .add_service(admin)
-        .serve_with_incoming_shutdown(
-            TcpListenerStream::new(grpc_listener),
-            wait_until_true(grpc_stop),
-        );
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), wait_until_true(stop));
+    Ok((grpc, health_reporter))
+}
 
-    let listeners_bound = Arc::new(AtomicBool::new(false));
-    let http_state = HttpState {
-        metrics: Arc::clone(&metrics),
-        store: Arc::clone(&store),
-        listeners_bound: Arc::clone(&listeners_bound),
-    };
-    let http_stop = stop.clone();
-    let http = axum::serve(http_listener, router(http_state))
-        .with_graceful_shutdown(wait_until_true(http_stop));
+/// The HTTP server (`/metrics`, health, ledger), ready to serve until `stop`.
+fn http_server(
+    listener: TcpListener,
+    state: HttpState,
+    stop: watch::Receiver<bool>,
+) -> impl Future<Output = std::io::Result<()>> + Send + 'static {
+    let http = axum::serve(listener, router(state)).with_graceful_shutdown(wait_until_true(stop));
+    async move { http.await }
+}
 
+/// Writes `endpoints.json` with the p2p addresses filled in. Called only once every
+/// listener is bound, so whoever reads the file can connect.
+fn announce(
+    config: &NodeConfig,
+    endpoints: &mut EndpointsFile,
+    p2p_addresses: &[Multiaddr],
+    capabilities: &[String],
+) -> anyhow::Result<()> {
     endpoints.p2p = p2p_addresses
         .iter()
         .map(|address| format!("{address}/p2p/{}", endpoints.peer_id))
         .collect();
-    write_endpoints(&data_dir, &endpoints)?;
-    listeners_bound.store(true, Ordering::Release);
+    write_endpoints(&config.data_dir, endpoints)?;
     tracing::info!(
         peer_id = %endpoints.peer_id,
         grpc = %endpoints.grpc,
@@ -302,37 +509,60 @@ pub async fn run_until(config: NodeConfig, mut stop: watch::Receiver<bool>) -> a
         p2p = ?endpoints.p2p,
         "node ready"
     );
-
-    let grpc_task = tokio::spawn(grpc);
-    let http_task = tokio::spawn(async move { http.await });
-    let _ = stop.wait_for(|stopped| *stopped).await;
-    health_reporter
-        .set_not_serving::<FederationServer<Api>>()
-        .await;
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        let grpc = grpc_task.await;
-        let http = http_task.await;
-        (grpc, http)
-    })
-    .await;
-    match drained {
-        Ok((grpc, http)) => {
-            grpc.context("gRPC server task")?.context("gRPC server")?;
-            http.context("HTTP server task")?.context("HTTP server")?;
-        }
-        Err(_) => tracing::warn!(
-            "in-flight requests did not finish within {SHUTDOWN_GRACE:?}; stopping anyway"
-        ),
-    }
-    // Dropping the last handles stops the network's event loop.
-    requests_task.abort();
-    raft.shutdown().await;
-    net_task.abort();
-    peers_task.abort();
-    store.flush()?;
-    let _ = std::fs::remove_file(data_dir.join(ENDPOINTS_FILE));
-    tracing::info!("node stopped");
     Ok(())
+}
+
+/// The tasks serving while the node runs; [`Started::shut_down`] stops them.
+struct Started {
+    health_reporter: HealthReporter,
+    grpc_task: JoinHandle<Result<(), tonic::transport::Error>>,
+    http_task: JoinHandle<std::io::Result<()>>,
+    requests_task: JoinHandle<()>,
+    peers_task: JoinHandle<()>,
+}
+
+impl Started {
+    /// Stops the node in order: reports not serving, lets the gRPC and HTTP servers
+    /// drain for up to [`SHUTDOWN_GRACE`], then stops peer requests, the raft groups, the
+    /// network and the peer table, flushes the store and removes `endpoints.json`.
+    /// Raft stops after the servers because in-flight requests may still commit.
+    async fn shut_down(
+        self,
+        raft: &RaftGroups,
+        net_task: JoinHandle<()>,
+        store: &Arc<dyn Store>,
+        data_dir: &Path,
+    ) -> anyhow::Result<()> {
+        self.health_reporter
+            .set_not_serving::<FederationServer<Api>>()
+            .await;
+        let grpc_task = self.grpc_task;
+        let http_task = self.http_task;
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            let grpc = grpc_task.await;
+            let http = http_task.await;
+            (grpc, http)
+        })
+        .await;
+        match drained {
+            Ok((grpc, http)) => {
+                grpc.context("gRPC server task")?.context("gRPC server")?;
+                http.context("HTTP server task")?.context("HTTP server")?;
+            }
+            Err(_) => tracing::warn!(
+                "in-flight requests did not finish within {SHUTDOWN_GRACE:?}; stopping anyway"
+            ),
+        }
+        // Dropping the last handles stops the network's event loop.
+        self.requests_task.abort();
+        raft.shutdown().await;
+        net_task.abort();
+        self.peers_task.abort();
+        store.flush()?;
+        let _ = std::fs::remove_file(data_dir.join(ENDPOINTS_FILE));
+        tracing::info!("node stopped");
+        Ok(())
+    }
 }
 
 /// How often worker slots adapt to load.

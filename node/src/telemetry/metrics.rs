@@ -14,7 +14,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
@@ -107,139 +107,50 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Registers every metric, one subsystem after another. The registration order is
+    /// the exposition order of `/metrics`, so the groups run in the order the metrics
+    /// were first added.
     pub fn new() -> Metrics {
         let mut registry = Registry::default();
-        let agents = Gauge::default();
-        registry.register(
-            "federation_agents",
-            "Nodes this node knows in the federation, itself included",
-            agents.clone(),
-        );
-        let tasks = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
-            "federation_tasks",
-            "Tasks finished on this entry node, by outcome and consensus path",
-            tasks.clone(),
-        );
-        let byzantine_attacks_detected = Counter::default();
-        registry.register(
-            "federation_byzantine_attacks_detected",
-            "Verified evidence of misbehaviour (equivocation, forged signatures)",
-            byzantine_attacks_detected.clone(),
-        );
-        let cascade_prevented = Counter::default();
-        registry.register(
-            "federation_cascade_prevented",
-            "Groups that failed to decide without holding back their siblings",
-            cascade_prevented.clone(),
-        );
-        let decision_latency_seconds =
-            Family::<LevelLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-                decision_latency_histogram,
-            );
-        registry.register(
-            "federation_decision_latency_seconds",
-            "Time from dispatch to a group's decision, by level",
-            decision_latency_seconds.clone(),
-        );
-        let tasks_inflight = Gauge::default();
-        registry.register(
-            "polity_tasks_inflight",
-            "Tasks being decided on this node",
-            tasks_inflight.clone(),
-        );
-        let requests_rejected = Family::<RejectLabels, Counter>::default();
-        registry.register(
-            "polity_grpc_requests_rejected",
-            "gRPC requests refused before any work, by reason",
-            requests_rejected.clone(),
-        );
-        let executor_errors = Counter::default();
-        registry.register(
-            "polity_executor_errors",
-            "Executor runs that produced an error instead of an answer",
-            executor_errors.clone(),
-        );
-        let group_members = Family::<LevelLabels, Gauge>::default();
-        registry.register(
-            "federation_group_members",
-            "Members of the latest group this entry node ran at each level",
-            group_members.clone(),
-        );
-        let disagreements = Counter::default();
-        registry.register(
-            "federation_disagreements",
-            "Members whose observation differed from their group's decision",
-            disagreements.clone(),
-        );
-        let member_rounds = Gauge::default();
-        registry.register(
-            "federation_member_rounds",
-            "Group rounds this node is running as a member",
-            member_rounds.clone(),
-        );
-        let peer_messages_dropped = Family::<RejectLabels, Counter>::default();
-        registry.register(
-            "federation_peer_messages_dropped",
-            "Peer messages dropped or refused (malformed, unknown slot, backlog), by reason",
-            peer_messages_dropped.clone(),
-        );
-        let raft_leader = Family::<RaftGroupLabels, Gauge>::default();
-        registry.register(
-            "federation_raft_leader",
-            "1 when this node leads the raft group, else 0",
-            raft_leader.clone(),
-        );
-        let raft_term = Family::<RaftGroupLabels, Gauge>::default();
-        registry.register(
-            "federation_raft_term",
-            "The current raft term of the group on this node",
-            raft_term.clone(),
-        );
+        let TaskMetrics {
+            agents,
+            tasks,
+            byzantine_attacks_detected,
+            cascade_prevented,
+            decision_latency_seconds,
+            tasks_inflight,
+        } = TaskMetrics::register(&mut registry);
+        let ApiMetrics {
+            requests_rejected,
+            executor_errors,
+        } = ApiMetrics::register(&mut registry);
+        let RoundMetrics {
+            group_members,
+            disagreements,
+            member_rounds,
+            peer_messages_dropped,
+        } = RoundMetrics::register(&mut registry);
+        let RaftMetrics {
+            raft_leader,
+            raft_term,
+        } = RaftMetrics::register(&mut registry);
         let net = polity_net::NetMetrics::default();
         net.register(&mut registry);
-        let faults_injected = Family::<KindLabels, Counter>::default();
-        registry.register(
+        let faults_injected = registered(
+            &mut registry,
             "polity_faults_injected",
             "Faults this node injected on purpose (chaos runs), by kind",
-            faults_injected.clone(),
+            Family::<KindLabels, Counter>::default(),
         );
-        let gauge = |registry: &mut Registry, name: &str, help: &str| {
-            let gauge = Gauge::default();
-            registry.register(name, help, gauge.clone());
-            gauge
-        };
-        let worker_slots = gauge(
-            &mut registry,
-            "polity_worker_slots",
-            "Executions this node runs at once at most (grows with load)",
-        );
-        let workers_busy = gauge(&mut registry, "polity_workers_busy", "Executions running");
-        let worker_load_permille = gauge(
-            &mut registry,
-            "polity_worker_load_permille",
-            "Smoothed (busy + waiting) / slots, in thousandths",
-        );
-        let workers_spawned = gauge(
-            &mut registry,
-            "polity_workers_spawned",
-            "Worker slots added under load since start",
-        );
-        let workers_retired = gauge(
-            &mut registry,
-            "polity_workers_retired",
-            "Worker slots retired since start",
-        );
-        let reliability_permille = gauge(
-            &mut registry,
-            "polity_reliability_permille",
-            "Smoothed share of this node's tasks that ended DECIDED, in thousandths",
-        );
-        let scale_signal = gauge(
-            &mut registry,
-            "polity_scale_signal",
-            "+1 the node wants more agents, -1 agents may be retired, 0 steady",
-        );
+        let WorkerMetrics {
+            worker_slots,
+            workers_busy,
+            worker_load_permille,
+            workers_spawned,
+            workers_retired,
+            reliability_permille,
+            scale_signal,
+        } = WorkerMetrics::register(&mut registry);
         let recovery = crate::telemetry::recovery::Recovery::default();
         recovery.register(&mut registry);
         Metrics {
@@ -321,6 +232,196 @@ impl Metrics {
     /// The classic Prometheus text exposition (format 0.0.4) of every metric.
     pub fn encode_prometheus(&self) -> String {
         openmetrics_to_prometheus(&self.encode_openmetrics())
+    }
+}
+
+/// Registers `metric` under `name` with `help` and returns it (a metric is a shared
+/// handle: the registry's copy and the returned one count the same thing).
+fn registered<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+/// The federation's task outcomes and decisions, as the entry node sees them.
+struct TaskMetrics {
+    agents: Gauge,
+    tasks: Family<OutcomeLabels, Counter>,
+    byzantine_attacks_detected: Counter,
+    cascade_prevented: Counter,
+    decision_latency_seconds: Family<LevelLabels, Histogram, fn() -> Histogram>,
+    tasks_inflight: Gauge,
+}
+
+impl TaskMetrics {
+    fn register(registry: &mut Registry) -> TaskMetrics {
+        TaskMetrics {
+            agents: registered(
+                registry,
+                "federation_agents",
+                "Nodes this node knows in the federation, itself included",
+                Gauge::default(),
+            ),
+            tasks: registered(
+                registry,
+                "federation_tasks",
+                "Tasks finished on this entry node, by outcome and consensus path",
+                Family::default(),
+            ),
+            byzantine_attacks_detected: registered(
+                registry,
+                "federation_byzantine_attacks_detected",
+                "Verified evidence of misbehaviour (equivocation, forged signatures)",
+                Counter::default(),
+            ),
+            cascade_prevented: registered(
+                registry,
+                "federation_cascade_prevented",
+                "Groups that failed to decide without holding back their siblings",
+                Counter::default(),
+            ),
+            decision_latency_seconds: registered(
+                registry,
+                "federation_decision_latency_seconds",
+                "Time from dispatch to a group's decision, by level",
+                Family::new_with_constructor(decision_latency_histogram as fn() -> Histogram),
+            ),
+            tasks_inflight: registered(
+                registry,
+                "polity_tasks_inflight",
+                "Tasks being decided on this node",
+                Gauge::default(),
+            ),
+        }
+    }
+}
+
+/// What the gRPC API refused and what the executors failed to answer.
+struct ApiMetrics {
+    requests_rejected: Family<RejectLabels, Counter>,
+    executor_errors: Counter,
+}
+
+impl ApiMetrics {
+    fn register(registry: &mut Registry) -> ApiMetrics {
+        ApiMetrics {
+            requests_rejected: registered(
+                registry,
+                "polity_grpc_requests_rejected",
+                "gRPC requests refused before any work, by reason",
+                Family::default(),
+            ),
+            executor_errors: registered(
+                registry,
+                "polity_executor_errors",
+                "Executor runs that produced an error instead of an answer",
+                Counter::default(),
+            ),
+        }
+    }
+}
+
+/// Group rounds: who took part, who disagreed, which peer messages were dropped.
+struct RoundMetrics {
+    group_members: Family<LevelLabels, Gauge>,
+    disagreements: Counter,
+    member_rounds: Gauge,
+    peer_messages_dropped: Family<RejectLabels, Counter>,
+}
+
+impl RoundMetrics {
+    fn register(registry: &mut Registry) -> RoundMetrics {
+        RoundMetrics {
+            group_members: registered(
+                registry,
+                "federation_group_members",
+                "Members of the latest group this entry node ran at each level",
+                Family::default(),
+            ),
+            disagreements: registered(
+                registry,
+                "federation_disagreements",
+                "Members whose observation differed from their group's decision",
+                Counter::default(),
+            ),
+            member_rounds: registered(
+                registry,
+                "federation_member_rounds",
+                "Group rounds this node is running as a member",
+                Gauge::default(),
+            ),
+            peer_messages_dropped: registered(
+                registry,
+                "federation_peer_messages_dropped",
+                "Peer messages dropped or refused (malformed, unknown slot, backlog), by reason",
+                Family::default(),
+            ),
+        }
+    }
+}
+
+/// Leadership and term of each raft group running on this node.
+struct RaftMetrics {
+    raft_leader: Family<RaftGroupLabels, Gauge>,
+    raft_term: Family<RaftGroupLabels, Gauge>,
+}
+
+impl RaftMetrics {
+    fn register(registry: &mut Registry) -> RaftMetrics {
+        RaftMetrics {
+            raft_leader: registered(
+                registry,
+                "federation_raft_leader",
+                "1 when this node leads the raft group, else 0",
+                Family::default(),
+            ),
+            raft_term: registered(
+                registry,
+                "federation_raft_term",
+                "The current raft term of the group on this node",
+                Family::default(),
+            ),
+        }
+    }
+}
+
+/// Worker slots and the load and reliability they adapt to (`crate::member::workers`).
+struct WorkerMetrics {
+    worker_slots: Gauge,
+    workers_busy: Gauge,
+    worker_load_permille: Gauge,
+    workers_spawned: Gauge,
+    workers_retired: Gauge,
+    reliability_permille: Gauge,
+    scale_signal: Gauge,
+}
+
+impl WorkerMetrics {
+    fn register(registry: &mut Registry) -> WorkerMetrics {
+        let mut gauge = |name: &str, help: &str| registered(registry, name, help, Gauge::default());
+        WorkerMetrics {
+            worker_slots: gauge(
+                "polity_worker_slots",
+                "Executions this node runs at once at most (grows with load)",
+            ),
+            workers_busy: gauge("polity_workers_busy", "Executions running"),
+            worker_load_permille: gauge(
+                "polity_worker_load_permille",
+                "Smoothed (busy + waiting) / slots, in thousandths",
+            ),
+            workers_spawned: gauge(
+                "polity_workers_spawned",
+                "Worker slots added under load since start",
+            ),
+            workers_retired: gauge("polity_workers_retired", "Worker slots retired since start"),
+            reliability_permille: gauge(
+                "polity_reliability_permille",
+                "Smoothed share of this node's tasks that ended DECIDED, in thousandths",
+            ),
+            scale_signal: gauge(
+                "polity_scale_signal",
+                "+1 the node wants more agents, -1 agents may be retired, 0 steady",
+            ),
+        }
     }
 }
 
