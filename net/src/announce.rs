@@ -3,8 +3,8 @@
 //! A node's NodeInfo changes only when the node restarts, so gossiping it again is
 //! for whoever has not heard it yet: a node that just joined, or a peer that just
 //! connected. Announcing on a fixed short period instead costs every node one
-//! signature check per copy of every peer's announcement, forever: at 50 nodes and
-//! one announcement per 5 s that was a fifth of an idle node's CPU (BENCHMARKS.md).
+//! signature check per copy of every peer's announcement, forever, a cost that
+//! grows with the federation's size while buying nothing once everyone has heard.
 //!
 //! So the interval starts at [`INTERVAL_MIN_MS`], doubles after each announcement
 //! that reached someone, up to [`INTERVAL_MAX_MS`], and falls back to the minimum

@@ -11,7 +11,12 @@
 //!
 //! # Layout
 //!
-//! - [`network`]: behaviours, the event loop, [`NetHandle`], [`NetEvent`].
+//! - [`network`]: the vocabulary: [`NetConfig`], [`NetEvent`], [`NetError`], protocol names.
+//! - `handle`: [`NetHandle`], the client side; its commands carry `oneshot` replies.
+//! - `event_loop`: the only owner of the swarm; swarm events and commands.
+//! - `behaviour`: transports and behaviours, their limits, and [`start`].
+//! - `info`: the signed NodeInfo: asked for on connect, verified, announced in gossip.
+//! - `link_faults`: injected drop and delay on outbound requests, and peer blocks.
 //! - [`codec`]: length-prefixed frames with a size limit.
 //! - [`peers`]: the peer table (verified info, connections, RTT).
 //! - [`announce`]: when the node gossips its NodeInfo again (backs off while quiet).
@@ -19,8 +24,13 @@
 //! - [`metrics`]: counters of dropped and rejected input.
 
 pub mod announce;
+mod behaviour;
 pub mod breaker;
 pub mod codec;
+mod event_loop;
+mod handle;
+mod info;
+mod link_faults;
 pub mod metrics;
 pub mod network;
 pub mod peers;

@@ -36,8 +36,7 @@ impl PeerRecord {
     /// far a peer is (its limit is 100 ms); queueing and a busy CPU inflate single
     /// pings, never the minimum. So one slow ping does not make a peer incompatible,
     /// nor does the inflated first ping of a connection opened while the machine is
-    /// busy starting nodes (a smoothed average kept that one for half a minute); a
-    /// peer that is slow for a whole window is.
+    /// busy starting nodes; a peer that is slow for a whole window is.
     pub fn observe_rtt(&mut self, sample_ms: u64) {
         if self.rtt_samples.len() == RTT_WINDOW {
             self.rtt_samples.pop_front();

@@ -7,7 +7,8 @@ use ed25519_dalek::SigningKey;
 use polity_consensus::sign_message;
 use polity_net::network::verify_node_info;
 use polity_net::{
-    AppProtocol, LocalInfo, Multiaddr, NetConfig, NetError, NetEvent, NetHandle, NetMetrics, PeerId,
+    AppProtocol, LocalInfo, Multiaddr, NetConfig, NetError, NetEvent, NetHandle, NetMetrics,
+    PeerId, Responder,
 };
 use polity_proto::{NodeInfo, StatementKind};
 use tokio::sync::mpsc;
@@ -101,6 +102,55 @@ async fn wait_for_infos(node: &Node, expected: &[PeerId]) {
     }
 }
 
+/// Waits until a provider query for `key` at `node` finds every peer in `expected`.
+async fn wait_for_providers(node: &Node, key: &str, expected: &[PeerId]) {
+    let started = Instant::now();
+    loop {
+        let providers = node.handle.find_providers(key.to_string()).await.unwrap();
+        if expected.iter().all(|peer| providers.contains(peer)) {
+            return;
+        }
+        assert!(
+            started.elapsed() < CONVERGE_TIMEOUT,
+            "providers found: {providers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Sends a request from `handle` on its own task, so the test can answer it.
+fn spawn_request(
+    handle: &NetHandle,
+    peer: PeerId,
+    protocol: AppProtocol,
+    bytes: &[u8],
+) -> tokio::task::JoinHandle<Result<Vec<u8>, NetError>> {
+    let handle = handle.clone();
+    let bytes = bytes.to_vec();
+    tokio::spawn(async move { handle.request(peer, protocol, bytes).await })
+}
+
+/// The next inbound request among a node's events (other events are skipped).
+async fn next_request(
+    events: &mut mpsc::Receiver<NetEvent>,
+) -> (PeerId, AppProtocol, Vec<u8>, Responder) {
+    tokio::time::timeout(CONVERGE_TIMEOUT, async {
+        loop {
+            if let NetEvent::Request {
+                peer,
+                protocol,
+                bytes,
+                responder,
+            } = events.recv().await.expect("events")
+            {
+                return (peer, protocol, bytes, responder);
+            }
+        }
+    })
+    .await
+    .expect("the request arrives")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_discover_each_other_and_serve_requests() {
     let a = start(1, &["sha256"], "north", vec![]).await;
@@ -126,68 +176,21 @@ async fn nodes_discover_each_other_and_serve_requests() {
     assert!(view_c.serves("echo") && !view_c.serves("sha256"));
 
     // Kademlia provider records: a and b provide capability/sha256.
-    let started = Instant::now();
-    loop {
-        let providers = c
-            .handle
-            .find_providers("capability/sha256".to_string())
-            .await
-            .unwrap();
-        if providers.contains(&ids[0]) && providers.contains(&ids[1]) {
-            break;
-        }
-        assert!(
-            started.elapsed() < CONVERGE_TIMEOUT,
-            "providers found: {providers:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_providers(&c, "capability/sha256", &[ids[0], ids[1]]).await;
 
     // A request on the task protocol reaches c's node, and c's answer comes back.
-    let ask = tokio::spawn({
-        let handle = a.handle.clone();
-        async move {
-            handle
-                .request(ids[2], AppProtocol::Task, b"ping?".to_vec())
-                .await
-        }
-    });
-    let event = tokio::time::timeout(CONVERGE_TIMEOUT, async {
-        loop {
-            match c.events.recv().await.expect("events") {
-                NetEvent::Request {
-                    peer,
-                    protocol,
-                    bytes,
-                    responder,
-                } => break (peer, protocol, bytes, responder),
-                _ => continue,
-            }
-        }
-    })
-    .await
-    .expect("the request arrives");
-    assert_eq!(event.0, ids[0]);
-    assert_eq!(event.1, AppProtocol::Task);
-    assert_eq!(event.2, b"ping?");
-    event.3.respond(b"pong!".to_vec());
+    let ask = spawn_request(&a.handle, ids[2], AppProtocol::Task, b"ping?");
+    let (peer, protocol, bytes, responder) = next_request(&mut c.events).await;
+    assert_eq!(peer, ids[0]);
+    assert_eq!(protocol, AppProtocol::Task);
+    assert_eq!(bytes, b"ping?");
+    responder.respond(b"pong!".to_vec());
     assert_eq!(ask.await.unwrap().unwrap(), b"pong!");
 
     // An unanswered request fails on the asking side instead of hanging.
-    let ask = tokio::spawn({
-        let handle = a.handle.clone();
-        async move {
-            handle
-                .request(ids[2], AppProtocol::Consensus, b"ignored".to_vec())
-                .await
-        }
-    });
-    loop {
-        if let NetEvent::Request { responder, .. } = c.events.recv().await.expect("events") {
-            drop(responder);
-            break;
-        }
-    }
+    let ask = spawn_request(&a.handle, ids[2], AppProtocol::Consensus, b"ignored");
+    let (_, _, _, responder) = next_request(&mut c.events).await;
+    drop(responder);
     assert!(matches!(ask.await.unwrap(), Err(NetError::Request { .. })));
 
     // An oversized request is refused by the codec and counted, and nothing crashes.

@@ -1,0 +1,213 @@
+//! The signed NodeInfo: ours, signed afresh for every answer and announcement;
+//! theirs, asked for (`/polity/info/1`) on every new connection to a peer we know
+//! nothing of, heard in gossip announcements (`polity/announce/1`), verified, and
+//! kept in the peer table.
+//!
+//! These are methods of the [`EventLoop`], which alone owns the swarm; when to
+//! announce again is an [`AnnounceSchedule`](crate::announce::AnnounceSchedule).
+
+use std::time::Duration;
+
+use libp2p::gossipsub::IdentTopic;
+use libp2p::request_response;
+use libp2p::{Multiaddr, PeerId};
+use polity_consensus::{open, sign_message};
+use polity_proto::{NodeInfo, SignedStatement, StatementKind};
+use prost::Message;
+
+use crate::NotAnEd25519Key;
+use crate::codec::Frame;
+use crate::event_loop::EventLoop;
+use crate::network::{ANNOUNCE_TOPIC, NetEvent};
+
+/// Checks a signed NodeInfo: a valid NODE_INFO signature, by the key the info
+/// names, whose PeerId is the one the info names and, for an answer to our own
+/// info request, the peer we asked (`claimed`). Gossiped info has no claimed
+/// sender: the signature alone says whose it is.
+pub fn verify_node_info(
+    claimed: Option<PeerId>,
+    statement: &SignedStatement,
+) -> Result<(PeerId, NodeInfo), String> {
+    let (signer, info) = open::<NodeInfo>(statement, StatementKind::NodeInfo)
+        .map_err(|e| format!("bad signature: {e}"))?;
+    let signer_peer = crate::peer_id_of(signer.as_bytes())
+        .map_err(|NotAnEd25519Key| "signer is not a key".to_string())?;
+    if let Some(claimed) = claimed
+        && claimed != signer_peer
+    {
+        return Err(format!("info for {claimed} signed by {signer_peer}"));
+    }
+    if info.public_key != signer.as_bytes().as_slice() || info.peer_id != signer_peer.to_string() {
+        return Err("info names another key than its signer".to_string());
+    }
+    Ok((signer_peer, info))
+}
+
+impl EventLoop {
+    /// Our NodeInfo, freshly signed.
+    fn signed_info(&self) -> SignedStatement {
+        let info = NodeInfo {
+            public_key: self.signing_key.verifying_key().to_bytes().to_vec(),
+            peer_id: self.swarm.local_peer_id().to_string(),
+            capabilities: self.local.capabilities.clone(),
+            region: self.local.region.clone(),
+            continent: self.local.continent.clone(),
+            stake: self.local.stake,
+            grpc_endpoint: self.local.grpc_endpoint.clone(),
+            version: self.local.version.clone(),
+            issued_at_ms: unix_ms(),
+            listen_addrs: self.swarm.listeners().map(ToString::to_string).collect(),
+        };
+        sign_message(&self.signing_key, StatementKind::NodeInfo, &info)
+    }
+
+    /// When the next announcement is due, on the tokio clock.
+    pub(crate) fn announce_due(&self) -> tokio::time::Instant {
+        let due = self.started + Duration::from_millis(self.announce.next_ms());
+        tokio::time::Instant::from_std(due)
+    }
+
+    /// Gossips our signed NodeInfo and tells the schedule whether anyone took it.
+    pub(crate) fn announce(&mut self) {
+        let bytes = self.signed_info().encode_to_vec();
+        // No subscribed peer yet is normal right after start: retried soon.
+        let reached = self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(IdentTopic::new(ANNOUNCE_TOPIC), bytes)
+            .is_ok();
+        let now_ms = self.now_ms();
+        self.announce.published(now_ms, reached);
+    }
+
+    /// Asks a newly connected peer for its NodeInfo, unless we have it or asked already.
+    pub(crate) fn ask_info_if_unknown(&mut self, peer: PeerId, now_ms: u64) {
+        let needs_info = self
+            .peers
+            .get(&peer)
+            .is_some_and(|r| r.info.is_none() && !r.info_requested);
+        if !needs_info {
+            return;
+        }
+        self.peers.entry(peer, now_ms).info_requested = true;
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .info
+            .send_request(&peer, Frame::default());
+        self.pending_info.insert(id);
+    }
+
+    /// A gossiped announcement: `source` is the gossip author, blamed if it fails.
+    pub(crate) fn on_announcement(&mut self, source: Option<PeerId>, data: &[u8]) {
+        let Ok(statement) = SignedStatement::decode(data) else {
+            self.metrics.malformed_messages.inc();
+            return;
+        };
+        if let Err(reason) = self.accept_info(None, statement) {
+            self.metrics.infos_rejected.inc();
+            let source = source.unwrap_or(*self.swarm.local_peer_id());
+            self.emit(NetEvent::InvalidInfo {
+                peer: source,
+                reason,
+            });
+        }
+    }
+
+    /// `/polity/info/1`: answered here with our signed NodeInfo; responses verified.
+    pub(crate) fn on_info_event(
+        &mut self,
+        event: request_response::Event<Frame, Frame>,
+        now_ms: u64,
+    ) {
+        use request_response::{Event, Message as RpcMessage};
+        match event {
+            Event::Message {
+                message: RpcMessage::Request { channel, .. },
+                ..
+            } => {
+                let info = self.signed_info().encode_to_vec();
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .info
+                    .send_response(channel, Frame(info));
+            }
+            Event::Message {
+                peer,
+                message:
+                    RpcMessage::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                self.pending_info.remove(&request_id);
+                self.peers.entry(peer, now_ms).info_requested = false;
+                let result = SignedStatement::decode(response.0.as_slice())
+                    .map_err(|e| format!("undecodable info: {e}"))
+                    .and_then(|statement| self.accept_info(Some(peer), statement));
+                if let Err(reason) = result {
+                    self.metrics.infos_rejected.inc();
+                    self.emit(NetEvent::InvalidInfo { peer, reason });
+                }
+            }
+            Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                self.count_failure(&error.to_string());
+                self.pending_info.remove(&request_id);
+                self.peers.entry(peer, now_ms).info_requested = false;
+            }
+            Event::InboundFailure { error, .. } => self.count_failure(&error.to_string()),
+            Event::ResponseSent { .. } => {}
+        }
+    }
+
+    /// Verifies a signed NodeInfo (see [`verify_node_info`]), remembers it and the
+    /// addresses it lists, and dials its signer.
+    fn accept_info(
+        &mut self,
+        claimed: Option<PeerId>,
+        statement: SignedStatement,
+    ) -> Result<PeerId, String> {
+        let (signer_peer, info) = verify_node_info(claimed, &statement)?;
+        if signer_peer == *self.swarm.local_peer_id() {
+            return Ok(signer_peer);
+        }
+        let now_ms = self.now_ms();
+        if self
+            .peers
+            .get(&signer_peer)
+            .is_none_or(|record| record.info.is_none())
+        {
+            // A peer new to us may not have heard of us either.
+            self.announce.newcomer(now_ms);
+        }
+        let addresses: Vec<Multiaddr> = info
+            .listen_addrs
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect();
+        if self.peers.offer_info(signer_peer, info, statement, now_ms) {
+            for address in addresses {
+                self.learn_address(signer_peer, address, now_ms);
+            }
+        }
+        self.maybe_dial(signer_peer);
+        Ok(signer_peer)
+    }
+}
+
+/// Wall-clock time for `issued_at_ms`: it is signed and compared across nodes, so
+/// it cannot be the loop's monotonic `now_ms`.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
