@@ -612,12 +612,12 @@ impl Load for BenchLoad {
         let index = self.next_client.fetch_add(1, Ordering::Relaxed) % self.clients.len();
         let mut request = tonic::Request::new(request);
         request.set_timeout(self.rpc_timeout);
-        Step::Send(Submission {
+        Step::Send(Box::new(Submission {
             client: self.clients[index].clone(),
             request,
             timeout: self.rpc_timeout,
             sent: measured,
-        })
+        }))
     }
 
     fn record(&self, tally: &mut Tally, measured: bool, reply: Reply) -> Duration {

@@ -40,8 +40,9 @@ pub trait Load: Send + Sync + 'static {
 
 /// A client's next move.
 pub enum Step<S> {
-    /// Submit this.
-    Send(Submission<S>),
+    /// Submit this (boxed: a request is large, and it is about to be copied into
+    /// a gRPC call anyway).
+    Send(Box<Submission<S>>),
     /// Nothing to send to now: ask again after this long.
     Wait(Duration),
     /// The client is done.
@@ -103,12 +104,13 @@ async fn client_loop<L: Load>(load: Arc<L>, index: usize) -> anyhow::Result<L::C
         match load.next(&mut state) {
             Step::Stop => return Ok(state),
             Step::Wait(pause) => tokio::time::sleep(pause).await,
-            Step::Send(Submission {
-                mut client,
-                request,
-                timeout,
-                sent,
-            }) => {
+            Step::Send(submission) => {
+                let Submission {
+                    mut client,
+                    request,
+                    timeout,
+                    sent,
+                } = *submission;
                 let sent_at = Instant::now();
                 let record = rpc::submit(&mut client, request, timeout).await;
                 let reply = Reply {

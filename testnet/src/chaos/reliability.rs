@@ -628,12 +628,12 @@ impl Load for ReliabilityLoad {
             payload: payload(self.seed, k),
             ..self.template.clone()
         };
-        Step::Send(Submission {
+        Step::Send(Box::new(Submission {
             client: self.clients[k as usize % self.clients.len()].clone(),
             request: tonic::Request::new(request),
             timeout: self.rpc_timeout,
             sent: k,
-        })
+        }))
     }
 
     fn record(&self, seen: &mut Vec<TaskReply>, k: u32, reply: Reply) -> Duration {

@@ -1259,12 +1259,12 @@ impl Load for RunLoad {
             payload: payload.into_bytes(),
             ..self.template.clone()
         };
-        Step::Send(Submission {
+        Step::Send(Box::new(Submission {
             client: handle,
             request: tonic::Request::new(request),
             timeout: self.rpc_timeout,
             sent: InFlight { entry, truth },
-        })
+        }))
     }
 
     fn record(&self, client: &mut RunClient, sent: InFlight, reply: Reply) -> Duration {
