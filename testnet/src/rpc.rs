@@ -2,9 +2,11 @@
 //! without the API token), submitting a task, reading a task back, the Admin calls.
 //!
 //! The token travels the way the `polity` CLI sends it ([`polity_node::client::bearer`]).
-//! Every connection gives up after [`CONNECT_TIMEOUT`] and every call made here has a
-//! deadline, except a waiting SubmitTask through a client the caller bounds itself:
-//! a hung node must not hang a supervisor or a load generator.
+//! Every connection gives up after [`CONNECT_TIMEOUT`], and the calls made here
+//! (submit, read back, Admin) have deadlines: a hung node must not hang a
+//! supervisor or a load generator. A Federation client's own calls have none (a
+//! waiting SubmitTask lasts as long as its task); callers that use it directly
+//! bound them.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
