@@ -114,16 +114,21 @@ impl Connection {
             Some(path) => {
                 let token = std::fs::read_to_string(path)
                     .with_context(|| format!("reading token file {}", path.display()))?;
-                Some(
-                    format!("Bearer {}", token.trim())
-                        .parse()
-                        .context("the token must be printable ASCII")?,
-                )
+                Some(bearer(&token)?)
             }
             None => None,
         };
         Ok((channel, token))
     }
+}
+
+/// The `authorization` value for an API token. Public so that every gRPC client of
+/// a node (this CLI, `polity-testnet`) sends the token the same way; surrounding
+/// whitespace (a token file's newline) is not part of the token.
+pub fn bearer(token: &str) -> anyhow::Result<AsciiMetadataValue> {
+    format!("Bearer {}", token.trim())
+        .parse()
+        .context("the token must be printable ASCII")
 }
 
 fn read(path: &Path) -> anyhow::Result<Vec<u8>> {

@@ -39,16 +39,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
-use polity_proto::federation_client::FederationClient;
-use polity_proto::{ConsensusPath, RiskPolicy, Scope, SubmitTaskRequest, TaskState};
+use polity_node::client::{Client, parse_path, parse_scope};
+use polity_proto::{ConsensusPath, RiskPolicy, Scope, SubmitTaskRequest, TaskRecord, TaskState};
 use serde::Serialize;
-use tonic::metadata::AsciiMetadataValue;
-use tonic::transport::Endpoint;
-
-use polity_node::client::{BearerToken, Client, parse_path, parse_scope};
 
 use crate::cluster::TestnetState;
+use crate::load::{self, Load, Reply, Step, Submission};
 use crate::process::process_alive;
+use crate::rpc::{self, SubmitError};
 
 /// Client tasks at most.
 pub const CONCURRENCY_MAX: usize = 10_000;
@@ -60,8 +58,6 @@ pub const PAYLOAD_BYTES_MAX: usize = 16 * 1024 * 1024;
 const NODE_DEFAULT_DEADLINE: Duration = Duration::from_secs(10);
 /// Longest latency the histogram holds; longer ones are recorded as this.
 const LATENCY_MAX_US: u64 = 3_600_000_000;
-/// How long connecting to one endpoint may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a client task pauses after an error before its next request, so a
 /// dead or shedding node is not hammered in a hot loop.
 const ERROR_PAUSE: Duration = Duration::from_millis(10);
@@ -454,36 +450,19 @@ impl BenchReport {
 /// clients reach consecutive endpoints (round-robin over the list spreads the load
 /// evenly over endpoints and connections).
 async fn connect(config: &BenchConfig) -> anyhow::Result<Vec<Client>> {
-    let token = match &config.token {
-        Some(token) => Some(
-            format!("Bearer {}", token.trim())
-                .parse::<AsciiMetadataValue>()
-                .context("the token must be printable ASCII")?,
-        ),
-        None => None,
-    };
     let mut clients = Vec::with_capacity(config.endpoints.len() * config.connections);
     for _ in 0..config.connections {
         for url in &config.endpoints {
-            // Each `connect` opens its own HTTP/2 connection.
-            let channel = Endpoint::from_shared(url.clone())
-                .with_context(|| format!("bad endpoint {url:?}"))?
-                .connect_timeout(CONNECT_TIMEOUT)
-                .tcp_nodelay(true)
-                .connect()
-                .await
-                .with_context(|| format!("connecting to {url}"))?;
-            clients.push(
-                FederationClient::with_interceptor(channel, BearerToken(token.clone()))
-                    .max_decoding_message_size(64 * 1024 * 1024),
-            );
+            // Each `federation` opens its own HTTP/2 connection.
+            clients.push(rpc::federation(url, config.token.as_deref()).await?);
         }
     }
     Ok(clients)
 }
 
-/// What the client tasks share.
-struct Shared {
+/// The bench's [`Load`]: round-robin over the clients, fresh nonces, a warm-up
+/// and then the measured phase.
+struct BenchLoad {
     clients: Vec<Client>,
     template: SubmitTaskRequest,
     rpc_timeout: Duration,
@@ -521,6 +500,21 @@ impl Tally {
             error_samples: BTreeMap::new(),
             failure_samples: Vec::new(),
         })
+    }
+
+    /// A record that came back after `latency`.
+    fn record(&mut self, record: &TaskRecord, latency: Duration) {
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.latency_us.saturating_record(micros.max(1));
+        match TaskState::try_from(record.state) {
+            Ok(TaskState::Decided) => self.outcomes.decided += 1,
+            Ok(TaskState::Degraded) => self.outcomes.degraded += 1,
+            Ok(TaskState::Failed) => {
+                self.outcomes.failed += 1;
+                self.failure(&record.error);
+            }
+            _ => self.outcomes.other += 1,
+        }
     }
 
     fn error(&mut self, code: tonic::Code, message: &str) {
@@ -590,69 +584,70 @@ pub fn code_name(code: tonic::Code) -> &'static str {
     }
 }
 
-/// One client task: submit and wait, until the measured phase is over.
-async fn client_task(shared: Arc<Shared>) -> anyhow::Result<Tally> {
-    let mut tally = Tally::new()?;
-    loop {
+impl Load for BenchLoad {
+    type Client = Tally;
+    /// Whether the request belongs to the measured phase.
+    type Sent = bool;
+
+    fn client(&self, _index: usize) -> anyhow::Result<Tally> {
+        Tally::new()
+    }
+
+    fn next(&self, _tally: &mut Tally) -> Step<bool> {
         let now = Instant::now();
-        let measured = now >= shared.measure_from;
+        let measured = now >= self.measure_from;
         if measured {
-            let over = match shared.stop {
-                StopAfter::Duration(duration) => now >= shared.measure_from + duration,
+            let over = match self.stop {
+                StopAfter::Duration(duration) => now >= self.measure_from + duration,
                 StopAfter::Count(count) => {
-                    shared.measured_sent.fetch_add(1, Ordering::Relaxed) >= count
+                    self.measured_sent.fetch_add(1, Ordering::Relaxed) >= count
                 }
             };
             if over {
-                return Ok(tally);
+                return Step::Stop;
             }
         }
-        let mut request = shared.template.clone();
-        request.nonce = shared.next_nonce.fetch_add(1, Ordering::Relaxed);
-        let index = shared.next_client.fetch_add(1, Ordering::Relaxed) % shared.clients.len();
-        let mut client = shared.clients[index].clone();
+        let mut request = self.template.clone();
+        request.nonce = self.next_nonce.fetch_add(1, Ordering::Relaxed);
+        let index = self.next_client.fetch_add(1, Ordering::Relaxed) % self.clients.len();
         let mut request = tonic::Request::new(request);
-        request.set_timeout(shared.rpc_timeout);
+        request.set_timeout(self.rpc_timeout);
+        Step::Send(Box::new(Submission {
+            client: self.clients[index].clone(),
+            request,
+            timeout: self.rpc_timeout,
+            sent: measured,
+        }))
+    }
 
-        let sent = Instant::now();
-        let reply = tokio::time::timeout(shared.rpc_timeout, client.submit_task(request)).await;
-        let latency = sent.elapsed();
-
+    fn record(&self, tally: &mut Tally, measured: bool, reply: Reply) -> Duration {
         if !measured {
             tally.warmup_requests += 1;
-            if !matches!(reply, Ok(Ok(_))) {
-                tokio::time::sleep(ERROR_PAUSE).await;
-            }
-            continue;
+            return if reply.record.is_ok() {
+                Duration::ZERO
+            } else {
+                ERROR_PAUSE
+            };
         }
         tally.requests += 1;
-        match reply {
-            Ok(Ok(response)) => {
-                let record = response.into_inner();
-                let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-                tally.latency_us.saturating_record(micros.max(1));
-                match TaskState::try_from(record.state) {
-                    Ok(TaskState::Decided) => tally.outcomes.decided += 1,
-                    Ok(TaskState::Degraded) => tally.outcomes.degraded += 1,
-                    Ok(TaskState::Failed) => {
-                        tally.outcomes.failed += 1;
-                        tally.failure(&record.error);
-                    }
-                    _ => tally.outcomes.other += 1,
-                }
+        match reply.record {
+            Ok(record) => {
+                tally.record(&record, reply.latency);
+                Duration::ZERO
             }
-            Ok(Err(status)) => {
+            Err(SubmitError::Status(status)) => {
                 tally.error(status.code(), status.message());
-                tokio::time::sleep(ERROR_PAUSE).await;
+                ERROR_PAUSE
             }
-            Err(_elapsed) => {
+            Err(SubmitError::NoReply(timeout)) => {
                 tally.error(
                     tonic::Code::DeadlineExceeded,
                     &format!(
                         "no reply within {} ms (client-side timeout)",
-                        shared.rpc_timeout.as_millis()
+                        timeout.as_millis()
                     ),
                 );
+                Duration::ZERO
             }
         }
     }
@@ -664,7 +659,7 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<BenchReport> {
     let clients = connect(&config).await?;
     let run_base = getrandom::u64().context("drawing the run's random nonce base")?;
     let started = Instant::now();
-    let shared = Arc::new(Shared {
+    let bench = Arc::new(BenchLoad {
         clients,
         template: config.template(run_base),
         rpc_timeout: config.rpc_timeout(),
@@ -674,15 +669,11 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<BenchReport> {
         measure_from: started + config.warmup,
         stop: config.stop,
     });
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..config.concurrency {
-        tasks.spawn(client_task(Arc::clone(&shared)));
-    }
     let mut total = Tally::new()?;
-    while let Some(joined) = tasks.join_next().await {
-        total.merge(joined.context("a client task panicked")??)?;
+    for tally in load::run(Arc::clone(&bench), config.concurrency).await? {
+        total.merge(tally)?;
     }
-    let measured = shared.measure_from.elapsed();
+    let measured = bench.measure_from.elapsed();
     let seconds = measured.as_secs_f64();
     let per_second = |count: u64| {
         if seconds > 0.0 {

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::process::{
     NodeProcess, NodeSpec, Starting, polity_binary, process_alive, rss_bytes, terminate,
 };
+use crate::rpc::{self, Token};
 
 /// File that records a detached testnet.
 pub const STATE_FILE: &str = "testnet.json";
@@ -71,7 +72,7 @@ pub struct NodeRecord {
     pub grpc: String,
     pub http: String,
     pub p2p: Vec<String>,
-    /// Hex ed25519 public key (empty in state files written before it was recorded).
+    /// Hex ed25519 public key (empty when the state file does not record it).
     #[serde(default)]
     pub public_key: String,
     /// Started by a supervisor (`chaos run --autoscale`) rather than by `up`.
@@ -254,32 +255,7 @@ pub async fn launch(args: &UpArgs, capabilities: &[String]) -> anyhow::Result<La
     bar.set_message("starting nodes");
     // The first two nodes start one by one (the others bootstrap to them); the rest
     // are spawned in waves and start in parallel.
-    let spec_of = |index: usize, seeds: &[NodeProcess]| {
-        let (name, region, continent) = placement(index, args.regions, args.continents);
-        let data_dir = args.dir.join(&name);
-        // A fresh testnet: old data (identities, ledgers) goes.
-        let _ = std::fs::remove_dir_all(&data_dir);
-        let mut extra_args = Vec::new();
-        for capability in capabilities {
-            extra_args.push("--capability".to_string());
-            extra_args.push(capability.clone());
-        }
-        // Bootstrap to the first two nodes (two, so node 0 is no single point).
-        for seed in seeds.iter().take(2) {
-            if let Some(address) = seed.endpoints.p2p.first() {
-                extra_args.push("--bootstrap".to_string());
-                extra_args.push(address.clone());
-            }
-        }
-        extra_args.extend(args.node_args.iter().cloned());
-        NodeSpec {
-            name,
-            data_dir,
-            region,
-            continent,
-            extra_args,
-        }
-    };
+    let spec_of = |index: usize, seeds: &[NodeProcess]| node_spec(args, capabilities, index, seeds);
     let mut nodes: Vec<NodeProcess> = Vec::with_capacity(args.nodes);
     for index in 0..args.nodes.min(2) {
         let spec = spec_of(index, &nodes);
@@ -309,7 +285,7 @@ pub async fn launch(args: &UpArgs, capabilities: &[String]) -> anyhow::Result<La
         .and_then(|spec| spec.split('=').next())
         .unwrap_or("echo");
     let token = match token_file(&args.node_args) {
-        Some(path) => Some(crate::chaos::Token::read(&path)?),
+        Some(path) => Some(Token::read(&path)?),
         None => None,
     };
     if let Err(error) = wait_for_discovery(&nodes, capability, token.as_ref(), timeout).await {
@@ -324,6 +300,40 @@ pub async fn launch(args: &UpArgs, capabilities: &[String]) -> anyhow::Result<La
         start_ms,
         converge_ms,
     })
+}
+
+/// The spec of node `index` of a fresh testnet (its old data dir removed),
+/// bootstrapping to the first two of `seeds`.
+fn node_spec(
+    args: &UpArgs,
+    capabilities: &[String],
+    index: usize,
+    seeds: &[NodeProcess],
+) -> NodeSpec {
+    let (name, region, continent) = placement(index, args.regions, args.continents);
+    let data_dir = args.dir.join(&name);
+    // A fresh testnet: old data (identities, ledgers) goes.
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let mut extra_args = Vec::new();
+    for capability in capabilities {
+        extra_args.push("--capability".to_string());
+        extra_args.push(capability.clone());
+    }
+    // Bootstrap to the first two nodes (two, so node 0 is no single point).
+    for seed in seeds.iter().take(2) {
+        if let Some(address) = seed.endpoints.p2p.first() {
+            extra_args.push("--bootstrap".to_string());
+            extra_args.push(address.clone());
+        }
+    }
+    extra_args.extend(args.node_args.iter().cloned());
+    NodeSpec {
+        name,
+        data_dir,
+        region,
+        continent,
+        extra_args,
+    }
 }
 
 /// The API token file named in node flags (`--api-token-file=PATH` or
@@ -345,7 +355,7 @@ pub fn token_file(node_args: &[String]) -> Option<PathBuf> {
 async fn wait_for_discovery(
     nodes: &[NodeProcess],
     capability: &str,
-    token: Option<&crate::chaos::Token>,
+    token: Option<&Token>,
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let expected = nodes.len() * (nodes.len() - 1);
@@ -356,7 +366,7 @@ async fn wait_for_discovery(
     bar.set_message("discovering peers");
     let mut clients = Vec::with_capacity(nodes.len());
     for node in nodes {
-        let client = crate::chaos::federation(&node.endpoints.grpc, token)
+        let client = rpc::federation(&node.endpoints.grpc, token.map(|t| t.value.as_str()))
             .await
             .with_context(|| format!("connecting to node {}", node.spec.name))?;
         clients.push(client);
@@ -461,7 +471,7 @@ pub async fn status(args: DirArgs) -> anyhow::Result<()> {
     };
     // A token in the state: the nodes require it, and it opens their Admin status.
     let token = match &state.token_file {
-        Some(path) => Some(crate::chaos::Token::read(path)?),
+        Some(path) => Some(Token::read(path)?),
         None => None,
     };
     println!(
@@ -487,7 +497,9 @@ pub async fn status(args: DirArgs) -> anyhow::Result<()> {
             None
         };
         let admin = match (&token, alive) {
-            (Some(token), true) => admin_status(&node.grpc, token).await,
+            (Some(token), true) => {
+                rpc::node_status_within(&node.grpc, token, Duration::from_secs(3)).await
+            }
             _ => None,
         };
         let state = match (alive, peers) {
@@ -532,26 +544,11 @@ pub async fn status(args: DirArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A node's Admin status, or `None` when it cannot be read within a few seconds.
-async fn admin_status(grpc: &str, token: &crate::chaos::Token) -> Option<polity_proto::NodeStatus> {
-    let status = async {
-        crate::chaos::admin(grpc, token)
-            .await
-            .ok()?
-            .get_status(polity_proto::GetStatusRequest {})
-            .await
-            .ok()
-            .map(tonic::Response::into_inner)
-    };
-    tokio::time::timeout(Duration::from_secs(3), status)
-        .await
-        .ok()
-        .flatten()
-}
-
-async fn known_peers(grpc: &str, token: Option<&crate::chaos::Token>) -> Option<usize> {
+async fn known_peers(grpc: &str, token: Option<&Token>) -> Option<usize> {
     let peers = async {
-        let mut client = crate::chaos::federation(grpc, token).await.ok()?;
+        let mut client = rpc::federation(grpc, token.map(|t| t.value.as_str()))
+            .await
+            .ok()?;
         client.get_node_info(GetNodeInfoRequest {}).await.ok()?;
         let peers = client
             .list_peers(ListPeersRequest::default())

@@ -12,13 +12,15 @@ use std::path::PathBuf;
 
 use anyhow::{Context, ensure};
 use polity_consensus::verify_chain;
+use polity_node::client::printable;
 use polity_proto::{
     ConsensusPath, Level, RiskPolicy, Scope, SubmitTaskRequest, TaskState,
     VerifyCertificateRequest, verify_certificate_request::Source,
 };
 
 use crate::cluster::{Launched, UpArgs, launch, print_table};
-use crate::show::{certificate_tree, printable};
+use crate::rpc;
+use crate::show::{certificate_tree, level_label};
 
 /// `demo` options.
 #[derive(Debug, Clone, clap::Args)]
@@ -175,7 +177,7 @@ async fn decide_all(nodes: &[crate::process::NodeProcess]) -> anyhow::Result<()>
             entry.spec.name,
             entry.spec.region
         );
-        let mut client = entry.client().await?;
+        let mut client = rpc::federation(&entry.endpoints.grpc, None).await?;
         let record = client
             .submit_task(task.request)
             .await
@@ -197,7 +199,7 @@ async fn decide_all(nodes: &[crate::process::NodeProcess]) -> anyhow::Result<()>
         for group in &record.groups {
             println!(
                 "  group  {:<10} {:<12} {} agreed, {} disagreed, {} silent; {} ms",
-                crate::show::level_name(group.level),
+                level_label(group.level),
                 group.group,
                 group.agreed.len(),
                 group.disagreed.len(),

@@ -11,16 +11,28 @@
 //! # Layout
 //!
 //! - [`process`]: spawning, waiting for and stopping node processes.
-//! - [`cluster`]: `up`, `status`, `down`.
+//! - [`rpc`]: every gRPC call the testnet makes to a node: connecting with or
+//!   without the API token ([`rpc::Token`]), submitting, reading a task back, the
+//!   Admin calls. The token is sent as the `polity` CLI sends it.
+//! - [`load`]: the one load loop: N clients submitting tasks until a count, a
+//!   time or a flag, each reply handed to a [`load::Load`].
+//! - [`cluster`]: `up`, `status`, `down`; launching a cluster and waiting for
+//!   discovery.
 //! - [`show`]: printing certificate chains for people.
 //! - [`demo`]: the `polity-testnet demo` walk-through.
 //! - [`bench`]: `polity-testnet bench`, a gRPC load generator.
 //! - [`chaos`]: `polity-testnet chaos`, fault injection, crash and partition
 //!   schedules, measured reliability, a self-spawning supervisor.
+//!
+//! Dependencies point one way: `rpc` and `process` depend on no other module
+//! here; `load` on `rpc`; `cluster` on `process` and `rpc`; `demo`, `bench` and
+//! `chaos` on those below them. Nothing depends on `chaos`, `bench` or `demo`.
 
 pub mod bench;
 pub mod chaos;
 pub mod cluster;
 pub mod demo;
+pub mod load;
 pub mod process;
+pub mod rpc;
 pub mod show;

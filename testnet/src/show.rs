@@ -4,6 +4,8 @@
 use std::fmt::Write;
 
 use polity_consensus::{PublicKey, certificate_digest, open};
+use polity_node::client::printable;
+use polity_node::tasks::{level_name, path_name};
 use polity_proto::{
     Certificate, ConsensusPath, Level, Observation, RaftCommit, Report, StatementKind,
 };
@@ -12,30 +14,14 @@ use prost::Message;
 /// Depth of a certificate chain we print (region → continent → global).
 const CHAIN_DEPTH_MAX: usize = 3;
 
-/// The value as text when printable, else hex.
-pub fn printable(value: &[u8]) -> String {
-    match std::str::from_utf8(value) {
-        Ok(text) if !text.chars().any(char::is_control) => format!("{text:?}"),
-        _ => format!("0x{}", hex::encode(value)),
-    }
+/// The name of a level or path number as the node spells it, `?` for a number
+/// this build does not know.
+pub fn level_label(level: i32) -> &'static str {
+    Level::try_from(level).map(level_name).unwrap_or("?")
 }
 
-pub fn level_name(level: i32) -> &'static str {
-    match Level::try_from(level) {
-        Ok(Level::Region) => "region",
-        Ok(Level::Continent) => "continent",
-        Ok(Level::Global) => "global",
-        _ => "?",
-    }
-}
-
-fn path_name(path: i32) -> &'static str {
-    match ConsensusPath::try_from(path) {
-        Ok(ConsensusPath::Bft) => "bft",
-        Ok(ConsensusPath::Raft) => "raft",
-        Ok(ConsensusPath::Stake) => "stake",
-        _ => "?",
-    }
+fn path_label(path: i32) -> &'static str {
+    ConsensusPath::try_from(path).map(path_name).unwrap_or("?")
 }
 
 fn short(key: &PublicKey) -> String {
@@ -64,37 +50,15 @@ fn render(certificate: &Certificate, depth: usize, out: &mut String) {
     let _ = writeln!(
         out,
         "{indent}{} {:?} round {}: value {value}, path {} ({}), {} member(s), digest {}",
-        level_name(slot.level),
+        level_label(slot.level),
         slot.group,
         slot.round,
-        path_name(certificate.path),
+        path_label(certificate.path),
         certificate.path_reason,
         certificate.members.len(),
         &hex::encode(certificate_digest(certificate))[..16],
     );
-    for statement in &certificate.observations {
-        match open::<Observation>(statement, StatementKind::Observation) {
-            Ok((signer, observation)) => {
-                let said = if observation.error.is_empty() {
-                    printable(&observation.answer)
-                } else {
-                    format!("error: {}", observation.error)
-                };
-                let agrees = report
-                    .as_ref()
-                    .is_some_and(|r| observation.error.is_empty() && r.value == observation.answer);
-                let _ = writeln!(
-                    out,
-                    "{indent}  {} voted {said} {}",
-                    short(&signer),
-                    if agrees { "(agrees)" } else { "(DISAGREES)" }
-                );
-            }
-            Err(error) => {
-                let _ = writeln!(out, "{indent}  unreadable observation: {error}");
-            }
-        }
-    }
+    write_votes(certificate, report.as_ref(), &indent, out);
     if !certificate.attestations.is_empty() {
         let _ = writeln!(
             out,
@@ -113,6 +77,37 @@ fn render(certificate: &Certificate, depth: usize, out: &mut String) {
             short(&signer)
         );
     }
+    write_children(certificate, depth, &indent, out);
+}
+
+/// One line per observation: who voted what, and whether it agrees with the report.
+fn write_votes(certificate: &Certificate, report: Option<&Report>, indent: &str, out: &mut String) {
+    for statement in &certificate.observations {
+        match open::<Observation>(statement, StatementKind::Observation) {
+            Ok((signer, observation)) => {
+                let said = if observation.error.is_empty() {
+                    printable(&observation.answer)
+                } else {
+                    format!("error: {}", observation.error)
+                };
+                let agrees = report
+                    .is_some_and(|r| observation.error.is_empty() && r.value == observation.answer);
+                let _ = writeln!(
+                    out,
+                    "{indent}  {} voted {said} {}",
+                    short(&signer),
+                    if agrees { "(agrees)" } else { "(DISAGREES)" }
+                );
+            }
+            Err(error) => {
+                let _ = writeln!(out, "{indent}  unreadable observation: {error}");
+            }
+        }
+    }
+}
+
+/// The carried child certificates, one level deeper, each distinct one once.
+fn write_children(certificate: &Certificate, depth: usize, indent: &str, out: &mut String) {
     if depth + 1 >= CHAIN_DEPTH_MAX && !certificate.children.is_empty() {
         let _ = writeln!(out, "{indent}  (deeper children not shown)");
         return;

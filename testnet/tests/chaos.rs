@@ -10,8 +10,9 @@ use polity_proto::{
     SubmitTaskRequest, TaskState,
 };
 use polity_testnet::chaos::run::{RunArgs, run};
-use polity_testnet::chaos::{Token, federation, sha256_hex};
+use polity_testnet::chaos::sha256_hex;
 use polity_testnet::cluster::{Launched, UpArgs, default_capabilities, launch};
+use polity_testnet::rpc::{Token, federation};
 
 /// One cluster at a time (an async lock: held across awaits, shared by the
 /// tests' runtimes; a failed test does not poison it).
@@ -37,7 +38,7 @@ async fn a_lying_equivocating_member_never_gets_a_wrong_certificate_and_loses_tr
         .await
         .expect("four nodes start and converge");
     let byzantine = &nodes[3];
-    polity_testnet::chaos::reliability::set_faults(
+    polity_testnet::rpc::set_faults(
         &byzantine.endpoints.grpc,
         &token,
         Faults {
@@ -54,7 +55,9 @@ async fn a_lying_equivocating_member_never_gets_a_wrong_certificate_and_loses_tr
     for k in 0..9 {
         // Entered at the honest nodes in turn.
         let entry = &nodes[k % 3];
-        let mut client = federation(&entry.endpoints.grpc, &token).await.unwrap();
+        let mut client = federation(&entry.endpoints.grpc, Some(&token.value))
+            .await
+            .unwrap();
         let payload = format!("byzantine test task {k}");
         let request = SubmitTaskRequest {
             capability: "sha256".into(),
@@ -105,7 +108,9 @@ async fn a_lying_equivocating_member_never_gets_a_wrong_certificate_and_loses_tr
     // Every honest node distrusts the liar (trust at or below the floor), or no
     // longer offers it as a compatible peer.
     for honest in &nodes[..3] {
-        let mut client = federation(&honest.endpoints.grpc, &token).await.unwrap();
+        let mut client = federation(&honest.endpoints.grpc, Some(&token.value))
+            .await
+            .unwrap();
         let trust = client
             .get_trust(GetTrustRequest {
                 peer_id: byzantine.endpoints.peer_id.clone(),

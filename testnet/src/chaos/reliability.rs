@@ -65,13 +65,14 @@ use polity_consensus::reliability::{
 use polity_consensus::verify_chain;
 use polity_node::client::{Client, parse_path};
 use polity_proto::{
-    ConsensusPath, Faults, GetStatusRequest, Level, RiskPolicy, Scope, SubmitTaskRequest,
-    TaskRecord, TaskState,
+    ConsensusPath, Faults, Level, RiskPolicy, Scope, SubmitTaskRequest, TaskRecord, TaskState,
 };
 use serde::Serialize;
 
-use super::{Token, admin, federation, node_seed, sha256_hex};
+use super::{node_seed, sha256_hex};
 use crate::cluster::{Launched, UpArgs, default_capabilities, launch};
+use crate::load::{self, Load, Reply, Step, Submission};
+use crate::rpc::{self, Token};
 
 /// Tasks per run at most.
 pub const TASKS_MAX: u32 = 100_000;
@@ -452,20 +453,6 @@ pub fn payload(seed: u64, k: u32) -> Vec<u8> {
     format!("polity-chaos-reliability seed {seed} task {k}").into_bytes()
 }
 
-/// Sets `faults` on a node and checks the node took them as sent.
-pub async fn set_faults(grpc: &str, token: &Token, faults: Faults) -> anyhow::Result<()> {
-    let mut client = admin(grpc, token).await?;
-    let now = client
-        .set_faults(faults.clone())
-        .await
-        .with_context(|| format!("Admin/SetFaults on {grpc}"))?
-        .into_inner();
-    if now != faults {
-        bail!("Admin/SetFaults on {grpc}: sent {faults:?}, the node has {now:?} in force");
-    }
-    Ok(())
-}
-
 /// Runs the measurement: launches the cluster, injects ε, submits, judges, stops
 /// the cluster.
 pub async fn measure(args: &ReliabilityArgs) -> anyhow::Result<ReliabilityReport> {
@@ -508,40 +495,11 @@ async fn measure_on(
     token: &Token,
     nodes: &[crate::process::NodeProcess],
 ) -> anyhow::Result<ReliabilityReport> {
-    for (index, node) in nodes.iter().enumerate() {
-        let faults = Faults {
-            error_rate: args.epsilon,
-            distinct_wrong: args.distinct_wrong,
-            seed: node_seed(args.seed, index),
-            ..Faults::default()
-        };
-        set_faults(&node.endpoints.grpc, token, faults).await?;
-    }
+    inject_faults(args, token, nodes).await?;
     let mut clients: Vec<Client> = Vec::with_capacity(nodes.len());
     for node in nodes {
-        clients.push(federation(&node.endpoints.grpc, token).await?);
+        clients.push(rpc::federation(&node.endpoints.grpc, Some(&token.value)).await?);
     }
-    let level = match args.scope {
-        ScopeKind::Region => Level::Region,
-        ScopeKind::Continent => Level::Continent,
-    };
-    let template = SubmitTaskRequest {
-        capability: "sha256".into(),
-        payload: Vec::new(),
-        scope: Some(Scope {
-            level: level as i32,
-            name: String::new(),
-        }),
-        replication: args.replicas,
-        aggregation: 0,
-        policy: Some(RiskPolicy {
-            path_override: path as i32,
-            ..RiskPolicy::default()
-        }),
-        deadline_ms: args.deadline_ms,
-        nonce: 0,
-        wait: true,
-    };
     let bar = if args.json {
         ProgressBar::hidden()
     } else {
@@ -552,82 +510,26 @@ async fn measure_on(
     );
     bar.set_message("deciding tasks");
     let started = Instant::now();
-    let next = Arc::new(AtomicU32::new(0));
-    let rpc_timeout = Duration::from_millis(args.deadline_ms) + Duration::from_secs(5);
-    let mut workers = Vec::with_capacity(args.concurrency);
-    for _ in 0..args.concurrency {
-        let next = next.clone();
-        let clients = clients.clone();
-        let template = template.clone();
-        let bar = bar.clone();
-        let (tasks, seed) = (args.tasks, args.seed);
-        workers.push(tokio::spawn(async move {
-            let mut seen = Vec::new();
-            loop {
-                let k = next.fetch_add(1, Ordering::Relaxed);
-                if k >= tasks {
-                    return seen;
-                }
-                let mut client = clients[k as usize % clients.len()].clone();
-                let request = SubmitTaskRequest {
-                    payload: payload(seed, k),
-                    ..template.clone()
-                };
-                let reply = tokio::time::timeout(rpc_timeout, client.submit_task(request)).await;
-                let outcome = match reply {
-                    Ok(Ok(record)) => Ok(record.into_inner()),
-                    Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
-                    Err(_) => Err(format!("no reply within {rpc_timeout:?}")),
-                };
-                seen.push((k, outcome));
-                bar.inc(1);
-            }
-        }));
-    }
-    let mut counts = Counts::default();
-    let mut members = MemberErrors::default();
-    let mut samples = Vec::new();
-    for worker in workers {
-        for (k, outcome) in worker.await.context("a client task panicked")? {
-            let truth = sha256_hex(&payload(args.seed, k));
-            match outcome {
-                Ok(record) => {
-                    let state = TaskState::try_from(record.state).unwrap_or_default();
-                    let verdict = judge_record(&record, truth.as_bytes());
-                    if args.scope == ScopeKind::Region
-                        && matches!(verdict, Verdict::Correct | Verdict::Wrong)
-                    {
-                        members.add(&record, verdict == Verdict::Correct);
-                    }
-                    if state == TaskState::Failed && samples.len() < SAMPLES_MAX {
-                        samples.push(format!("FAILED: {}", record.error));
-                    }
-                    counts.add(verdict, Some(state));
-                }
-                Err(message) => {
-                    if samples.len() < SAMPLES_MAX {
-                        samples.push(message);
-                    }
-                    counts.add(Verdict::Error, None);
-                }
-            }
-        }
-    }
+    let tasks = Arc::new(ReliabilityLoad {
+        clients,
+        template: task_template(args, path),
+        rpc_timeout: Duration::from_millis(args.deadline_ms) + Duration::from_secs(5),
+        next: AtomicU32::new(0),
+        tasks: args.tasks,
+        seed: args.seed,
+        bar: bar.clone(),
+    });
+    let replies = load::run(tasks, args.concurrency).await?;
+    let Judged {
+        counts,
+        members,
+        samples,
+    } = judge_all(args, replies.into_iter().flatten());
     bar.finish_and_clear();
     let duration_s = started.elapsed().as_secs_f64();
     let mut node_reliability = Vec::with_capacity(nodes.len());
     for node in nodes {
-        let status = async {
-            anyhow::Ok(
-                admin(&node.endpoints.grpc, token)
-                    .await?
-                    .get_status(GetStatusRequest {})
-                    .await?
-                    .into_inner(),
-            )
-        }
-        .await;
-        match status {
+        match rpc::node_status(&node.endpoints.grpc, token).await {
             Ok(status) => node_reliability.push(status.reliability),
             Err(error) => bail!("Admin/GetStatus on {}: {error:#}", node.spec.name),
         }
@@ -648,6 +550,140 @@ async fn measure_on(
         duration_s,
         samples,
     })
+}
+
+/// Sets ε on every node, each with its own fault seed.
+async fn inject_faults(
+    args: &ReliabilityArgs,
+    token: &Token,
+    nodes: &[crate::process::NodeProcess],
+) -> anyhow::Result<()> {
+    for (index, node) in nodes.iter().enumerate() {
+        let faults = Faults {
+            error_rate: args.epsilon,
+            distinct_wrong: args.distinct_wrong,
+            seed: node_seed(args.seed, index),
+            ..Faults::default()
+        };
+        rpc::set_faults(&node.endpoints.grpc, token, faults).await?;
+    }
+    Ok(())
+}
+
+/// The request of every task, but for its payload.
+fn task_template(args: &ReliabilityArgs, path: ConsensusPath) -> SubmitTaskRequest {
+    let level = match args.scope {
+        ScopeKind::Region => Level::Region,
+        ScopeKind::Continent => Level::Continent,
+    };
+    SubmitTaskRequest {
+        capability: "sha256".into(),
+        payload: Vec::new(),
+        scope: Some(Scope {
+            level: level as i32,
+            name: String::new(),
+        }),
+        replication: args.replicas,
+        aggregation: 0,
+        policy: Some(RiskPolicy {
+            path_override: path as i32,
+            ..RiskPolicy::default()
+        }),
+        deadline_ms: args.deadline_ms,
+        nonce: 0,
+        wait: true,
+    }
+}
+
+/// Task `k` and what came back for it (a record, or why none).
+type TaskReply = (u32, Result<TaskRecord, String>);
+
+/// The measurement's [`Load`]: tasks 0..K, each sent once, entry nodes round-robin.
+struct ReliabilityLoad {
+    clients: Vec<Client>,
+    template: SubmitTaskRequest,
+    rpc_timeout: Duration,
+    /// The next task to send.
+    next: AtomicU32,
+    tasks: u32,
+    seed: u64,
+    bar: ProgressBar,
+}
+
+impl Load for ReliabilityLoad {
+    type Client = Vec<TaskReply>;
+    /// The task number.
+    type Sent = u32;
+
+    fn client(&self, _index: usize) -> anyhow::Result<Vec<TaskReply>> {
+        Ok(Vec::new())
+    }
+
+    fn next(&self, _seen: &mut Vec<TaskReply>) -> Step<u32> {
+        let k = self.next.fetch_add(1, Ordering::Relaxed);
+        if k >= self.tasks {
+            return Step::Stop;
+        }
+        let request = SubmitTaskRequest {
+            payload: payload(self.seed, k),
+            ..self.template.clone()
+        };
+        Step::Send(Box::new(Submission {
+            client: self.clients[k as usize % self.clients.len()].clone(),
+            request: tonic::Request::new(request),
+            timeout: self.rpc_timeout,
+            sent: k,
+        }))
+    }
+
+    fn record(&self, seen: &mut Vec<TaskReply>, k: u32, reply: Reply) -> Duration {
+        seen.push((k, reply.record.map_err(|error| error.to_string())));
+        self.bar.inc(1);
+        Duration::ZERO
+    }
+}
+
+/// Every task judged.
+struct Judged {
+    counts: Counts,
+    members: MemberErrors,
+    samples: Vec<String>,
+}
+
+/// Judges every reply against the SHA-256 of its payload.
+fn judge_all(args: &ReliabilityArgs, replies: impl Iterator<Item = TaskReply>) -> Judged {
+    let mut counts = Counts::default();
+    let mut members = MemberErrors::default();
+    let mut samples = Vec::new();
+    for (k, outcome) in replies {
+        let truth = sha256_hex(&payload(args.seed, k));
+        match outcome {
+            Ok(record) => {
+                let state = TaskState::try_from(record.state).unwrap_or_default();
+                let verdict = judge_record(&record, truth.as_bytes());
+                if args.scope == ScopeKind::Region
+                    && matches!(verdict, Verdict::Correct | Verdict::Wrong)
+                {
+                    members.add(&record, verdict == Verdict::Correct);
+                }
+                if state == TaskState::Failed && samples.len() < SAMPLES_MAX {
+                    samples.push(format!("FAILED: {}", record.error));
+                }
+                counts.add(verdict, Some(state));
+            }
+            Err(message) => {
+                if samples.len() < SAMPLES_MAX {
+                    samples.push(message);
+                }
+                counts.add(Verdict::Error, None);
+            }
+        }
+    }
+    Judged {
+        counts,
+        members,
+        samples,
+    }
 }
 
 /// Wrong answers of region members, read from decided records: when the value
@@ -716,6 +752,25 @@ impl MemberErrors {
     }
 }
 
+impl MemberErrorReport {
+    /// The report's table line.
+    fn line(&self) -> String {
+        format!(
+            "members    wrong answers {} of {}: {} ({} the interval); decided groups by wrong members {:?}; groups not listing every member (left out) {}\n",
+            self.wrong,
+            self.answers,
+            rate_text(&self.rate),
+            match (self.unbiased, self.epsilon_inside) {
+                (false, _) => "biased, not comparable: not every task decided or groups left out;",
+                (true, true) => "eps inside",
+                (true, false) => "eps OUTSIDE",
+            },
+            self.groups_by_wrong_members,
+            self.groups_left_out
+        )
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MemberErrorReport {
     /// Member answers seen (agreed + disagreed of decided region groups).
@@ -742,6 +797,11 @@ pub fn judge_record(record: &TaskRecord, truth: &[u8]) -> Verdict {
             .map_err(|error| error.to_string())
     });
     judge(state, &record.value, chain, truth)
+}
+
+/// A rate with its interval, as the table shows it.
+fn rate_text(r: &Rate) -> String {
+    format!("{:.4} [{:.4}, {:.4}]", r.value, r.low, r.high)
 }
 
 impl ReliabilityReport {
@@ -776,7 +836,7 @@ impl ReliabilityReport {
             n.failed,
             self.duration_s
         );
-        let rate = |r: &Rate| format!("{:.4} [{:.4}, {:.4}]", r.value, r.low, r.high);
+        let rate = rate_text;
         out += &format!(
             "measured   reliability {}   wrong certificates {}   no decision {}   (Wilson 95 %)\n",
             rate(&m.reliability),
@@ -797,20 +857,7 @@ impl ReliabilityReport {
             out.push('\n');
         }
         if let Some(members) = &self.member_errors {
-            out += &format!(
-                "members    wrong answers {} of {}: {} ({} the interval); decided groups by wrong members {:?}; groups not listing every member (left out) {}\n",
-                members.wrong,
-                members.answers,
-                rate(&members.rate),
-                match (members.unbiased, members.epsilon_inside) {
-                    (false, _) =>
-                        "biased, not comparable: not every task decided or groups left out;",
-                    (true, true) => "eps inside",
-                    (true, false) => "eps OUTSIDE",
-                },
-                members.groups_by_wrong_members,
-                members.groups_left_out
-            );
+            out += &members.line();
         }
         if !self.node_reliability.is_empty() {
             let shown: Vec<String> = self

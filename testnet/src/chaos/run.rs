@@ -40,17 +40,18 @@ use anyhow::{Context, bail};
 use polity_consensus::verify_chain;
 use polity_node::client::Client;
 use polity_proto::{
-    ConsensusPath, Faults, GetStatusRequest, GetTaskRequest, Level, NodeStatus, RiskPolicy, Scope,
-    SubmitTaskRequest, TaskState, VerifyCertificateRequest, verify_certificate_request::Source,
+    ConsensusPath, Faults, Level, NodeStatus, RiskPolicy, Scope, SubmitTaskRequest, TaskState,
 };
 use serde::Serialize;
 
 use super::schedule::{Action, Event, ScheduleConfig, SplitMix64, plan};
-use super::{Token, admin, federation, sha256_hex};
+use super::{node_seed, sha256_hex};
 use crate::cluster::{
     Launched, NodeRecord, TestnetState, UpArgs, default_capabilities, launch, record_of,
 };
+use crate::load::{self, Load, Reply, Step, Submission};
 use crate::process::{Listen, NodeProcess, NodeSpec, Starting, polity_binary};
+use crate::rpc::{self, Token};
 
 /// Client tasks at most.
 pub const CLIENTS_MAX: usize = 64;
@@ -69,6 +70,9 @@ const RELIABILITY_SAMPLE_MIN: usize = 5;
 const LEDGER_CALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// Tasks at most kept as samples of failures.
 const SAMPLES_MAX: usize = 5;
+/// How long a client pauses after an error, so a dead or refusing node is not
+/// hammered.
+const ERROR_PAUSE: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
@@ -330,6 +334,36 @@ impl Tally {
     /// Tasks that got a certificate.
     pub fn certified(&self) -> u64 {
         self.decided + self.degraded
+    }
+
+    /// The counts as one line of the report's table.
+    fn line(&self) -> String {
+        format!(
+            "submitted {:>5}  decided {:>5}  degraded {:>4}  failed {:>4}  errors {:>4}",
+            self.submitted, self.decided, self.degraded, self.failed, self.errors
+        )
+    }
+}
+
+impl PartitionReport {
+    /// The partition's lines of the report's table.
+    fn lines(&self) -> String {
+        let mut out = format!(
+            "partition        minority {}  in force {:?}..{:?} ms (healed {:?})\n",
+            self.minority.join(" "),
+            self.times.applied_ms,
+            self.times.heal_started_ms,
+            self.times.healed_ms
+        );
+        out += &format!("  minority side  {}\n", self.minority_entered.line());
+        out += &format!("  majority side  {}\n", self.majority_entered.line());
+        out += &format!("  minority, healed {}\n", self.minority_after_heal.line());
+        out += &format!("  majority, healed {}\n", self.majority_after_heal.line());
+        out += &format!(
+            "  certificates with members on both sides: {}\n",
+            self.mixed_certificates
+        );
+        out
     }
 }
 
@@ -630,6 +664,7 @@ impl Supervisor {
             .filter_map(|(_, member)| member.process.as_ref()?.endpoints.p2p.first().cloned())
             .take(2)
             .collect();
+        let binary = self.binary.clone();
         let member = &mut self.members[index];
         let mut spec = member.spec.clone();
         spec.extra_args = without_bootstrap(&spec.extra_args);
@@ -637,25 +672,11 @@ impl Supervisor {
             spec.extra_args.push("--bootstrap".into());
             spec.extra_args.push(address);
         }
-        let binary = self.binary.clone();
         let listen = member.listen.clone();
         let spawned_at = Instant::now();
-        let started = tokio::task::spawn_blocking(move || {
-            let first = match &listen {
-                Some(listen) => Starting::spawn_on(&binary, spec.clone(), listen)
-                    .and_then(Starting::wait)
-                    .map(|process| (process, false)),
-                None => Err(anyhow::anyhow!("no old ports")),
-            };
-            first.or_else(|_| {
-                // The old ports are taken (or unknown): new ones.
-                Starting::spawn(&binary, spec)
-                    .and_then(Starting::wait)
-                    .map(|process| (process, true))
-            })
-        })
-        .await
-        .context("the restart thread panicked")?;
+        let started = tokio::task::spawn_blocking(move || start_again(&binary, spec, listen))
+            .await
+            .context("the restart thread panicked")?;
         let (process, new_ports) =
             started.with_context(|| format!("restarting {}", member.spec.name))?;
         let serving_ms = spawned_at.elapsed().as_secs_f64() * 1000.0;
@@ -687,11 +708,11 @@ impl Supervisor {
             if new_ports { " (on new ports)" } else { "" }
         ));
         if faults != Faults::default()
-            && let Err(error) = super::reliability::set_faults(&grpc, &self.token, faults).await
+            && let Err(error) = rpc::set_faults(&grpc, &self.token, faults).await
         {
             self.note(format!("could not set {name}'s faults again: {error:#}"));
         }
-        match federation(&grpc, &self.token).await {
+        match rpc::federation(&grpc, Some(&self.token.value)).await {
             Ok(client) => self.set_view(index, Some(client)),
             Err(error) => self.note(format!("{name} restarted but unreachable: {error:#}")),
         }
@@ -735,7 +756,7 @@ impl Supervisor {
             member.faults.clone(),
             member.spec.name.clone(),
         );
-        if let Err(error) = super::reliability::set_faults(&grpc, &self.token, faults).await {
+        if let Err(error) = rpc::set_faults(&grpc, &self.token, faults).await {
             self.note(format!("could not set {name}'s blocked peers: {error:#}"));
         }
     }
@@ -818,20 +839,8 @@ impl Supervisor {
                 statuses.push(None);
                 continue;
             }
-            let status = async {
-                anyhow::Ok(
-                    admin(&member.grpc, &self.token)
-                        .await?
-                        .get_status(GetStatusRequest {})
-                        .await?
-                        .into_inner(),
-                )
-            };
             statuses.push(
-                tokio::time::timeout(Duration::from_secs(3), status)
-                    .await
-                    .ok()
-                    .and_then(Result::ok),
+                rpc::node_status_within(&member.grpc, &self.token, Duration::from_secs(3)).await,
             );
         }
         statuses
@@ -891,7 +900,7 @@ impl Supervisor {
         let faults = member.faults.clone();
         self.members.push(member);
         if faults != Faults::default() {
-            super::reliability::set_faults(&grpc, &self.token, faults).await?;
+            rpc::set_faults(&grpc, &self.token, faults).await?;
             // ... and the minority blocks it back.
             let key = self.members[index].public_key.clone();
             let minority: Vec<usize> = self.minority.iter().flatten().copied().collect();
@@ -901,9 +910,32 @@ impl Supervisor {
                 self.block(other, blocked).await;
             }
         }
-        self.set_view(index, Some(federation(&grpc, &self.token).await?));
+        self.set_view(
+            index,
+            Some(rpc::federation(&grpc, Some(&self.token.value)).await?),
+        );
         self.write_state();
         Ok(())
+    }
+
+    /// Brings everything back after the load: heals, restarts what is down, and
+    /// starts retired nodes once more so their ledgers are checked too (not counted
+    /// as restarts).
+    async fn bring_back(&mut self) {
+        self.heal().await;
+        for index in 0..self.members.len() {
+            let member = &self.members[index];
+            if member.alive() {
+                continue;
+            }
+            let retired = member.retired;
+            let restarts = member.restarts;
+            if let Err(error) = self.restart(index).await {
+                self.note(format!("{error:#}"));
+            } else if retired {
+                self.members[index].restarts = restarts;
+            }
+        }
     }
 
     /// SIGTERM to the newest live spawned node.
@@ -923,6 +955,27 @@ impl Supervisor {
         self.write_state();
         Some(name)
     }
+}
+
+/// Starts a node process from `spec` on its old ports (`listen`) when it can bind
+/// them, else on new ones; `true` with the process when the ports are new.
+fn start_again(
+    binary: &Path,
+    spec: NodeSpec,
+    listen: Option<Listen>,
+) -> anyhow::Result<(NodeProcess, bool)> {
+    let first = match &listen {
+        Some(listen) => Starting::spawn_on(binary, spec.clone(), listen)
+            .and_then(Starting::wait)
+            .map(|process| (process, false)),
+        None => Err(anyhow::anyhow!("no old ports")),
+    };
+    first.or_else(|_| {
+        // The old ports are taken (or unknown): new ones.
+        Starting::spawn(binary, spec)
+            .and_then(Starting::wait)
+            .map(|process| (process, true))
+    })
 }
 
 /// `extra_args` without its `--bootstrap ADDRESS` pairs (and `--bootstrap=ADDRESS`).
@@ -1016,7 +1069,9 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
     }
     let mut view = Vec::with_capacity(members.len());
     for member in &members {
-        view.push(Some(federation(&member.grpc, &token).await?));
+        view.push(Some(
+            rpc::federation(&member.grpc, Some(&token.value)).await?,
+        ));
     }
     let mut supervisor = Supervisor {
         binary: polity_binary()?,
@@ -1046,116 +1101,218 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
     result
 }
 
+/// The run itself: the load and the supervisor side by side until the horizon,
+/// then everything brought back, the ledgers checked and the report made.
 async fn drive(
     args: &RunArgs,
     schedule_config: &ScheduleConfig,
     events: &[Event],
     supervisor: &mut Supervisor,
 ) -> anyhow::Result<RunReport> {
-    let stop = Arc::new(AtomicBool::new(false));
-    // Finished tasks, for the autoscaler's measured reliability: (decided, total).
-    let recent = Arc::new(std::sync::Mutex::new((0usize, 0usize)));
-    let template = SubmitTaskRequest {
-        capability: "sha256".into(),
-        payload: Vec::new(),
-        scope: Some(Scope {
-            level: Level::Region as i32,
-            name: String::new(),
-        }),
-        replication: args.replication,
-        aggregation: 0,
-        policy: Some(RiskPolicy {
-            path_override: ConsensusPath::Bft as i32,
-            ..RiskPolicy::default()
-        }),
-        deadline_ms: args.deadline_ms,
-        nonce: 0,
-        wait: true,
+    let run_load = Arc::new(RunLoad::new(args, schedule_config, supervisor));
+    let clients = load::start(Arc::clone(&run_load), args.clients);
+    let autoscale = supervise(args, schedule_config, events, supervisor, &run_load).await;
+    run_load.stop.store(true, Ordering::Relaxed);
+    let mut logs = Vec::new();
+    let mut unlogged = 0;
+    for client in clients.finish().await? {
+        logs.extend(client.log);
+        unlogged += client.unlogged;
+    }
+    let load_ended_s = supervisor.started.elapsed().as_secs_f64();
+    supervisor.bring_back().await;
+    let ledger = check_ledgers(supervisor, &logs).await;
+    let statuses = supervisor.statuses().await;
+    let observed = Observed {
+        logs,
+        unlogged,
+        ledger,
+        statuses,
+        autoscale,
+        load_ended_s,
     };
-    let rpc_timeout = Duration::from_millis(args.deadline_ms) + Duration::from_secs(5);
-    let load_until = Duration::from_millis(schedule_config.duration_ms).min(
-        args.load_until_s
-            .and_then(|s| Duration::try_from_secs_f64(s).ok())
-            .unwrap_or(Duration::MAX),
-    );
-    let mut clients = Vec::with_capacity(args.clients);
-    for client in 0..args.clients {
-        let view = supervisor.view.clone();
-        let stop = stop.clone();
-        let recent = recent.clone();
-        let template = template.clone();
-        let started = supervisor.started;
-        let mut rng = SplitMix64::new(super::node_seed(args.seed, 1_000 + client));
-        let seed = args.seed;
-        clients.push(tokio::spawn(async move {
-            let mut log = Vec::new();
-            let mut unlogged = 0u64;
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) && started.elapsed() < load_until {
-                let choice = {
-                    let view = view.read().unwrap_or_else(|e| e.into_inner());
-                    let live: Vec<(usize, Client)> = view
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(i, c)| c.clone().map(|c| (i, c)))
-                        .collect();
-                    if live.is_empty() {
-                        None
-                    } else {
-                        Some(live[rng.below(live.len())].clone())
-                    }
-                };
-                let Some((entry, mut client_handle)) = choice else {
-                    tokio::time::sleep(TICK).await;
-                    continue;
-                };
-                let payload = format!("polity-chaos-run seed {seed} client {client} task {n}");
-                n += 1;
-                let truth = sha256_hex(payload.as_bytes());
-                let request = SubmitTaskRequest {
-                    payload: payload.into_bytes(),
-                    ..template.clone()
-                };
-                let submitted_ms = started.elapsed().as_millis() as u64;
-                let reply =
-                    tokio::time::timeout(rpc_timeout, client_handle.submit_task(request)).await;
-                let finished_ms = started.elapsed().as_millis() as u64;
-                let outcome = match reply {
-                    Ok(Ok(record)) => Ok(finished(record.into_inner(), truth.as_bytes())),
-                    Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
-                    Err(_) => Err(format!("no reply within {rpc_timeout:?}")),
-                };
-                if let Ok(mut recent) = recent.lock() {
-                    recent.1 += 1;
-                    if matches!(&outcome, Ok(f) if f.state == TaskState::Decided) {
-                        recent.0 += 1;
-                    }
-                }
-                if outcome.is_err() {
-                    // A dead or refusing node: do not hammer it.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                let entry_log = TaskLog {
-                    entry,
-                    submitted_ms,
-                    finished_ms,
-                    outcome,
-                };
-                if log.len() < LOG_PER_CLIENT_MAX {
-                    log.push(entry_log);
-                } else {
-                    unlogged += 1;
-                }
-            }
-            (log, unlogged)
-        }));
+    Ok(report(args, events, supervisor, observed))
+}
+
+/// The chaos run's [`Load`]: each client sends `sha256` tasks (region scope, bft,
+/// `--replication`, wait) to a live node of its own seeded choosing, until the
+/// supervisor says stop or the load time is over.
+struct RunLoad {
+    view: View,
+    stop: AtomicBool,
+    /// Finished tasks since the autoscaler last looked: (decided, total).
+    recent: std::sync::Mutex<(usize, usize)>,
+    template: SubmitTaskRequest,
+    rpc_timeout: Duration,
+    /// Since `started`.
+    load_until: Duration,
+    started: Instant,
+    seed: u64,
+}
+
+/// One client of the chaos run: its choices and its log.
+struct RunClient {
+    index: usize,
+    rng: SplitMix64,
+    /// Tasks sent so far (they number the payloads).
+    sent: u64,
+    log: Vec<TaskLog>,
+    /// Tasks finished beyond [`LOG_PER_CLIENT_MAX`] (in no tally).
+    unlogged: u64,
+}
+
+/// A task in flight: its entry node and the value it must certify.
+struct InFlight {
+    entry: usize,
+    truth: String,
+}
+
+impl RunLoad {
+    fn new(args: &RunArgs, schedule_config: &ScheduleConfig, supervisor: &Supervisor) -> RunLoad {
+        let template = SubmitTaskRequest {
+            capability: "sha256".into(),
+            payload: Vec::new(),
+            scope: Some(Scope {
+                level: Level::Region as i32,
+                name: String::new(),
+            }),
+            replication: args.replication,
+            aggregation: 0,
+            policy: Some(RiskPolicy {
+                path_override: ConsensusPath::Bft as i32,
+                ..RiskPolicy::default()
+            }),
+            deadline_ms: args.deadline_ms,
+            nonce: 0,
+            wait: true,
+        };
+        RunLoad {
+            view: supervisor.view.clone(),
+            stop: AtomicBool::new(false),
+            recent: std::sync::Mutex::new((0, 0)),
+            template,
+            rpc_timeout: Duration::from_millis(args.deadline_ms) + Duration::from_secs(5),
+            load_until: Duration::from_millis(schedule_config.duration_ms).min(
+                args.load_until_s
+                    .and_then(|s| Duration::try_from_secs_f64(s).ok())
+                    .unwrap_or(Duration::MAX),
+            ),
+            started: supervisor.started,
+            seed: args.seed,
+        }
     }
 
+    /// A random live entry node, `None` when every node is down.
+    fn choose(&self, rng: &mut SplitMix64) -> Option<(usize, Client)> {
+        let view = self.view.read().unwrap_or_else(|e| e.into_inner());
+        let live: Vec<(usize, Client)> = view
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.clone().map(|c| (i, c)))
+            .collect();
+        if live.is_empty() {
+            None
+        } else {
+            Some(live[rng.below(live.len())].clone())
+        }
+    }
+
+    /// The decided share of the tasks finished since the last call (`None` with too
+    /// few of them), and a fresh count.
+    fn take_reliability(&self) -> Option<f64> {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let measured =
+            (recent.1 >= RELIABILITY_SAMPLE_MIN).then(|| recent.0 as f64 / recent.1 as f64);
+        *recent = (0, 0);
+        measured
+    }
+}
+
+impl Load for RunLoad {
+    type Client = RunClient;
+    type Sent = InFlight;
+
+    fn client(&self, index: usize) -> anyhow::Result<RunClient> {
+        Ok(RunClient {
+            index,
+            rng: SplitMix64::new(node_seed(self.seed, 1_000 + index)),
+            sent: 0,
+            log: Vec::new(),
+            unlogged: 0,
+        })
+    }
+
+    fn next(&self, client: &mut RunClient) -> Step<InFlight> {
+        if self.stop.load(Ordering::Relaxed) || self.started.elapsed() >= self.load_until {
+            return Step::Stop;
+        }
+        let Some((entry, handle)) = self.choose(&mut client.rng) else {
+            return Step::Wait(TICK);
+        };
+        let payload = format!(
+            "polity-chaos-run seed {} client {} task {}",
+            self.seed, client.index, client.sent
+        );
+        client.sent += 1;
+        let truth = sha256_hex(payload.as_bytes());
+        let request = SubmitTaskRequest {
+            payload: payload.into_bytes(),
+            ..self.template.clone()
+        };
+        Step::Send(Box::new(Submission {
+            client: handle,
+            request: tonic::Request::new(request),
+            timeout: self.rpc_timeout,
+            sent: InFlight { entry, truth },
+        }))
+    }
+
+    fn record(&self, client: &mut RunClient, sent: InFlight, reply: Reply) -> Duration {
+        let since_start = |at: Instant| at.duration_since(self.started).as_millis() as u64;
+        let submitted_ms = since_start(reply.sent_at);
+        let finished_ms = since_start(reply.sent_at + reply.latency);
+        let outcome = reply
+            .record
+            .map(|record| finished(record, sent.truth.as_bytes()))
+            .map_err(|error| error.to_string());
+        if let Ok(mut recent) = self.recent.lock() {
+            recent.1 += 1;
+            if matches!(&outcome, Ok(f) if f.state == TaskState::Decided) {
+                recent.0 += 1;
+            }
+        }
+        let pause = if outcome.is_err() {
+            ERROR_PAUSE
+        } else {
+            Duration::ZERO
+        };
+        let log = TaskLog {
+            entry: sent.entry,
+            submitted_ms,
+            finished_ms,
+            outcome,
+        };
+        if client.log.len() < LOG_PER_CLIENT_MAX {
+            client.log.push(log);
+        } else {
+            client.unlogged += 1;
+        }
+        pause
+    }
+}
+
+/// The supervisor's loop until the schedule's horizon: events that are due,
+/// nodes that exited, autoscale polls. Returns what the autoscaler did.
+async fn supervise(
+    args: &RunArgs,
+    schedule_config: &ScheduleConfig,
+    events: &[Event],
+    supervisor: &mut Supervisor,
+    run_load: &RunLoad,
+) -> Option<AutoscaleReport> {
     let duration = Duration::from_millis(schedule_config.duration_ms);
     let mut next_event = 0;
-    let mut autoscale = args.autoscale.then(AutoscaleReport::default);
-    let mut last_poll = Instant::now();
-    let mut polls_since_change = AUTOSCALE_COOLDOWN_POLLS;
+    let mut autoscaler = args.autoscale.then(Autoscaler::new);
     let mut tick = tokio::time::interval(TICK);
     while supervisor.started.elapsed() < duration {
         tick.tick().await;
@@ -1165,123 +1322,106 @@ async fn drive(
             next_event += 1;
         }
         supervisor.reap().await;
-        if let Some(report) = autoscale.as_mut()
-            && last_poll.elapsed() >= Duration::from_millis(args.poll_ms)
+        if let Some(autoscaler) = autoscaler.as_mut()
+            && autoscaler.last_poll.elapsed() >= Duration::from_millis(args.poll_ms)
         {
-            last_poll = Instant::now();
-            report.polls += 1;
-            polls_since_change += 1;
-            let statuses = supervisor.statuses().await;
-            let signals =
-                statuses
-                    .iter()
-                    .flatten()
-                    .fold((0, 0), |(up, down), s| match s.scale_signal {
-                        1.. => (up + 1, down),
-                        ..=-1 => (up, down + 1),
-                        0 => (up, down),
-                    });
-            let loads: Vec<(String, f64)> = statuses
-                .iter()
-                .zip(&supervisor.members)
-                .filter_map(|(status, m)| Some((m.spec.region.clone(), status.as_ref()?.load)))
-                .collect();
-            let mean = if loads.is_empty() {
-                0.0
-            } else {
-                loads.iter().map(|(_, l)| l).sum::<f64>() / loads.len() as f64
-            };
-            report.mean_load_max = report.mean_load_max.max(mean);
-            let reliability = {
-                let mut recent = recent.lock().unwrap_or_else(|e| e.into_inner());
-                let measured =
-                    (recent.1 >= RELIABILITY_SAMPLE_MIN).then(|| recent.0 as f64 / recent.1 as f64);
-                *recent = (0, 0);
-                measured
-            };
-            let spawned = supervisor
-                .members
-                .iter()
-                .filter(|m| m.spawned && m.alive())
-                .count();
-            let decision = scale_decision(&loads, reliability, spawned, args);
-            if polls_since_change >= AUTOSCALE_COOLDOWN_POLLS {
-                let why = format!(
-                    "mean load {mean:.2}, reliability {}, node scale signals +{} -{}",
-                    reliability.map_or("-".into(), |r| format!("{r:.3}")),
-                    signals.0,
-                    signals.1
-                );
-                match decision {
-                    ScaleDecision::Spawn(region) => match supervisor.spawn_node(&region).await {
-                        Ok(()) => {
-                            report.spawned += 1;
-                            polls_since_change = 0;
-                            let name = supervisor.members.last().map(|m| m.spec.name.clone());
-                            let text = format!(
-                                "autoscale: spawned {} in {region} ({why})",
-                                name.unwrap_or_default()
-                            );
-                            report.decisions.push(text.clone());
-                            supervisor.note(text);
-                        }
-                        Err(error) => {
-                            supervisor.note(format!("autoscale: spawn failed: {error:#}"))
-                        }
-                    },
-                    ScaleDecision::Retire => {
-                        if let Some(name) = supervisor.retire_newest() {
-                            report.retired += 1;
-                            polls_since_change = 0;
-                            let text = format!("autoscale: retired {name} ({why})");
-                            report.decisions.push(text.clone());
-                            supervisor.note(text);
-                        }
-                    }
-                    ScaleDecision::Hold => {}
-                }
-            }
+            autoscaler.poll(args, supervisor, run_load).await;
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    let mut logs = Vec::new();
-    let mut unlogged = 0;
-    for client in clients {
-        let (log, extra) = client.await.context("a client task panicked")?;
-        logs.extend(log);
-        unlogged += extra;
-    }
-    let load_ended_s = supervisor.started.elapsed().as_secs_f64();
+    autoscaler.map(|autoscaler| autoscaler.report)
+}
 
-    // Bring everything back: heal, restart what is down, and start retired nodes
-    // once more so their ledgers are checked too (not counted as restarts).
-    supervisor.heal().await;
-    for index in 0..supervisor.members.len() {
-        let member = &supervisor.members[index];
-        if member.alive() {
-            continue;
-        }
-        let retired = member.retired;
-        let restarts = member.restarts;
-        if let Err(error) = supervisor.restart(index).await {
-            supervisor.note(format!("{error:#}"));
-        } else if retired {
-            supervisor.members[index].restarts = restarts;
+/// The autoscaler between polls.
+struct Autoscaler {
+    report: AutoscaleReport,
+    last_poll: Instant,
+    polls_since_change: u32,
+}
+
+impl Autoscaler {
+    fn new() -> Autoscaler {
+        Autoscaler {
+            report: AutoscaleReport::default(),
+            last_poll: Instant::now(),
+            polls_since_change: AUTOSCALE_COOLDOWN_POLLS,
         }
     }
-    let ledger = check_ledgers(supervisor, &logs).await;
-    let statuses = supervisor.statuses().await;
-    Ok(report(
-        args,
-        events,
-        supervisor,
-        &logs,
-        unlogged,
-        ledger,
-        statuses,
-        autoscale,
-        load_ended_s,
-    ))
+
+    /// Reads every node's status and the measured reliability, decides, and acts
+    /// unless the last change is too recent.
+    async fn poll(&mut self, args: &RunArgs, supervisor: &mut Supervisor, run_load: &RunLoad) {
+        self.last_poll = Instant::now();
+        self.report.polls += 1;
+        self.polls_since_change += 1;
+        let statuses = supervisor.statuses().await;
+        let signals =
+            statuses
+                .iter()
+                .flatten()
+                .fold((0, 0), |(up, down), s| match s.scale_signal {
+                    1.. => (up + 1, down),
+                    ..=-1 => (up, down + 1),
+                    0 => (up, down),
+                });
+        let loads: Vec<(String, f64)> = statuses
+            .iter()
+            .zip(&supervisor.members)
+            .filter_map(|(status, m)| Some((m.spec.region.clone(), status.as_ref()?.load)))
+            .collect();
+        let mean = if loads.is_empty() {
+            0.0
+        } else {
+            loads.iter().map(|(_, l)| l).sum::<f64>() / loads.len() as f64
+        };
+        self.report.mean_load_max = self.report.mean_load_max.max(mean);
+        let reliability = run_load.take_reliability();
+        let spawned = supervisor
+            .members
+            .iter()
+            .filter(|m| m.spawned && m.alive())
+            .count();
+        let decision = scale_decision(&loads, reliability, spawned, args);
+        if self.polls_since_change < AUTOSCALE_COOLDOWN_POLLS {
+            return;
+        }
+        let why = format!(
+            "mean load {mean:.2}, reliability {}, node scale signals +{} -{}",
+            reliability.map_or("-".into(), |r| format!("{r:.3}")),
+            signals.0,
+            signals.1
+        );
+        self.act(decision, &why, supervisor).await;
+    }
+
+    async fn act(&mut self, decision: ScaleDecision, why: &str, supervisor: &mut Supervisor) {
+        let text = match decision {
+            ScaleDecision::Spawn(region) => match supervisor.spawn_node(&region).await {
+                Ok(()) => {
+                    self.report.spawned += 1;
+                    let name = supervisor.members.last().map(|m| m.spec.name.clone());
+                    format!(
+                        "autoscale: spawned {} in {region} ({why})",
+                        name.unwrap_or_default()
+                    )
+                }
+                Err(error) => {
+                    supervisor.note(format!("autoscale: spawn failed: {error:#}"));
+                    return;
+                }
+            },
+            ScaleDecision::Retire => match supervisor.retire_newest() {
+                Some(name) => {
+                    self.report.retired += 1;
+                    format!("autoscale: retired {name} ({why})")
+                }
+                None => return,
+            },
+            ScaleDecision::Hold => return,
+        };
+        self.polls_since_change = 0;
+        self.report.decisions.push(text.clone());
+        supervisor.note(text);
+    }
 }
 
 fn finished(record: polity_proto::TaskRecord, truth: &[u8]) -> Finished {
@@ -1310,11 +1450,6 @@ fn finished(record: polity_proto::TaskRecord, truth: &[u8]) -> Finished {
 async fn check_ledgers(supervisor: &mut Supervisor, logs: &[TaskLog]) -> LedgerReport {
     let mut ledger = LedgerReport::default();
     let mut clients: BTreeMap<usize, Option<Client>> = BTreeMap::new();
-    let problem = |ledger: &mut LedgerReport, text: String| {
-        if ledger.problems.len() < SAMPLES_MAX {
-            ledger.problems.push(text);
-        }
-    };
     for log in logs {
         let Ok(finished) = &log.outcome else { continue };
         let Some(certificate) = &finished.certificate else {
@@ -1323,204 +1458,221 @@ async fn check_ledgers(supervisor: &mut Supervisor, logs: &[TaskLog]) -> LedgerR
         ledger.certified += 1;
         let member = &supervisor.members[log.entry];
         if let std::collections::btree_map::Entry::Vacant(slot) = clients.entry(log.entry) {
-            slot.insert(federation(&member.grpc, &supervisor.token).await.ok());
+            let client = rpc::federation(&member.grpc, Some(&supervisor.token.value)).await;
+            slot.insert(client.ok());
         }
         let name = member.spec.name.clone();
         let Some(Some(client)) = clients.get(&log.entry) else {
             ledger.lost += 1;
-            problem(&mut ledger, format!("{name}: unreachable after the run"));
+            ledger.problem(format!("{name}: unreachable after the run"));
             continue;
         };
-        let mut client = client.clone();
-        let id = hex::encode(&finished.task_id);
-        let stored = tokio::time::timeout(
-            LEDGER_CALL_TIMEOUT,
-            client.get_task(GetTaskRequest {
-                task_id: finished.task_id.clone(),
-            }),
-        )
-        .await
-        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no reply")));
-        match stored {
-            Ok(stored) => {
-                if stored.into_inner().certificate.as_ref() != Some(certificate) {
-                    ledger.changed += 1;
-                    problem(
-                        &mut ledger,
-                        format!("{name}: task {id} has another certificate"),
-                    );
-                    continue;
-                }
-            }
-            Err(status) => {
-                ledger.lost += 1;
-                problem(&mut ledger, format!("{name}: task {id}: {status}"));
-                continue;
-            }
-        }
-        let verified = tokio::time::timeout(
-            LEDGER_CALL_TIMEOUT,
-            client.verify_certificate(VerifyCertificateRequest {
-                source: Some(Source::TaskId(finished.task_id.clone())),
-            }),
-        )
-        .await
-        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no reply")))
-        .map(|reply| reply.into_inner());
-        match verified {
-            Ok(reply) if reply.valid => {
+        match read_back(&mut client.clone(), &name, finished, certificate).await {
+            Readback::Served => {
                 ledger.served += 1;
                 *ledger.served_by_entry.entry(log.entry).or_default() += 1;
             }
-            Ok(reply) => {
-                ledger.unverified += 1;
-                problem(&mut ledger, format!("{name}: task {id}: {}", reply.error));
+            Readback::Lost(problem) => {
+                ledger.lost += 1;
+                ledger.problem(problem);
             }
-            Err(status) => {
+            Readback::Changed(problem) => {
+                ledger.changed += 1;
+                ledger.problem(problem);
+            }
+            Readback::Unverified(problem) => {
                 ledger.unverified += 1;
-                problem(&mut ledger, format!("{name}: verify {id}: {status}"));
+                ledger.problem(problem);
             }
         }
     }
     ledger
 }
 
-#[allow(clippy::too_many_arguments)]
-fn report(
-    args: &RunArgs,
-    events: &[Event],
-    supervisor: &Supervisor,
-    logs: &[TaskLog],
+/// What reading one certified task back from its entry node gave.
+enum Readback {
+    /// The same certificate, and the node verifies it.
+    Served,
+    Lost(String),
+    Changed(String),
+    Unverified(String),
+}
+
+/// Reads `finished` back from the node `name` and has the node verify it.
+async fn read_back(
+    client: &mut Client,
+    name: &str,
+    finished: &Finished,
+    certificate: &polity_proto::Certificate,
+) -> Readback {
+    let id = hex::encode(&finished.task_id);
+    match rpc::get_task(client, &finished.task_id, LEDGER_CALL_TIMEOUT).await {
+        Ok(stored) if stored.certificate.as_ref() != Some(certificate) => {
+            return Readback::Changed(format!("{name}: task {id} has another certificate"));
+        }
+        Ok(_) => {}
+        Err(status) => return Readback::Lost(format!("{name}: task {id}: {status}")),
+    }
+    match rpc::verify_stored(client, &finished.task_id, LEDGER_CALL_TIMEOUT).await {
+        Ok(reply) if reply.valid => Readback::Served,
+        Ok(reply) => Readback::Unverified(format!("{name}: task {id}: {}", reply.error)),
+        Err(status) => Readback::Unverified(format!("{name}: verify {id}: {status}")),
+    }
+}
+
+impl LedgerReport {
+    fn problem(&mut self, text: String) {
+        if self.problems.len() < SAMPLES_MAX {
+            self.problems.push(text);
+        }
+    }
+}
+
+/// What a run observed, for its report.
+struct Observed {
+    logs: Vec<TaskLog>,
+    /// Tasks finished beyond what the clients keep.
     unlogged: u64,
     ledger: LedgerReport,
+    /// Every member's Admin status after the run.
     statuses: Vec<Option<NodeStatus>>,
     autoscale: Option<AutoscaleReport>,
     load_ended_s: f64,
-) -> RunReport {
-    let times = supervisor.times;
-    let mut phases: BTreeMap<String, Tally> = BTreeMap::new();
-    let mut total = Tally::default();
-    let mut wrong_values = 0;
-    let mut invalid_certificates = 0;
-    let mut failure_samples = Vec::new();
-    let mut partition = supervisor
-        .minority
-        .as_ref()
-        .map(|minority| PartitionReport {
-            minority: minority
-                .iter()
-                .map(|&i| supervisor.members[i].spec.name.clone())
-                .collect(),
-            times,
-            ..PartitionReport::default()
-        });
-    let side_keys: Option<(BTreeSet<&str>, BTreeSet<&str>)> =
-        supervisor.minority.as_ref().map(|minority| {
-            let (inside, outside): (Vec<_>, Vec<_>) = supervisor
-                .members
-                .iter()
-                .enumerate()
-                .partition(|(i, _)| minority.contains(i));
-            (
-                inside.iter().map(|(_, m)| m.key_hex.as_str()).collect(),
-                outside.iter().map(|(_, m)| m.key_hex.as_str()).collect(),
-            )
-        });
-    let mut certified_by_entry: BTreeMap<usize, u64> = BTreeMap::new();
-    for log in logs {
-        let phase = times.phase(log.submitted_ms, log.finished_ms);
+}
+
+/// Counts over every task of the run.
+#[derive(Default)]
+struct LogSummary {
+    phases: BTreeMap<String, Tally>,
+    total: Tally,
+    wrong_values: u64,
+    invalid_certificates: u64,
+    failure_samples: Vec<String>,
+    /// Certified tasks per entry node (member index).
+    certified_by_entry: BTreeMap<usize, u64>,
+}
+
+impl LogSummary {
+    fn add(&mut self, log: &TaskLog, phase: Phase) {
         let name = serde_json::to_value(phase)
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default();
-        phases.entry(name).or_default().add(&log.outcome);
-        total.add(&log.outcome);
-        match &log.outcome {
+        self.phases.entry(name).or_default().add(&log.outcome);
+        self.total.add(&log.outcome);
+        let sample = match &log.outcome {
             Ok(finished) => {
                 if finished.certificate.is_some() {
-                    *certified_by_entry.entry(log.entry).or_default() += 1;
+                    *self.certified_by_entry.entry(log.entry).or_default() += 1;
                     if !finished.verified {
-                        invalid_certificates += 1;
+                        self.invalid_certificates += 1;
                     }
                     if !finished.right {
-                        wrong_values += 1;
+                        self.wrong_values += 1;
                     }
                 }
-                if finished.state == TaskState::Failed && failure_samples.len() < SAMPLES_MAX {
-                    failure_samples.push(finished.error.clone());
-                }
+                (finished.state == TaskState::Failed).then_some(&finished.error)
             }
-            Err(error) => {
-                if failure_samples.len() < SAMPLES_MAX {
-                    failure_samples.push(error.clone());
-                }
-            }
+            Err(error) => Some(error),
+        };
+        if let Some(sample) = sample
+            && self.failure_samples.len() < SAMPLES_MAX
+        {
+            self.failure_samples.push(sample.clone());
         }
-        if let (Some(report), Some(minority)) = (partition.as_mut(), &supervisor.minority) {
-            let on_minority = minority.contains(&log.entry);
-            match (phase, on_minority) {
-                (Phase::Partition, true) => report.minority_entered.add(&log.outcome),
-                (Phase::Partition, false) => report.majority_entered.add(&log.outcome),
-                (Phase::Healed, true) => report.minority_after_heal.add(&log.outcome),
-                (Phase::Healed, false) => report.majority_after_heal.add(&log.outcome),
-                _ => {}
-            }
-            if phase == Phase::Partition
-                && let (Ok(finished), Some((inside, outside))) = (&log.outcome, &side_keys)
-                && finished.certificate.is_some()
-            {
-                let on_inside = finished.members.iter().any(|k| inside.contains(k.as_str()));
-                let on_outside = finished
-                    .members
+    }
+}
+
+/// The tasks of a run with a partition, by the side they entered on.
+struct Sides<'a> {
+    report: PartitionReport,
+    minority: &'a BTreeSet<usize>,
+    /// Hex keys of the minority's members, and of the others.
+    inside: BTreeSet<&'a str>,
+    outside: BTreeSet<&'a str>,
+}
+
+impl<'a> Sides<'a> {
+    /// `None` when the run had no partition.
+    fn of(supervisor: &'a Supervisor) -> Option<Sides<'a>> {
+        let minority = supervisor.minority.as_ref()?;
+        let (inside, outside): (Vec<_>, Vec<_>) = supervisor
+            .members
+            .iter()
+            .enumerate()
+            .partition(|(i, _)| minority.contains(i));
+        Some(Sides {
+            report: PartitionReport {
+                minority: minority
                     .iter()
-                    .any(|k| outside.contains(k.as_str()));
-                if on_inside && on_outside {
-                    report.mixed_certificates += 1;
-                }
+                    .map(|&i| supervisor.members[i].spec.name.clone())
+                    .collect(),
+                times: supervisor.times,
+                ..PartitionReport::default()
+            },
+            minority,
+            inside: inside.iter().map(|(_, m)| m.key_hex.as_str()).collect(),
+            outside: outside.iter().map(|(_, m)| m.key_hex.as_str()).collect(),
+        })
+    }
+
+    fn add(&mut self, log: &TaskLog, phase: Phase) {
+        let report = &mut self.report;
+        match (phase, self.minority.contains(&log.entry)) {
+            (Phase::Partition, true) => report.minority_entered.add(&log.outcome),
+            (Phase::Partition, false) => report.majority_entered.add(&log.outcome),
+            (Phase::Healed, true) => report.minority_after_heal.add(&log.outcome),
+            (Phase::Healed, false) => report.majority_after_heal.add(&log.outcome),
+            _ => {}
+        }
+        if phase == Phase::Partition
+            && let Ok(finished) = &log.outcome
+            && finished.certificate.is_some()
+        {
+            let on =
+                |side: &BTreeSet<&str>| finished.members.iter().any(|k| side.contains(k.as_str()));
+            if on(&self.inside) && on(&self.outside) {
+                report.mixed_certificates += 1;
             }
         }
     }
-    let node_reports = supervisor
-        .members
-        .iter()
-        .enumerate()
-        .map(|(index, member)| {
-            let certified = certified_by_entry.get(&index).copied().unwrap_or(0);
-            NodeReport {
-                name: member.spec.name.clone(),
-                region: member.spec.region.clone(),
-                spawned: member.spawned,
-                kills: member.kills,
-                restarts: member.restarts,
-                crashes: member.crashes,
-                new_ports: member.new_ports,
-                retired: member.retired,
-                certified_entered: certified,
-                served: ledger.served_by_entry.get(&index).copied().unwrap_or(0),
-                status: statuses
-                    .get(index)
-                    .and_then(Option::as_ref)
-                    .map(StatusSummary::of),
-            }
-        })
-        .collect();
+}
+
+fn report(
+    args: &RunArgs,
+    events: &[Event],
+    supervisor: &Supervisor,
+    observed: Observed,
+) -> RunReport {
+    let mut summary = LogSummary::default();
+    let mut sides = Sides::of(supervisor);
+    for log in &observed.logs {
+        let phase = supervisor.times.phase(log.submitted_ms, log.finished_ms);
+        summary.add(log, phase);
+        if let Some(sides) = sides.as_mut() {
+            sides.add(log, phase);
+        }
+    }
+    let partition = sides.map(|sides| sides.report);
+    let node_reports = node_reports(supervisor, &summary.certified_by_entry, &observed);
+    let ledger = observed.ledger;
     let ok = ledger.lost == 0
         && ledger.changed == 0
         && ledger.unverified == 0
-        && wrong_values == 0
-        && invalid_certificates == 0
+        && summary.wrong_values == 0
+        && summary.invalid_certificates == 0
         && partition.as_ref().is_none_or(|p| p.mixed_certificates == 0);
     RunReport {
         nodes: args.nodes,
         regions: args.regions,
         seed: args.seed,
-        duration_s: load_ended_s,
+        duration_s: observed.load_ended_s,
         schedule: events.to_vec(),
         actions: supervisor.actions.clone(),
-        phases,
-        total,
-        wrong_values,
-        invalid_certificates,
+        phases: summary.phases,
+        total: summary.total,
+        wrong_values: summary.wrong_values,
+        invalid_certificates: summary.invalid_certificates,
         kills: supervisor.members.iter().map(|m| m.kills).sum(),
         restarts: supervisor.members.iter().map(|m| m.restarts).sum(),
         crashes: supervisor.members.iter().map(|m| m.crashes).sum(),
@@ -1528,12 +1680,46 @@ fn report(
         downtime_ms_ewma: supervisor.downtime_ms_ewma.unwrap_or(0.0),
         partition,
         ledger,
-        autoscale,
+        autoscale: observed.autoscale,
         node_reports,
-        failure_samples,
-        unlogged,
+        failure_samples: summary.failure_samples,
+        unlogged: observed.unlogged,
         ok,
     }
+}
+
+fn node_reports(
+    supervisor: &Supervisor,
+    certified_by_entry: &BTreeMap<usize, u64>,
+    observed: &Observed,
+) -> Vec<NodeReport> {
+    supervisor
+        .members
+        .iter()
+        .enumerate()
+        .map(|(index, member)| NodeReport {
+            name: member.spec.name.clone(),
+            region: member.spec.region.clone(),
+            spawned: member.spawned,
+            kills: member.kills,
+            restarts: member.restarts,
+            crashes: member.crashes,
+            new_ports: member.new_ports,
+            retired: member.retired,
+            certified_entered: certified_by_entry.get(&index).copied().unwrap_or(0),
+            served: observed
+                .ledger
+                .served_by_entry
+                .get(&index)
+                .copied()
+                .unwrap_or(0),
+            status: observed
+                .statuses
+                .get(index)
+                .and_then(Option::as_ref)
+                .map(StatusSummary::of),
+        })
+        .collect()
 }
 
 impl RunReport {
@@ -1542,36 +1728,16 @@ impl RunReport {
             "chaos run: {} node(s) in {} region(s), seed {}, load for {:.1} s\n",
             self.nodes, self.regions, self.seed, self.duration_s
         );
-        let tally = |t: &Tally| {
-            format!(
-                "submitted {:>5}  decided {:>5}  degraded {:>4}  failed {:>4}  errors {:>4}",
-                t.submitted, t.decided, t.degraded, t.failed, t.errors
-            )
-        };
         for (phase, counts) in &self.phases {
-            out += &format!("phase {phase:<11} {}\n", tally(counts));
+            out += &format!("phase {phase:<11} {}\n", counts.line());
         }
-        out += &format!("total            {}\n", tally(&self.total));
+        out += &format!("total            {}\n", self.total.line());
         out += &format!(
             "crashes          kills {}  restarts {}  exits on their own {}  restart (spawn to serving) EWMA {:.0} ms  downtime EWMA {:.0} ms\n",
             self.kills, self.restarts, self.crashes, self.restart_ms_ewma, self.downtime_ms_ewma
         );
-        if let Some(p) = &self.partition {
-            out += &format!(
-                "partition        minority {}  in force {:?}..{:?} ms (healed {:?})\n",
-                p.minority.join(" "),
-                p.times.applied_ms,
-                p.times.heal_started_ms,
-                p.times.healed_ms
-            );
-            out += &format!("  minority side  {}\n", tally(&p.minority_entered));
-            out += &format!("  majority side  {}\n", tally(&p.majority_entered));
-            out += &format!("  minority, healed {}\n", tally(&p.minority_after_heal));
-            out += &format!("  majority, healed {}\n", tally(&p.majority_after_heal));
-            out += &format!(
-                "  certificates with members on both sides: {}\n",
-                p.mixed_certificates
-            );
+        if let Some(partition) = &self.partition {
+            out += &partition.lines();
         }
         let l = &self.ledger;
         out += &format!(
@@ -1588,7 +1754,30 @@ impl RunReport {
                 a.polls, a.spawned, a.retired, a.mean_load_max
             );
         }
-        out += "node      region     origin   kills restarts crashes certified served slots  load reliab\n";
+        out += &self.node_lines();
+        out += &self.recovery_lines();
+        for problem in &self.ledger.problems {
+            out += &format!("problem          {problem}\n");
+        }
+        for sample in &self.failure_samples {
+            out += &format!("failure sample   {sample}\n");
+        }
+        out += &format!(
+            "verdict          {}\n",
+            if self.ok {
+                "OK: nothing certified was lost, changed, wrong or mixed"
+            } else {
+                "FAILED: see above"
+            }
+        );
+        out
+    }
+
+    /// The table of nodes: origin, crashes, ledgers, Admin status.
+    fn node_lines(&self) -> String {
+        let mut out = String::from(
+            "node      region     origin   kills restarts crashes certified served slots  load reliab\n",
+        );
         for n in &self.node_reports {
             let status = n.status.as_ref();
             out += &format!(
@@ -1610,6 +1799,12 @@ impl RunReport {
                 status.map_or("-".into(), |s| format!("{:.3}", s.reliability)),
             );
         }
+        out
+    }
+
+    /// Recovery (from the nodes' Admin status) summed per failure kind.
+    fn recovery_lines(&self) -> String {
+        let mut out = String::new();
         let mut recovery: BTreeMap<&str, (u64, u64, f64, usize)> = BTreeMap::new();
         for row in self
             .node_reports
@@ -1631,20 +1826,6 @@ impl RunReport {
                 if n > 0 { ms / n as f64 } else { 0.0 }
             );
         }
-        for problem in &self.ledger.problems {
-            out += &format!("problem          {problem}\n");
-        }
-        for sample in &self.failure_samples {
-            out += &format!("failure sample   {sample}\n");
-        }
-        out += &format!(
-            "verdict          {}\n",
-            if self.ok {
-                "OK: nothing certified was lost, changed, wrong or mixed"
-            } else {
-                "FAILED: see above"
-            }
-        );
         out
     }
 }
