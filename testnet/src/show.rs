@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use polity_consensus::{PublicKey, certificate_digest, open};
 use polity_node::client::printable;
-use polity_node::tasks::{level_name, path_name};
+use polity_node::entry::{level_name, path_name};
 use polity_proto::{
     Certificate, ConsensusPath, Level, Observation, RaftCommit, Report, StatementKind,
 };
