@@ -170,10 +170,9 @@ fn verdicts_agree_with_libsodium_through_pynacl() {
         .output();
     let missing = match &output {
         Err(error) => Some(format!("python3 did not run: {error}")),
-        Ok(output) if output.status.code() == Some(2) => Some(format!(
-            "{}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        )),
+        Ok(output) if output.status.code() == Some(2) => {
+            Some(String::from_utf8_lossy(&output.stderr).trim().to_string())
+        }
         Ok(_) => None,
     };
     if let Some(reason) = missing {
