@@ -128,6 +128,10 @@ fn the_twelve_vectors_get_libsodiums_verdicts() {
     }
 }
 
+/// With dalek's `verify_batch` behind `batch_verify` (the old certificate path) this
+/// fails on case 3 in the other direction: the batch multiplies `A` by `z k mod L`,
+/// which scrambles a mixed-order key's torsion part, so a signature libsodium accepts
+/// was refused in certificates.
 #[test]
 fn the_certificate_path_gives_the_same_verdicts() {
     let vectors = vectors();
