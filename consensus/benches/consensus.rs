@@ -7,9 +7,11 @@
 //! - `verify`: `verify_statement` vs raw `VerifyingKey::verify_strict` (key already
 //!   decompressed).
 //! - `batch_verify/64`: raw `ed25519_dalek::verify_batch` (keys already decompressed,
-//!   messages already concatenated) vs `verify_statements_batch` (what `verify_chain`
-//!   does per certificate), with two reference points: the raw batch plus key
-//!   decompression and weak-key checks, and 64 `verify_statement` calls one by one.
+//!   messages already concatenated; a reference only, Polity no longer batches, see
+//!   `statement::batch_verify`) vs `verify_statements_batch` (what `verify_chain` does
+//!   per certificate, one `verify_strict` per signature), with two reference points:
+//!   the raw batch plus key decompression and weak-key checks, and 64
+//!   `verify_statement` calls one by one.
 //! - `certificate/{build,verify}/n` for groups of 4, 16, 64 and 256 on the bft fast
 //!   path: the collector's `Round` from its own answer to `Action::Decided` fed the
 //!   other members' observations, and `verify_chain` of the decided certificate.

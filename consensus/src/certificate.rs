@@ -3,7 +3,7 @@
 //!
 //! [`verify_chain`] checks, for the root and recursively for every carried child:
 //! sizes and counts within limits; the task id is the digest of the carried task;
-//! every signature (one `verify_batch` per certificate, weak keys rejected first);
+//! every signature (one by one, by [`crate::statement::verify_signature`]'s rule);
 //! every signer is a member and no member is counted twice; every statement is for
 //! the certificate's slot and carries its [`group_digest`] (path, aggregation,
 //! members, weights — so a signature cannot be re-presented under a smaller member

@@ -24,6 +24,10 @@ pub enum IdError {
     /// A key of small order, for which signatures prove nothing.
     #[error("weak ed25519 public key")]
     WeakKey,
+    /// A point encoded with `y >= p`: libsodium refuses it, so Polity does too (a key
+    /// has exactly one accepted spelling, and outside verifiers agree with ours).
+    #[error("non-canonical ed25519 public key encoding")]
+    NonCanonicalKey,
 }
 
 fn parse_32(text: &str) -> Result<[u8; 32], IdError> {
@@ -95,7 +99,9 @@ impl PublicKey {
         &self.0
     }
 
-    /// A verifying key, if the bytes are a valid point and not of small order.
+    /// A verifying key, if the bytes are the canonical encoding of a valid point that is
+    /// not of small order: the key half of Polity's signature rule (see
+    /// [`crate::statement::verify_signature`]).
     ///
     /// Decompressing a point costs about as much as a third of a signature check, and
     /// the same few member keys sign everything a node sees, so results are memoized
@@ -129,12 +135,30 @@ type KeyCache = HashMap<[u8; 32], Result<VerifyingKey, IdError>>;
 /// Keys memoized by [`PublicKey::to_verifying_key`] at most.
 pub const KEY_CACHE_ENTRIES_MAX: usize = 8_192;
 
+/// The key checks libsodium's `crypto_sign_verify_detached` makes, in its order: `y < p`
+/// (ignoring the sign bit), not of small order, a point on the curve. dalek's
+/// `VerifyingKey::from_bytes` reduces `y` modulo `p` and so accepts the non-canonical
+/// encodings; they are refused here.
 fn decompress(bytes: &[u8; 32]) -> Result<VerifyingKey, IdError> {
     let key = VerifyingKey::from_bytes(bytes).map_err(|_| IdError::InvalidKey)?;
     if key.is_weak() {
         return Err(IdError::WeakKey);
     }
+    if !is_canonical_y(bytes) {
+        return Err(IdError::NonCanonicalKey);
+    }
     Ok(key)
+}
+
+/// Whether the 255-bit `y` of a compressed Edwards point is below
+/// `p = 2^255 - 19`, as libsodium's `ge25519_is_canonical` checks. The encodings at or
+/// above `p` are `y = p + i` for `i` in `0..19`: bytes `0xed + i, 0xff * 30, 0x7f`.
+/// (The one other non-unique spelling, `x = 0` with the sign bit set, only exists for
+/// `y = 1` and `y = -1`, both of small order, so the weak-key check refuses it.)
+fn is_canonical_y(bytes: &[u8; 32]) -> bool {
+    let top_is_max = bytes[31] & 0x7f == 0x7f;
+    let middle_is_max = bytes[1..31].iter().all(|&byte| byte == 0xff);
+    !(top_is_max && middle_is_max && bytes[0] >= 0xed)
 }
 
 impl fmt::Display for PublicKey {
@@ -192,5 +216,36 @@ mod tests {
                 .to_verifying_key()
                 .is_ok()
         );
+    }
+
+    /// `y = p + i` for small `i`: dalek decompresses some of these to points of large
+    /// order, libsodium refuses every one; so must we.
+    #[test]
+    fn non_canonical_keys_are_rejected() {
+        let mut refused_large_order = 0;
+        for i in 0u8..19 {
+            for sign in [0, 0x80] {
+                let mut bytes = [0xff; 32];
+                bytes[0] = 0xed + i;
+                bytes[31] = 0x7f | sign;
+                assert!(!is_canonical_y(&bytes));
+                let result = PublicKey(bytes).to_verifying_key();
+                assert!(result.is_err(), "y = p + {i} accepted");
+                let Ok(dalek) = VerifyingKey::from_bytes(&bytes) else {
+                    continue;
+                };
+                if !dalek.is_weak() {
+                    assert_eq!(result, Err(IdError::NonCanonicalKey));
+                    refused_large_order += 1;
+                }
+            }
+        }
+        // The check is not vacuous: some of these do decode to usable points.
+        assert!(refused_large_order > 0);
+        // `p - 1` (that is, y = -1) is canonical; the largest canonical `y`.
+        let mut largest = [0xff; 32];
+        largest[0] = 0xec;
+        largest[31] = 0x7f;
+        assert!(is_canonical_y(&largest));
     }
 }

@@ -136,27 +136,58 @@ pub(crate) fn check_shape(
     Ok((kind, signer, verifying_key, signature))
 }
 
-/// Verifies one statement (lengths, kind, weak key, then `verify_strict`) and returns
-/// its signer. The body is not decoded.
+/// Polity's one signature rule, the one libsodium's `crypto_sign_verify_detached`
+/// applies (RFC 8032 Ed25519 with its optional checks made mandatory), so that any
+/// outside verifier built on libsodium agrees with every node bit for bit. A signature
+/// `(R, S)` by key `A` over `message` is accepted if and only if:
+///
+/// 1. `A` is the canonical encoding (`y < p`) of a curve point not of small order
+///    (checked once per key by [`PublicKey::to_verifying_key`], which made
+///    `verifying_key`);
+/// 2. `S < L` (canonical);
+/// 3. `R` decodes to a point not of small order;
+/// 4. with `k = SHA-512(R || A || message)` reduced mod `L`, the encoding of
+///    `[S]B - [k]A` equals the 32 bytes of `R` (cofactorless; a byte comparison, so a
+///    non-canonical `R` never matches).
+///
+/// dalek's `verify_strict` makes checks 2 to 4. Plain `verify` (no small-order checks)
+/// and batch verification (a random linear combination of the cofactorless equations,
+/// which a signature whose `R` carries a small-order component passes with probability
+/// at least 1/8, or always when its coefficients can be predicted) accept signatures
+/// this rule refuses, so neither is used anywhere in Polity.
+pub fn verify_signature(
+    verifying_key: &VerifyingKey,
+    message: &[u8],
+    signature: &Signature,
+) -> Result<(), StatementError> {
+    verifying_key
+        .verify_strict(message, signature)
+        .map_err(|_| StatementError::BadSignature)
+}
+
+/// Verifies one statement (lengths, kind, the key checks, then [`verify_signature`])
+/// and returns its signer. The body is not decoded.
 pub fn verify_statement(statement: &SignedStatement) -> Result<PublicKey, StatementError> {
     let (kind, signer, verifying_key, signature) = check_shape(statement)?;
-    verifying_key
-        .verify_strict(&signed_message(kind, &statement.body), &signature)
-        .map_err(|_| StatementError::BadSignature)?;
+    verify_signature(
+        &verifying_key,
+        &signed_message(kind, &statement.body),
+        &signature,
+    )?;
     Ok(signer)
 }
 
-/// Verifies many statements with one `ed25519_dalek::verify_batch` and returns their
-/// signers, in order. Every statement is shape-checked first (kind, lengths, a valid,
-/// non-weak signer key, as in [`verify_statement`]); the first shape error is returned
-/// and nothing is batch-verified. A bad signature anywhere fails the whole batch with
+/// Verifies many statements and returns their signers, in order. Every statement is
+/// shape-checked first (kind, lengths, a valid, canonical, non-weak signer key, as in
+/// [`verify_statement`]); the first shape error is returned and no signature is
+/// checked. A bad signature anywhere fails the whole call with
 /// [`StatementError::BadSignature`], without saying which: call [`verify_statement`]
 /// on each to find it. Bodies are not decoded.
 ///
 /// This is the check [`crate::verify_chain`] makes on a certificate's statements
-/// (which also requires every signer to be a member). Like any ed25519 batch it is
-/// not `verify_strict`: it does not reject a signature whose `R` has small order,
-/// which only the signer's own key can produce.
+/// (which also requires every signer to be a member). It accepts exactly what
+/// [`verify_statement`] accepts on each: see [`batch_verify`] for why there is no
+/// batch-equation fast path.
 pub fn verify_statements_batch(
     statements: &[SignedStatement],
 ) -> Result<Vec<PublicKey>, StatementError> {
@@ -175,15 +206,37 @@ pub fn verify_statements_batch(
     Ok(signers)
 }
 
-/// One `verify_batch` over shape-checked statements' signed messages.
-pub(crate) fn batch_verify(
+/// Checks every signature of a set with [`verify_signature`], one by one, and fails
+/// on the first bad one. The keys must come from [`PublicKey::to_verifying_key`].
+/// Panics if the three slices differ in length (a caller's bug, not a peer's).
+///
+/// There is deliberately no ed25519 batch equation here. A batch accepts when
+/// `sum z_i ([S_i]B - R_i - [k_i]A_i) = 0` for coefficients `z_i`; a signature forged
+/// as `R_i = R + T` with `T` of small order leaves `z_i T`, which vanishes whenever
+/// `z_i` is a multiple of `T`'s order: at least 1 time in 8 with random `z_i`, always
+/// when they are derived from the inputs (dalek's `verify_batch`, which a forger can
+/// grind), and regardless of `z` when two forged signatures' torsion cancels. Making
+/// the batch safe would need every `R_i` checked for torsion (`[L]R_i = 0`, a scalar
+/// multiplication per signature), which costs what the batch saves. Measured with
+/// `cargo bench -p polity-consensus` (see BENCHMARKS.md).
+pub fn batch_verify(
     messages: &[Vec<u8>],
     signatures: &[Signature],
     verifying_keys: &[VerifyingKey],
 ) -> Result<(), StatementError> {
-    let messages: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
-    ed25519_dalek::verify_batch(&messages, signatures, verifying_keys)
-        .map_err(|_| StatementError::BadSignature)
+    assert_eq!(
+        messages.len(),
+        signatures.len(),
+        "one signature per message"
+    );
+    assert_eq!(messages.len(), verifying_keys.len(), "one key per message");
+    messages
+        .iter()
+        .zip(signatures)
+        .zip(verifying_keys)
+        .try_for_each(|((message, signature), verifying_key)| {
+            verify_signature(verifying_key, message, signature)
+        })
 }
 
 /// Verifies a statement of the expected `kind`, then decodes its body.
