@@ -23,7 +23,6 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use polity_consensus::raft::LedgerEntry;
 use polity_consensus::{
     Action, Input, PublicKey, Round, RoundConfig, RoundMessage, TaskId, TrustEvent, task_id,
     verify_chain,
@@ -34,6 +33,7 @@ use polity_proto::{
     SignedStatement, StatementKind, TaskRequest, TaskSpec, consensus_request, group_outcome,
     task_request,
 };
+use polity_raft::LedgerEntry;
 use prost::Message;
 use tokio::sync::{Semaphore, mpsc};
 
@@ -537,7 +537,7 @@ struct Driver {
     entry: PublicKey,
     members: Vec<PublicKey>,
     member_plan: Vec<polity_proto::Member>,
-    raft_group: Option<polity_consensus::raft::GroupName>,
+    raft_group: Option<polity_raft::GroupName>,
     /// The round's own inbox, for the executor's answer and raft commits.
     inbox: mpsc::Sender<Input>,
     own_observation: Option<SignedStatement>,

@@ -34,7 +34,7 @@
 //! # Frame size (why the node lowers the raft config)
 //!
 //! The node's request-response frames are at most [`FRAME_BYTES_MAX`] (4 MiB), less
-//! than [`polity_consensus::raft::RAFT_MESSAGE_BYTES_MAX`] (32 MiB) which the consensus
+//! than [`polity_raft::RAFT_MESSAGE_BYTES_MAX`] (32 MiB) which the consensus
 //! crate's own bounds allow: a ledger entry may carry up to 5 MiB (hex doubles it in
 //! JSON), an append up to 4 MiB of entries plus one, a snapshot chunk 1 MiB (up to 4 MiB
 //! as a JSON number array). Rather than raise the consensus protocol's frame limit
@@ -70,15 +70,15 @@ use std::time::Duration;
 
 use openraft::Config;
 use polity_consensus::PublicKey;
-use polity_consensus::raft::network::check_rpc;
-use polity_consensus::raft::{
-    GroupName, LedgerEntry, LedgerOutcome, NodeId, RaftGroup, RaftGroupError, RaftMember,
-    RaftReply, RaftRpc, RaftTransport, TransportError, node_id, raft_config, serve,
-};
 use polity_net::codec::FRAME_BYTES_MAX;
 use polity_net::{AppProtocol, NetError, NetHandle, PeerId};
 use polity_proto::consensus_request::Request as ConsensusRequestKind;
 use polity_proto::{ConsensusRequest, Level, Member, ProposeReply, RaftEnvelope, RaftPropose};
+use polity_raft::network::check_rpc;
+use polity_raft::{
+    GroupName, LedgerEntry, LedgerOutcome, NodeId, RaftGroup, RaftGroupError, RaftMember,
+    RaftReply, RaftRpc, RaftTransport, TransportError, node_id, raft_config, serve,
+};
 use prost::Message;
 use sha2::{Digest, Sha256};
 use tokio::sync::{Mutex, Semaphore};
@@ -118,8 +118,7 @@ const _: () = assert!(2 * NODE_LEDGER_ENTRY_BYTES_MAX + MESSAGE_OVERHEAD_BYTES <
 // A snapshot chunk as a JSON number array (up to 4 bytes per byte) fits a frame.
 const _: () =
     assert!(4 * NODE_SNAPSHOT_CHUNK_BYTES_MAX + MESSAGE_OVERHEAD_BYTES <= FRAME_BYTES_MAX);
-const _: () =
-    assert!(NODE_SNAPSHOT_CHUNK_BYTES_MAX <= polity_consensus::raft::SNAPSHOT_CHUNK_BYTES_MAX);
+const _: () = assert!(NODE_SNAPSHOT_CHUNK_BYTES_MAX <= polity_raft::SNAPSHOT_CHUNK_BYTES_MAX);
 
 /// Why a raft call of the node failed.
 #[derive(Debug, thiserror::Error)]
@@ -830,7 +829,7 @@ fn member_of(group: &RaftGroup, id: NodeId) -> Option<RaftMember> {
 }
 
 /// The raft membership of a task group's members: each key's peer id, collision-checked.
-fn raft_members(members: &[Member]) -> Result<polity_consensus::raft::Members, RaftNetError> {
+fn raft_members(members: &[Member]) -> Result<polity_raft::Members, RaftNetError> {
     let records = members
         .iter()
         .map(|member| {
@@ -842,7 +841,7 @@ fn raft_members(members: &[Member]) -> Result<polity_consensus::raft::Members, R
                 .map_err(|error| RaftNetError::InvalidMembers(error.to_string()))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    polity_consensus::raft::Members::new(records)
+    polity_raft::Members::new(records)
         .map_err(|error| RaftNetError::InvalidMembers(error.to_string()))
 }
 
@@ -918,8 +917,8 @@ impl RaftTransport for Libp2pTransport {
         &self,
         _target: NodeId,
         member: &RaftMember,
-        request: openraft::raft::AppendEntriesRequest<polity_consensus::raft::TypeConfig>,
-    ) -> Result<polity_consensus::raft::network::AppendEntriesReply, TransportError> {
+        request: openraft::raft::AppendEntriesRequest<polity_raft::TypeConfig>,
+    ) -> Result<polity_raft::network::AppendEntriesReply, TransportError> {
         self.deliver(member, RaftRpc::AppendEntries(request))
             .await?
             .into_append_entries()
@@ -930,7 +929,7 @@ impl RaftTransport for Libp2pTransport {
         _target: NodeId,
         member: &RaftMember,
         request: openraft::raft::VoteRequest<NodeId>,
-    ) -> Result<polity_consensus::raft::network::VoteReply, TransportError> {
+    ) -> Result<polity_raft::network::VoteReply, TransportError> {
         self.deliver(member, RaftRpc::Vote(request))
             .await?
             .into_vote()
@@ -940,8 +939,8 @@ impl RaftTransport for Libp2pTransport {
         &self,
         _target: NodeId,
         member: &RaftMember,
-        request: openraft::raft::InstallSnapshotRequest<polity_consensus::raft::TypeConfig>,
-    ) -> Result<polity_consensus::raft::network::InstallSnapshotReply, TransportError> {
+        request: openraft::raft::InstallSnapshotRequest<polity_raft::TypeConfig>,
+    ) -> Result<polity_raft::network::InstallSnapshotReply, TransportError> {
         self.deliver(member, RaftRpc::InstallSnapshot(request))
             .await?
             .into_install_snapshot()
