@@ -26,7 +26,10 @@
 //! - [`reliability`]: P(correct) per aggregation and level, for the node to print.
 //! - [`trust`]: per-peer trust scores and their update rules.
 //! - [`sim`]: a seeded simulator of rounds with faulty networks and members.
-//! - [`raft`]: the raft path's openraft types, sled storage and transport (tokio + disk, outside the pure core).
+//!
+//! The raft path's openraft types, sled storage and transport are not here: they need
+//! tokio and a disk, so they live in the `polity-raft` crate (`consensus/raft/`), which
+//! depends on this one and never the other way round.
 
 pub mod aggregate;
 pub mod certificate;
@@ -34,7 +37,6 @@ pub mod evidence;
 pub mod export;
 pub mod ids;
 pub mod quorum;
-pub mod raft;
 pub mod reliability;
 pub mod round;
 pub mod select;

@@ -355,53 +355,60 @@ impl fmt::Debug for Round {
     }
 }
 
+/// The limits on a round's own config fields (level, group, task, path reason, path,
+/// timeout, rounds); the member list is checked by [`Round::new`].
+fn check_config_fields(config: &RoundConfig) -> Result<(), ConfigError> {
+    if matches!(config.level, Level::Unspecified) {
+        return Err(ConfigError::Invalid {
+            what: "level",
+            value: "unspecified".into(),
+        });
+    }
+    if config.group.is_empty() || config.group.len() > GROUP_BYTES_MAX {
+        return Err(ConfigError::Invalid {
+            what: "group",
+            value: config.group.clone(),
+        });
+    }
+    if config.task.len() > TASK_BYTES_MAX {
+        return Err(ConfigError::Invalid {
+            what: "task",
+            value: format!("{} bytes", config.task.len()),
+        });
+    }
+    if config.path_reason.len() > PATH_REASON_BYTES_MAX {
+        return Err(ConfigError::Invalid {
+            what: "path_reason",
+            value: "too long".into(),
+        });
+    }
+    if config.path == ConsensusPath::Unspecified {
+        return Err(ConfigError::Invalid {
+            what: "path",
+            value: "unspecified".into(),
+        });
+    }
+    if config.round_timeout_ms == 0 || config.round_timeout_ms > ROUND_TIMEOUT_MS_MAX {
+        return Err(ConfigError::Invalid {
+            what: "round_timeout_ms",
+            value: config.round_timeout_ms.to_string(),
+        });
+    }
+    if config.rounds_max == 0 || config.rounds_max > ROUNDS_MAX {
+        return Err(ConfigError::Invalid {
+            what: "rounds_max",
+            value: config.rounds_max.to_string(),
+        });
+    }
+    Ok(())
+}
+
 impl Round {
     /// Checks `config` and starts the round in round 0.
     pub fn new(config: RoundConfig, key: SigningKey) -> Result<Round, ConfigError> {
         let mut config = config;
         config.aggregation = normalize(config.aggregation);
-        if matches!(config.level, Level::Unspecified) {
-            return Err(ConfigError::Invalid {
-                what: "level",
-                value: "unspecified".into(),
-            });
-        }
-        if config.group.is_empty() || config.group.len() > GROUP_BYTES_MAX {
-            return Err(ConfigError::Invalid {
-                what: "group",
-                value: config.group.clone(),
-            });
-        }
-        if config.task.len() > TASK_BYTES_MAX {
-            return Err(ConfigError::Invalid {
-                what: "task",
-                value: format!("{} bytes", config.task.len()),
-            });
-        }
-        if config.path_reason.len() > PATH_REASON_BYTES_MAX {
-            return Err(ConfigError::Invalid {
-                what: "path_reason",
-                value: "too long".into(),
-            });
-        }
-        if config.path == ConsensusPath::Unspecified {
-            return Err(ConfigError::Invalid {
-                what: "path",
-                value: "unspecified".into(),
-            });
-        }
-        if config.round_timeout_ms == 0 || config.round_timeout_ms > ROUND_TIMEOUT_MS_MAX {
-            return Err(ConfigError::Invalid {
-                what: "round_timeout_ms",
-                value: config.round_timeout_ms.to_string(),
-            });
-        }
-        if config.rounds_max == 0 || config.rounds_max > ROUNDS_MAX {
-            return Err(ConfigError::Invalid {
-                what: "rounds_max",
-                value: config.rounds_max.to_string(),
-            });
-        }
+        check_config_fields(&config)?;
         let (_, index_of) = member_keys(&config.members).map_err(ConfigError::Members)?;
         let me = PublicKey::from_verifying_key(&key.verifying_key());
         let my_index = *index_of.get(&me).ok_or(ConfigError::NotMember)?;

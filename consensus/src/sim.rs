@@ -11,8 +11,8 @@ use std::collections::{BTreeSet, BinaryHeap};
 
 use ed25519_dalek::SigningKey;
 use polity_proto::{
-    Aggregation, Attestation, Certificate, ConsensusPath, Level, Member, Observation, Report,
-    SignedStatement, StatementKind,
+    Aggregation, Attestation, Certificate, ConsensusPath, Evidence, Level, Member, Observation,
+    Report, SignedStatement, StatementKind,
 };
 use rand::Rng;
 
@@ -184,72 +184,10 @@ const STARTED_AT_MS: u64 = 1_000;
 /// Runs `scenario` with randomness from `rng`; returns what happened, or the first
 /// broken invariant.
 pub fn simulate<R: Rng>(scenario: &Scenario, rng: &mut R) -> Result<Outcome, SimError> {
+    // The draws from `rng` happen in a fixed order (keys, task nonce, outsider key,
+    // first ticks, answer times, then events), so a seed replays the same run.
+    let mut world = World::new(scenario, rng)?;
     let n = scenario.members.len();
-    let keys: Vec<SigningKey> = (0..n)
-        .map(|_| {
-            let mut seed = [0u8; 32];
-            rng.fill(&mut seed);
-            SigningKey::from_bytes(&seed)
-        })
-        .collect();
-    let publics: Vec<PublicKey> = keys
-        .iter()
-        .map(|k| PublicKey::from_verifying_key(&k.verifying_key()))
-        .collect();
-    let members: Vec<Member> = keys
-        .iter()
-        .zip(&scenario.members)
-        .map(|(key, (_, weight, _))| Member {
-            public_key: key.verifying_key().to_bytes().to_vec(),
-            weight: *weight,
-        })
-        .collect();
-    let config = RoundConfig {
-        task: crate::task::encode_task(&polity_proto::TaskSpec {
-            capability: "sim".into(),
-            nonce: rng.random(),
-            ..Default::default()
-        }),
-        level: Level::Region,
-        group: "sim".into(),
-        members,
-        path: scenario.path,
-        path_reason: "simulation".into(),
-        aggregation: scenario.aggregation,
-        round_timeout_ms: scenario.round_timeout_ms,
-        rounds_max: scenario.rounds_max,
-        started_at_ms: STARTED_AT_MS,
-    };
-    let rounds = keys
-        .iter()
-        .map(|key| Round::new(config.clone(), key.clone()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| SimError {
-            event: 0,
-            now_ms: 0,
-            what: format!("config: {error}"),
-        })?;
-    let mut outsider_seed = [0u8; 32];
-    rng.fill(&mut outsider_seed);
-    let mut world = World {
-        scenario,
-        keys,
-        publics,
-        rounds,
-        queue: BinaryHeap::new(),
-        messages: Vec::new(),
-        sequence: 0,
-        outcome: Outcome {
-            decided: vec![None; n],
-            degraded: vec![false; n],
-            ..Outcome::default()
-        },
-        value: None,
-        seen_certificates: BTreeSet::new(),
-        committed: None,
-        commit_index: 0,
-        outsider: SigningKey::from_bytes(&outsider_seed),
-    };
     let end_ms = STARTED_AT_MS
         + scenario.round_timeout_ms * u64::from(scenario.rounds_max)
         + scenario.tick_ms;
@@ -283,23 +221,113 @@ pub fn simulate<R: Rng>(scenario: &Scenario, rng: &mut R) -> Result<Outcome, Sim
         if world.outcome.events > EVENTS_MAX {
             return Err(world.error(now_ms, "event budget exhausted".into()));
         }
+        world.handle(now_ms, event, rng)?;
+    }
+    Ok(world.outcome)
+}
+
+/// `n` member keys from `rng`.
+fn signing_keys<R: Rng>(n: usize, rng: &mut R) -> Vec<SigningKey> {
+    (0..n)
+        .map(|_| {
+            let mut seed = [0u8; 32];
+            rng.fill(&mut seed);
+            SigningKey::from_bytes(&seed)
+        })
+        .collect()
+}
+
+/// The config every member's round runs: a fresh task (its nonce from `rng`) for the
+/// scenario's group of `keys`.
+fn round_config<R: Rng>(scenario: &Scenario, keys: &[SigningKey], rng: &mut R) -> RoundConfig {
+    let members: Vec<Member> = keys
+        .iter()
+        .zip(&scenario.members)
+        .map(|(key, (_, weight, _))| Member {
+            public_key: key.verifying_key().to_bytes().to_vec(),
+            weight: *weight,
+        })
+        .collect();
+    RoundConfig {
+        task: crate::task::encode_task(&polity_proto::TaskSpec {
+            capability: "sim".into(),
+            nonce: rng.random(),
+            ..Default::default()
+        }),
+        level: Level::Region,
+        group: "sim".into(),
+        members,
+        path: scenario.path,
+        path_reason: "simulation".into(),
+        aggregation: scenario.aggregation,
+        round_timeout_ms: scenario.round_timeout_ms,
+        rounds_max: scenario.rounds_max,
+        started_at_ms: STARTED_AT_MS,
+    }
+}
+
+impl<'a> World<'a> {
+    /// Keys, one round per member and an outsider key, drawn from `rng`; nothing queued.
+    fn new<R: Rng>(scenario: &'a Scenario, rng: &mut R) -> Result<World<'a>, SimError> {
+        let n = scenario.members.len();
+        let keys = signing_keys(n, rng);
+        let publics: Vec<PublicKey> = keys
+            .iter()
+            .map(|k| PublicKey::from_verifying_key(&k.verifying_key()))
+            .collect();
+        let config = round_config(scenario, &keys, rng);
+        let rounds = keys
+            .iter()
+            .map(|key| Round::new(config.clone(), key.clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| SimError {
+                event: 0,
+                now_ms: 0,
+                what: format!("config: {error}"),
+            })?;
+        let mut outsider_seed = [0u8; 32];
+        rng.fill(&mut outsider_seed);
+        Ok(World {
+            scenario,
+            keys,
+            publics,
+            rounds,
+            queue: BinaryHeap::new(),
+            messages: Vec::new(),
+            sequence: 0,
+            outcome: Outcome {
+                decided: vec![None; n],
+                degraded: vec![false; n],
+                ..Outcome::default()
+            },
+            value: None,
+            seen_certificates: BTreeSet::new(),
+            committed: None,
+            commit_index: 0,
+            outsider: SigningKey::from_bytes(&outsider_seed),
+        })
+    }
+
+    /// One event off the queue: a tick (re-armed while the round runs), a delivery,
+    /// or a raft commit.
+    fn handle<R: Rng>(&mut self, now_ms: u64, event: Event, rng: &mut R) -> Result<(), SimError> {
         match event {
             Event::Tick { to } => {
-                if !world.rounds[to].is_finished() {
-                    world.push(now_ms + scenario.tick_ms, Event::Tick { to });
+                if !self.rounds[to].is_finished() {
+                    self.push(now_ms + self.scenario.tick_ms, Event::Tick { to });
                 }
-                world.step(now_ms, to, Input::Tick, rng)?;
+                self.step(now_ms, to, Input::Tick, rng)
             }
             Event::Deliver {
                 to,
                 from,
                 message_index,
             } => {
-                let Some(message) = world.messages[message_index].clone() else {
-                    continue;
+                let Some(message) = self.messages[message_index].clone() else {
+                    return Ok(());
                 };
-                world.outcome.delivered += 1;
-                world.deliver(now_ms, to, from, message, rng)?;
+                self.outcome.delivered += 1;
+                self.deliver(now_ms, to, from, message, rng)
             }
             Event::Committed {
                 to,
@@ -311,11 +339,10 @@ pub fn simulate<R: Rng>(scenario: &Scenario, rng: &mut R) -> Result<Outcome, Sim
                     term: 1,
                     commit_index,
                 };
-                world.step(now_ms, to, input, rng)?;
+                self.step(now_ms, to, input, rng)
             }
         }
     }
-    Ok(world.outcome)
 }
 
 impl World<'_> {
@@ -521,21 +548,7 @@ impl World<'_> {
                 self.send_as(now_ms, index, to, message, rng);
             }
             Action::Commit { report_digest, .. } => {
-                // The group's raft ledger keeps the first committed report only.
-                if self.committed.is_none() {
-                    self.committed = Some(report_digest);
-                    self.commit_index += 1;
-                    let delay_ms = rng.random_range(1..=self.scenario.network.delay_ms_max.max(1));
-                    let commit_index = self.commit_index;
-                    self.push(
-                        now_ms + delay_ms,
-                        Event::Committed {
-                            to: index,
-                            report_digest,
-                            commit_index,
-                        },
-                    );
-                }
+                self.commit(now_ms, index, report_digest, rng);
             }
             Action::Decided(certificate) => {
                 let value = self.check_certificate(now_ms, &certificate)?;
@@ -550,22 +563,7 @@ impl World<'_> {
                 })?;
             }
             Action::Degraded(_) => self.outcome.degraded[index] = true,
-            Action::Evidence(evidence) => {
-                let culprit = verify_evidence(&evidence)
-                    .map_err(|error| self.error(now_ms, format!("bad evidence: {error}")))?;
-                let accused = self.publics.iter().position(|public| *public == culprit);
-                match accused {
-                    Some(accused) if self.behaviour(accused) == Behaviour::Equivocator => {
-                        self.outcome.accused.insert(accused);
-                    }
-                    _ => {
-                        return Err(self.error(
-                            now_ms,
-                            format!("evidence against {culprit}, who did not equivocate"),
-                        ));
-                    }
-                }
-            }
+            Action::Evidence(evidence) => self.accuse(now_ms, &evidence)?,
             Action::Rejected { from, reason } => {
                 self.outcome.rejected += 1;
                 if let Some(sender) = self.publics.iter().position(|public| *public == from)
@@ -580,6 +578,43 @@ impl World<'_> {
             }
         }
         Ok(())
+    }
+
+    /// A raft commit of `report_digest` proposed by member `index`: the group's raft
+    /// ledger keeps the first committed report only, and tells the proposer after a
+    /// network delay.
+    fn commit<R: Rng>(&mut self, now_ms: u64, index: usize, report_digest: [u8; 32], rng: &mut R) {
+        if self.committed.is_none() {
+            self.committed = Some(report_digest);
+            self.commit_index += 1;
+            let delay_ms = rng.random_range(1..=self.scenario.network.delay_ms_max.max(1));
+            let commit_index = self.commit_index;
+            self.push(
+                now_ms + delay_ms,
+                Event::Committed {
+                    to: index,
+                    report_digest,
+                    commit_index,
+                },
+            );
+        }
+    }
+
+    /// Evidence must verify and name a member who really equivocated.
+    fn accuse(&mut self, now_ms: u64, evidence: &Evidence) -> Result<(), SimError> {
+        let culprit = verify_evidence(evidence)
+            .map_err(|error| self.error(now_ms, format!("bad evidence: {error}")))?;
+        let accused = self.publics.iter().position(|public| *public == culprit);
+        match accused {
+            Some(accused) if self.behaviour(accused) == Behaviour::Equivocator => {
+                self.outcome.accused.insert(accused);
+                Ok(())
+            }
+            _ => Err(self.error(
+                now_ms,
+                format!("evidence against {culprit}, who did not equivocate"),
+            )),
+        }
     }
 
     /// Sends as member `from` would: an equivocator also sends a conflicting twin of

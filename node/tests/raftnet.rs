@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
-use polity_consensus::raft::{GroupName, LedgerEntry, RaftReply, RaftRpc, node_id};
 use polity_consensus::{PublicKey, TaskId};
 use polity_net::{AppProtocol, LocalInfo, Multiaddr, NetConfig, NetEvent, NetHandle, NetMetrics};
 use polity_node::raft::{PROPOSE_REFUSED, RaftGroups, RaftNetError};
 use polity_node::telemetry::metrics::{Metrics, RaftGroupLabels};
 use polity_proto::{ConsensusRequest, Level, Member, RaftEnvelope, RaftPropose};
+use polity_raft::{GroupName, LedgerEntry, RaftReply, RaftRpc, node_id};
 use prost::Message;
 
 /// Bound on every wait: generous, since two cores may be busy compiling.

@@ -554,6 +554,8 @@ fn invalid_messages_are_rejected_and_harmless() {
     assert!(!group.rounds[0].is_finished());
 }
 
+// A table of bad configs and the error each gives: longer than the ~80-line limit on
+// functions, but it reads better whole than split.
 #[test]
 fn config_errors() {
     let keys: Vec<SigningKey> = (1..=3).map(key).collect();

@@ -9,11 +9,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use polity_consensus::raft::LedgerEntry;
 use polity_consensus::{Action, DegradedReason, Input, PublicKey, Round, RoundMessage, TrustEvent};
 use polity_proto::{
     GroupOutcome, RoundEnvelope, SignedStatement, StatementKind, group_outcome, task_request,
 };
+use polity_raft::LedgerEntry;
 use prost::Message;
 use tokio::sync::mpsc;
 
@@ -45,7 +45,7 @@ pub(super) struct RoundDriver {
     entry: PublicKey,
     members: Vec<PublicKey>,
     member_plan: Vec<polity_proto::Member>,
-    raft_group: Option<polity_consensus::raft::GroupName>,
+    raft_group: Option<polity_raft::GroupName>,
     /// The round's own inbox, for the executor's answer and raft commits.
     inbox: mpsc::Sender<Input>,
     own_observation: Option<SignedStatement>,
@@ -62,7 +62,7 @@ impl RoundDriver {
         key: SlotKey,
         entry: PublicKey,
         member_plan: Vec<polity_proto::Member>,
-        raft_group: Option<polity_consensus::raft::GroupName>,
+        raft_group: Option<polity_raft::GroupName>,
         inbox: mpsc::Sender<Input>,
     ) -> RoundDriver {
         let members = member_plan

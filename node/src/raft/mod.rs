@@ -34,7 +34,7 @@
 //! # Frame size (why the node lowers the raft config)
 //!
 //! The node's request-response frames are at most [`FRAME_BYTES_MAX`] (4 MiB), less
-//! than [`polity_consensus::raft::RAFT_MESSAGE_BYTES_MAX`] (32 MiB) which the consensus
+//! than [`polity_raft::RAFT_MESSAGE_BYTES_MAX`] (32 MiB) which the consensus
 //! crate's own bounds allow: a ledger entry may carry up to 5 MiB (hex doubles it in
 //! JSON), an append up to 4 MiB of entries plus one, a snapshot chunk 1 MiB (up to 4 MiB
 //! as a JSON number array). Rather than raise the consensus protocol's frame limit
@@ -75,15 +75,15 @@ use std::time::Duration;
 
 use openraft::Config;
 use polity_consensus::PublicKey;
-use polity_consensus::raft::network::check_rpc;
-use polity_consensus::raft::{
-    GroupName, LedgerEntry, LedgerOutcome, NodeId, RaftGroup, RaftGroupError, RaftMember,
-    RaftReply, RaftRpc, node_id, raft_config, serve,
-};
 use polity_net::codec::FRAME_BYTES_MAX;
 use polity_net::{AppProtocol, NetHandle, PeerId};
 use polity_proto::consensus_request::Request as ConsensusRequestKind;
 use polity_proto::{ConsensusRequest, Level, Member, ProposeReply, RaftEnvelope, RaftPropose};
+use polity_raft::network::check_rpc;
+use polity_raft::{
+    GroupName, LedgerEntry, LedgerOutcome, NodeId, RaftGroup, RaftGroupError, RaftMember,
+    RaftReply, RaftRpc, node_id, raft_config, serve,
+};
 use prost::Message;
 use sha2::{Digest, Sha256};
 use tokio::sync::{Mutex, Semaphore};
@@ -126,8 +126,7 @@ const _: () = assert!(2 * NODE_LEDGER_ENTRY_BYTES_MAX + MESSAGE_OVERHEAD_BYTES <
 // A snapshot chunk as a JSON number array (up to 4 bytes per byte) fits a frame.
 const _: () =
     assert!(4 * NODE_SNAPSHOT_CHUNK_BYTES_MAX + MESSAGE_OVERHEAD_BYTES <= FRAME_BYTES_MAX);
-const _: () =
-    assert!(NODE_SNAPSHOT_CHUNK_BYTES_MAX <= polity_consensus::raft::SNAPSHOT_CHUNK_BYTES_MAX);
+const _: () = assert!(NODE_SNAPSHOT_CHUNK_BYTES_MAX <= polity_raft::SNAPSHOT_CHUNK_BYTES_MAX);
 
 /// Why a raft call of the node failed.
 #[derive(Debug, thiserror::Error)]
@@ -838,7 +837,7 @@ fn member_of(group: &RaftGroup, id: NodeId) -> Option<RaftMember> {
 }
 
 /// The raft membership of a task group's members: each key's peer id, collision-checked.
-fn raft_members(members: &[Member]) -> Result<polity_consensus::raft::Members, RaftNetError> {
+fn raft_members(members: &[Member]) -> Result<polity_raft::Members, RaftNetError> {
     let records = members
         .iter()
         .map(|member| {
@@ -850,7 +849,7 @@ fn raft_members(members: &[Member]) -> Result<polity_consensus::raft::Members, R
                 .map_err(|error| RaftNetError::InvalidMembers(error.to_string()))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    polity_consensus::raft::Members::new(records)
+    polity_raft::Members::new(records)
         .map_err(|error| RaftNetError::InvalidMembers(error.to_string()))
 }
 

@@ -3,13 +3,13 @@
 //! knows the wire (a JSON RPC in a `RaftEnvelope` in a `ConsensusRequest`) and the
 //! frame limit; the group logic above it only sees [`RaftTransport`].
 
-use polity_consensus::raft::{
-    GroupName, NodeId, RaftMember, RaftReply, RaftRpc, RaftTransport, TransportError,
-};
 use polity_net::codec::FRAME_BYTES_MAX;
 use polity_net::{AppProtocol, NetError, NetHandle};
 use polity_proto::consensus_request::Request as ConsensusRequestKind;
 use polity_proto::{ConsensusRequest, RaftEnvelope};
+use polity_raft::{
+    GroupName, NodeId, RaftMember, RaftReply, RaftRpc, RaftTransport, TransportError,
+};
 use prost::Message;
 
 /// The libp2p side of one group's raft: each RPC is JSON in a `RaftEnvelope` in a
@@ -72,8 +72,8 @@ impl RaftTransport for Libp2pTransport {
         &self,
         _target: NodeId,
         member: &RaftMember,
-        request: openraft::raft::AppendEntriesRequest<polity_consensus::raft::TypeConfig>,
-    ) -> Result<polity_consensus::raft::network::AppendEntriesReply, TransportError> {
+        request: openraft::raft::AppendEntriesRequest<polity_raft::TypeConfig>,
+    ) -> Result<polity_raft::network::AppendEntriesReply, TransportError> {
         self.deliver(member, RaftRpc::AppendEntries(request))
             .await?
             .into_append_entries()
@@ -84,7 +84,7 @@ impl RaftTransport for Libp2pTransport {
         _target: NodeId,
         member: &RaftMember,
         request: openraft::raft::VoteRequest<NodeId>,
-    ) -> Result<polity_consensus::raft::network::VoteReply, TransportError> {
+    ) -> Result<polity_raft::network::VoteReply, TransportError> {
         self.deliver(member, RaftRpc::Vote(request))
             .await?
             .into_vote()
@@ -94,8 +94,8 @@ impl RaftTransport for Libp2pTransport {
         &self,
         _target: NodeId,
         member: &RaftMember,
-        request: openraft::raft::InstallSnapshotRequest<polity_consensus::raft::TypeConfig>,
-    ) -> Result<polity_consensus::raft::network::InstallSnapshotReply, TransportError> {
+        request: openraft::raft::InstallSnapshotRequest<polity_raft::TypeConfig>,
+    ) -> Result<polity_raft::network::InstallSnapshotReply, TransportError> {
         self.deliver(member, RaftRpc::InstallSnapshot(request))
             .await?
             .into_install_snapshot()

@@ -12,7 +12,7 @@ use openraft::{Entry, EntryPayload, RaftLogReader, RaftSnapshotBuilder, StorageE
 use tempfile::TempDir;
 
 use super::*;
-use crate::ids::{PublicKey, TaskId};
+use polity_consensus::ids::{PublicKey, TaskId};
 
 const WAIT: Duration = Duration::from_secs(10);
 

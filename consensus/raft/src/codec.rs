@@ -9,11 +9,11 @@
 //! `SNAPSHOT_MAGIC | count: u32 BE | count × (task_id: 32 bytes | value_len: u32 BE | value)`,
 //! task ids strictly ascending.
 
-use crate::ids::TaskId;
-use crate::raft::types::{LEDGER_CERTIFICATE_BYTES_MAX, LEDGER_REPORT_BYTES_MAX, LedgerEntry};
+use crate::types::{LEDGER_CERTIFICATE_BYTES_MAX, LEDGER_REPORT_BYTES_MAX, LedgerEntry};
+use polity_consensus::ids::TaskId;
 
 /// Most task decisions one group's ledger holds. A full ledger refuses new tasks
-/// ([`crate::raft::LedgerOutcome::LedgerFull`]) rather than grow a snapshot without bound.
+/// ([`crate::LedgerOutcome::LedgerFull`]) rather than grow a snapshot without bound.
 pub const LEDGER_ENTRIES_MAX: usize = 65_536;
 /// Most report plus certificate bytes one group's ledger holds.
 pub const LEDGER_BYTES_MAX: usize = 128 << 20;

@@ -21,7 +21,7 @@
 //! Nothing read from disk is trusted: an undecodable key or value is a
 //! `StorageError` (openraft then stops the group), never a panic.
 //!
-//! [`codec`]: crate::raft::codec
+//! [`codec`]: crate::codec
 
 // openraft's storage traits fix the error type to its 224-byte `StorageError`; the helpers
 // here return it as is rather than box it only to unbox it at every trait method.
@@ -40,21 +40,21 @@ use openraft::{
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::{Batch, IVec, Transactional, Tree};
 
-use crate::ids::TaskId;
-use crate::raft::codec::{
+use crate::codec::{
     self, CodecError, LEDGER_BYTES_MAX, LEDGER_ENTRIES_MAX, SNAPSHOT_BYTES_MAX, decode_snapshot,
     decode_value, encode_snapshot, encode_value,
 };
-use crate::raft::types::{
+use crate::types::{
     GroupName, LedgerEntry, LedgerOutcome, LedgerResponse, NodeId, RaftMember, TypeConfig,
 };
+use polity_consensus::ids::TaskId;
 
 /// Most log entries one `AppendEntries` carries (openraft's `max_payload_entries`, and
 /// the cap of [`RaftLogReader::limited_get_log_entries`]).
 pub const ENTRIES_PER_APPEND_MAX: usize = 256;
 /// A log read for replication stops once it has gathered this many stored bytes (after at
 /// least one entry), so an `AppendEntries` stays under
-/// [`crate::raft::RAFT_MESSAGE_BYTES_MAX`] even with many large entries.
+/// [`crate::RAFT_MESSAGE_BYTES_MAX`] even with many large entries.
 pub const APPEND_PAYLOAD_BYTES_SOFT_MAX: usize = 4 << 20;
 
 const KEY_VOTE: &[u8] = b"vote";
@@ -753,7 +753,7 @@ impl RaftStateMachine<TypeConfig> for SledStateMachine {
 
 /// A read handle on a group's ledger. Reads are local: they see what this member has
 /// applied, which may lag the group. For a linearizable read, call
-/// `Raft::ensure_linearizable` first (see [`crate::raft::RaftGroup::read`]).
+/// `Raft::ensure_linearizable` first (see [`crate::RaftGroup::read`]).
 #[derive(Clone)]
 pub struct LedgerReader {
     ledger: Tree,

@@ -8,7 +8,7 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{PublicKey, TaskId};
+use polity_consensus::ids::{PublicKey, TaskId};
 
 /// A raft node id: the first 8 bytes of the member's ed25519 public key, big-endian.
 /// See [`node_id`].
@@ -29,7 +29,7 @@ openraft::declare_raft_types!(
 
 /// Largest report (the exact signed report statement bytes) a ledger entry may carry.
 /// A level-1 report tallies at most a handful of distinct answers of at most
-/// [`crate::statement::ANSWER_BYTES_MAX`] each; larger reports go through `bft`/`stake`.
+/// [`polity_consensus::statement::ANSWER_BYTES_MAX`] each; larger reports go through `bft`/`stake`.
 pub const LEDGER_REPORT_BYTES_MAX: usize = 1 << 20;
 /// Largest certificate a ledger entry may carry.
 pub const LEDGER_CERTIFICATE_BYTES_MAX: usize = 4 << 20;
@@ -299,7 +299,7 @@ impl LedgerEntry {
     }
 
     /// Report plus certificate bytes: what the entry counts against
-    /// [`crate::raft::LEDGER_BYTES_MAX`].
+    /// [`crate::LEDGER_BYTES_MAX`].
     pub fn payload_bytes(&self) -> usize {
         self.report.len() + self.certificate.as_ref().map_or(0, Vec::len)
     }
@@ -318,8 +318,8 @@ pub enum LedgerOutcome {
     Conflict,
     /// The entry is over a size limit ([`LedgerEntry::check`]); nothing was stored.
     TooLarge,
-    /// The ledger is at [`crate::raft::LEDGER_ENTRIES_MAX`] or
-    /// [`crate::raft::LEDGER_BYTES_MAX`]; nothing was stored.
+    /// The ledger is at [`crate::LEDGER_ENTRIES_MAX`] or
+    /// [`crate::LEDGER_BYTES_MAX`]; nothing was stored.
     LedgerFull,
     /// A blank or membership log entry: the ledger is untouched.
     NotLedgerEntry,
@@ -351,7 +351,7 @@ impl LedgerOutcome {
 mod serde_key {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    use crate::ids::PublicKey;
+    use polity_consensus::ids::PublicKey;
 
     pub fn serialize<S: Serializer>(key: &PublicKey, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&key.to_string())
@@ -366,7 +366,7 @@ mod serde_key {
 mod serde_task_id {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    use crate::ids::TaskId;
+    use polity_consensus::ids::TaskId;
 
     pub fn serialize<S: Serializer>(id: &TaskId, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&id.to_string())

@@ -9,11 +9,11 @@ use openraft::Raft;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::raft::network::{
+use crate::network::{
     AppendEntriesReply, InstallSnapshotReply, RAFT_MESSAGE_BYTES_MAX, RaftReply, RaftRpc,
     RaftTransport, TransportError, VoteReply, serve,
 };
-use crate::raft::types::{NodeId, RaftMember, TypeConfig};
+use crate::types::{NodeId, RaftMember, TypeConfig};
 
 /// Most rafts one router connects.
 pub const MEMORY_ROUTER_NODES_MAX: usize = 64;

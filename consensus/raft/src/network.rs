@@ -9,7 +9,7 @@
 //!
 //! A node implements the transport by sending `RaftRpc` (tagged with its group) to the
 //! member's `peer_id`, calling [`serve`] on the receiving side, and unpacking the reply
-//! with [`RaftReply::into_append_entries`] and friends. [`crate::raft::MemoryRouter`] is
+//! with [`RaftReply::into_append_entries`] and friends. [`crate::MemoryRouter`] is
 //! the in-process implementation tests and simulations use.
 
 use std::future::Future;
@@ -26,9 +26,9 @@ use openraft::raft::{
 use openraft::{AnyError, RPCTypes, Raft};
 use serde::{Deserialize, Serialize};
 
-use crate::raft::codec::{LEDGER_VALUE_BYTES_MAX, SNAPSHOT_BYTES_MAX};
-use crate::raft::store::{APPEND_PAYLOAD_BYTES_SOFT_MAX, ENTRIES_PER_APPEND_MAX};
-use crate::raft::types::{NodeId, RaftMember, TypeConfig};
+use crate::codec::{LEDGER_VALUE_BYTES_MAX, SNAPSHOT_BYTES_MAX};
+use crate::store::{APPEND_PAYLOAD_BYTES_SOFT_MAX, ENTRIES_PER_APPEND_MAX};
+use crate::types::{NodeId, RaftMember, TypeConfig};
 
 /// Largest snapshot chunk one `InstallSnapshot` carries (openraft's
 /// `snapshot_max_chunk_size`); [`serve`] refuses larger chunks.
@@ -77,7 +77,7 @@ pub enum TransportError {
 }
 
 /// Carries raft RPCs to other members of one group. The node implements it over
-/// libp2p request-response; [`crate::raft::MemoryRouter`] implements it in process.
+/// libp2p request-response; [`crate::MemoryRouter`] implements it in process.
 ///
 /// `member` is the target's record from the raft membership (its key and peer id);
 /// `target == member.node_id()` is checked before any call. Implementations need not

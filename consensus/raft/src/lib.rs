@@ -1,9 +1,15 @@
+//! # polity-raft
+//!
 //! The `raft` consensus path: a group commits its decisions to a replicated ledger with
 //! openraft 0.9 (storage v2), on the node's sled database.
 //!
-//! **Outside the pure core.** Unlike the rest of this crate, this module runs on tokio
-//! (openraft needs a runtime) and touches a disk (sled). The round logic never calls
-//! it; the node's driver does, and nothing here is needed to verify a certificate.
+//! **Outside the pure core, on purpose.** This crate runs on tokio (openraft needs a
+//! runtime) and touches a disk (sled), which `polity-consensus` must never do; it was
+//! split out so that `polity-consensus` has no tokio, sled or openraft dependency at
+//! all. It uses the core's identifiers ([`polity_consensus::PublicKey`],
+//! [`polity_consensus::TaskId`]); the core never calls into it, and nothing here is
+//! needed to verify a certificate. The node's driver (`polity-node`'s `raftnet`) is
+//! its one user.
 //!
 //! # Layout
 //!
@@ -18,6 +24,8 @@
 //! - [`memory`]: [`MemoryRouter`], an in-process transport for tests and simulations.
 //! - [`group`]: [`RaftGroup`], one running group (start, initialize, propose, read,
 //!   shutdown), and [`raft_config`].
+//! - `tests` (unit tests): the sled store against openraft's storage suite, the
+//!   ledger's apply rules, and a three-member cluster over [`MemoryRouter`].
 //!
 //! # Limits
 //!

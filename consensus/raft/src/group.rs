@@ -7,13 +7,13 @@ use std::sync::Arc;
 use openraft::error::RaftError;
 use openraft::{Config, Raft, SnapshotPolicy};
 
-use crate::ids::{PublicKey, TaskId};
-use crate::raft::network::{RaftTransport, SNAPSHOT_CHUNK_BYTES_MAX, TransportNetworkFactory};
-use crate::raft::store::{ENTRIES_PER_APPEND_MAX, LedgerReader, StoreError, open_group};
-use crate::raft::types::{
+use crate::network::{RaftTransport, SNAPSHOT_CHUNK_BYTES_MAX, TransportNetworkFactory};
+use crate::store::{ENTRIES_PER_APPEND_MAX, LedgerReader, StoreError, open_group};
+use crate::types::{
     GroupName, LedgerEntry, LedgerEntryError, LedgerResponse, Members, NodeId, RaftMember,
     TypeConfig, node_id,
 };
+use polity_consensus::ids::{PublicKey, TaskId};
 
 /// How often a leader heartbeats its followers.
 pub const HEARTBEAT_INTERVAL_MS: u64 = 100;
@@ -100,7 +100,7 @@ pub struct Proposed {
 
 /// One raft group this node is a member of. The node owns it (one owner per raft
 /// instance); clone the [`Raft`] handle from [`RaftGroup::raft`] for the receiving side of
-/// the transport ([`crate::raft::serve`]).
+/// the transport ([`crate::serve`]).
 pub struct RaftGroup {
     node_id: NodeId,
     group: GroupName,
