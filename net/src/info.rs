@@ -20,6 +20,22 @@ use crate::codec::Frame;
 use crate::event_loop::EventLoop;
 use crate::network::{ANNOUNCE_TOPIC, NetEvent};
 
+/// Why a NodeInfo is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidInfo {
+    #[error("bad signature: {0}")]
+    Signature(polity_consensus::StatementError),
+    #[error("signer is not a key")]
+    NotAKey,
+    #[error("info for {claimed} signed by {signer}")]
+    WrongSigner {
+        claimed: Box<PeerId>,
+        signer: Box<PeerId>,
+    },
+    #[error("info names another key than its signer")]
+    OtherKey,
+}
+
 /// Checks a signed NodeInfo: a valid NODE_INFO signature, by the key the info
 /// names, whose PeerId is the one the info names and, for an answer to our own
 /// info request, the peer we asked (`claimed`). Gossiped info has no claimed
@@ -27,18 +43,21 @@ use crate::network::{ANNOUNCE_TOPIC, NetEvent};
 pub fn verify_node_info(
     claimed: Option<PeerId>,
     statement: &SignedStatement,
-) -> Result<(PeerId, NodeInfo), String> {
-    let (signer, info) = open::<NodeInfo>(statement, StatementKind::NodeInfo)
-        .map_err(|e| format!("bad signature: {e}"))?;
-    let signer_peer = crate::peer_id_of(signer.as_bytes())
-        .map_err(|NotAnEd25519Key| "signer is not a key".to_string())?;
+) -> Result<(PeerId, NodeInfo), InvalidInfo> {
+    let (signer, info) =
+        open::<NodeInfo>(statement, StatementKind::NodeInfo).map_err(InvalidInfo::Signature)?;
+    let signer_peer =
+        crate::peer_id_of(signer.as_bytes()).map_err(|NotAnEd25519Key| InvalidInfo::NotAKey)?;
     if let Some(claimed) = claimed
         && claimed != signer_peer
     {
-        return Err(format!("info for {claimed} signed by {signer_peer}"));
+        return Err(InvalidInfo::WrongSigner {
+            claimed: Box::new(claimed),
+            signer: Box::new(signer_peer),
+        });
     }
     if info.public_key != signer.as_bytes().as_slice() || info.peer_id != signer_peer.to_string() {
-        return Err("info names another key than its signer".to_string());
+        return Err(InvalidInfo::OtherKey);
     }
     Ok((signer_peer, info))
 }
@@ -110,7 +129,7 @@ impl EventLoop {
             let source = source.unwrap_or(*self.swarm.local_peer_id());
             self.emit(NetEvent::InvalidInfo {
                 peer: source,
-                reason,
+                reason: reason.to_string(),
             });
         }
     }
@@ -147,7 +166,10 @@ impl EventLoop {
                 self.peers.entry(peer, now_ms).info_requested = false;
                 let result = SignedStatement::decode(response.0.as_slice())
                     .map_err(|e| format!("undecodable info: {e}"))
-                    .and_then(|statement| self.accept_info(Some(peer), statement));
+                    .and_then(|statement| {
+                        self.accept_info(Some(peer), statement)
+                            .map_err(|e| e.to_string())
+                    });
                 if let Err(reason) = result {
                     self.metrics.infos_rejected.inc();
                     self.emit(NetEvent::InvalidInfo { peer, reason });
@@ -174,7 +196,7 @@ impl EventLoop {
         &mut self,
         claimed: Option<PeerId>,
         statement: SignedStatement,
-    ) -> Result<PeerId, String> {
+    ) -> Result<PeerId, InvalidInfo> {
         let (signer_peer, info) = verify_node_info(claimed, &statement)?;
         if signer_peer == *self.swarm.local_peer_id() {
             return Ok(signer_peer);

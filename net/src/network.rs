@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 
 pub use crate::behaviour::{StartError, provider_keys, start};
 pub use crate::handle::NetHandle;
-pub use crate::info::verify_node_info;
+pub use crate::info::{InvalidInfo, verify_node_info};
 
 pub const KADEMLIA_PROTOCOL: StreamProtocol = StreamProtocol::new("/polity/kad/1.0.0");
 pub const IDENTIFY_PROTOCOL: &str = "/polity/id/1.0.0";

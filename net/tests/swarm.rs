@@ -234,6 +234,7 @@ fn forged_or_mismatched_node_info_is_rejected() {
     assert!(
         verify_node_info(Some(other_peer), &good)
             .unwrap_err()
+            .to_string()
             .contains("signed by")
     );
     // A flipped byte in the body.
@@ -242,6 +243,7 @@ fn forged_or_mismatched_node_info_is_rejected() {
     assert!(
         verify_node_info(None, &tampered)
             .unwrap_err()
+            .to_string()
             .contains("bad signature")
     );
     // Signed by one key, claiming another key inside.
@@ -251,6 +253,7 @@ fn forged_or_mismatched_node_info_is_rejected() {
     assert!(
         verify_node_info(None, &lying)
             .unwrap_err()
+            .to_string()
             .contains("another key")
     );
     // Unsigned.

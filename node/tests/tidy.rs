@@ -33,7 +33,18 @@ const IMPURE: &[&str] = &[
     "std::net",
     "std::fs",
     "unix_ms",
+    "OnceLock",
+    "Mutex",
 ];
+
+/// Words of [`IMPURE`] a pure file may still use, and why.
+const IMPURE_ALLOWED: &[(&str, &[&str], &str)] = &[(
+    "consensus/src/ids.rs",
+    &["OnceLock", "Mutex"],
+    "a process-wide memo of decompressed, checked member keys: without it \
+     verify_statement costs 13 % more and verify_chain up to 44 % (criterion); a \
+     caller-owned cache needs a verify entry point that takes checked keys",
+)];
 
 /// This file names every forbidden word; it checks, it is not checked.
 const THIS_FILE: &str = "node/tests/tidy.rs";
@@ -135,9 +146,15 @@ fn the_pure_core_touches_no_runtime_clock_disk_or_socket() {
         let Some(code) = production(path, text) else {
             continue;
         };
+        let allowed: &[&str] = IMPURE_ALLOWED
+            .iter()
+            .find(|(allowed, _, _)| allowed == path)
+            .map_or(&[], |(_, words, _)| words);
         for (line, code) in code_lines(&code) {
             for word in IMPURE.iter().filter(|word| code.contains(*word)) {
-                violations.push(format!("{path}:{line}: `{word}`"));
+                if !allowed.contains(word) {
+                    violations.push(format!("{path}:{line}: `{word}`"));
+                }
             }
         }
     }
@@ -151,7 +168,7 @@ fn the_pure_core_touches_no_runtime_clock_disk_or_socket() {
         .nth(1)
         .and_then(|rest| rest.split("\n[").next())
         .expect("consensus has dependencies");
-    for crate_name in ["tokio", "sled", "openraft", "libp2p", "tonic"] {
+    for crate_name in ["tokio", "sled", "openraft", "libp2p", "tonic", "axum"] {
         assert!(
             !dependencies.contains(crate_name),
             "consensus/Cargo.toml depends on {crate_name}"

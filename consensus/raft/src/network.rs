@@ -172,29 +172,31 @@ impl RaftReply {
     }
 }
 
+/// Why an incoming RPC is refused before the local raft sees it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RpcTooLarge {
+    #[error("{0} entries exceed {ENTRIES_PER_APPEND_MAX}")]
+    Entries(usize),
+    #[error("snapshot chunk of {0} bytes exceeds {SNAPSHOT_CHUNK_BYTES_MAX}")]
+    Chunk(usize),
+    #[error("snapshot chunk at offset {0} runs past {SNAPSHOT_BYTES_MAX} bytes")]
+    Snapshot(u64),
+}
+
 /// Checks the bounds of an incoming RPC before the local raft sees it.
-pub fn check_rpc(rpc: &RaftRpc) -> Result<(), String> {
+pub fn check_rpc(rpc: &RaftRpc) -> Result<(), RpcTooLarge> {
     match rpc {
         RaftRpc::AppendEntries(request) if request.entries.len() > ENTRIES_PER_APPEND_MAX => {
-            Err(format!(
-                "{} entries exceed {ENTRIES_PER_APPEND_MAX}",
-                request.entries.len()
-            ))
+            Err(RpcTooLarge::Entries(request.entries.len()))
         }
         RaftRpc::InstallSnapshot(request) if request.data.len() > SNAPSHOT_CHUNK_BYTES_MAX => {
-            Err(format!(
-                "snapshot chunk of {} bytes exceeds {SNAPSHOT_CHUNK_BYTES_MAX}",
-                request.data.len()
-            ))
+            Err(RpcTooLarge::Chunk(request.data.len()))
         }
         RaftRpc::InstallSnapshot(request)
             if request.offset.saturating_add(request.data.len() as u64)
                 > SNAPSHOT_BYTES_MAX as u64 =>
         {
-            Err(format!(
-                "snapshot chunk at offset {} runs past {SNAPSHOT_BYTES_MAX} bytes",
-                request.offset
-            ))
+            Err(RpcTooLarge::Snapshot(request.offset))
         }
         _ => Ok(()),
     }
@@ -203,7 +205,7 @@ pub fn check_rpc(rpc: &RaftRpc) -> Result<(), String> {
 /// The receiving side: checks the RPC's bounds and hands it to the local raft.
 pub async fn serve(raft: &Raft<TypeConfig>, rpc: RaftRpc) -> RaftReply {
     if let Err(reason) = check_rpc(&rpc) {
-        return RaftReply::Refused(reason);
+        return RaftReply::Refused(reason.to_string());
     }
     match rpc {
         RaftRpc::AppendEntries(request) => {

@@ -588,7 +588,7 @@ impl RaftGroups {
             Err(error) => return RaftReply::Refused(format!("undecodable raft rpc: {error}")),
         };
         if let Err(reason) = check_rpc(&rpc) {
-            return RaftReply::Refused(reason);
+            return RaftReply::Refused(reason.to_string());
         }
         serve(group.raft(), rpc).await
     }
