@@ -144,6 +144,15 @@ pub enum VerifyError {
         index: usize,
         error: Box<VerifyError>,
     },
+    #[error("the root decides {found}, but the task's scope is {expected}")]
+    WrongScope { expected: String, found: String },
+    #[error("a {level} certificate used {what} {found}, but the task's policy selects {expected}")]
+    WrongPolicy {
+        level: &'static str,
+        what: &'static str,
+        expected: String,
+        found: String,
+    },
 }
 
 /// The digest every observation and report carries in `group_digest`:

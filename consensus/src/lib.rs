@@ -21,6 +21,7 @@
 //! - [`quorum`]: the quorum rule of each path, shared by rounds and verifiers.
 //! - [`round`]: one group's decision as a state machine ([`Round`]).
 //! - [`certificate`]: certificate digests and offline chain verification.
+//! - [`binding`]: what binds a verified chain to its task (scope, path, aggregation).
 //! - [`evidence`]: equivocation evidence and its verification.
 //! - [`export`]: the JSON form of a certificate for independent verifiers.
 //! - [`reliability`]: P(correct) per aggregation and level, for the node to print.
@@ -32,6 +33,7 @@
 //! depends on this one and never the other way round.
 
 pub mod aggregate;
+pub mod binding;
 pub mod certificate;
 pub mod evidence;
 pub mod export;
@@ -46,6 +48,7 @@ pub mod task;
 pub mod trust;
 
 pub use aggregate::{AnswerVerifier, aggregate};
+pub use binding::verify_task_chain;
 pub use certificate::{
     ChainSummary, VerifyError, certificate_digest, report_digest, verify_chain, verify_chain_with,
     verify_degraded,

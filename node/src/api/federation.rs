@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use polity_consensus::{TaskId, certificate_digest, sign_message, verify_chain};
+use polity_consensus::{TaskId, certificate_digest, sign_message, verify_task_chain};
 use polity_proto::federation_server::Federation;
 use polity_proto::verify_certificate_request::Source;
 use polity_proto::{
@@ -264,9 +264,11 @@ impl Federation for Api {
     }
 }
 
-/// The answer of VerifyCertificate for one certificate.
+/// The answer of VerifyCertificate for one certificate: the chain verifies and is
+/// bound to its task (root at the task's scope; the policy's path and aggregation
+/// at every level).
 pub fn verification(certificate: &Certificate) -> VerifyCertificateResponse {
-    match verify_chain(certificate) {
+    match verify_task_chain(certificate, None) {
         Ok(summary) => VerifyCertificateResponse {
             valid: true,
             error: String::new(),

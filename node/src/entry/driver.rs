@@ -207,9 +207,11 @@ impl Driver<'_> {
     }
 
     /// The peers this node has a connection to now; `None` if the network loop did
-    /// not answer.
+    /// not answer within a probe interval.
     async fn connected(&self) -> Option<BTreeSet<PublicKey>> {
-        let views = self.node.federation.peers().net().peers().await.ok()?;
+        let bound = Duration::from_millis(MEMBER_PROBE_INTERVAL_MS);
+        let peers = self.node.federation.peers().net().peers();
+        let views = tokio::time::timeout(bound, peers).await.ok()?.ok()?;
         let connected = views
             .iter()
             .filter(|view| view.connected)

@@ -27,7 +27,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use polity_consensus::{PublicKey, TrustEvent, verify_chain};
+use polity_consensus::{PublicKey, TrustEvent, verify_chain, verify_task_chain};
 use polity_proto::{
     Assign, Certificate, GroupOutcome, GroupPlan, GroupStats, Level, Member, Report, StatementKind,
     TaskEvent, TaskEventKind, TaskRecord, TaskState, group_outcome,
@@ -35,7 +35,7 @@ use polity_proto::{
 use prost::Message;
 
 use super::plan::{GroupName, Plan, Seat};
-use super::{group_stats, level_name, path_name, unverified};
+use super::{Votes, level_name, path_name, unverified, votes};
 use crate::config::TaskLimits;
 
 /// Rounds a group may use before it gives up (the collector rotates each round).
@@ -45,6 +45,9 @@ pub const OUTCOME_GRACE_MS: u64 = 500;
 /// How often the driver ticks while region groups run: each tick may ask which
 /// members are still connected.
 pub const MEMBER_PROBE_INTERVAL_MS: u64 = 250;
+/// Longest reason a member's refusal or give-up may put into events and the record;
+/// the rest is cut (peer-supplied text gets a byte budget like everything else).
+pub const REASON_BYTES_MAX: usize = 256;
 /// A re-formed group is only worth it with this much of the task's deadline left.
 const RETRY_TIME_LEFT_MS_MIN: u64 = 1_000;
 
@@ -386,7 +389,7 @@ impl LevelEngine {
                 state.acked.insert(member);
             }
             Err(reason) => {
-                state.lost.insert(member, reason);
+                state.lost.insert(member, bounded(reason));
                 state.replace_if_possible(plan, replacements_max);
                 state.check_all_out();
             }
@@ -413,11 +416,23 @@ impl LevelEngine {
             });
             return;
         }
+        if state.answered.contains(&from) || outcome.outcome.is_none() {
+            // One outcome per member and group: a repeat costs no verification, and
+            // an empty one proves nothing about the member.
+            commands.push(Command::Dropped {
+                from,
+                label: "repeated or empty outcome",
+                detail: format!("for group {}", outcome.group),
+            });
+            return;
+        }
         state.answered.insert(from);
         let detail = match &outcome.outcome {
             Some(group_outcome::Outcome::Decided(_)) => "reports the group decided".to_string(),
-            Some(group_outcome::Outcome::Degraded(reason)) => format!("gave up: {reason}"),
-            None => "sent an empty outcome".to_string(),
+            Some(group_outcome::Outcome::Degraded(reason)) => {
+                format!("gave up: {}", bounded(reason.clone()))
+            }
+            None => unreachable!("refused above"),
         };
         let mut event = group_event(&state.group, TaskEventKind::Observation, detail);
         if let Command::Emit(event) = &mut event {
@@ -445,7 +460,7 @@ impl LevelEngine {
                 }
             }
             Some(group_outcome::Outcome::Degraded(reason)) => {
-                state.gave_up.insert(from, reason);
+                state.gave_up.insert(from, bounded(reason));
                 state.check_all_out();
             }
             None => {}
@@ -461,7 +476,10 @@ impl LevelEngine {
         let Some(run) = self.run.as_mut() else {
             return;
         };
-        if run.level != Level::Region {
+        // A pass's members get a probe interval to connect (a spare seat may still be
+        // being dialled), and nothing is judged once the level's time is up.
+        let settling = now_ms < run.started_ms + MEMBER_PROBE_INTERVAL_MS;
+        if run.level != Level::Region || settling || now_ms >= run.deadline_ms {
             return;
         }
         // A live member acknowledges at once; one that has not within a round's time
@@ -662,15 +680,17 @@ impl LevelEngine {
             .resolution
             .take()
             .unwrap_or(Resolution::Degraded(summary));
-        let stats = self.group_stats(&state, &resolution, latency_ms);
-        self.move_trust(&stats, commands);
+        let votes = self.votes(&state, &resolution);
+        let stats = self.group_stats(&state, &resolution, &votes, latency_ms);
+        let decided = matches!(resolution, Resolution::Decided(_));
+        self.move_trust(&votes, decided, commands);
         commands.push(Command::GroupEnded(GroupEnd {
             level,
             place: state.group.name.place.clone(),
-            decided: matches!(resolution, Resolution::Decided(_)),
+            decided,
             latency_ms,
             members: state.group.members.len(),
-            disagreed: stats.disagreed.len(),
+            disagreed: votes.disagreed.len(),
         }));
         let (kind, detail) = match &resolution {
             Resolution::Decided(_) => (
@@ -678,7 +698,7 @@ impl LevelEngine {
                 format!(
                     "decided on the {} path in {latency_ms} ms ({} of {} agreed)",
                     path_name(self.plan.path),
-                    stats.agreed.len(),
+                    votes.agreed.len(),
                     state.group.members.len()
                 ),
             ),
@@ -695,26 +715,10 @@ impl LevelEngine {
     }
 
     /// Who agreed, disagreed and stayed silent in a group that ended.
-    fn group_stats(
-        &self,
-        state: &GroupState,
-        resolution: &Resolution,
-        latency_ms: u64,
-    ) -> GroupStats {
-        let level = state.group.level;
-        let name = state.group.name.to_string();
-        let mut stats = match resolution {
-            Resolution::Decided(certificate) => {
-                let mut stats = group_stats(certificate, level, &name, latency_ms, 0);
-                stats.rounds = certificate.slot.as_ref().map_or(0, |slot| slot.round) + 1;
-                stats
-            }
-            Resolution::Degraded(reason) => GroupStats {
-                level: level as i32,
-                group: name,
-                path: self.plan.path as i32,
-                latency_ms,
-                degraded_reason: reason.clone(),
+    fn votes(&self, state: &GroupState, resolution: &Resolution) -> Votes {
+        match resolution {
+            Resolution::Decided(certificate) => votes(certificate),
+            Resolution::Degraded(_) => Votes {
                 timed_out: state
                     .group
                     .members
@@ -723,39 +727,61 @@ impl LevelEngine {
                     // Given up early to replace a lost member: only the lost one is
                     // to blame; the others had no chance to answer.
                     .filter(|seat| !state.replace || state.lost.contains_key(&seat.key))
-                    .map(|seat| seat.key.to_string())
+                    .map(|seat| seat.key)
                     .collect(),
-                ..GroupStats::default()
+                ..Votes::default()
             },
+        }
+    }
+
+    /// The record's statistics of a group that ended (keys as hex, for people).
+    fn group_stats(
+        &self,
+        state: &GroupState,
+        resolution: &Resolution,
+        votes: &Votes,
+        latency_ms: u64,
+    ) -> GroupStats {
+        let hex = |keys: &[PublicKey]| keys.iter().map(ToString::to_string).collect();
+        let (rounds, degraded_reason, path) = match resolution {
+            Resolution::Decided(certificate) => {
+                let round = certificate.slot.as_ref().map_or(0, |slot| slot.round);
+                (round + 1, String::new(), certificate.path)
+            }
+            Resolution::Degraded(reason) => (0, reason.clone(), self.plan.path as i32),
         };
-        stats.members = state
-            .group
-            .members
-            .iter()
-            .map(|seat| seat.key.to_string())
-            .collect();
-        stats
+        let members: Vec<PublicKey> = state.group.members.iter().map(|seat| seat.key).collect();
+        GroupStats {
+            level: state.group.level as i32,
+            group: state.group.name.to_string(),
+            path,
+            latency_ms,
+            rounds,
+            degraded_reason,
+            members: hex(&members),
+            agreed: hex(&votes.agreed),
+            disagreed: hex(&votes.disagreed),
+            timed_out: hex(&votes.timed_out),
+        }
     }
 
     /// Trust follows outcomes: agreeing with the decision, disagreeing, or silence.
     /// A member left out of a decided certificate is not blamed: the fast path
     /// decides on the first quorum, and the rest may simply have been slower. Only
     /// silence in a group that could not decide counts as a timeout.
-    fn move_trust(&self, stats: &GroupStats, commands: &mut Vec<Command>) {
-        let silent: &[String] = match stats.degraded_reason.is_empty() {
+    fn move_trust(&self, votes: &Votes, decided: bool, commands: &mut Vec<Command>) {
+        let silent: &[PublicKey] = match decided {
             true => &[],
-            false => &stats.timed_out,
+            false => &votes.timed_out,
         };
         let moves = [
-            (stats.agreed.as_slice(), TrustEvent::Agreement),
-            (stats.disagreed.as_slice(), TrustEvent::Disagreement),
+            (votes.agreed.as_slice(), TrustEvent::Agreement),
+            (votes.disagreed.as_slice(), TrustEvent::Disagreement),
             (silent, TrustEvent::Timeout),
         ];
         for (keys, event) in moves {
-            for key in keys.iter().filter_map(|key| key.parse::<PublicKey>().ok()) {
-                if key != self.me {
-                    commands.push(Command::Trust { key, event });
-                }
+            for key in keys.iter().filter(|key| **key != self.me) {
+                commands.push(Command::Trust { key: *key, event });
             }
         }
     }
@@ -766,7 +792,10 @@ impl LevelEngine {
         self.run = None;
         let record = &mut self.record;
         let readable = root.and_then(|root| {
-            // Only a certificate that passed `check_certificate` gets here.
+            // Only a certificate that passed `check_certificate` gets here; as the
+            // root, it must also answer the task as a verifier will read it.
+            verify_task_chain(&root, None)
+                .map_err(|error| format!("the root does not answer the task: {error}"))?;
             let (_, report) = root
                 .report
                 .as_ref()
@@ -946,11 +975,7 @@ fn check_certificate(plan: &Plan, group: &Group, certificate: &Certificate) -> R
 
 /// The members whose observation matched the certificate's value.
 fn agreed_keys(certificate: &Certificate) -> BTreeSet<PublicKey> {
-    group_stats(certificate, Level::Unspecified, "", 0, 0)
-        .agreed
-        .iter()
-        .filter_map(|key| key.parse().ok())
-        .collect()
+    votes(certificate).agreed.into_iter().collect()
 }
 
 /// A watcher event about one group.
@@ -970,6 +995,19 @@ fn degraded_line(group: &Group, reason: &str) -> String {
         Level::Global => format!("global: {reason}"),
         level => format!("{} {}: {reason}", level_name(level), group.name),
     }
+}
+
+/// `reason` cut to [`REASON_BYTES_MAX`] bytes, on a character boundary.
+fn bounded(mut reason: String) -> String {
+    if reason.len() > REASON_BYTES_MAX {
+        let mut end = REASON_BYTES_MAX;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+        reason.push('…');
+    }
+    reason
 }
 
 /// The first 8 hex digits of a key, for event details.

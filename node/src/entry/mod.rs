@@ -22,8 +22,8 @@ use std::sync::{Arc, Mutex};
 
 use polity_consensus::{PublicKey, TaskId};
 use polity_proto::{
-    Certificate, ConsensusPath, GroupStats, Level, Observation, StatementKind, SubmitTaskRequest,
-    TaskEvent, TaskEventKind, TaskRecord, TaskState,
+    Certificate, ConsensusPath, Level, Observation, StatementKind, SubmitTaskRequest, TaskEvent,
+    TaskEventKind, TaskRecord, TaskState,
 };
 use tokio::sync::{broadcast, watch};
 
@@ -343,29 +343,26 @@ pub(crate) fn unverified<M: prost::Message + Default>(
     Some((signer, body))
 }
 
-/// Who agreed, disagreed and stayed silent in one certificate (which must have
-/// passed `verify_chain`: signatures are not checked again here).
-pub(crate) fn group_stats(
-    certificate: &Certificate,
-    level: Level,
-    group: &str,
-    latency_ms: u64,
-    rounds: u32,
-) -> GroupStats {
+/// Who agreed, disagreed and stayed silent in one group.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Votes {
+    pub agreed: Vec<PublicKey>,
+    pub disagreed: Vec<PublicKey>,
+    pub timed_out: Vec<PublicKey>,
+}
+
+/// The votes of one certificate (which must have passed `verify_chain`: signatures
+/// are not checked again here): members whose answer is the report's value agreed,
+/// the others that observed disagreed, and members without an observation were
+/// silent.
+pub(crate) fn votes(certificate: &Certificate) -> Votes {
     let value = certificate
         .report
         .as_ref()
         .and_then(|statement| unverified::<polity_proto::Report>(statement, StatementKind::Report))
         .map(|(_, report)| report.value)
         .unwrap_or_default();
-    let mut stats = GroupStats {
-        level: level as i32,
-        group: group.to_string(),
-        path: certificate.path,
-        latency_ms,
-        rounds,
-        ..GroupStats::default()
-    };
+    let mut votes = Votes::default();
     let mut answered = Vec::new();
     for statement in &certificate.observations {
         let Some((signer, observation)) =
@@ -375,20 +372,19 @@ pub(crate) fn group_stats(
         };
         answered.push(signer);
         if observation.error.is_empty() && observation.answer == value {
-            stats.agreed.push(signer.to_string());
+            votes.agreed.push(signer);
         } else {
-            stats.disagreed.push(signer.to_string());
+            votes.disagreed.push(signer);
         }
     }
     for member in &certificate.members {
-        if let Ok(key) = <[u8; 32]>::try_from(member.public_key.as_slice()) {
-            let key = PublicKey(key);
-            if !answered.contains(&key) {
-                stats.timed_out.push(key.to_string());
-            }
+        if let Ok(key) = PublicKey::from_slice(&member.public_key)
+            && !answered.contains(&key)
+        {
+            votes.timed_out.push(key);
         }
     }
-    stats
+    votes
 }
 
 pub fn level_name(level: Level) -> &'static str {

@@ -23,8 +23,9 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use polity_consensus::aggregate::normalize;
 use polity_consensus::{
-    Input, PublicKey, Round, RoundConfig, RoundMessage, TaskId, task_id, verify_chain,
+    Input, PublicKey, Round, RoundConfig, RoundMessage, TaskId, select, task_id, verify_chain,
 };
 use polity_net::{AppProtocol, NetHandle, PeerId, peer_id_of, public_key_of};
 use polity_proto::{
@@ -386,6 +387,7 @@ impl Federation {
         let path = ConsensusPath::try_from(plan.path).map_err(|_| "unknown path")?;
         let aggregation =
             Aggregation::try_from(plan.aggregation).map_err(|_| "unknown aggregation")?;
+        check_plan_policy(&spec, path, aggregation)?;
         let key = SlotKey {
             task,
             level,
@@ -532,6 +534,33 @@ impl Federation {
     }
 }
 
+/// A member's own reading of its assignment: the path and aggregation the entry node
+/// planned must be the ones the task's policy and spec select, or an honest member
+/// would sign for a rule the task did not ask for (a bft task run as stake).
+fn check_plan_policy(
+    spec: &TaskSpec,
+    path: ConsensusPath,
+    aggregation: Aggregation,
+) -> Result<(), String> {
+    let selected = select(spec.policy.as_ref()).path;
+    if path != selected {
+        return Err(format!(
+            "the plan's path {} is not the one the task's policy selects ({})",
+            path.as_str_name(),
+            selected.as_str_name()
+        ));
+    }
+    let asked = Aggregation::try_from(spec.aggregation).unwrap_or_default();
+    if normalize(aggregation) != normalize(asked) {
+        return Err(format!(
+            "the plan's aggregation {} is not the task's ({})",
+            aggregation.as_str_name(),
+            asked.as_str_name()
+        ));
+    }
+    Ok(())
+}
+
 /// Recovery learning for requests to peers: a failure opens `peer_unreachable` (or
 /// `breaker_open`), the next delivered request closes both.
 fn note_delivery(metrics: &Metrics, peer: &PeerId, reply: &Result<Vec<u8>, polity_net::NetError>) {
@@ -563,5 +592,45 @@ fn refused(reason: &str) -> Ack {
     Ack {
         accepted: false,
         reason: reason.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use polity_proto::RiskPolicy;
+
+    use super::*;
+
+    fn spec(policy: Option<RiskPolicy>, aggregation: Aggregation) -> TaskSpec {
+        TaskSpec {
+            policy,
+            aggregation: aggregation as i32,
+            ..TaskSpec::default()
+        }
+    }
+
+    #[test]
+    fn a_member_refuses_a_plan_the_task_did_not_ask_for() {
+        let risky = Some(RiskPolicy {
+            adversarial_risk: 0.9,
+            ..RiskPolicy::default()
+        });
+        let bft_task = spec(risky, Aggregation::Majority);
+        assert_eq!(
+            check_plan_policy(&bft_task, ConsensusPath::Bft, Aggregation::Majority),
+            Ok(())
+        );
+        let error =
+            check_plan_policy(&bft_task, ConsensusPath::Stake, Aggregation::Majority).unwrap_err();
+        assert!(error.contains("selects (CONSENSUS_PATH_BFT)"), "{error}");
+        let error =
+            check_plan_policy(&bft_task, ConsensusPath::Bft, Aggregation::FirstValid).unwrap_err();
+        assert!(error.contains("aggregation"), "{error}");
+        // Unspecified aggregation means majority, on both sides.
+        let plain = spec(None, Aggregation::Unspecified);
+        assert_eq!(
+            check_plan_policy(&plain, ConsensusPath::Stake, Aggregation::Majority),
+            Ok(())
+        );
     }
 }

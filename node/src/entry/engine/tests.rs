@@ -10,9 +10,10 @@ use ed25519_dalek::SigningKey;
 use polity_consensus::{
     Action, Input, PublicKey, Round, RoundConfig, TrustEvent, encode_task, task_id, verify_chain,
 };
+use polity_consensus::{VerifyError, verify_task_chain};
 use polity_proto::{
-    Aggregation, Assign, ConsensusPath, GroupOutcome, Level, Scope, TaskEventKind, TaskRecord,
-    TaskSpec, TaskState, group_outcome,
+    Aggregation, Assign, ConsensusPath, GroupOutcome, Level, RiskPolicy, Scope, TaskEventKind,
+    TaskRecord, TaskSpec, TaskState, group_outcome,
 };
 
 use super::*;
@@ -85,7 +86,10 @@ fn plan_for(members: &[Member], top: Level, replication: u32, path: ConsensusPat
         }),
         replication,
         aggregation: Aggregation::Majority as i32,
-        policy: None,
+        policy: Some(RiskPolicy {
+            path_override: path as i32,
+            ..RiskPolicy::default()
+        }),
         deadline_ms: 5_000,
         nonce: 7,
     };
@@ -467,8 +471,18 @@ fn a_global_task_climbs_three_levels_and_the_root_verifies() {
     let world = check(&spec, Level::Global, 3);
     let record = world.record();
     assert_eq!(record.state, TaskState::Decided as i32, "{}", record.error);
-    let summary = verify_chain(record.certificate.as_ref().unwrap()).unwrap();
+    let root = record.certificate.as_ref().unwrap();
+    let summary = verify_task_chain(root, None).unwrap();
     assert_eq!(summary.value, HONEST_ANSWER);
+    // A region certificate cut out of the chain verifies on its own, but it is no
+    // answer to the global task it names.
+    let continent = polity_proto::Certificate::decode(root.children[0].as_slice()).unwrap();
+    let region = polity_proto::Certificate::decode(continent.children[0].as_slice()).unwrap();
+    assert!(verify_chain(&region).is_ok());
+    assert!(matches!(
+        verify_task_chain(&region, None),
+        Err(VerifyError::WrongScope { .. })
+    ));
     let decided = world.events(TaskEventKind::GroupDecided);
     let levels: Vec<i32> = decided.iter().map(|(level, _, _)| *level).collect();
     assert_eq!(
@@ -483,6 +497,33 @@ fn a_global_task_climbs_three_levels_and_the_root_verifies() {
         .find(|(_, group, _)| group == "c1")
         .unwrap();
     assert!(c1.2.starts_with("asked 4 members"), "{}", c1.2);
+}
+
+#[test]
+fn a_chain_on_another_path_than_the_policy_selects_is_no_answer() {
+    // An entry node that runs a task whose policy selects stake on the bft path gets
+    // honest bft signatures, but the chain does not answer the task: the engine fails
+    // it rather than store it, and every verifier refuses it.
+    let members = members(&[("r1", "c1", Honest); 3]);
+    let mut plan = plan_for(&members, Level::Region, 3, ConsensusPath::Bft);
+    plan.spec.policy = None; // selects stake
+    plan.spec_bytes = encode_task(&plan.spec);
+    plan.id = task_id(&plan.spec_bytes);
+    let world = World::new(members, plan, limits()).run();
+    let record = world.record();
+    assert_eq!(record.state, TaskState::Failed as i32);
+    assert!(
+        record
+            .error
+            .contains("used path bft, but the task's policy selects stake"),
+        "{}",
+        record.error
+    );
+    let decided = world.log.iter().find_map(|command| match command {
+        Command::Emit(event) if event.kind == TaskEventKind::GroupDecided as i32 => Some(()),
+        _ => None,
+    });
+    assert!(decided.is_some(), "the group itself decided");
 }
 
 #[test]
@@ -660,6 +701,132 @@ fn a_certificate_for_another_slot_is_dropped_and_costs_trust() {
         event: TrustEvent::InvalidSignature
     }));
     assert!(engine.wake_at_ms().is_some());
+}
+
+#[test]
+fn a_certificate_of_the_right_slot_with_a_bad_signature_is_dropped_once() {
+    // A real decision of the very slot `started()` dispatches (same members, same
+    // task), one observation signature flipped: only verify_chain can tell.
+    let honest = check(&[("r1", "c1", Honest); 3], Level::Region, 3);
+    let genuine = honest.record().certificate.clone().unwrap();
+    let mut forged = genuine.clone();
+    forged.observations[0].signature[0] ^= 1;
+    let (mut engine, members, _) = started();
+    let from = public(&members[0].key);
+    let outcome = |certificate| {
+        Box::new(outcome_of(
+            &slot(),
+            group_outcome::Outcome::Decided(certificate),
+        ))
+    };
+    let commands = engine.step(
+        10,
+        Event::Outcome {
+            from,
+            outcome: outcome(forged),
+        },
+    );
+    assert!(
+        commands.iter().any(|command| matches!(command,
+        Command::Dropped { label: "invalid certificate", detail, .. } if !detail.contains("slot")))
+    );
+    // The same member again, now with the genuine certificate: one outcome per member.
+    let commands = engine.step(
+        11,
+        Event::Outcome {
+            from,
+            outcome: outcome(genuine.clone()),
+        },
+    );
+    assert!(matches!(
+        &commands[..],
+        [Command::Dropped {
+            label: "repeated or empty outcome",
+            ..
+        }]
+    ));
+    // Another member's genuine certificate decides the task.
+    let commands = engine.step(
+        12,
+        Event::Outcome {
+            from: public(&members[1].key),
+            outcome: outcome(genuine),
+        },
+    );
+    let Some(Command::Finish(record)) = commands.last() else {
+        panic!("no finish: {commands:?}")
+    };
+    assert_eq!(record.state, TaskState::Decided as i32, "{}", record.error);
+}
+
+#[test]
+fn a_retried_group_gets_a_probe_interval_before_connections_judge_it() {
+    let members = members(&[("r1", "c1", Honest); 5]);
+    let plan = plan_for(&members, Level::Region, 3, ConsensusPath::Bft);
+    let mut engine = LevelEngine::new(plan, limits(), PublicKey([0xee; 32]), TaskRecord::default());
+    engine.step(0, Event::Start);
+    // The first member refuses: the group is re-formed at once with the spare.
+    let commands = engine.step(
+        100,
+        Event::Acked {
+            slot: slot(),
+            member: public(&members[0].key),
+            result: Err("busy".into()),
+        },
+    );
+    assert!(
+        commands
+            .iter()
+            .any(|c| matches!(c, Command::Assign { slot, .. } if slot.group.attempt == 1))
+    );
+    // 1 ms into the new pass nobody is connected yet (the spare is being dialled):
+    // no judgement. A probe interval later, the closed connections count.
+    let nobody = BTreeSet::new();
+    assert!(
+        engine
+            .step(
+                101,
+                Event::Connections {
+                    connected: nobody.clone()
+                }
+            )
+            .is_empty()
+    );
+    let later = engine.step(
+        100 + MEMBER_PROBE_INTERVAL_MS,
+        Event::Connections { connected: nobody },
+    );
+    assert!(
+        later.iter().any(
+            |c| matches!(c, Command::Emit(event) if event.detail.contains("its connection closed"))
+        ),
+        "{later:?}"
+    );
+}
+
+#[test]
+fn peer_supplied_reasons_are_cut_to_a_byte_budget() {
+    let (mut engine, members, _) = started();
+    let huge = "x".repeat(1 << 20);
+    let mut last = Vec::new();
+    for member in &members {
+        let outcome = outcome_of(&slot(), group_outcome::Outcome::Degraded(huge.clone()));
+        last = engine.step(
+            5,
+            Event::Outcome {
+                from: public(&member.key),
+                outcome: Box::new(outcome),
+            },
+        );
+    }
+    let Some(Command::Finish(record)) = last.last() else {
+        panic!("no finish")
+    };
+    assert!(
+        record.error.len() < 4 * REASON_BYTES_MAX,
+        "{}",
+        record.error.len()
+    );
 }
 
 #[test]
@@ -849,7 +1016,7 @@ fn simulate_one(seed: u64) -> i32 {
     match TaskState::try_from(record.state) {
         Ok(TaskState::Decided | TaskState::Degraded) => {
             let root = record.certificate.as_ref().expect(&context);
-            let summary = verify_chain(root).expect(&context);
+            let summary = verify_task_chain(root, None).expect(&context);
             let slot = root.slot.as_ref().expect(&context);
             assert_eq!(slot.task_id, id.as_bytes(), "{context}");
             assert_eq!(slot.level, top as i32, "{context}");
