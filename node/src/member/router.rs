@@ -52,6 +52,12 @@ const ROUND_INBOX_MAX: usize = 256;
 /// Slots with messages that arrived before their `Assign`, and messages per slot.
 const EARLY_SLOTS_MAX: usize = 1_024;
 const EARLY_MESSAGES_PER_SLOT_MAX: usize = 64;
+/// Bytes of early messages held for one slot, from one sending peer (across
+/// slots), and in all. Anyone connected can send round messages for slots that do not
+/// exist (yet): these are what such a peer can make the node hold.
+const EARLY_BYTES_PER_SLOT_MAX: usize = 8 << 20;
+const EARLY_BYTES_PER_PEER_MAX: usize = 16 << 20;
+const EARLY_BYTES_MAX: usize = 64 << 20;
 /// Finished slots remembered, so their late messages are dropped quietly.
 const FINISHED_SLOTS_MAX: usize = 16_384;
 /// Orchestrator inboxes: outcomes queued per task at most.
@@ -87,11 +93,32 @@ pub enum SendError {
 /// An outcome as the level engine receives it: who sent it, and what.
 pub type OutcomeMessage = (PublicKey, GroupOutcome);
 
+/// Round messages that arrived before their slot's `Assign`: each with its sender
+/// and size, so the byte budgets can be kept.
+#[derive(Default)]
+struct Early {
+    inputs: Vec<(PublicKey, usize, Input)>,
+    bytes: usize,
+}
+
+/// Why an early message was not buffered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EarlyRefusal {
+    /// The slot holds [`EARLY_MESSAGES_PER_SLOT_MAX`] messages or
+    /// [`EARLY_BYTES_PER_SLOT_MAX`] bytes.
+    SlotFull,
+    /// The sender holds [`EARLY_BYTES_PER_PEER_MAX`] bytes across slots.
+    PeerOverBudget,
+}
+
 #[derive(Default)]
 struct Slots {
     active: HashMap<SlotKey, mpsc::Sender<Input>>,
-    early: HashMap<SlotKey, Vec<Input>>,
+    early: HashMap<SlotKey, Early>,
     early_order: VecDeque<SlotKey>,
+    /// Bytes held in `early`, in all and per sender.
+    early_bytes: usize,
+    early_bytes_by_peer: HashMap<PublicKey, usize>,
     finished: HashSet<SlotKey>,
     finished_order: VecDeque<SlotKey>,
 }
@@ -109,25 +136,81 @@ impl Slots {
         }
     }
 
-    /// Buffers an input for a slot whose `Assign` has not arrived. `false` when it
-    /// did not fit.
-    fn buffer(&mut self, key: SlotKey, input: Input) -> bool {
-        if let Some(queue) = self.early.get_mut(&key) {
-            if queue.len() >= EARLY_MESSAGES_PER_SLOT_MAX {
-                return false;
-            }
-            queue.push(input);
-            return true;
+    /// Buffers `input` (`bytes` on the wire, from `from`) for a slot whose `Assign`
+    /// has not arrived. A new slot evicts the oldest ones while the slot count or
+    /// the total byte budget is exceeded; returns how many it evicted.
+    fn buffer(
+        &mut self,
+        key: SlotKey,
+        from: PublicKey,
+        bytes: usize,
+        input: Input,
+    ) -> Result<usize, EarlyRefusal> {
+        let held_by_peer = self.early_bytes_by_peer.get(&from).copied().unwrap_or(0);
+        if held_by_peer + bytes > EARLY_BYTES_PER_PEER_MAX {
+            return Err(EarlyRefusal::PeerOverBudget);
         }
-        while self.early.len() >= EARLY_SLOTS_MAX {
-            let Some(old) = self.early_order.pop_front() else {
+        if let Some(slot) = self.early.get(&key)
+            && (slot.inputs.len() >= EARLY_MESSAGES_PER_SLOT_MAX
+                || slot.bytes + bytes > EARLY_BYTES_PER_SLOT_MAX)
+        {
+            return Err(EarlyRefusal::SlotFull);
+        }
+        if bytes > EARLY_BYTES_PER_SLOT_MAX {
+            return Err(EarlyRefusal::SlotFull);
+        }
+        let mut evicted = 0;
+        let new_slot = !self.early.contains_key(&key);
+        let over = |slots: &Slots| {
+            (new_slot && slots.early.len() >= EARLY_SLOTS_MAX)
+                || slots.early_bytes + bytes > EARLY_BYTES_MAX
+        };
+        // Bounded: each pass looks at one slot of the queue, oldest first.
+        for _ in 0..self.early_order.len() {
+            if !over(self) {
+                break;
+            }
+            let Some(oldest) = self.early_order.pop_front() else {
                 break;
             };
-            self.early.remove(&old);
+            if oldest == key {
+                self.early_order.push_back(oldest); // never evict the slot being fed
+            } else {
+                self.take_early(&oldest);
+                evicted += 1;
+            }
         }
-        self.early_order.push_back(key.clone());
-        self.early.insert(key, vec![input]);
-        true
+        if over(self) {
+            return Err(EarlyRefusal::SlotFull);
+        }
+        if new_slot {
+            self.early_order.push_back(key.clone());
+        }
+        let slot = self.early.entry(key).or_default();
+        slot.inputs.push((from, bytes, input));
+        slot.bytes += bytes;
+        self.early_bytes += bytes;
+        *self.early_bytes_by_peer.entry(from).or_insert(0) += bytes;
+        Ok(evicted)
+    }
+
+    /// Removes a slot's early messages, releasing their bytes; in arrival order.
+    fn take_early(&mut self, key: &SlotKey) -> Vec<Input> {
+        let Some(slot) = self.early.remove(key) else {
+            return Vec::new();
+        };
+        self.early_bytes -= slot.bytes;
+        let mut inputs = Vec::with_capacity(slot.inputs.len());
+        for (from, bytes, input) in slot.inputs {
+            if let Some(held) = self.early_bytes_by_peer.get_mut(&from) {
+                *held -= bytes;
+                if *held == 0 {
+                    self.early_bytes_by_peer.remove(&from);
+                }
+            }
+            inputs.push(input);
+        }
+        inputs
     }
 }
 
@@ -485,16 +568,16 @@ impl Federation {
                 slots.active.len()
             ));
         }
-        if let Some(early) = slots.early.remove(key) {
-            for input in early {
-                let _ = inbox.try_send(input);
-            }
+        slots.early_order.retain(|early| early != key);
+        for input in slots.take_early(key) {
+            let _ = inbox.try_send(input);
         }
         slots.active.insert(key.clone(), inbox.clone());
         Ok(true)
     }
 
     fn on_round(self: &Arc<Self>, from: PublicKey, envelope: RoundEnvelope) -> Ack {
+        let bytes = envelope.encoded_len();
         let Ok(task) = TaskId::from_slice(envelope.task_id.as_slice()) else {
             self.count_dropped("invalid round message");
             return refused("task_id must be 32 bytes");
@@ -525,12 +608,24 @@ impl Federation {
         if slots.finished.contains(&key) {
             return accepted(); // late: the slot is decided here
         }
-        if !slots.buffer(key, input) {
-            drop(slots);
-            self.count_dropped("early backlog");
-            return refused("too many messages before the assignment");
+        let result = slots.buffer(key, from, bytes, input);
+        drop(slots);
+        match result {
+            Ok(evicted) => {
+                for _ in 0..evicted {
+                    self.count_dropped("early slot evicted");
+                }
+                accepted()
+            }
+            Err(EarlyRefusal::SlotFull) => {
+                self.count_dropped("early backlog");
+                refused("too many messages before the assignment")
+            }
+            Err(EarlyRefusal::PeerOverBudget) => {
+                self.count_dropped("early peer budget");
+                refused("this peer holds too many bytes of messages before their assignment")
+            }
         }
-        accepted()
     }
 }
 
@@ -632,5 +727,95 @@ mod tests {
             check_plan_policy(&plain, ConsensusPath::Stake, Aggregation::Majority),
             Ok(())
         );
+    }
+}
+
+#[cfg(test)]
+mod early_tests {
+    use super::*;
+
+    fn key(n: u32) -> SlotKey {
+        SlotKey {
+            task: TaskId([n as u8; 32]),
+            level: Level::Region,
+            group: format!("g{n}"),
+        }
+    }
+
+    fn peer(n: u8) -> PublicKey {
+        PublicKey([n; 32])
+    }
+
+    const MIB: usize = 1 << 20;
+
+    #[test]
+    fn one_peer_cannot_hold_more_than_its_byte_budget() {
+        let mut slots = Slots::default();
+        let mut refused = 0;
+        // A flood of 4 MiB messages for slots that do not exist, from one peer.
+        for n in 0..1_000 {
+            if slots.buffer(key(n), peer(1), 4 * MIB, Input::Tick).is_err() {
+                refused += 1;
+            }
+        }
+        assert_eq!(slots.early_bytes, EARLY_BYTES_PER_PEER_MAX);
+        assert_eq!(refused, 1_000 - EARLY_BYTES_PER_PEER_MAX / (4 * MIB));
+    }
+
+    #[test]
+    fn many_peers_together_hold_no_more_than_the_total_and_the_oldest_go_first() {
+        let mut slots = Slots::default();
+        let mut evicted = 0;
+        for n in 0..200u32 {
+            let from = peer((n % 50) as u8);
+            evicted += slots.buffer(key(n), from, 4 * MIB, Input::Tick).unwrap();
+        }
+        assert!(
+            slots.early_bytes <= EARLY_BYTES_MAX,
+            "{}",
+            slots.early_bytes
+        );
+        assert_eq!(evicted, 200 - EARLY_BYTES_MAX / (4 * MIB));
+        assert!(
+            !slots.early.contains_key(&key(0)),
+            "the oldest slot went first"
+        );
+        assert!(slots.early.contains_key(&key(199)));
+        let by_peer: usize = slots.early_bytes_by_peer.values().sum();
+        assert_eq!(by_peer, slots.early_bytes);
+    }
+
+    #[test]
+    fn a_slot_holds_a_bounded_number_of_bytes_and_messages() {
+        let mut slots = Slots::default();
+        assert!(slots.buffer(key(1), peer(1), 6 * MIB, Input::Tick).is_ok());
+        assert_eq!(
+            slots.buffer(key(1), peer(2), 3 * MIB, Input::Tick),
+            Err(EarlyRefusal::SlotFull)
+        );
+        assert_eq!(
+            slots.buffer(key(2), peer(2), 9 * MIB, Input::Tick),
+            Err(EarlyRefusal::SlotFull)
+        );
+        for _ in 1..EARLY_MESSAGES_PER_SLOT_MAX {
+            slots.buffer(key(3), peer(3), 10, Input::Tick).unwrap();
+        }
+        assert!(slots.buffer(key(3), peer(3), 10, Input::Tick).is_ok());
+        assert_eq!(
+            slots.buffer(key(3), peer(4), 10, Input::Tick),
+            Err(EarlyRefusal::SlotFull)
+        );
+    }
+
+    #[test]
+    fn claiming_a_slot_hands_over_its_messages_and_frees_their_bytes() {
+        let mut slots = Slots::default();
+        slots.buffer(key(1), peer(1), MIB, Input::Tick).unwrap();
+        slots.buffer(key(1), peer(2), MIB, Input::Tick).unwrap();
+        slots.buffer(key(2), peer(1), MIB, Input::Tick).unwrap();
+        assert_eq!(slots.take_early(&key(1)).len(), 2);
+        assert_eq!(slots.early_bytes, MIB);
+        assert_eq!(slots.early_bytes_by_peer.get(&peer(1)), Some(&MIB));
+        assert_eq!(slots.early_bytes_by_peer.get(&peer(2)), None);
     }
 }
