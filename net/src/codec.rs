@@ -2,7 +2,9 @@
 //!
 //! A frame is an unsigned-varint length followed by that many bytes of protobuf.
 //! The length is checked against [`FRAME_BYTES_MAX`] before a single payload byte is
-//! read, so a peer cannot make a node allocate more than the limit; a frame that
+//! read, so a peer cannot make a node allocate more than the limit, and the payload
+//! is read in chunks into a buffer that grows with what arrived, so a half-sent frame
+//! holds only its bytes, not its announced length; a frame that
 //! breaks the rule is an `InvalidData` error, which request-response reports as a
 //! failure that the event loop counts.
 
@@ -15,6 +17,10 @@ use libp2p::StreamProtocol;
 pub const FRAME_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// A varint for a length up to 2^63 needs at most 10 bytes.
 const VARINT_BYTES_MAX: usize = 10;
+/// A frame's bytes are read in chunks of at most this size, and its buffer grows
+/// with what arrived (doubling, capped at the announced length): a peer that
+/// announces 4 MiB and sends one byte makes the node hold one chunk, not 4 MiB.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
 
 /// The bytes of one request or response.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -37,15 +43,37 @@ pub async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<F
                     format!("frame of {length} bytes is over the limit of {FRAME_BYTES_MAX}"),
                 ));
             }
-            let mut bytes = vec![0u8; length as usize];
-            io.read_exact(&mut bytes).await?;
-            return Ok(Frame(bytes));
+            return read_body(io, length as usize).await.map(Frame);
         }
     }
     Err(io::Error::new(
         io::ErrorKind::InvalidData,
         "frame length varint is too long",
     ))
+}
+
+/// Reads exactly `length` bytes, holding no more memory than what has arrived
+/// (rounded up to the next doubling, never past `length`).
+async fn read_body<T: AsyncRead + Unpin + Send>(io: &mut T, length: usize) -> io::Result<Vec<u8>> {
+    let mut bytes: Vec<u8> = Vec::with_capacity(length.min(READ_CHUNK_BYTES));
+    while bytes.len() < length {
+        let start = bytes.len();
+        let wanted = (length - start).min(READ_CHUNK_BYTES);
+        if bytes.capacity() < start + wanted {
+            let grown = (bytes.capacity() * 2).clamp(start + wanted, length);
+            bytes.reserve_exact(grown - start);
+        }
+        bytes.resize(start + wanted, 0);
+        let read = io.read(&mut bytes[start..]).await?;
+        bytes.truncate(start + read);
+        if read == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("frame ended after {start} of {length} bytes"),
+            ));
+        }
+    }
+    Ok(bytes)
 }
 
 pub async fn write_frame<T: AsyncWrite + Unpin + Send>(
@@ -161,6 +189,61 @@ mod tests {
             io::ErrorKind::UnexpectedEof
         );
         assert_eq!(check(&[]).unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    /// Serves `bytes`, and remembers the largest read it was asked for.
+    struct Trickle {
+        bytes: Vec<u8>,
+        at: usize,
+        largest_read: usize,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buffer: &mut [u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            self.largest_read = self.largest_read.max(buffer.len());
+            let n = buffer.len().min(self.bytes.len() - self.at);
+            buffer[..n].copy_from_slice(&self.bytes[self.at..self.at + n]);
+            self.at += n;
+            std::task::Poll::Ready(Ok(n))
+        }
+    }
+
+    #[test]
+    fn a_frame_is_read_in_chunks_into_a_buffer_of_exactly_its_size() {
+        for length in [
+            1usize,
+            READ_CHUNK_BYTES,
+            READ_CHUNK_BYTES + 1,
+            FRAME_BYTES_MAX,
+        ] {
+            let mut reader = Trickle {
+                bytes: vec![3u8; length],
+                at: 0,
+                largest_read: 0,
+            };
+            let body = futures::executor::block_on(read_body(&mut reader, length)).unwrap();
+            assert_eq!(body.len(), length);
+            assert_eq!(body.capacity(), length, "no slack past the frame");
+            assert!(reader.largest_read <= READ_CHUNK_BYTES);
+        }
+    }
+
+    #[test]
+    fn a_half_sent_frame_is_an_error_holding_only_what_arrived() {
+        // 4 MiB announced, one chunk sent: the read asks for a chunk at a time, so
+        // what the peer did not send was never allocated.
+        let mut reader = Trickle {
+            bytes: vec![3u8; 1000],
+            at: 0,
+            largest_read: 0,
+        };
+        let error = futures::executor::block_on(read_body(&mut reader, FRAME_BYTES_MAX));
+        assert_eq!(error.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+        assert!(reader.largest_read <= READ_CHUNK_BYTES);
     }
 
     #[test]
