@@ -3,7 +3,7 @@
 //! of what peers did (bad info, failed requests, evidence) as trust events.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use polity_consensus::{
     PublicKey, TRUST_FLOOR, TRUST_PRIOR, TrustEvent, TrustScore, verify_evidence,
@@ -98,6 +98,11 @@ pub struct Peers {
     rule: Compatibility,
     /// This node, for topology answers.
     local: NodeInfo,
+    /// Trust is read, moved and written back under this lock: the one owner of trust
+    /// updates, shared by every clone. Without it two moves of one peer can race and
+    /// the later write loses the earlier one (a late agreement undoing an
+    /// equivocation's final 0).
+    trust_writes: Arc<Mutex<()>>,
 }
 
 impl Peers {
@@ -114,6 +119,7 @@ impl Peers {
             metrics,
             rule,
             local,
+            trust_writes: Arc::new(Mutex::new(())),
         }
     }
 
@@ -147,6 +153,8 @@ impl Peers {
     }
 
     pub fn record_key(&self, key: &PublicKey, event: TrustEvent) -> Result<(), StoreError> {
+        // Poisoning is harmless here: the lock guards no data, only the order.
+        let _one_writer = self.trust_writes.lock().unwrap_or_else(|e| e.into_inner());
         let now_ms = unix_ms();
         let current = self
             .store
@@ -357,6 +365,62 @@ impl Peers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Many tasks move one peer's trust at once while one of them convicts it of
+    /// equivocation: the conviction is final whatever the interleaving.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_trust_moves_never_undo_an_equivocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(crate::runtime::storage::SledStore::open(dir.path()).unwrap());
+        let metrics = Arc::new(Metrics::new());
+        let config = polity_net::NetConfig {
+            secret_key: [9; 32],
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            bootstrap: Vec::new(),
+            mdns: false,
+            local: polity_net::LocalInfo {
+                capabilities: Vec::new(),
+                region: "r".into(),
+                continent: "c".into(),
+                stake: 1,
+                grpc_endpoint: "http://127.0.0.1:1".into(),
+                version: "test".into(),
+            },
+        };
+        let (net, _events, _task) = polity_net::start(config, metrics.net.clone()).unwrap();
+        let peers = Peers::new(
+            net,
+            store,
+            metrics,
+            Compatibility::default(),
+            NodeInfo::default(),
+        );
+        // Ten peers, one after another: a lost update needs an unlucky interleaving,
+        // and ten chances catch one nearly always when the writes race.
+        for peer in 0..10u8 {
+            let key = PublicKey([peer; 32]);
+            let writers: Vec<_> = (0..8)
+                .map(|writer| {
+                    let peers = peers.clone();
+                    std::thread::spawn(move || {
+                        for n in 0..200 {
+                            let event = match (writer, n) {
+                                (0, 100) => TrustEvent::Equivocation,
+                                _ => TrustEvent::Agreement,
+                            };
+                            peers.record_key(&key, event).unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for writer in writers {
+                writer.join().unwrap();
+            }
+            let score = peers.store.trust(&key).unwrap().unwrap();
+            assert_eq!(score.score, 0.0, "a late agreement undid the conviction");
+        }
+    }
 
     fn candidate(trust: f64, rtt_ms: Option<u64>, capabilities: &[&str]) -> Candidate {
         Candidate {
