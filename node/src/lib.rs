@@ -50,8 +50,20 @@ pub fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// Milliseconds since the Unix epoch, from the wall clock. The only clock read in
-/// the node's task path; rounds receive it as an argument.
+/// Milliseconds on this process's monotonic clock (since its first reading): what
+/// drives rounds and level deadlines. It never goes back, so an NTP step cannot
+/// expire or stretch a live round; wall time ([`unix_ms`]) is only for what is shown
+/// or stored.
+pub fn monotonic_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
+/// Milliseconds since the Unix epoch, from the wall clock: for times that are shown,
+/// stored or signed, never for deadlines.
 pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -7,7 +7,7 @@
 //! and every assignment is a request with the network's own timeout.
 
 use std::collections::{BTreeSet, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use polity_consensus::{PublicKey, TaskId};
 use polity_proto::{TaskEvent, TaskRecord, TaskState, task_request};
@@ -39,8 +39,7 @@ pub(super) async fn orchestrate(
         node,
         events,
         id,
-        clock: Instant::now(),
-        next_tick_ms: MEMBER_PROBE_INTERVAL_MS,
+        next_tick_ms: crate::monotonic_ms() + MEMBER_PROBE_INTERVAL_MS,
         acks: mpsc::channel(ACKS_QUEUED_MAX),
     };
     let mut engine = LevelEngine::new(
@@ -71,16 +70,15 @@ struct Driver<'a> {
     node: &'a TaskEngine,
     events: &'a broadcast::Sender<TaskEvent>,
     id: TaskId,
-    /// The engine's clock: monotonic, so a wall-clock jump cannot cut a level short.
-    clock: Instant,
-    /// When the next [`Event::Tick`] is due, on `clock`.
+    /// When the next [`Event::Tick`] is due, on the monotonic clock.
     next_tick_ms: u64,
     acks: (mpsc::Sender<AckMessage>, mpsc::Receiver<AckMessage>),
 }
 
 impl Driver<'_> {
+    /// The engine's clock: monotonic, so a wall-clock step cannot cut a level short.
     fn now_ms(&self) -> u64 {
-        self.clock.elapsed().as_millis() as u64
+        crate::monotonic_ms()
     }
 
     /// Waits for what happens next: an acknowledgement, an outcome, a probe tick or

@@ -19,7 +19,6 @@ use tokio::sync::mpsc;
 
 use super::executor::{Executor, RunLimits};
 use super::router::{Federation, SlotKey};
-use crate::unix_ms;
 
 /// Attempts to deliver a group outcome to the entry node.
 const OUTCOME_ATTEMPTS: u32 = 3;
@@ -145,7 +144,7 @@ impl RoundDriver {
             {
                 self.executor_error = Some(error.clone());
             }
-            for action in round.step(unix_ms(), input) {
+            for action in round.step(crate::monotonic_ms(), input) {
                 if self.act(action).await {
                     return;
                 }

@@ -44,7 +44,6 @@ use crate::raft::RaftGroups;
 use crate::runtime::identity::Identity;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::recovery::{BREAKER_OPEN, PEER_UNREACHABLE};
-use crate::unix_ms;
 
 /// Inputs queued for one round at most; more are dropped (the round re-asks by
 /// rotating its collector).
@@ -489,7 +488,7 @@ impl Federation {
             aggregation,
             round_timeout_ms: plan.round_timeout_ms,
             rounds_max: plan.rounds_max,
-            started_at_ms: unix_ms(),
+            started_at_ms: crate::monotonic_ms(),
         };
         let tick = Duration::from_millis(plan.round_timeout_ms / 4).clamp(TICK_MIN, TICK_MAX);
         let round = Round::new(config, self.identity.signing_key().clone())
