@@ -48,7 +48,7 @@ pub mod task;
 pub mod trust;
 
 pub use aggregate::{AnswerVerifier, aggregate};
-pub use binding::verify_task_chain;
+pub use binding::{check_binding, check_task_policy, task_rule, verify_task_chain};
 pub use certificate::{
     ChainSummary, VerifyError, certificate_digest, report_digest, verify_chain, verify_chain_with,
     verify_degraded,

@@ -18,9 +18,9 @@ pub const FRAME_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// A varint for a length up to 2^63 needs at most 10 bytes.
 const VARINT_BYTES_MAX: usize = 10;
 /// A frame's bytes are read in chunks of at most this size, and its buffer grows
-/// with what arrived (doubling, capped at the announced length): a peer that
-/// announces 4 MiB and sends one byte makes the node hold one chunk, not 4 MiB.
-const READ_CHUNK_BYTES: usize = 64 * 1024;
+/// with what arrived (doubling from one chunk, capped at the announced length): a
+/// peer that announces 4 MiB and sends one byte makes the node hold 16 KiB, not 4 MiB.
+const READ_CHUNK_BYTES: usize = 16 * 1024;
 
 /// The bytes of one request or response.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -53,25 +53,26 @@ pub async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<F
 }
 
 /// Reads exactly `length` bytes, holding no more memory than what has arrived
-/// (rounded up to the next doubling, never past `length`).
+/// (rounded up to the next doubling, never past `length`). Each byte of the buffer
+/// is zeroed once, when the buffer grows, and reads ask for a chunk at a time.
 async fn read_body<T: AsyncRead + Unpin + Send>(io: &mut T, length: usize) -> io::Result<Vec<u8>> {
-    let mut bytes: Vec<u8> = Vec::with_capacity(length.min(READ_CHUNK_BYTES));
-    while bytes.len() < length {
-        let start = bytes.len();
-        let wanted = (length - start).min(READ_CHUNK_BYTES);
-        if bytes.capacity() < start + wanted {
-            let grown = (bytes.capacity() * 2).clamp(start + wanted, length);
-            bytes.reserve_exact(grown - start);
+    let mut bytes: Vec<u8> = Vec::new();
+    let mut filled = 0;
+    while filled < length {
+        if filled == bytes.len() {
+            let grown = (bytes.len() * 2).clamp(READ_CHUNK_BYTES.min(length), length);
+            bytes.reserve_exact(grown - bytes.len());
+            bytes.resize(grown, 0);
         }
-        bytes.resize(start + wanted, 0);
-        let read = io.read(&mut bytes[start..]).await?;
-        bytes.truncate(start + read);
+        let end = (filled + READ_CHUNK_BYTES).min(bytes.len());
+        let read = io.read(&mut bytes[filled..end]).await?;
         if read == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("frame ended after {start} of {length} bytes"),
+                format!("frame ended after {filled} of {length} bytes"),
             ));
         }
+        filled += read;
     }
     Ok(bytes)
 }

@@ -27,7 +27,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use polity_consensus::{PublicKey, TrustEvent, verify_chain, verify_task_chain};
+use polity_consensus::binding::ATTEMPTS_MAX;
+use polity_consensus::{PublicKey, TrustEvent, check_binding, check_task_policy, verify_chain};
 use polity_proto::{
     Assign, Certificate, GroupOutcome, GroupPlan, GroupStats, Level, Member, Report, StatementKind,
     TaskEvent, TaskEventKind, TaskRecord, TaskState, group_outcome,
@@ -792,9 +793,9 @@ impl LevelEngine {
         self.run = None;
         let record = &mut self.record;
         let readable = root.and_then(|root| {
-            // Only a certificate that passed `check_certificate` gets here; as the
-            // root, it must also answer the task as a verifier will read it.
-            verify_task_chain(&root, None)
+            // Only a certificate that passed `check_certificate` (its chain verified)
+            // gets here; as the root, it must also be at the task's scope.
+            check_binding(&root)
                 .map_err(|error| format!("the root does not answer the task: {error}"))?;
             let (_, report) = root
                 .report
@@ -910,6 +911,9 @@ impl GroupState {
 /// its lost members replaced by spare seats of the region, or, when every member
 /// answered but they disagreed, one more replica (at most `extra_max` attempts).
 fn next_attempt(plan: &Plan, done: &GroupState, extra_max: u32) -> Option<(Group, String)> {
+    if done.group.name.attempt >= ATTEMPTS_MAX {
+        return None; // a verifier refuses attempts past this
+    }
     let lost: BTreeSet<PublicKey> = done.lost.keys().copied().collect();
     let spares = done.group.spare_seats(plan, &lost);
     let first_spare = spares.first()?.clone();
@@ -970,6 +974,9 @@ fn check_certificate(plan: &Plan, group: &Group, certificate: &Certificate) -> R
         return Err("the certificate used another path".into());
     }
     verify_chain(certificate).map_err(|error| error.to_string())?;
+    // The task's rule at every level beneath: a child on another path or
+    // aggregation would only fail the whole task at its root.
+    check_task_policy(certificate, &plan.spec).map_err(|error| error.to_string())?;
     Ok(())
 }
 

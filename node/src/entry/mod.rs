@@ -255,6 +255,15 @@ impl TaskEngine {
             let Ok(key) = PublicKey::from_slice(&info.public_key) else {
                 continue;
             };
+            // Labels a peer announces name its groups: one outside the label rule (a
+            // `~`, say, that would make its region look like another's attempt) gets
+            // no seat.
+            let labels_valid = [&info.region, &info.continent]
+                .iter()
+                .all(|label| crate::config::validate_label(label).is_ok());
+            if !labels_valid {
+                continue;
+            }
             if self.federation.faults().is_blocked(&key) {
                 continue; // on the other side of an injected partition
             }

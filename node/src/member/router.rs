@@ -24,8 +24,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use polity_consensus::aggregate::normalize;
+use polity_consensus::certificate::GROUP_BYTES_MAX;
 use polity_consensus::{
-    Input, PublicKey, Round, RoundConfig, RoundMessage, TaskId, select, task_id, verify_chain,
+    Input, PublicKey, Round, RoundConfig, RoundMessage, TaskId, check_task_policy, task_id,
+    task_rule, verify_chain,
 };
 use polity_net::{AppProtocol, NetHandle, PeerId, peer_id_of, public_key_of};
 use polity_proto::{
@@ -54,9 +56,12 @@ const EARLY_MESSAGES_PER_SLOT_MAX: usize = 64;
 /// Bytes of early messages held for one slot, from one sending peer (across
 /// slots), and in all. Anyone connected can send round messages for slots that do not
 /// exist (yet): these are what such a peer can make the node hold.
-const EARLY_BYTES_PER_SLOT_MAX: usize = 8 << 20;
+const EARLY_BYTES_PER_SLOT_MAX: usize = 16 << 20;
 const EARLY_BYTES_PER_PEER_MAX: usize = 16 << 20;
 const EARLY_BYTES_MAX: usize = 64 << 20;
+/// Early messages one sending peer may have buffered, across slots: one peer alone
+/// cannot push every other slot out of the buffer.
+const EARLY_MESSAGES_PER_PEER_MAX: usize = 256;
 /// Finished slots remembered, so their late messages are dropped quietly.
 const FINISHED_SLOTS_MAX: usize = 16_384;
 /// Orchestrator inboxes: outcomes queued per task at most.
@@ -92,12 +97,20 @@ pub enum SendError {
 /// An outcome as the level engine receives it: who sent it, and what.
 pub type OutcomeMessage = (PublicKey, GroupOutcome);
 
-/// Round messages that arrived before their slot's `Assign`: each with its sender
-/// and size, so the byte budgets can be kept.
+/// Round messages that arrived before their slot's `Assign`, kept as the bytes they
+/// came in (decoded only when the slot is claimed: a decoded message can take many
+/// times its wire size), each with its sender.
 #[derive(Default)]
 struct Early {
-    inputs: Vec<(PublicKey, usize, Input)>,
+    messages: Vec<(PublicKey, Vec<u8>)>,
     bytes: usize,
+}
+
+/// What one sending peer holds in the early buffer, across slots.
+#[derive(Default, Clone, Copy)]
+struct Held {
+    bytes: usize,
+    messages: usize,
 }
 
 /// Why an early message was not buffered.
@@ -106,7 +119,8 @@ enum EarlyRefusal {
     /// The slot holds [`EARLY_MESSAGES_PER_SLOT_MAX`] messages or
     /// [`EARLY_BYTES_PER_SLOT_MAX`] bytes.
     SlotFull,
-    /// The sender holds [`EARLY_BYTES_PER_PEER_MAX`] bytes across slots.
+    /// The sender holds [`EARLY_BYTES_PER_PEER_MAX`] bytes or
+    /// [`EARLY_MESSAGES_PER_PEER_MAX`] messages across slots.
     PeerOverBudget,
 }
 
@@ -117,7 +131,7 @@ struct Slots {
     early_order: VecDeque<SlotKey>,
     /// Bytes held in `early`, in all and per sender.
     early_bytes: usize,
-    early_bytes_by_peer: HashMap<PublicKey, usize>,
+    early_held: HashMap<PublicKey, Held>,
     finished: HashSet<SlotKey>,
     finished_order: VecDeque<SlotKey>,
 }
@@ -135,81 +149,89 @@ impl Slots {
         }
     }
 
-    /// Buffers `input` (`bytes` on the wire, from `from`) for a slot whose `Assign`
-    /// has not arrived. A new slot evicts the oldest ones while the slot count or
-    /// the total byte budget is exceeded; returns how many it evicted.
+    /// Buffers `message` (a `RoundMessage` as it came, from `from`) for a slot whose
+    /// `Assign` has not arrived. A new slot evicts the oldest ones while the slot
+    /// count or the total byte budget is exceeded; returns how many it evicted.
     fn buffer(
         &mut self,
         key: SlotKey,
         from: PublicKey,
-        bytes: usize,
-        input: Input,
+        message: Vec<u8>,
     ) -> Result<usize, EarlyRefusal> {
-        let held_by_peer = self.early_bytes_by_peer.get(&from).copied().unwrap_or(0);
-        if held_by_peer + bytes > EARLY_BYTES_PER_PEER_MAX {
+        let bytes = message.len();
+        let held = self.early_held.get(&from).copied().unwrap_or_default();
+        if held.bytes + bytes > EARLY_BYTES_PER_PEER_MAX
+            || held.messages >= EARLY_MESSAGES_PER_PEER_MAX
+        {
             return Err(EarlyRefusal::PeerOverBudget);
         }
         if let Some(slot) = self.early.get(&key)
-            && (slot.inputs.len() >= EARLY_MESSAGES_PER_SLOT_MAX
+            && (slot.messages.len() >= EARLY_MESSAGES_PER_SLOT_MAX
                 || slot.bytes + bytes > EARLY_BYTES_PER_SLOT_MAX)
         {
             return Err(EarlyRefusal::SlotFull);
         }
-        if bytes > EARLY_BYTES_PER_SLOT_MAX {
+        let evicted = self.make_room(&key, bytes);
+        let over = self.early_bytes + bytes > EARLY_BYTES_MAX
+            || (!self.early.contains_key(&key) && self.early.len() >= EARLY_SLOTS_MAX);
+        if over {
             return Err(EarlyRefusal::SlotFull);
         }
+        if !self.early.contains_key(&key) {
+            self.early_order.push_back(key.clone());
+        }
+        let slot = self.early.entry(key).or_default();
+        slot.messages.push((from, message));
+        slot.bytes += bytes;
+        self.early_bytes += bytes;
+        let held = self.early_held.entry(from).or_default();
+        held.bytes += bytes;
+        held.messages += 1;
+        Ok(evicted)
+    }
+
+    /// Evicts the oldest slots (never `key`) while a message of `bytes` for `key`
+    /// would break the slot count or the total byte budget; returns how many.
+    fn make_room(&mut self, key: &SlotKey, bytes: usize) -> usize {
+        let new_slot = !self.early.contains_key(key);
         let mut evicted = 0;
-        let new_slot = !self.early.contains_key(&key);
-        let over = |slots: &Slots| {
-            (new_slot && slots.early.len() >= EARLY_SLOTS_MAX)
-                || slots.early_bytes + bytes > EARLY_BYTES_MAX
-        };
         // Bounded: each pass looks at one slot of the queue, oldest first.
         for _ in 0..self.early_order.len() {
-            if !over(self) {
+            let over = (new_slot && self.early.len() >= EARLY_SLOTS_MAX)
+                || self.early_bytes + bytes > EARLY_BYTES_MAX;
+            if !over {
                 break;
             }
             let Some(oldest) = self.early_order.pop_front() else {
                 break;
             };
-            if oldest == key {
+            if oldest == *key {
                 self.early_order.push_back(oldest); // never evict the slot being fed
             } else {
                 self.take_early(&oldest);
                 evicted += 1;
             }
         }
-        if over(self) {
-            return Err(EarlyRefusal::SlotFull);
-        }
-        if new_slot {
-            self.early_order.push_back(key.clone());
-        }
-        let slot = self.early.entry(key).or_default();
-        slot.inputs.push((from, bytes, input));
-        slot.bytes += bytes;
-        self.early_bytes += bytes;
-        *self.early_bytes_by_peer.entry(from).or_insert(0) += bytes;
-        Ok(evicted)
+        evicted
     }
 
-    /// Removes a slot's early messages, releasing their bytes; in arrival order.
-    fn take_early(&mut self, key: &SlotKey) -> Vec<Input> {
+    /// Removes a slot's early messages, releasing their bytes; in arrival order,
+    /// with their senders.
+    fn take_early(&mut self, key: &SlotKey) -> Vec<(PublicKey, Vec<u8>)> {
         let Some(slot) = self.early.remove(key) else {
             return Vec::new();
         };
         self.early_bytes -= slot.bytes;
-        let mut inputs = Vec::with_capacity(slot.inputs.len());
-        for (from, bytes, input) in slot.inputs {
-            if let Some(held) = self.early_bytes_by_peer.get_mut(&from) {
-                *held -= bytes;
-                if *held == 0 {
-                    self.early_bytes_by_peer.remove(&from);
+        for (from, message) in &slot.messages {
+            if let Some(held) = self.early_held.get_mut(from) {
+                held.bytes -= message.len();
+                held.messages -= 1;
+                if held.messages == 0 {
+                    self.early_held.remove(from);
                 }
             }
-            inputs.push(input);
         }
-        inputs
+        slot.messages
     }
 }
 
@@ -540,6 +562,7 @@ impl Federation {
         let certificate = polity_proto::Certificate::decode(child.as_slice())
             .map_err(|e| format!("child certificate: {e}"))?;
         let summary = verify_chain(&certificate).map_err(|e| format!("child certificate: {e}"))?;
+        check_task_policy(&certificate, &spec).map_err(|e| format!("child certificate: {e}"))?;
         let slot = certificate
             .slot
             .as_ref()
@@ -568,36 +591,44 @@ impl Federation {
             ));
         }
         slots.early_order.retain(|early| early != key);
-        for input in slots.take_early(key) {
-            let _ = inbox.try_send(input);
+        for (from, bytes) in slots.take_early(key) {
+            let message = polity_proto::RoundMessage::decode(bytes.as_slice())
+                .ok()
+                .and_then(RoundMessage::from_proto);
+            if let Some(message) = message {
+                let _ = inbox.try_send(message.into_input(from));
+            }
         }
         slots.active.insert(key.clone(), inbox.clone());
         Ok(true)
     }
 
     fn on_round(self: &Arc<Self>, from: PublicKey, envelope: RoundEnvelope) -> Ack {
-        let bytes = envelope.encoded_len();
         let Ok(task) = TaskId::from_slice(envelope.task_id.as_slice()) else {
             self.count_dropped("invalid round message");
             return refused("task_id must be 32 bytes");
         };
-        let Some(message) = envelope.message.and_then(RoundMessage::from_proto) else {
-            self.count_dropped("invalid round message");
-            return refused("empty round message");
-        };
         let Ok(level) = Level::try_from(envelope.level) else {
             self.count_dropped("invalid round message");
             return refused("unknown level");
+        };
+        if envelope.group.len() > GROUP_BYTES_MAX {
+            self.count_dropped("invalid round message");
+            return refused("group name too long");
+        }
+        let Some(wire) = envelope.message.filter(|wire| wire.message.is_some()) else {
+            self.count_dropped("invalid round message");
+            return refused("empty round message");
         };
         let key = SlotKey {
             task,
             level,
             group: envelope.group,
         };
-        let input = message.into_input(from);
         let mut slots = self.slots.lock().expect("slots lock");
         if let Some(inbox) = slots.active.get(&key) {
-            if inbox.try_send(input).is_err() {
+            let input = RoundMessage::from_proto(wire).map(|message| message.into_input(from));
+            if input.is_some_and(|input| inbox.try_send(input).is_err()) {
                 drop(slots);
                 self.count_dropped("round backlog");
                 return refused("the round's inbox is full");
@@ -607,7 +638,7 @@ impl Federation {
         if slots.finished.contains(&key) {
             return accepted(); // late: the slot is decided here
         }
-        let result = slots.buffer(key, from, bytes, input);
+        let result = slots.buffer(key, from, wire.encode_to_vec());
         drop(slots);
         match result {
             Ok(evicted) => {
@@ -636,7 +667,7 @@ fn check_plan_policy(
     path: ConsensusPath,
     aggregation: Aggregation,
 ) -> Result<(), String> {
-    let selected = select(spec.policy.as_ref()).path;
+    let (selected, asked) = task_rule(spec).map_err(|error| error.to_string())?;
     if path != selected {
         return Err(format!(
             "the plan's path {} is not the one the task's policy selects ({})",
@@ -644,8 +675,7 @@ fn check_plan_policy(
             selected.as_str_name()
         ));
     }
-    let asked = Aggregation::try_from(spec.aggregation).unwrap_or_default();
-    if normalize(aggregation) != normalize(asked) {
+    if normalize(aggregation) != asked {
         return Err(format!(
             "the plan's aggregation {} is not the task's ({})",
             aggregation.as_str_name(),
@@ -745,6 +775,10 @@ mod early_tests {
         PublicKey([n; 32])
     }
 
+    fn message(bytes: usize) -> Vec<u8> {
+        vec![0; bytes]
+    }
+
     const MIB: usize = 1 << 20;
 
     #[test]
@@ -752,13 +786,35 @@ mod early_tests {
         let mut slots = Slots::default();
         let mut refused = 0;
         // A flood of 4 MiB messages for slots that do not exist, from one peer.
-        for n in 0..1_000 {
-            if slots.buffer(key(n), peer(1), 4 * MIB, Input::Tick).is_err() {
+        for n in 0..300 {
+            if slots.buffer(key(n), peer(1), message(4 * MIB)).is_err() {
                 refused += 1;
             }
         }
         assert_eq!(slots.early_bytes, EARLY_BYTES_PER_PEER_MAX);
-        assert_eq!(refused, 1_000 - EARLY_BYTES_PER_PEER_MAX / (4 * MIB));
+        assert_eq!(refused, 300 - EARLY_BYTES_PER_PEER_MAX / (4 * MIB));
+    }
+
+    #[test]
+    fn one_peer_cannot_push_every_other_slot_out() {
+        let mut slots = Slots::default();
+        for n in 0..100 {
+            slots.buffer(key(n), peer(n as u8), message(10)).unwrap();
+        }
+        // One peer, tiny messages, made-up slots: it runs out of its message budget
+        // long before the slot count would evict the others.
+        let mut evicted = 0;
+        for n in 100..2_000 {
+            if let Ok(count) = slots.buffer(key(n), peer(200), message(1)) {
+                evicted += count;
+            }
+        }
+        assert_eq!(evicted, 0);
+        assert!((0..100).all(|n| slots.early.contains_key(&key(n))));
+        assert_eq!(
+            slots.early_held[&peer(200)].messages,
+            EARLY_MESSAGES_PER_PEER_MAX
+        );
     }
 
     #[test]
@@ -767,7 +823,7 @@ mod early_tests {
         let mut evicted = 0;
         for n in 0..200u32 {
             let from = peer((n % 50) as u8);
-            evicted += slots.buffer(key(n), from, 4 * MIB, Input::Tick).unwrap();
+            evicted += slots.buffer(key(n), from, message(4 * MIB)).unwrap();
         }
         assert!(
             slots.early_bytes <= EARLY_BYTES_MAX,
@@ -780,28 +836,24 @@ mod early_tests {
             "the oldest slot went first"
         );
         assert!(slots.early.contains_key(&key(199)));
-        let by_peer: usize = slots.early_bytes_by_peer.values().sum();
-        assert_eq!(by_peer, slots.early_bytes);
+        let held: usize = slots.early_held.values().map(|held| held.bytes).sum();
+        assert_eq!(held, slots.early_bytes);
     }
 
     #[test]
     fn a_slot_holds_a_bounded_number_of_bytes_and_messages() {
         let mut slots = Slots::default();
-        assert!(slots.buffer(key(1), peer(1), 6 * MIB, Input::Tick).is_ok());
+        assert!(slots.buffer(key(1), peer(1), message(10 * MIB)).is_ok());
         assert_eq!(
-            slots.buffer(key(1), peer(2), 3 * MIB, Input::Tick),
+            slots.buffer(key(1), peer(2), message(7 * MIB)),
             Err(EarlyRefusal::SlotFull)
         );
-        assert_eq!(
-            slots.buffer(key(2), peer(2), 9 * MIB, Input::Tick),
-            Err(EarlyRefusal::SlotFull)
-        );
-        for _ in 1..EARLY_MESSAGES_PER_SLOT_MAX {
-            slots.buffer(key(3), peer(3), 10, Input::Tick).unwrap();
+        for n in 1..EARLY_MESSAGES_PER_SLOT_MAX {
+            slots.buffer(key(3), peer(n as u8), message(10)).unwrap();
         }
-        assert!(slots.buffer(key(3), peer(3), 10, Input::Tick).is_ok());
+        assert!(slots.buffer(key(3), peer(3), message(10)).is_ok());
         assert_eq!(
-            slots.buffer(key(3), peer(4), 10, Input::Tick),
+            slots.buffer(key(3), peer(4), message(10)),
             Err(EarlyRefusal::SlotFull)
         );
     }
@@ -809,12 +861,16 @@ mod early_tests {
     #[test]
     fn claiming_a_slot_hands_over_its_messages_and_frees_their_bytes() {
         let mut slots = Slots::default();
-        slots.buffer(key(1), peer(1), MIB, Input::Tick).unwrap();
-        slots.buffer(key(1), peer(2), MIB, Input::Tick).unwrap();
-        slots.buffer(key(2), peer(1), MIB, Input::Tick).unwrap();
-        assert_eq!(slots.take_early(&key(1)).len(), 2);
+        slots.buffer(key(1), peer(1), message(MIB)).unwrap();
+        slots.buffer(key(1), peer(2), message(MIB)).unwrap();
+        slots.buffer(key(2), peer(1), message(MIB)).unwrap();
+        let taken = slots.take_early(&key(1));
+        assert_eq!(
+            taken.iter().map(|(from, _)| *from).collect::<Vec<_>>(),
+            [peer(1), peer(2)]
+        );
         assert_eq!(slots.early_bytes, MIB);
-        assert_eq!(slots.early_bytes_by_peer.get(&peer(1)), Some(&MIB));
-        assert_eq!(slots.early_bytes_by_peer.get(&peer(2)), None);
+        assert_eq!(slots.early_held[&peer(1)].bytes, MIB);
+        assert!(!slots.early_held.contains_key(&peer(2)));
     }
 }

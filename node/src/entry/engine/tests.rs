@@ -502,8 +502,8 @@ fn a_global_task_climbs_three_levels_and_the_root_verifies() {
 #[test]
 fn a_chain_on_another_path_than_the_policy_selects_is_no_answer() {
     // An entry node that runs a task whose policy selects stake on the bft path gets
-    // honest bft signatures, but the chain does not answer the task: the engine fails
-    // it rather than store it, and every verifier refuses it.
+    // honest bft signatures, but no certificate of it answers the task: each is
+    // dropped where it arrives, and the task fails rather than store one.
     let members = members(&[("r1", "c1", Honest); 3]);
     let mut plan = plan_for(&members, Level::Region, 3, ConsensusPath::Bft);
     plan.spec.policy = None; // selects stake
@@ -512,18 +512,13 @@ fn a_chain_on_another_path_than_the_policy_selects_is_no_answer() {
     let world = World::new(members, plan, limits()).run();
     let record = world.record();
     assert_eq!(record.state, TaskState::Failed as i32);
-    assert!(
-        record
-            .error
-            .contains("used path bft, but the task's policy selects stake"),
-        "{}",
-        record.error
-    );
-    let decided = world.log.iter().find_map(|command| match command {
-        Command::Emit(event) if event.kind == TaskEventKind::GroupDecided as i32 => Some(()),
-        _ => None,
+    let refused = world.log.iter().any(|command| {
+        matches!(command,
+        Command::Dropped { label: "invalid certificate", detail, .. }
+            if detail.contains("used path bft, but the task's policy selects stake"))
     });
-    assert!(decided.is_some(), "the group itself decided");
+    assert!(refused, "{:?}", world.log);
+    assert!(world.events(TaskEventKind::GroupDecided).is_empty());
 }
 
 #[test]
