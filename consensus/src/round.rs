@@ -638,6 +638,11 @@ impl Round {
         if certificate.task != self.config.task {
             return Err("for another task".into());
         }
+        // The task's rule at every level beneath: a child on another path or
+        // aggregation would make this group's certificate no answer to the task.
+        let spec = polity_proto::TaskSpec::decode(self.config.task.as_slice())
+            .map_err(|e| format!("task: {e}"))?;
+        crate::binding::check_task_policy(certificate, &spec).map_err(|e| e.to_string())?;
         Ok(summary.value)
     }
 

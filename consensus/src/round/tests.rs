@@ -23,9 +23,15 @@ pub(crate) fn config(
     level: Level,
 ) -> RoundConfig {
     RoundConfig {
+        // A task that asks for this path and aggregation, as an honest entry plans.
         task: encode_task(&TaskSpec {
             capability: "echo".into(),
             nonce: 7,
+            aggregation: aggregation as i32,
+            policy: Some(polity_proto::RiskPolicy {
+                path_override: path as i32,
+                ..polity_proto::RiskPolicy::default()
+            }),
             ..TaskSpec::default()
         }),
         level,
@@ -973,4 +979,58 @@ fn a_certificate_of_strangers_is_not_adopted() {
         "{actions:?}"
     );
     assert!(!group.rounds[1].is_finished());
+}
+
+#[test]
+fn a_child_on_another_path_than_the_task_asks_is_not_represented() {
+    let me = key(1);
+    let bft = config(
+        std::slice::from_ref(&me),
+        ConsensusPath::Bft,
+        Aggregation::Majority,
+        Level::Region,
+    );
+    // A region group of the same task run on the stake path (the task asks for bft).
+    let stake_region = RoundConfig {
+        path: ConsensusPath::Stake,
+        ..bft.clone()
+    };
+    let mut region = Round::new(stake_region, me.clone()).unwrap();
+    let actions = region.step(
+        START_MS,
+        Input::LocalAnswer {
+            answer: Ok(b"r".to_vec()),
+            child_certificate: None,
+        },
+    );
+    let child = actions
+        .iter()
+        .find_map(|action| match action {
+            Action::Decided(certificate) => Some(certificate.encode_to_vec()),
+            _ => None,
+        })
+        .expect("the region decided on its own path");
+    let continent = RoundConfig {
+        level: Level::Continent,
+        group: "europe".into(),
+        ..bft
+    };
+    let mut parent = Round::new(continent, me.clone()).unwrap();
+    let actions = parent.step(
+        START_MS,
+        Input::LocalAnswer {
+            answer: Ok(b"r".to_vec()),
+            child_certificate: Some(child),
+        },
+    );
+    // Its own child breaks the task's rule: the member observes an error instead of
+    // vouching for it, so the group does not decide (the same round with a bft child
+    // does: `a_continent_certificate_carries_its_region`).
+    assert!(parent.decided().is_none(), "{actions:?}");
+    let end = parent.step(START_MS + 10 * ROUND_MS, Input::Tick);
+    assert!(
+        end.iter()
+            .any(|action| matches!(action, Action::Degraded(_))),
+        "{end:?}"
+    );
 }
