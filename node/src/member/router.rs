@@ -64,6 +64,10 @@ const EARLY_BYTES_MAX: usize = 64 << 20;
 const EARLY_MESSAGES_PER_PEER_MAX: usize = 256;
 /// Finished slots remembered, so their late messages are dropped quietly.
 const FINISHED_SLOTS_MAX: usize = 16_384;
+/// Outcomes one sender may deliver for one task: a member sends one per group it
+/// sits in (three levels, a few attempts), so one peer cannot fill a task's inbox
+/// and crowd out the honest members' outcomes.
+const OUTCOMES_PER_SENDER_MAX: u32 = 16;
 /// Orchestrator inboxes: outcomes queued per task at most.
 pub const OUTCOME_INBOX_MAX: usize = 512;
 /// Messages being sent at once; more are dropped and counted.
@@ -92,6 +96,30 @@ pub enum SendError {
     Net(#[from] polity_net::NetError),
     #[error("undecodable answer: {0}")]
     Undecodable(#[from] prost::DecodeError),
+}
+
+/// Distinct senders an inbox keeps count of; more are refused.
+const OUTCOME_SENDERS_MAX: usize = 4_096;
+
+/// A task's outcome inbox at its entry node, and what each sender delivered to it.
+struct Inbox {
+    sender: mpsc::Sender<OutcomeMessage>,
+    delivered: HashMap<PublicKey, u32>,
+}
+
+impl Inbox {
+    /// Counts one more outcome from `from`, or says why it is refused.
+    fn admit(&mut self, from: PublicKey) -> Result<(), &'static str> {
+        if !self.delivered.contains_key(&from) && self.delivered.len() >= OUTCOME_SENDERS_MAX {
+            return Err("too many senders of outcomes for the task");
+        }
+        let delivered = self.delivered.entry(from).or_insert(0);
+        if *delivered >= OUTCOMES_PER_SENDER_MAX {
+            return Err("this peer sent its share of outcomes for the task");
+        }
+        *delivered += 1;
+        Ok(())
+    }
 }
 
 /// An outcome as the level engine receives it: who sent it, and what.
@@ -246,7 +274,7 @@ pub struct Federation {
     executor_limits: crate::config::ExecutorLimits,
     member_rounds_max: usize,
     slots: Mutex<Slots>,
-    outcomes: Mutex<HashMap<TaskId, mpsc::Sender<OutcomeMessage>>>,
+    outcomes: Mutex<HashMap<TaskId, Inbox>>,
     sends: Arc<Semaphore>,
     pub(super) faults: Arc<Faults>,
     pub(super) workers: Arc<Workers>,
@@ -429,10 +457,13 @@ impl Federation {
     /// Opens the inbox of a task this node orchestrates.
     pub fn open_outcomes(&self, task: TaskId) -> mpsc::Receiver<OutcomeMessage> {
         let (sender, receiver) = mpsc::channel(OUTCOME_INBOX_MAX);
-        self.outcomes
-            .lock()
-            .expect("outcomes lock")
-            .insert(task, sender);
+        self.outcomes.lock().expect("outcomes lock").insert(
+            task,
+            Inbox {
+                sender,
+                delivered: HashMap::new(),
+            },
+        );
         receiver
     }
 
@@ -445,17 +476,20 @@ impl Federation {
             self.count_dropped("invalid outcome");
             return refused("task_id must be 32 bytes");
         };
-        let sender = self
-            .outcomes
-            .lock()
-            .expect("outcomes lock")
-            .get(&task)
-            .cloned();
-        let Some(sender) = sender else {
+        let mut outcomes = self.outcomes.lock().expect("outcomes lock");
+        let Some(inbox) = outcomes.get_mut(&task) else {
+            drop(outcomes);
             self.count_dropped("unknown task");
             return refused("this node orchestrates no such task (finished or never known)");
         };
-        match sender.try_send((from, outcome)) {
+        if let Err(reason) = inbox.admit(from) {
+            drop(outcomes);
+            self.count_dropped("outcome quota");
+            return refused(reason);
+        }
+        let sent = inbox.sender.try_send((from, outcome));
+        drop(outcomes);
+        match sent {
             Ok(()) => accepted(),
             Err(_) => {
                 self.count_dropped("outcome backlog");
@@ -762,6 +796,29 @@ mod tests {
 #[cfg(test)]
 mod early_tests {
     use super::*;
+
+    #[test]
+    fn one_sender_gets_a_share_of_a_tasks_outcome_inbox() {
+        let (sender, _receiver) = mpsc::channel(OUTCOME_INBOX_MAX);
+        let mut inbox = Inbox {
+            sender,
+            delivered: HashMap::new(),
+        };
+        let flooder = peer(1);
+        let admitted = (0..1_000).filter(|_| inbox.admit(flooder).is_ok()).count();
+        assert_eq!(admitted, OUTCOMES_PER_SENDER_MAX as usize);
+        assert!(
+            inbox.admit(peer(2)).is_ok(),
+            "an honest member still gets in"
+        );
+        // Many identities: the count of senders kept is bounded too.
+        for n in 0..2 * OUTCOME_SENDERS_MAX as u32 {
+            let mut key = [0xaa; 32];
+            key[..4].copy_from_slice(&n.to_le_bytes());
+            let _ = inbox.admit(PublicKey(key));
+        }
+        assert_eq!(inbox.delivered.len(), OUTCOME_SENDERS_MAX);
+    }
 
     fn key(n: u32) -> SlotKey {
         SlotKey {
