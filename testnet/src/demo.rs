@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, ensure};
-use polity_consensus::verify_chain;
+use polity_consensus::verify_task_chain;
 use polity_node::client::printable;
 use polity_proto::{
     ConsensusPath, Level, RiskPolicy, Scope, SubmitTaskRequest, TaskState,
@@ -210,7 +210,7 @@ async fn decide_all(nodes: &[crate::process::NodeProcess]) -> anyhow::Result<()>
         for line in certificate_tree(certificate).lines() {
             println!("  {line}");
         }
-        let local = verify_chain(certificate)
+        let local = verify_task_chain(certificate, None)
             .map_err(|e| anyhow::anyhow!("offline verification failed: {e}"))?;
         let remote = client
             .verify_certificate(VerifyCertificateRequest {

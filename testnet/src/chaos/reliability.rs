@@ -62,7 +62,7 @@ use polity_consensus::reliability::{
     Interval, Outcome, Z_95, decisive_agreement, majority_correct_levels, majority_wrong_levels,
     parent_outcome, quorum_outcome, seed_formula, wilson_interval,
 };
-use polity_consensus::verify_chain;
+use polity_consensus::verify_task_chain;
 use polity_node::client::{Client, parse_path};
 use polity_proto::{
     ConsensusPath, Faults, Level, RiskPolicy, Scope, SubmitTaskRequest, TaskRecord, TaskState,
@@ -792,7 +792,7 @@ pub struct MemberErrorReport {
 pub fn judge_record(record: &TaskRecord, truth: &[u8]) -> Verdict {
     let state = TaskState::try_from(record.state).unwrap_or_default();
     let chain = record.certificate.as_ref().map(|certificate| {
-        verify_chain(certificate)
+        verify_task_chain(certificate, None)
             .map(|summary| summary.value)
             .map_err(|error| error.to_string())
     });

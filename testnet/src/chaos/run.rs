@@ -37,7 +37,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use polity_consensus::verify_chain;
+use polity_consensus::verify_task_chain;
 use polity_node::client::Client;
 use polity_proto::{
     ConsensusPath, Faults, Level, NodeStatus, RiskPolicy, Scope, SubmitTaskRequest, TaskState,
@@ -1427,7 +1427,7 @@ impl Autoscaler {
 fn finished(record: polity_proto::TaskRecord, truth: &[u8]) -> Finished {
     let state = TaskState::try_from(record.state).unwrap_or_default();
     let verified = record.certificate.as_ref().is_some_and(|certificate| {
-        verify_chain(certificate).is_ok_and(|summary| summary.value == record.value)
+        verify_task_chain(certificate, None).is_ok_and(|summary| summary.value == record.value)
     });
     let members = record
         .groups
