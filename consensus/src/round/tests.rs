@@ -782,6 +782,23 @@ fn an_attestation_locks_the_value() {
 
 /// Level 2: the member's observation is its child certificate's value; the parent
 /// certificate carries the child, and the chain verifies as a whole.
+/// A one-member region group of `me` answering `answer`: its certificate's bytes.
+fn decided_alone(config: RoundConfig, me: &SigningKey, answer: &[u8]) -> Vec<u8> {
+    let mut round = Round::new(config, me.clone()).unwrap();
+    let input = Input::LocalAnswer {
+        answer: Ok(answer.to_vec()),
+        child_certificate: None,
+    };
+    round
+        .step(START_MS, input)
+        .iter()
+        .find_map(|action| match action {
+            Action::Decided(certificate) => Some(certificate.encode_to_vec()),
+            _ => None,
+        })
+        .expect("a group of one decides at once")
+}
+
 #[test]
 fn a_continent_certificate_carries_its_region() {
     let me = key(1);
@@ -791,21 +808,7 @@ fn a_continent_certificate_carries_its_region() {
         Aggregation::Majority,
         Level::Region,
     );
-    let mut round = Round::new(region.clone(), me.clone()).unwrap();
-    let actions = round.step(
-        START_MS,
-        Input::LocalAnswer {
-            answer: Ok(b"r".to_vec()),
-            child_certificate: None,
-        },
-    );
-    let child = actions
-        .iter()
-        .find_map(|action| match action {
-            Action::Decided(certificate) => Some(certificate.encode_to_vec()),
-            _ => None,
-        })
-        .unwrap();
+    let child = decided_alone(region.clone(), &me, b"r");
     let continent = RoundConfig {
         level: Level::Continent,
         group: "europe".into(),
@@ -995,21 +998,7 @@ fn a_child_on_another_path_than_the_task_asks_is_not_represented() {
         path: ConsensusPath::Stake,
         ..bft.clone()
     };
-    let mut region = Round::new(stake_region, me.clone()).unwrap();
-    let actions = region.step(
-        START_MS,
-        Input::LocalAnswer {
-            answer: Ok(b"r".to_vec()),
-            child_certificate: None,
-        },
-    );
-    let child = actions
-        .iter()
-        .find_map(|action| match action {
-            Action::Decided(certificate) => Some(certificate.encode_to_vec()),
-            _ => None,
-        })
-        .expect("the region decided on its own path");
+    let child = decided_alone(stake_region, &me, b"r");
     let continent = RoundConfig {
         level: Level::Continent,
         group: "europe".into(),
