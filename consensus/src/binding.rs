@@ -64,6 +64,15 @@ pub fn check_binding(root: &Certificate) -> Result<(), VerifyError> {
 /// no place has two decisions among one certificate's children.
 pub fn check_task_policy(certificate: &Certificate, spec: &TaskSpec) -> Result<(), VerifyError> {
     let (path, aggregation) = task_rule(spec)?;
+    check_rule(certificate, path, aggregation)
+}
+
+/// [`check_task_policy`] with the task's rule already read (see [`task_rule`]).
+pub fn check_rule(
+    certificate: &Certificate,
+    path: ConsensusPath,
+    aggregation: Aggregation,
+) -> Result<(), VerifyError> {
     check_policy(certificate, path, aggregation, 0)
 }
 

@@ -311,6 +311,9 @@ pub struct Round {
     rule: QuorumRule,
     /// [`group_digest`] of this group: every statement of the round carries it.
     group_digest: [u8; 32],
+    /// The path and aggregation the task asks for (read once from its bytes), which
+    /// every child certificate must have used; why not, if the task asks nothing.
+    task_rule: Result<(ConsensusPath, Aggregation), String>,
     verifier: Option<Box<dyn AnswerVerifier + Send + Sync>>,
     /// The current round number, `< rounds_max`.
     round: u32,
@@ -419,7 +422,11 @@ impl Round {
             return Err(ConfigError::ZeroTotalWeight);
         }
         debug_assert!(config.members.len() <= MEMBERS_MAX);
+        let task_rule = polity_proto::TaskSpec::decode(config.task.as_slice())
+            .map_err(|e| format!("task: {e}"))
+            .and_then(|spec| crate::binding::task_rule(&spec).map_err(|e| e.to_string()));
         Ok(Round {
+            task_rule,
             task_id: task_id(&config.task),
             group_digest: group_digest(config.path, config.aggregation, &config.members),
             config,
@@ -640,9 +647,8 @@ impl Round {
         }
         // The task's rule at every level beneath: a child on another path or
         // aggregation would make this group's certificate no answer to the task.
-        let spec = polity_proto::TaskSpec::decode(self.config.task.as_slice())
-            .map_err(|e| format!("task: {e}"))?;
-        crate::binding::check_task_policy(certificate, &spec).map_err(|e| e.to_string())?;
+        let (path, aggregation) = self.task_rule.clone()?;
+        crate::binding::check_rule(certificate, path, aggregation).map_err(|e| e.to_string())?;
         Ok(summary.value)
     }
 

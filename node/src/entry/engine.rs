@@ -413,7 +413,7 @@ impl LevelEngine {
             commands.push(Command::Dropped {
                 from,
                 label: "outcome from a non-member",
-                detail: format!("for group {}", outcome.group),
+                detail: format!("for group {}", state.group.name),
             });
             return;
         }
@@ -423,7 +423,7 @@ impl LevelEngine {
             commands.push(Command::Dropped {
                 from,
                 label: "repeated or empty outcome",
-                detail: format!("for group {}", outcome.group),
+                detail: format!("for group {}", state.group.name),
             });
             return;
         }

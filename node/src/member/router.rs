@@ -187,18 +187,7 @@ impl Slots {
         message: Vec<u8>,
     ) -> Result<usize, EarlyRefusal> {
         let bytes = message.len();
-        let held = self.early_held.get(&from).copied().unwrap_or_default();
-        if held.bytes + bytes > EARLY_BYTES_PER_PEER_MAX
-            || held.messages >= EARLY_MESSAGES_PER_PEER_MAX
-        {
-            return Err(EarlyRefusal::PeerOverBudget);
-        }
-        if let Some(slot) = self.early.get(&key)
-            && (slot.messages.len() >= EARLY_MESSAGES_PER_SLOT_MAX
-                || slot.bytes + bytes > EARLY_BYTES_PER_SLOT_MAX)
-        {
-            return Err(EarlyRefusal::SlotFull);
-        }
+        self.fits(&key, from, bytes)?;
         let evicted = self.make_room(&key, bytes);
         let over = self.early_bytes + bytes > EARLY_BYTES_MAX
             || (!self.early.contains_key(&key) && self.early.len() >= EARLY_SLOTS_MAX);
@@ -216,6 +205,25 @@ impl Slots {
         held.bytes += bytes;
         held.messages += 1;
         Ok(evicted)
+    }
+
+    /// Whether `from` and `key` have room for a message of `bytes` (the total budget is
+    /// made room for by eviction, in [`Slots::buffer`]). Cheap: callers ask before
+    /// they encode the message.
+    fn fits(&self, key: &SlotKey, from: PublicKey, bytes: usize) -> Result<(), EarlyRefusal> {
+        let held = self.early_held.get(&from).copied().unwrap_or_default();
+        if held.bytes + bytes > EARLY_BYTES_PER_PEER_MAX
+            || held.messages >= EARLY_MESSAGES_PER_PEER_MAX
+        {
+            return Err(EarlyRefusal::PeerOverBudget);
+        }
+        if let Some(slot) = self.early.get(key)
+            && (slot.messages.len() >= EARLY_MESSAGES_PER_SLOT_MAX
+                || slot.bytes + bytes > EARLY_BYTES_PER_SLOT_MAX)
+        {
+            return Err(EarlyRefusal::SlotFull);
+        }
+        Ok(())
     }
 
     /// Evicts the oldest slots (never `key`) while a message of `bytes` for `key`
@@ -525,7 +533,7 @@ impl Federation {
         let path = ConsensusPath::try_from(plan.path).map_err(|_| "unknown path")?;
         let aggregation =
             Aggregation::try_from(plan.aggregation).map_err(|_| "unknown aggregation")?;
-        check_plan_policy(&spec, path, aggregation)?;
+        check_plan_policy(&spec, path, aggregation).map_err(|refusal| refusal.to_string())?;
         let key = SlotKey {
             task,
             level,
@@ -672,7 +680,10 @@ impl Federation {
         if slots.finished.contains(&key) {
             return accepted(); // late: the slot is decided here
         }
-        let result = slots.buffer(key, from, wire.encode_to_vec());
+        // Refused before the message is copied, when it cannot fit anyway.
+        let result = slots
+            .fits(&key, from, wire.encoded_len())
+            .and_then(|()| slots.buffer(key, from, wire.encode_to_vec()));
         drop(slots);
         match result {
             Ok(evicted) => {
@@ -693,6 +704,24 @@ impl Federation {
     }
 }
 
+/// Why a member refuses the rule its assignment plans.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum PlanRefusal {
+    /// The task itself asks for no rule (values outside their enums).
+    #[error(transparent)]
+    Task(#[from] polity_consensus::VerifyError),
+    #[error("the plan's path {planned} is not the one the task's policy selects ({selected})")]
+    Path {
+        planned: &'static str,
+        selected: &'static str,
+    },
+    #[error("the plan's aggregation {planned} is not the task's ({asked})")]
+    Aggregation {
+        planned: &'static str,
+        asked: &'static str,
+    },
+}
+
 /// A member's own reading of its assignment: the path and aggregation the entry node
 /// planned must be the ones the task's policy and spec select, or an honest member
 /// would sign for a rule the task did not ask for (a bft task run as stake).
@@ -700,21 +729,19 @@ fn check_plan_policy(
     spec: &TaskSpec,
     path: ConsensusPath,
     aggregation: Aggregation,
-) -> Result<(), String> {
-    let (selected, asked) = task_rule(spec).map_err(|error| error.to_string())?;
+) -> Result<(), PlanRefusal> {
+    let (selected, asked) = task_rule(spec)?;
     if path != selected {
-        return Err(format!(
-            "the plan's path {} is not the one the task's policy selects ({})",
-            path.as_str_name(),
-            selected.as_str_name()
-        ));
+        return Err(PlanRefusal::Path {
+            planned: path.as_str_name(),
+            selected: selected.as_str_name(),
+        });
     }
     if normalize(aggregation) != asked {
-        return Err(format!(
-            "the plan's aggregation {} is not the task's ({})",
-            aggregation.as_str_name(),
-            asked.as_str_name()
-        ));
+        return Err(PlanRefusal::Aggregation {
+            planned: aggregation.as_str_name(),
+            asked: asked.as_str_name(),
+        });
     }
     Ok(())
 }
@@ -778,11 +805,13 @@ mod tests {
             check_plan_policy(&bft_task, ConsensusPath::Bft, Aggregation::Majority),
             Ok(())
         );
-        let error =
-            check_plan_policy(&bft_task, ConsensusPath::Stake, Aggregation::Majority).unwrap_err();
+        let error = check_plan_policy(&bft_task, ConsensusPath::Stake, Aggregation::Majority)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("selects (CONSENSUS_PATH_BFT)"), "{error}");
-        let error =
-            check_plan_policy(&bft_task, ConsensusPath::Bft, Aggregation::FirstValid).unwrap_err();
+        let error = check_plan_policy(&bft_task, ConsensusPath::Bft, Aggregation::FirstValid)
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("aggregation"), "{error}");
         // Unspecified aggregation means majority, on both sides.
         let plain = spec(None, Aggregation::Unspecified);
