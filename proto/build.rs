@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "polity/v1/peer.proto",
     "polity/v1/federation.proto",
     "polity/v1/admin.proto",
+    "polity/v1/registry.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -78,8 +78,13 @@ fn observation_body(keys: &[SigningKey]) -> Vec<u8> {
             round: 0,
         }),
         answer: ANSWER.to_vec(),
-        group_digest: group_digest(ConsensusPath::Bft, Aggregation::Majority, &members(keys))
-            .to_vec(),
+        group_digest: group_digest(
+            ConsensusPath::Bft,
+            Aggregation::Majority,
+            &[9; 32],
+            &members(keys),
+        )
+        .to_vec(),
         ..Observation::default()
     };
     observation.encode_to_vec()
@@ -200,6 +205,7 @@ fn round_config(keys: &[SigningKey]) -> RoundConfig {
         task: task(),
         level: Level::Region,
         group: "eu-west".into(),
+        registry_digest: [9; 32],
         members: members(keys),
         path: ConsensusPath::Bft,
         path_reason: "bench".into(),

@@ -153,22 +153,27 @@ pub enum VerifyError {
         expected: String,
         found: String,
     },
+    #[error("membership: {0}")]
+    Membership(#[from] crate::registry::MembershipError),
 }
 
 /// The digest every observation and report carries in `group_digest`:
-/// `sha256("polity/v1/group\0" || u32be(path) || u32be(aggregation) || u32be(n) ||
-/// for each member in order: public_key (32 bytes) || u64be(weight))`, with the
-/// aggregation normalized (unspecified means majority). It binds each signature to
-/// the group's path, aggregation, member list and weights.
+/// `sha256("polity/v1/group\0" || u32be(path) || u32be(aggregation) ||
+/// registry_digest (32 bytes) || u32be(n) || for each member in order: public_key
+/// (32 bytes) || u64be(weight))`, with the aggregation normalized (unspecified means
+/// majority). It binds each signature to the group's path, aggregation, registry
+/// epoch, member list and weights.
 pub fn group_digest(
     path: ConsensusPath,
     aggregation: Aggregation,
+    registry_digest: &[u8; 32],
     members: &[polity_proto::Member],
 ) -> [u8; 32] {
     let mut hasher = Sha256::new();
     hasher.update(GROUP_TAG);
     hasher.update((path as i32 as u32).to_be_bytes());
     hasher.update((normalize(aggregation) as i32 as u32).to_be_bytes());
+    hasher.update(registry_digest);
     hasher.update(
         u32::try_from(members.len())
             .unwrap_or(u32::MAX)
@@ -443,6 +448,7 @@ struct Header<'a> {
     task_id: TaskId,
     level: Level,
     path: ConsensusPath,
+    registry_digest: [u8; 32],
 }
 
 /// Depth, sizes and counts within limits, the member keys, the slot (whose task id
@@ -485,6 +491,13 @@ fn check_header(certificate: &Certificate, depth: usize) -> Result<Header<'_>, V
     };
     limit("observations", certificate.observations.len(), members)?;
     limit("attestations", certificate.attestations.len(), members)?;
+    let registry_digest =
+        <[u8; 32]>::try_from(certificate.registry_digest.as_slice()).map_err(|_| {
+            VerifyError::Invalid {
+                what: "registry_digest (32 bytes)",
+                value: format!("{} bytes", certificate.registry_digest.len()),
+            }
+        })?;
     Ok(Header {
         members: &certificate.members,
         keys,
@@ -493,6 +506,7 @@ fn check_header(certificate: &Certificate, depth: usize) -> Result<Header<'_>, V
         task_id,
         level,
         path,
+        registry_digest,
     })
 }
 
@@ -588,7 +602,12 @@ fn check_report(
             });
         }
     };
-    let group = group_digest(header.path, aggregation, header.members);
+    let group = group_digest(
+        header.path,
+        aggregation,
+        &header.registry_digest,
+        header.members,
+    );
     if report.group_digest != group {
         return Err(VerifyError::GroupMismatch { what: "report" });
     }
@@ -966,6 +985,9 @@ fn verify_child<'a>(
     if child.task != parent.task {
         return Err(child_error("for another task".into()));
     }
+    if child.registry_digest != parent.registry_digest {
+        return Err(child_error("drawn from another registry epoch".into()));
+    }
     if groups.contains_key(&child_slot.group) {
         return Err(child_error(format!(
             "group {} has two different certificates",
@@ -989,6 +1011,9 @@ pub(crate) mod tests {
     use polity_proto::{Member, TaskSpec};
     use proptest::prelude::*;
 
+    /// The registry digest test certificates are drawn from.
+    pub(crate) const TEST_REGISTRY: [u8; 32] = [7; 32];
+
     /// Signs certificates by hand, so tests control every field.
     pub(crate) struct Fixture {
         pub keys: Vec<SigningKey>,
@@ -998,6 +1023,9 @@ pub(crate) mod tests {
         pub aggregation: Aggregation,
         pub level: Level,
         pub round: u32,
+        pub registry: [u8; 32],
+        /// The slot's group name; `group-<level>` when not set.
+        pub group: Option<String>,
     }
 
     impl Fixture {
@@ -1022,6 +1050,8 @@ pub(crate) mod tests {
                 aggregation: Aggregation::Majority,
                 level: Level::Region,
                 round: 0,
+                registry: TEST_REGISTRY,
+                group: None,
             }
         }
 
@@ -1029,7 +1059,10 @@ pub(crate) mod tests {
             Slot {
                 task_id: task_id(&self.task).0.to_vec(),
                 level: self.level as i32,
-                group: format!("group-{}", self.level as i32),
+                group: self
+                    .group
+                    .clone()
+                    .unwrap_or_else(|| format!("group-{}", self.level as i32)),
                 round: self.round,
             }
         }
@@ -1045,7 +1078,7 @@ pub(crate) mod tests {
         }
 
         pub fn group_digest(&self) -> [u8; 32] {
-            group_digest(self.path, self.aggregation, &self.members)
+            group_digest(self.path, self.aggregation, &self.registry, &self.members)
         }
 
         /// A report by the round's collector over `observations` (with the honest
@@ -1109,6 +1142,7 @@ pub(crate) mod tests {
                 raft_commit: None,
                 child_digests: Vec::new(),
                 children: Vec::new(),
+                registry_digest: self.registry.to_vec(),
             }
         }
     }

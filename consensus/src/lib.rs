@@ -22,6 +22,7 @@
 //! - [`round`]: one group's decision as a state machine ([`Round`]).
 //! - [`certificate`]: certificate digests and offline chain verification.
 //! - [`binding`]: what binds a verified chain to its task (scope, path, aggregation).
+//! - [`registry`]: who may vote: genesis, epochs, the seat rule, membership of a chain.
 //! - [`evidence`]: equivocation evidence and its verification.
 //! - [`export`]: the JSON form of a certificate for independent verifiers.
 //! - [`reliability`]: P(correct) per aggregation and level, for the node to print.
@@ -39,6 +40,7 @@ pub mod evidence;
 pub mod export;
 pub mod ids;
 pub mod quorum;
+pub mod registry;
 pub mod reliability;
 pub mod round;
 pub mod select;
@@ -56,6 +58,7 @@ pub use certificate::{
 pub use evidence::{EvidenceError, verify_evidence};
 pub use export::certificate_json;
 pub use ids::{PublicKey, TaskId};
+pub use registry::{Anchor, Epoch, check_membership, verify_in};
 pub use reliability::ReliabilityTable;
 pub use round::{Action, ConfigError, DegradedReason, Input, Round, RoundConfig, RoundMessage};
 pub use select::{PathChoice, select};

@@ -105,6 +105,9 @@ pub struct RoundConfig {
     pub path: ConsensusPath,
     pub path_reason: String,
     pub aggregation: Aggregation,
+    /// The registry epoch the members were drawn from: part of the group digest, and
+    /// carried by the certificate.
+    pub registry_digest: [u8; 32],
     /// One round's budget; the next round starts when it runs out.
     pub round_timeout_ms: u64,
     /// Rounds before the round gives up, `1..=ROUNDS_MAX`.
@@ -428,7 +431,12 @@ impl Round {
         Ok(Round {
             task_rule,
             task_id: task_id(&config.task),
-            group_digest: group_digest(config.path, config.aggregation, &config.members),
+            group_digest: group_digest(
+                config.path,
+                config.aggregation,
+                &config.registry_digest,
+                &config.members,
+            ),
             config,
             key,
             me,
@@ -1148,6 +1156,7 @@ impl Round {
         );
         debug_assert!(attestations.len() <= self.config.members.len());
         Certificate {
+            registry_digest: self.config.registry_digest.to_vec(),
             task: self.config.task.clone(),
             slot: own.report.report.slot.clone(),
             members: self.config.members.clone(),

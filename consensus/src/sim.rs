@@ -237,6 +237,10 @@ fn signing_keys<R: Rng>(n: usize, rng: &mut R) -> Vec<SigningKey> {
         .collect()
 }
 
+/// The registry epoch simulated groups name (the simulator checks quorums, not
+/// membership).
+pub const SIM_REGISTRY: [u8; 32] = [0x51; 32];
+
 /// The config every member's round runs: a fresh task (its nonce from `rng`) for the
 /// scenario's group of `keys`.
 fn round_config<R: Rng>(scenario: &Scenario, keys: &[SigningKey], rng: &mut R) -> RoundConfig {
@@ -257,6 +261,7 @@ fn round_config<R: Rng>(scenario: &Scenario, keys: &[SigningKey], rng: &mut R) -
         level: Level::Region,
         group: "sim".into(),
         members,
+        registry_digest: SIM_REGISTRY,
         path: scenario.path,
         path_reason: "simulation".into(),
         aggregation: scenario.aggregation,

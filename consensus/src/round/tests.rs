@@ -36,6 +36,7 @@ pub(crate) fn config(
         }),
         level,
         group: format!("group-{}", level as i32),
+        registry_digest: crate::certificate::tests::TEST_REGISTRY,
         members: keys
             .iter()
             .map(|key| Member {

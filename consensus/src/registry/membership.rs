@@ -1,0 +1,252 @@
+//! Membership: a verified chain's members against the registry epoch it names.
+
+use std::collections::BTreeSet;
+
+use polity_proto::{Certificate, Level, TaskSpec};
+use prost::Message;
+
+use super::{Anchor, Epoch, MembershipError, level_word, seats_allowed};
+use crate::AnswerVerifier;
+use crate::binding::{GLOBAL_GROUP, place_of, verify_task_chain};
+use crate::certificate::{ChainSummary, LEVELS_MAX, VerifyError};
+use crate::ids::{PublicKey, TaskId};
+use crate::task::task_id;
+
+/// [`verify_task_chain`], then [`check_membership`] against the epoch of `anchor`
+/// that the root names. Returns the summary and that epoch.
+pub fn verify_in<'a>(
+    anchor: &'a Anchor,
+    root: &Certificate,
+    verifier: Option<&dyn AnswerVerifier>,
+) -> Result<(ChainSummary, &'a Epoch), VerifyError> {
+    let summary = verify_task_chain(root, verifier)?;
+    let epoch =
+        anchor
+            .epoch_named(&root.registry_digest)
+            .ok_or_else(|| MembershipError::UnknownEpoch {
+                digest: hex::encode(&root.registry_digest),
+            })?;
+    check_membership(root, epoch)?;
+    Ok((summary, epoch))
+}
+
+/// What every group of one task is checked with.
+struct TaskSeats<'a> {
+    epoch: &'a Epoch,
+    task: TaskId,
+    capability: String,
+    replication: usize,
+}
+
+/// Checks that a chain which passed [`verify_task_chain`] sat only the members its
+/// registry epoch allows (see the module doc of [`super`]). `epoch` must be the one
+/// the root names.
+pub fn check_membership(root: &Certificate, epoch: &Epoch) -> Result<(), MembershipError> {
+    if root.registry_digest != epoch.digest() {
+        return Err(MembershipError::UnknownEpoch {
+            digest: hex::encode(&root.registry_digest),
+        });
+    }
+    let spec = TaskSpec::decode(root.task.as_slice())
+        .map_err(|e| MembershipError::Malformed(format!("task: {e}")))?;
+    let seats = TaskSeats {
+        epoch,
+        task: task_id(&root.task),
+        capability: spec.capability,
+        replication: spec.replication.max(1) as usize,
+    };
+    check_group(&seats, root, 0)
+}
+
+fn check_group(
+    seats: &TaskSeats<'_>,
+    certificate: &Certificate,
+    depth: usize,
+) -> Result<(), MembershipError> {
+    if depth >= LEVELS_MAX {
+        return Err(MembershipError::Malformed("chain too deep".into()));
+    }
+    let slot = certificate
+        .slot
+        .as_ref()
+        .ok_or_else(|| MembershipError::Malformed("no slot".into()))?;
+    let group = slot.group.clone();
+    let place = place_of(&group)
+        .map_err(|e| MembershipError::Malformed(e.to_string()))?
+        .to_string();
+    let members = registered_members(seats.epoch, certificate, &group)?;
+    match Level::try_from(slot.level).unwrap_or(Level::Unspecified) {
+        Level::Region => check_region(seats, &group, &place, &members),
+        level @ (Level::Continent | Level::Global) => {
+            let children = decode_children(certificate)?;
+            check_parent(seats.epoch, level, &group, &place, &members, &children)?;
+            for child in &children {
+                check_group(seats, child, depth + 1)?;
+            }
+            Ok(())
+        }
+        Level::Unspecified => Err(MembershipError::Malformed("unspecified level".into())),
+    }
+}
+
+/// The members' keys, each a registry member whose weight is its registered stake.
+fn registered_members(
+    epoch: &Epoch,
+    certificate: &Certificate,
+    group: &str,
+) -> Result<Vec<PublicKey>, MembershipError> {
+    certificate
+        .members
+        .iter()
+        .map(|member| {
+            let key = PublicKey::from_slice(&member.public_key)
+                .map_err(|e| MembershipError::Malformed(e.to_string()))?;
+            let registered = epoch
+                .member(&key)
+                .ok_or_else(|| MembershipError::NotMember {
+                    group: group.to_string(),
+                    key,
+                })?;
+            if member.weight != registered.stake {
+                return Err(MembershipError::WrongWeight {
+                    group: group.to_string(),
+                    key,
+                    expected: registered.stake,
+                    found: member.weight,
+                });
+            }
+            Ok(key)
+        })
+        .collect()
+}
+
+/// A region group: members of the region that serve the task's capability, each
+/// within the seat rule's allowed prefix, and at least `min(replication, eligible)`.
+fn check_region(
+    seats: &TaskSeats<'_>,
+    group: &str,
+    region: &str,
+    members: &[PublicKey],
+) -> Result<(), MembershipError> {
+    let order = seats
+        .epoch
+        .seat_order(&seats.task, &seats.capability, region);
+    let allowed = seats_allowed(seats.replication);
+    for key in members {
+        let registered = seats.epoch.member(key).expect("registered_members checked");
+        if registered.region != region {
+            return Err(MembershipError::WrongPlace {
+                group: group.to_string(),
+                key: *key,
+                expected: format!("region {region:?}"),
+                found: format!("region {:?}", registered.region),
+            });
+        }
+        match order.iter().position(|seat| seat == key) {
+            None => {
+                return Err(MembershipError::NotServing {
+                    group: group.to_string(),
+                    key: *key,
+                    capability: seats.capability.clone(),
+                });
+            }
+            Some(rank) if rank >= allowed => {
+                return Err(MembershipError::NotDrawn {
+                    group: group.to_string(),
+                    key: *key,
+                    allowed,
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    let needed = seats.replication.min(order.len());
+    if members.len() < needed {
+        return Err(MembershipError::TooFew {
+            group: group.to_string(),
+            needed,
+            found: members.len(),
+        });
+    }
+    Ok(())
+}
+
+/// A continent or the global group: its children are one level down and of its
+/// place (regions of the continent; continents of the registry), and each member
+/// sits in one of its children and, for a continent, in the continent.
+fn check_parent(
+    epoch: &Epoch,
+    level: Level,
+    group: &str,
+    place: &str,
+    members: &[PublicKey],
+    children: &[Certificate],
+) -> Result<(), MembershipError> {
+    if level == Level::Global && place != GLOBAL_GROUP {
+        return Err(MembershipError::Malformed(format!(
+            "the global group is named {group:?}"
+        )));
+    }
+    let child_level = if level == Level::Global {
+        Level::Continent
+    } else {
+        Level::Region
+    };
+    let mut represented = BTreeSet::new();
+    for child in children {
+        let child_group = child.slot.as_ref().map_or("", |slot| slot.group.as_str());
+        let child_place =
+            place_of(child_group).map_err(|e| MembershipError::Malformed(e.to_string()))?;
+        let belongs = match level {
+            Level::Continent => epoch.continent_of(child_place) == Some(place),
+            _ => epoch.regions().values().any(|c| c == child_place),
+        };
+        if !belongs {
+            return Err(MembershipError::ForeignChild {
+                group: group.to_string(),
+                child: child_group.to_string(),
+                level: level_word(child_level),
+            });
+        }
+        represented.extend(
+            child
+                .members
+                .iter()
+                .filter_map(|m| PublicKey::from_slice(&m.public_key).ok()),
+        );
+    }
+    for key in members {
+        if !represented.contains(key) {
+            return Err(MembershipError::NotRepresentative {
+                group: group.to_string(),
+                key: *key,
+            });
+        }
+        let registered = epoch.member(key).expect("registered_members checked");
+        if level == Level::Continent && registered.continent != place {
+            return Err(MembershipError::WrongPlace {
+                group: group.to_string(),
+                key: *key,
+                expected: format!("continent {place:?}"),
+                found: format!("continent {:?}", registered.continent),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The distinct children a verified parent carries, decoded.
+fn decode_children(certificate: &Certificate) -> Result<Vec<Certificate>, MembershipError> {
+    let mut seen = BTreeSet::new();
+    let mut children = Vec::new();
+    for bytes in &certificate.children {
+        if !seen.insert(bytes.as_slice()) {
+            continue; // one child per representative: the same bytes repeat
+        }
+        children.push(
+            Certificate::decode(bytes.as_slice())
+                .map_err(|e| MembershipError::Malformed(format!("child: {e}")))?,
+        );
+    }
+    Ok(children)
+}
