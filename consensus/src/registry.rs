@@ -493,7 +493,7 @@ mod membership;
 pub use change::{
     Anchor, Change, check_proposal, proposal_request, registry_task, sign_proposal, verify_change,
 };
-pub use membership::{check_membership, verify_in};
+pub use membership::{check_membership, check_seats, verify_in};
 
 /// A level's name, for messages.
 fn level_word(level: Level) -> &'static str {

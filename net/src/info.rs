@@ -71,11 +71,16 @@ impl EventLoop {
             capabilities: self.local.capabilities.clone(),
             region: self.local.region.clone(),
             continent: self.local.continent.clone(),
-            stake: self.local.stake,
             grpc_endpoint: self.local.grpc_endpoint.clone(),
             version: self.local.version.clone(),
             issued_at_ms: unix_ms(),
             listen_addrs: self.swarm.listeners().map(ToString::to_string).collect(),
+            registry_epoch: self.local.registry.read().map_or(0, |mark| mark.0),
+            registry_digest: self
+                .local
+                .registry
+                .read()
+                .map_or_else(|_| Vec::new(), |mark| mark.1.clone()),
         };
         sign_message(&self.signing_key, StatementKind::NodeInfo, &info)
     }

@@ -35,9 +35,10 @@ pub struct LocalInfo {
     pub capabilities: Vec<String>,
     pub region: String,
     pub continent: String,
-    pub stake: u64,
     pub grpc_endpoint: String,
     pub version: String,
+    /// The registry epoch and its digest, as the node moves on: read at each signing.
+    pub registry: std::sync::Arc<std::sync::RwLock<(u64, Vec<u8>)>>,
 }
 
 /// How to start the network.

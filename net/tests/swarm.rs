@@ -50,9 +50,9 @@ async fn start_on(
             capabilities: capabilities.iter().map(|c| c.to_string()).collect(),
             region: region.to_string(),
             continent: "earth".to_string(),
-            stake: 1,
             grpc_endpoint: format!("http://127.0.0.1:{seed}"),
             version: "test".to_string(),
+            ..LocalInfo::default()
         },
     };
     let (handle, events, _task) = polity_net::start(config, metrics.clone()).unwrap();

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use polity_consensus::registry::Epoch;
 use polity_consensus::{TaskId, certificate_json};
 use polity_proto::admin_client::AdminClient;
 use polity_proto::federation_client::FederationClient;
@@ -357,7 +358,8 @@ pub async fn info(connection: &Connection, json: bool) -> anyhow::Result<()> {
         "region": info.region,
         "continent": info.continent,
         "capabilities": info.capabilities,
-        "stake": info.stake,
+        "registry_epoch": info.registry_epoch,
+        "registry_digest": hex::encode(&info.registry_digest),
         "grpc": info.grpc_endpoint,
         "version": info.version,
         "uptime_ms": response.uptime_ms,
@@ -370,7 +372,11 @@ pub async fn info(connection: &Connection, json: bool) -> anyhow::Result<()> {
         println!("public key    {}", hex::encode(&info.public_key));
         println!("region        {} ({})", info.region, info.continent);
         println!("capabilities  {}", info.capabilities.join(", "));
-        println!("stake         {}", info.stake);
+        println!(
+            "registry      epoch {} ({})",
+            info.registry_epoch,
+            hex::encode(&info.registry_digest)
+        );
         println!("version       {}", info.version);
         println!("uptime        {} s", response.uptime_ms / 1000);
         println!("tasks stored  {}", response.tasks_stored);
@@ -523,40 +529,43 @@ pub async fn topology(connection: &Connection, json: bool) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Where `polity verify` finds the certificate.
+/// Where `polity verify` finds the certificate, and what it checks it against.
 #[derive(Debug, Clone, clap::Args)]
 pub struct VerifyArgs {
     /// A certificate file (exact protobuf bytes, as written by --certificate-out).
     /// Checked offline, without any node.
     #[arg(conflicts_with = "task")]
     pub file: Option<PathBuf>,
-    /// Instead, ask the node at --addr to verify the certificate of this task.
+    /// The trust anchor: a federation file (its genesis, and the epoch changes
+    /// since, e.g. from `polity genesis export`). Without it, who signed is checked
+    /// but not whether they had the right to: exit code 3.
+    #[arg(long)]
+    pub federation: Option<PathBuf>,
+    /// Instead, ask the node at --addr to verify the certificate of this task
+    /// against its own registry.
     #[arg(long)]
     pub task: Option<String>,
     #[arg(long)]
     pub json: bool,
 }
 
-/// Returns whether the certificate is valid; the caller sets the exit code.
-pub async fn verify(connection: &Connection, args: &VerifyArgs) -> anyhow::Result<bool> {
-    let response = match (&args.file, &args.task) {
-        (Some(path), _) => {
-            let bytes = read(path)?;
-            if bytes.len() > crate::api::federation::CERTIFICATE_BYTES_MAX {
-                bail!(
-                    "{} is larger than {} bytes",
-                    path.display(),
-                    crate::api::federation::CERTIFICATE_BYTES_MAX
-                );
-            }
-            let certificate = Certificate::decode(bytes.as_slice())
-                .with_context(|| format!("{} is not a polity.v1.Certificate", path.display()))?;
-            crate::api::federation::verification(&certificate)
-        }
+/// What `polity verify` concluded; the caller turns it into the exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The chain verifies, answers its task, and its members are the registry's.
+    Valid,
+    /// The chain verifies and answers its task, but no trust anchor was given.
+    Unanchored,
+    Invalid,
+}
+
+pub async fn verify(connection: &Connection, args: &VerifyArgs) -> anyhow::Result<Verdict> {
+    let (response, verdict) = match (&args.file, &args.task) {
+        (Some(path), _) => verify_file(path, args.federation.as_deref(), args.json)?,
         (None, Some(task)) => {
             let id = parse_task_id(task)?;
             let mut client = connection.connect().await?;
-            client
+            let response = client
                 .verify_certificate(VerifyCertificateRequest {
                     source: Some(polity_proto::verify_certificate_request::Source::TaskId(
                         id.as_bytes().to_vec(),
@@ -564,12 +573,142 @@ pub async fn verify(connection: &Connection, args: &VerifyArgs) -> anyhow::Resul
                 })
                 .await
                 .map_err(status_error)?
-                .into_inner()
+                .into_inner();
+            let verdict = if response.valid {
+                Verdict::Valid
+            } else {
+                Verdict::Invalid
+            };
+            (response, verdict)
         }
         (None, None) => bail!("give a certificate FILE or --task ID"),
     };
     show_verification(&response, args.json)?;
-    Ok(response.valid)
+    if verdict == Verdict::Unanchored && !args.json {
+        println!(
+            "membership NOT checked: no --federation given, so nothing says these signers \
+             had the right to sign"
+        );
+    }
+    Ok(verdict)
+}
+
+/// Verifies a certificate file offline, against a federation file when given, and
+/// prints (unless `json`) the epoch and every certificate's group and members.
+fn verify_file(
+    path: &Path,
+    federation: Option<&Path>,
+    json: bool,
+) -> anyhow::Result<(VerifyCertificateResponse, Verdict)> {
+    let bytes = read(path)?;
+    if bytes.len() > crate::api::federation::CERTIFICATE_BYTES_MAX {
+        bail!(
+            "{} is larger than {} bytes",
+            path.display(),
+            crate::api::federation::CERTIFICATE_BYTES_MAX
+        );
+    }
+    let certificate = Certificate::decode(bytes.as_slice())
+        .with_context(|| format!("{} is not a polity.v1.Certificate", path.display()))?;
+    let Some(federation) = federation else {
+        let result = polity_consensus::verify_task_chain(&certificate, None);
+        let verdict = match result {
+            Ok(_) => Verdict::Unanchored,
+            Err(_) => Verdict::Invalid,
+        };
+        if !json {
+            describe_chain(&certificate, None, 0);
+        }
+        let response = crate::api::federation::verification(&certificate, result);
+        return Ok((response, verdict));
+    };
+    let chain = crate::registry::read_chain(federation)?;
+    let anchor = polity_consensus::Anchor::from_chain(chain)
+        .with_context(|| format!("{} is not a valid federation", federation.display()))?;
+    let result = polity_consensus::verify_in(&anchor, &certificate, None);
+    if !json {
+        let epoch = anchor.epoch_named(&certificate.registry_digest);
+        match epoch {
+            Some(epoch) => println!(
+                "federation {:?}, registry epoch {} ({})",
+                epoch.registry().federation,
+                epoch.number(),
+                hex::encode(epoch.digest())
+            ),
+            None => println!(
+                "registry epoch {}: not in {}",
+                hex::encode(&certificate.registry_digest),
+                federation.display()
+            ),
+        }
+        describe_chain(&certificate, epoch, 0);
+    }
+    let verdict = if result.is_ok() {
+        Verdict::Valid
+    } else {
+        Verdict::Invalid
+    };
+    let result = result.map(|(summary, _)| summary);
+    Ok((
+        crate::api::federation::verification(&certificate, result),
+        verdict,
+    ))
+}
+
+/// One line per certificate of a chain, root first: level, group, path,
+/// aggregation, and members with their weights (and regions, when the epoch is
+/// known).
+fn describe_chain(certificate: &Certificate, epoch: Option<&Epoch>, depth: usize) {
+    let Some(slot) = certificate.slot.as_ref() else {
+        return;
+    };
+    let aggregation = certificate
+        .report
+        .as_ref()
+        .and_then(|statement| polity_proto::Report::decode(statement.body.as_slice()).ok())
+        .and_then(|report| polity_proto::Aggregation::try_from(report.aggregation).ok())
+        .map_or("?", |aggregation| aggregation.as_str_name());
+    println!(
+        "{}{} {:?}: path {}, aggregation {}",
+        "  ".repeat(depth),
+        Level::try_from(slot.level).map(level_name).unwrap_or("?"),
+        slot.group,
+        ConsensusPath::try_from(certificate.path)
+            .map(path_name)
+            .unwrap_or("?"),
+        aggregation
+            .trim_start_matches("AGGREGATION_")
+            .to_lowercase(),
+    );
+    for member in &certificate.members {
+        let key = hex::encode(&member.public_key);
+        let place = polity_consensus::PublicKey::from_slice(&member.public_key)
+            .ok()
+            .and_then(|key| epoch.and_then(|epoch| epoch.member(&key)))
+            .map_or_else(
+                || match epoch {
+                    Some(_) => "not a registry member".to_string(),
+                    None => "membership not checked".to_string(),
+                },
+                |m| format!("{}/{}, stake {}", m.continent, m.region, m.stake),
+            );
+        println!(
+            "{}  member {} weight {} ({place})",
+            "  ".repeat(depth),
+            short(&key),
+            member.weight
+        );
+    }
+    if depth + 1 < polity_consensus::certificate::LEVELS_MAX {
+        let mut seen = std::collections::BTreeSet::new();
+        for bytes in &certificate.children {
+            if seen.insert(bytes.as_slice())
+                && let Ok(child) = Certificate::decode(bytes.as_slice())
+            {
+                describe_chain(&child, epoch, depth + 1);
+            }
+        }
+    }
 }
 
 fn show_verification(response: &VerifyCertificateResponse, json: bool) -> anyhow::Result<()> {
@@ -702,7 +841,8 @@ fn show_record(record: &TaskRecord, output: &OutputArgs) -> anyhow::Result<()> {
         );
     }
     if let Some(certificate) = &record.certificate {
-        let verification = crate::api::federation::verification(certificate);
+        let checked = polity_consensus::verify_task_chain(certificate, None);
+        let verification = crate::api::federation::verification(certificate, checked);
         println!(
             "certificate  {} ({}; {} signature(s))",
             verification.root_digest,

@@ -27,8 +27,9 @@ pub struct NodeConfig {
     pub http_addr: SocketAddr,
     pub region: String,
     pub continent: String,
-    /// Voting weight on the stake path.
-    pub stake: u64,
+    /// The federation file (`polity genesis init`, or a chain exported with
+    /// `GetEpochChain`); none: a one-member dev federation of this node.
+    pub genesis: Option<PathBuf>,
     /// Multiaddrs of peers to join at start.
     pub bootstrap: Vec<String>,
     /// Find peers on the local network with mDNS.
@@ -155,7 +156,7 @@ impl Default for NodeConfig {
             http_addr: "127.0.0.1:7002".parse().expect("valid address"),
             region: "local".to_string(),
             continent: "local".to_string(),
-            stake: 1,
+            genesis: None,
             bootstrap: Vec::new(),
             mdns: true,
             capabilities,
@@ -229,8 +230,10 @@ pub struct NodeFlags {
     pub region: Option<String>,
     #[arg(long)]
     pub continent: Option<String>,
+    /// The federation file this node belongs to; stake, region and seats come from
+    /// its registry, never from a flag.
     #[arg(long)]
-    pub stake: Option<u64>,
+    pub genesis: Option<PathBuf>,
     /// Multiaddr of a peer to join, e.g. /ip4/10.0.0.2/tcp/7100/p2p/12D3KooW... (repeatable).
     #[arg(long = "bootstrap")]
     pub bootstrap: Vec<String>,
@@ -358,7 +361,9 @@ impl NodeConfig {
         set(&mut self.http_addr, &flags.http_addr);
         set(&mut self.region, &flags.region);
         set(&mut self.continent, &flags.continent);
-        set(&mut self.stake, &flags.stake);
+        if flags.genesis.is_some() {
+            self.genesis = flags.genesis.clone();
+        }
         set(&mut self.api.rate_limit_per_second, &flags.rate_limit);
         set(&mut self.api.payload_bytes_max, &flags.payload_bytes_max);
         set(&mut self.executor.timeout_ms, &flags.executor_timeout_ms);
@@ -437,9 +442,6 @@ impl NodeConfig {
                 bail!("{what} must be in [0,1], got {value}");
             }
         }
-        if self.stake == 0 {
-            bail!("stake must be at least 1");
-        }
         if self.api.rate_limit_per_second == 0 || self.api.rate_limit_burst == 0 {
             bail!("rate limits must be at least 1");
         }
@@ -515,7 +517,7 @@ mod tests {
             r#"
 region = "eu-west"
 continent = "europe"
-stake = 5
+genesis = "f.pb"
 [capabilities]
 sha256 = "builtin:sha256"
 [api]
@@ -531,7 +533,7 @@ rate_limit_per_second = 7
         let config = NodeConfig::load(&flags).unwrap();
         assert_eq!(config.region, "eu-north");
         assert_eq!(config.continent, "europe");
-        assert_eq!(config.stake, 5);
+        assert_eq!(config.genesis, Some(PathBuf::from("f.pb")));
         assert_eq!(config.api.rate_limit_per_second, 7);
         assert_eq!(config.capabilities.len(), 1);
         assert_eq!(
@@ -576,13 +578,6 @@ rate_limit_per_second = 7
                 ..Default::default()
             },
             "both a certificate and a key",
-        );
-        check(
-            NodeFlags {
-                stake: Some(0),
-                ..Default::default()
-            },
-            "stake",
         );
     }
 

@@ -40,6 +40,7 @@ pub mod entry;
 pub mod member;
 pub mod peers;
 pub mod raft;
+pub mod registry;
 pub mod runtime;
 pub mod telemetry;
 

@@ -252,11 +252,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reliability(args) => reliability(&args)?,
         Command::Faults { connection, args } => client::faults(&connection, &args).await?,
         Command::Status { connection, json } => client::status(&connection, json).await?,
-        Command::Verify { connection, args } => {
-            if !client::verify(&connection, &args).await? {
-                return Ok(ExitCode::from(2));
-            }
-        }
+        Command::Verify { connection, args } => match client::verify(&connection, &args).await? {
+            client::Verdict::Valid => {}
+            client::Verdict::Invalid => return Ok(ExitCode::from(2)),
+            client::Verdict::Unanchored => return Ok(ExitCode::from(3)),
+        },
     }
     Ok(ExitCode::SUCCESS)
 }

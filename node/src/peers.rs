@@ -383,9 +383,9 @@ mod tests {
                 capabilities: Vec::new(),
                 region: "r".into(),
                 continent: "c".into(),
-                stake: 1,
                 grpc_endpoint: "http://127.0.0.1:1".into(),
                 version: "test".into(),
+                ..polity_net::LocalInfo::default()
             },
         };
         let (net, _events, _task) = polity_net::start(config, metrics.net.clone()).unwrap();

@@ -74,9 +74,9 @@ async fn a_stranger_flooding_early_messages_gets_only_its_byte_budget() {
             capabilities: Vec::new(),
             region: "elsewhere".into(),
             continent: "elsewhere".into(),
-            stake: 1,
             grpc_endpoint: "http://127.0.0.1:1".into(),
             version: "flood".into(),
+            ..LocalInfo::default()
         },
     };
     let (net, _events, _task) = polity_net::start(config, NetMetrics::default()).unwrap();

@@ -1,7 +1,8 @@
 //! A byzantine entry node, played by a bare libp2p peer against a real `polity`
 //! process: it assigns the node a seat under a path the task's own policy does not
-//! select. The member refuses (with the reason, counted) rather than sign under the
-//! wrong rule; the same assignment with the right path is taken.
+//! select, under a registry epoch the node is not at, next to a stranger that is no
+//! registry member, and with a weight the registry does not give. The member refuses
+//! each (with the reason, counted) rather than sign; the honest assignment is taken.
 
 mod support;
 
@@ -19,7 +20,14 @@ use support::TestNode;
 /// Bound on every wait: generous, since two cores may be busy compiling.
 const WAIT: Duration = Duration::from_secs(60);
 
-fn assign(node_key: &[u8], path: ConsensusPath) -> Vec<u8> {
+/// What the hostile entry node varies.
+struct Hostile {
+    path: ConsensusPath,
+    registry_digest: Vec<u8>,
+    members: Vec<Member>,
+}
+
+fn assign(hostile: Hostile) -> Vec<u8> {
     // adversarial_risk 0.9: the policy selects bft.
     let spec = TaskSpec {
         capability: "echo".into(),
@@ -40,15 +48,13 @@ fn assign(node_key: &[u8], path: ConsensusPath) -> Vec<u8> {
     let plan = GroupPlan {
         level: Level::Region as i32,
         group: "local".into(),
-        members: vec![Member {
-            public_key: node_key.to_vec(),
-            weight: 1,
-        }],
-        path: path as i32,
+        members: hostile.members,
+        path: hostile.path as i32,
         path_reason: "chosen by a hostile entry node".into(),
         aggregation: Aggregation::Majority as i32,
         round_timeout_ms: 1_000,
         rounds_max: 3,
+        registry_digest: hostile.registry_digest,
     };
     TaskRequest {
         request: Some(task_request::Request::Assign(Assign {
@@ -61,7 +67,7 @@ fn assign(node_key: &[u8], path: ConsensusPath) -> Vec<u8> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_member_refuses_a_path_the_task_policy_does_not_select() {
+async fn a_member_refuses_a_plan_its_task_policy_or_registry_does_not_allow() {
     let dir = tempfile::tempdir().unwrap();
     let node = TestNode::start(&dir.path().join("member"), &["--region", "local"]);
     let node_peer: PeerId = node.endpoints.peer_id.parse().unwrap();
@@ -81,16 +87,41 @@ async fn a_member_refuses_a_path_the_task_policy_does_not_select() {
             capabilities: vec!["echo".into()],
             region: "local".into(),
             continent: "local".into(),
-            stake: 1,
             grpc_endpoint: "http://127.0.0.1:1".into(),
             version: "hostile".into(),
+            ..LocalInfo::default()
         },
     };
     let (net, _events, _task) = polity_net::start(config, NetMetrics::default()).unwrap();
 
-    let ask = |path| {
+    // The node runs a one-member dev federation of itself: its epoch comes from it.
+    let chain = node
+        .client()
+        .await
+        .get_epoch_chain(polity_proto::GetEpochChainRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let anchor = polity_consensus::Anchor::from_chain(chain).unwrap();
+    let digest = anchor.current().digest().to_vec();
+    let me = Member {
+        public_key: node_key.clone(),
+        weight: 1,
+    };
+    let stranger = Member {
+        public_key: ed25519_dalek::SigningKey::from_bytes(&[0x66; 32])
+            .verifying_key()
+            .to_bytes()
+            .to_vec(),
+        weight: 1_000_000,
+    };
+    let ask = |path, registry_digest: &[u8], members: Vec<Member>| {
         let net = net.clone();
-        let bytes = assign(&node_key, path);
+        let bytes = assign(Hostile {
+            path,
+            registry_digest: registry_digest.to_vec(),
+            members,
+        });
         async move {
             let started = Instant::now();
             loop {
@@ -107,7 +138,7 @@ async fn a_member_refuses_a_path_the_task_policy_does_not_select() {
             }
         }
     };
-    let refused = ask(ConsensusPath::Stake).await;
+    let refused = ask(ConsensusPath::Stake, &digest, vec![me.clone()]).await;
     assert!(!refused.accepted, "a stake seat on a bft task was taken");
     assert!(
         refused
@@ -123,7 +154,37 @@ async fn a_member_refuses_a_path_the_task_policy_does_not_select() {
             .any(|line| line.contains("assign refused") && !line.ends_with(" 0")),
         "the refusal is counted:\n{metrics}"
     );
-    let taken = ask(ConsensusPath::Bft).await;
+    let refusals = [
+        (
+            ask(ConsensusPath::Bft, &[7; 32], vec![me.clone()]).await,
+            "drawn from registry",
+        ),
+        (
+            ask(ConsensusPath::Bft, &digest, vec![me.clone(), stranger]).await,
+            "is not a registry member",
+        ),
+        (
+            ask(
+                ConsensusPath::Bft,
+                &digest,
+                vec![Member {
+                    weight: 9,
+                    ..me.clone()
+                }],
+            )
+            .await,
+            "the registry gives it stake 1",
+        ),
+    ];
+    for (ack, reason) in refusals {
+        assert!(!ack.accepted, "taken: expected a refusal for {reason:?}");
+        assert!(
+            ack.reason.contains(reason),
+            "{} (expected {reason:?})",
+            ack.reason
+        );
+    }
+    let taken = ask(ConsensusPath::Bft, &digest, vec![me]).await;
     assert!(taken.accepted, "the right plan is taken: {}", taken.reason);
     node.stop();
 }

@@ -52,9 +52,9 @@ async fn start(seed: u8, bootstrap: Vec<Multiaddr>) -> Node {
             capabilities: vec!["echo".to_string()],
             region: "eu-west".to_string(),
             continent: "europe".to_string(),
-            stake: 1,
             grpc_endpoint: format!("http://127.0.0.1:{seed}"),
             version: "test".to_string(),
+            ..LocalInfo::default()
         },
     };
     let (net, mut events, _task) = polity_net::start(config, NetMetrics::default()).unwrap();

@@ -852,6 +852,13 @@ mod tests {
         ) -> Result<Response<VerifyCertificateResponse>, Status> {
             Err(Status::unimplemented("fake"))
         }
+
+        async fn get_epoch_chain(
+            &self,
+            _: Request<polity_proto::GetEpochChainRequest>,
+        ) -> Result<Response<polity_proto::EpochChain>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
     }
 
     /// Starts a fake node on 127.0.0.1:0; returns its endpoint and the nonces it saw.

@@ -15,6 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use polity_proto::{GetNodeInfoRequest, ListPeersRequest};
 use serde::{Deserialize, Serialize};
 
+use crate::genesis::{Founder, genesis_args, write_genesis};
 use crate::process::{
     NodeProcess, NodeSpec, Starting, polity_binary, process_alive, rss_bytes, terminate,
 };
@@ -253,9 +254,11 @@ pub async fn launch(args: &UpArgs, capabilities: &[String]) -> anyhow::Result<La
         ProgressStyle::with_template("{msg:<22} [{bar:40}] {pos}/{len}").expect("valid template"),
     );
     bar.set_message("starting nodes");
+    let genesis = found_federation(args, capabilities)?;
     // The first two nodes start one by one (the others bootstrap to them); the rest
     // are spawned in waves and start in parallel.
-    let spec_of = |index: usize, seeds: &[NodeProcess]| node_spec(args, capabilities, index, seeds);
+    let spec_of =
+        |index: usize, seeds: &[NodeProcess]| node_spec(args, capabilities, index, seeds, &genesis);
     let mut nodes: Vec<NodeProcess> = Vec::with_capacity(args.nodes);
     for index in 0..args.nodes.min(2) {
         let spec = spec_of(index, &nodes);
@@ -302,19 +305,36 @@ pub async fn launch(args: &UpArgs, capabilities: &[String]) -> anyhow::Result<La
     })
 }
 
-/// The spec of node `index` of a fresh testnet (its old data dir removed),
+/// A fresh testnet's federation: old node data (identities, ledgers) goes, every
+/// node gets a new key, and one genesis lists them all. Returns the genesis path.
+fn found_federation(args: &UpArgs, capabilities: &[String]) -> anyhow::Result<PathBuf> {
+    let founders: Vec<Founder> = (0..args.nodes)
+        .map(|index| {
+            let (name, region, continent) = placement(index, args.regions, args.continents);
+            let data_dir = args.dir.join(&name);
+            let _ = std::fs::remove_dir_all(&data_dir);
+            Founder {
+                data_dir,
+                region,
+                continent,
+            }
+        })
+        .collect();
+    write_genesis(&args.dir, &founders, capabilities)
+}
+
+/// The spec of node `index` of a fresh testnet (see [`found_federation`]),
 /// bootstrapping to the first two of `seeds`.
 fn node_spec(
     args: &UpArgs,
     capabilities: &[String],
     index: usize,
     seeds: &[NodeProcess],
+    genesis: &Path,
 ) -> NodeSpec {
     let (name, region, continent) = placement(index, args.regions, args.continents);
     let data_dir = args.dir.join(&name);
-    // A fresh testnet: old data (identities, ledgers) goes.
-    let _ = std::fs::remove_dir_all(&data_dir);
-    let mut extra_args = Vec::new();
+    let mut extra_args = genesis_args(genesis);
     for capability in capabilities {
         extra_args.push("--capability".to_string());
         extra_args.push(capability.clone());

@@ -11,6 +11,7 @@
 //! # Layout
 //!
 //! - [`process`]: spawning, waiting for and stopping node processes.
+//! - [`genesis`]: the testnet's federation: node keys made up front, one genesis.
 //! - [`rpc`]: every gRPC call the testnet makes to a node: connecting with or
 //!   without the API token ([`rpc::Token`]), submitting, reading a task back, the
 //!   Admin calls. The token is sent as the `polity` CLI sends it.
@@ -32,6 +33,7 @@ pub mod bench;
 pub mod chaos;
 pub mod cluster;
 pub mod demo;
+pub mod genesis;
 pub mod load;
 pub mod process;
 pub mod rpc;

@@ -58,6 +58,56 @@ pub fn check_membership(root: &Certificate, epoch: &Epoch) -> Result<(), Members
     check_group(&seats, root, 0)
 }
 
+/// What a member checks before it takes a seat in a group `plan` of `task`: every
+/// member registered with its stake as weight; a region group drawn by the seat
+/// rule from the region's members serving the capability; a continent group's
+/// members of that continent. (Its children are checked, with
+/// [`check_membership`], when they arrive.)
+pub fn check_seats(
+    epoch: &Epoch,
+    task: &[u8],
+    level: Level,
+    group: &str,
+    members: &[polity_proto::Member],
+) -> Result<(), MembershipError> {
+    let spec =
+        TaskSpec::decode(task).map_err(|e| MembershipError::Malformed(format!("task: {e}")))?;
+    let seats = TaskSeats {
+        epoch,
+        task: task_id(task),
+        capability: spec.capability,
+        replication: spec.replication.max(1) as usize,
+    };
+    let place = place_of(group).map_err(|e| MembershipError::Malformed(e.to_string()))?;
+    let shell = Certificate {
+        members: members.to_vec(),
+        ..Certificate::default()
+    };
+    let keys = registered_members(epoch, &shell, group)?;
+    match level {
+        Level::Region => check_region(&seats, group, place, &keys),
+        Level::Continent => {
+            for key in &keys {
+                let registered = epoch.member(key).expect("registered_members checked");
+                if registered.continent != place {
+                    return Err(MembershipError::WrongPlace {
+                        group: group.to_string(),
+                        key: *key,
+                        expected: format!("continent {place:?}"),
+                        found: format!("continent {:?}", registered.continent),
+                    });
+                }
+            }
+            Ok(())
+        }
+        Level::Global if place == GLOBAL_GROUP => Ok(()),
+        _ => Err(MembershipError::Malformed(format!(
+            "no {} group is named {group:?}",
+            level_word(level)
+        ))),
+    }
+}
+
 fn check_group(
     seats: &TaskSeats<'_>,
     certificate: &Certificate,

@@ -13,14 +13,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use polity_consensus::{TaskId, certificate_digest, sign_message, verify_task_chain};
+use polity_consensus::{ChainSummary, TaskId, VerifyError, certificate_digest, sign_message};
 use polity_proto::federation_server::Federation;
 use polity_proto::verify_certificate_request::Source;
 use polity_proto::{
-    Certificate, GetNodeInfoRequest, GetNodeInfoResponse, GetTaskRequest, GetTopologyRequest,
-    GetTrustRequest, GetTrustResponse, ListPeersRequest, ListPeersResponse, NodeInfo,
-    StatementKind, SubmitTaskRequest, TaskEvent, TaskEventKind, TaskRecord, Topology,
-    VerifyCertificateRequest, VerifyCertificateResponse, WatchTaskRequest,
+    Certificate, EpochChain, GetEpochChainRequest, GetNodeInfoRequest, GetNodeInfoResponse,
+    GetTaskRequest, GetTopologyRequest, GetTrustRequest, GetTrustResponse, ListPeersRequest,
+    ListPeersResponse, NodeInfo, StatementKind, SubmitTaskRequest, TaskEvent, TaskEventKind,
+    TaskRecord, Topology, VerifyCertificateRequest, VerifyCertificateResponse, WatchTaskRequest,
 };
 use prost::Message;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -260,15 +260,31 @@ impl Federation for Api {
             }
             None => return Err(self.invalid("give a certificate or a task_id")),
         };
-        Ok(Response::new(verification(&certificate)))
+        let checked = self
+            .engine
+            .federation
+            .registry()
+            .verify(&certificate)
+            .map(|(summary, _epoch)| summary);
+        Ok(Response::new(verification(&certificate, checked)))
+    }
+
+    async fn get_epoch_chain(
+        &self,
+        _request: Request<GetEpochChainRequest>,
+    ) -> Result<Response<EpochChain>, Status> {
+        Ok(Response::new(self.engine.federation.registry().chain()))
     }
 }
 
-/// The answer of VerifyCertificate for one certificate: the chain verifies and is
+/// The answer of VerifyCertificate for one certificate: the chain verifies, is
 /// bound to its task (root at the task's scope; the policy's path and aggregation
-/// at every level).
-pub fn verification(certificate: &Certificate) -> VerifyCertificateResponse {
-    match verify_task_chain(certificate, None) {
+/// at every level), and sat only members its registry epoch allows.
+pub fn verification(
+    certificate: &Certificate,
+    checked: Result<ChainSummary, VerifyError>,
+) -> VerifyCertificateResponse {
+    match checked {
         Ok(summary) => VerifyCertificateResponse {
             valid: true,
             error: String::new(),

@@ -352,6 +352,7 @@ impl LevelEngine {
             aggregation: plan.spec.aggregation,
             round_timeout_ms: (budget_ms / ROUNDS_MAX as u64).max(1),
             rounds_max: ROUNDS_MAX,
+            registry_digest: plan.registry_digest.to_vec(),
         };
         for seat in &group.members {
             commands.push(Command::Assign {

@@ -20,10 +20,11 @@ pub mod plan;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use polity_consensus::registry::{Epoch, REGISTRY_CAPABILITY};
 use polity_consensus::{PublicKey, TaskId};
 use polity_proto::{
-    Certificate, ConsensusPath, Level, Observation, StatementKind, SubmitTaskRequest, TaskEvent,
-    TaskEventKind, TaskRecord, TaskState,
+    Certificate, ConsensusPath, EpochChange, Level, Observation, StatementKind, SubmitTaskRequest,
+    TaskEvent, TaskEventKind, TaskRecord, TaskState,
 };
 use tokio::sync::{broadcast, watch};
 
@@ -146,8 +147,8 @@ impl TaskEngine {
         self: &Arc<Self>,
         request: SubmitTaskRequest,
     ) -> Result<Submission, SubmitError> {
-        let seats = self.seats(&request.capability).await;
-        let plan = match plan::plan(request, &self.config, seats, &self.capabilities()) {
+        let (epoch, seats) = self.seats(&request.capability).await;
+        let plan = match plan::plan(request, &self.config, &epoch, seats, &self.capabilities()) {
             Ok(plan) => plan,
             Err(error) => {
                 // A task refused for want of nodes is a task this node could not
@@ -227,55 +228,51 @@ impl TaskEngine {
             .map(|record| Watch::Finished(Box::new(record))))
     }
 
-    /// Every node that can serve `capability`: this node when it does, and the peers
-    /// that pass the compatibility rule and whose circuit is closed; best first
-    /// (trust, then latency, then key).
-    async fn seats(&self, capability: &str) -> Vec<Seat> {
-        let mut seats = Vec::new();
+    /// The current registry epoch and its members that may sit for `capability`
+    /// and can be reached: this node when it serves it, and the peers that pass the
+    /// compatibility rule and whose circuit is closed. Region, continent and stake
+    /// come from the registry, never from what a peer announces; a peer outside the
+    /// registry gets no seat.
+    async fn seats(&self, capability: &str) -> (Arc<Epoch>, Vec<Seat>) {
+        let epoch = self.federation.registry().current();
+        let mut reachable: HashMap<PublicKey, f64> = HashMap::new();
         if self.federation.serves(capability) {
-            seats.push(Seat {
-                key: self.identity.public_key(),
-                region: self.config.region.clone(),
-                continent: self.config.continent.clone(),
-                stake: self.config.stake,
-                trust: 1.0,
-            });
+            reachable.insert(self.identity.public_key(), 1.0);
         }
-        let candidates = match self.federation.peers().find_local(capability).await {
-            Ok(candidates) => candidates,
-            Err(error) => {
-                tracing::warn!(%error, "could not list peers");
-                Vec::new()
+        match self.federation.peers().find_local(capability).await {
+            Ok(candidates) => {
+                for candidate in candidates {
+                    let Some(info) = candidate.view.info else {
+                        continue;
+                    };
+                    let Ok(key) = PublicKey::from_slice(&info.public_key) else {
+                        continue;
+                    };
+                    if self.federation.faults().is_blocked(&key) {
+                        continue; // on the other side of an injected partition
+                    }
+                    reachable.insert(key, candidate.trust);
+                }
             }
-        };
-        for candidate in candidates {
-            let Some(info) = candidate.view.info else {
-                continue;
-            };
-            let Ok(key) = PublicKey::from_slice(&info.public_key) else {
-                continue;
-            };
-            // Labels a peer announces name its groups: one outside the label rule (a
-            // `~`, say, that would make its region look like another's attempt) gets
-            // no seat.
-            let labels_valid = [&info.region, &info.continent]
-                .iter()
-                .all(|label| crate::config::validate_label(label).is_ok());
-            if !labels_valid {
-                continue;
-            }
-            if self.federation.faults().is_blocked(&key) {
-                continue; // on the other side of an injected partition
-            }
-            seats.push(Seat {
-                key,
-                region: info.region,
-                continent: info.continent,
-                stake: info.stake.max(1),
-                trust: candidate.trust,
-            });
+            Err(error) => tracing::warn!(%error, "could not list peers"),
         }
-        seats
+        let seats = epoch
+            .members()
+            .iter()
+            .filter(|member| Epoch::serves(member, capability))
+            .filter_map(|member| {
+                let key = PublicKey::from_slice(&member.public_key).ok()?;
+                let trust = *reachable.get(&key)?;
+                Some(Seat {
+                    key,
+                    region: member.region.clone(),
+                    continent: member.continent.clone(),
+                    stake: member.stake,
+                    trust,
+                })
+            })
+            .collect();
+        (epoch, seats)
     }
 
     pub(crate) fn emit(&self, events: &broadcast::Sender<TaskEvent>, id: TaskId, event: TaskEvent) {
@@ -285,6 +282,32 @@ impl TaskEngine {
             at_ms: unix_ms(),
             ..event
         });
+    }
+
+    /// A decided registry task moves this node's registry to the next epoch, and
+    /// every connected peer is told; a decision that does not prove the change (it
+    /// must, by construction) says why in the record.
+    fn apply_registry_change(&self, record: &mut TaskRecord) {
+        let Some(spec) = record.spec.as_ref() else {
+            return;
+        };
+        if spec.capability != REGISTRY_CAPABILITY {
+            return;
+        }
+        let change = EpochChange {
+            proposal: spec.payload.clone(),
+            certificate: record.certificate.clone(),
+        };
+        match self.federation.registry().apply(vec![change]) {
+            Ok(_) => {
+                let federation = Arc::clone(&self.federation);
+                tokio::spawn(async move { federation.push_epochs().await });
+            }
+            Err(error) => {
+                tracing::warn!(%error, "a decided registry task did not move the registry");
+                record.error = format!("decided, but the registry did not move: {error:#}");
+            }
+        }
     }
 
     async fn finish(
@@ -313,6 +336,9 @@ impl TaskEngine {
                 path: path.into(),
             })
             .inc();
+        if outcome == "decided" {
+            self.apply_registry_change(&mut record);
+        }
         let stored = match self.store.put_task(&record) {
             Ok(()) => self.commit.flush().await.map_err(|error| error.to_string()),
             Err(error) => Err(error.to_string()),

@@ -5,6 +5,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use polity_consensus::binding::ATTEMPT_SEPARATOR;
+use polity_consensus::registry::{
+    Epoch, REGISTRY_CAPABILITY, check_proposal, registry_task, seats_allowed,
+};
 use polity_consensus::{PublicKey, TaskId, encode_task, select, task_id};
 use polity_proto::{
     Aggregation, ConsensusPath, Level, RiskPolicy, Scope, SubmitTaskRequest, TaskSpec,
@@ -35,9 +38,11 @@ pub(crate) struct Plan {
     pub top: Level,
     pub path: ConsensusPath,
     pub path_reason: String,
-    /// The capable seats of every region in scope, best first; every region listed
-    /// can field a full group of `spec.replication`.
+    /// The capable seats of every region in scope, in the seat rule's order and
+    /// within its allowed prefix; every region listed can field its group.
     pub regions: BTreeMap<String, Vec<Seat>>,
+    /// The registry epoch the seats were drawn from.
+    pub registry_digest: [u8; 32],
 }
 
 /// A group's name within a task: the place it stands for (a region, a continent or
@@ -80,36 +85,80 @@ impl fmt::Display for GroupName {
 }
 
 /// Validates a submission against the node's limits and turns it into a plan over
-/// `seats` (every node known to serve the capability, best first). `serves` is what
-/// this node serves, for the error message of an unknown capability.
+/// `seats` (the registry members of `epoch` that serve the capability and can be
+/// reached). `serves` is what this node serves, for the error message of an unknown
+/// capability.
 pub(crate) fn plan(
     request: SubmitTaskRequest,
     config: &NodeConfig,
+    epoch: &Epoch,
     seats: Vec<Seat>,
     serves: &[String],
 ) -> Result<Plan, SubmitError> {
     let spec = validate(request, config)?;
     let scope = spec.scope.clone().expect("validate sets the scope");
     let top = Level::try_from(scope.level).expect("validate resolves a known level");
+    if spec.capability == REGISTRY_CAPABILITY {
+        check_registry_task(&spec, epoch)?;
+    }
     if seats.is_empty() {
         return Err(SubmitError::InvalidArgument(format!(
-            "unknown capability {:?}: no known node serves it (this node serves {})",
+            "unknown capability {:?}: no reachable registry member serves it (this node serves {})",
             spec.capability,
             serves.join(", ")
         )));
     }
-    let regions = regions_in_scope(&spec, top, &scope, seats)?;
     let choice = select(spec.policy.as_ref());
     let spec_bytes = encode_task(&spec);
+    let id = task_id(&spec_bytes);
+    let drawn = draw(epoch, &id, &spec, seats);
+    let regions = regions_in_scope(&spec, top, &scope, epoch, drawn)?;
     Ok(Plan {
-        id: task_id(&spec_bytes),
+        id,
         spec,
         spec_bytes,
         top,
         path: choice.path,
         path_reason: choice.reason,
         regions,
+        registry_digest: *epoch.digest(),
     })
+}
+
+/// A registry task must be the one [`registry_task`] makes of a well-formed
+/// proposal for the current epoch (else members would refuse it anyway).
+fn check_registry_task(spec: &TaskSpec, epoch: &Epoch) -> Result<(), SubmitError> {
+    check_proposal(epoch, &spec.payload)
+        .map_err(|error| SubmitError::InvalidArgument(format!("registry proposal: {error}")))?;
+    let expected = registry_task(epoch, spec.payload.clone(), spec.deadline_ms);
+    if *spec != expected {
+        return Err(SubmitError::InvalidArgument(format!(
+            "a registry task is global, bft, majority, replication {} and nonce {} \
+             (use `polity propose`)",
+            expected.replication, expected.nonce
+        )));
+    }
+    Ok(())
+}
+
+/// Orders the seats of each region by the seat rule for task `id` and keeps those
+/// within the allowed prefix: the entry node cannot hand-pick members.
+fn draw(epoch: &Epoch, id: &TaskId, spec: &TaskSpec, seats: Vec<Seat>) -> Vec<Seat> {
+    let allowed = seats_allowed(spec.replication as usize);
+    let mut ranked: Vec<(usize, Seat)> = Vec::with_capacity(seats.len());
+    let mut orders: BTreeMap<String, Vec<PublicKey>> = BTreeMap::new();
+    for seat in seats {
+        let order = orders
+            .entry(seat.region.clone())
+            .or_insert_with(|| epoch.seat_order(id, &spec.capability, &seat.region));
+        if let Some(rank) = order.iter().position(|key| *key == seat.key)
+            && rank < allowed
+        {
+            ranked.push((rank, seat));
+        }
+    }
+    ranked.sort_by_key(|(rank, _)| *rank);
+    ranked.into_iter().map(|(_, seat)| seat).collect()
 }
 
 /// The request's fields checked and defaulted: the canonical spec.
@@ -175,6 +224,7 @@ fn regions_in_scope(
     spec: &TaskSpec,
     top: Level,
     scope: &Scope,
+    epoch: &Epoch,
     seats: Vec<Seat>,
 ) -> Result<BTreeMap<String, Vec<Seat>>, SubmitError> {
     let in_scope = |seat: &Seat| match top {
@@ -195,6 +245,20 @@ fn regions_in_scope(
         )));
     }
     let replication = spec.replication as usize;
+    if spec.capability == REGISTRY_CAPABILITY {
+        // Every member of every region is asked: a region fields all its members.
+        let task = task_id(&encode_task(spec));
+        regions.retain(|region, seats| {
+            let members = epoch.seat_order(&task, REGISTRY_CAPABILITY, region).len();
+            seats.len() >= replication.min(members)
+        });
+        if regions.is_empty() {
+            return Err(SubmitError::FailedPrecondition(
+                "no region can field all its registry members for the proposal".into(),
+            ));
+        }
+        return Ok(regions);
+    }
     let largest = regions.values().map(Vec::len).max().unwrap_or(0);
     if replication > largest {
         return Err(SubmitError::FailedPrecondition(format!(
@@ -274,13 +338,47 @@ mod tests {
     use super::*;
 
     fn seat(n: u8, region: &str, continent: &str) -> Seat {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[n; 32]).verifying_key();
         Seat {
-            key: PublicKey([n; 32]),
+            key: PublicKey(key.to_bytes()),
             region: region.into(),
             continent: continent.into(),
             stake: 1,
             trust: 0.8,
         }
+    }
+
+    /// A registry of exactly `seats` (one member when there are none), serving sha256.
+    fn epoch_of(seats: &[Seat]) -> Epoch {
+        let mut members: Vec<polity_proto::RegistryMember> = seats
+            .iter()
+            .map(|seat| polity_proto::RegistryMember {
+                public_key: seat.key.0.to_vec(),
+                region: seat.region.clone(),
+                continent: seat.continent.clone(),
+                stake: seat.stake,
+                capabilities: vec!["sha256".into()],
+            })
+            .collect();
+        if members.is_empty() {
+            members.push(polity_proto::RegistryMember {
+                public_key: seat(99, "r1", "c1").key.0.to_vec(),
+                region: "r1".into(),
+                continent: "c1".into(),
+                stake: 1,
+                capabilities: Vec::new(),
+            });
+        }
+        members.sort_by(|a, b| a.public_key.cmp(&b.public_key));
+        Epoch::from_registry(&polity_proto::Registry {
+            federation: "test".into(),
+            epoch: 0,
+            previous: Vec::new(),
+            members,
+            admission: polity_proto::Admission::Open as i32,
+            authorities: vec![seat(100, "r1", "c1").key.0.to_vec()],
+        })
+        .unwrap()
     }
 
     fn request(replication: u32, scope: Option<Scope>) -> SubmitTaskRequest {
@@ -302,7 +400,8 @@ mod tests {
             continent: "c1".into(),
             ..NodeConfig::default()
         };
-        plan(request, &config, seats, &["sha256".to_string()])
+        let epoch = epoch_of(&seats);
+        plan(request, &config, &epoch, seats, &["sha256".to_string()])
             .map(|plan| {
                 plan.regions
                     .into_iter()

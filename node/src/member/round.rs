@@ -35,6 +35,8 @@ pub(super) enum Work {
         value: Vec<u8>,
         child: Vec<u8>,
     },
+    /// A registry proposal, judged already: the approving digest or why not.
+    Judged(Result<Vec<u8>, String>),
 }
 
 /// One member's round for one slot: feeds it inputs and carries out its actions.
@@ -122,6 +124,10 @@ impl RoundDriver {
                 Work::Represent { value, child } => Input::LocalAnswer {
                     answer: Ok(value),
                     child_certificate: Some(child),
+                },
+                Work::Judged(answer) => Input::LocalAnswer {
+                    answer,
+                    child_certificate: None,
                 },
             };
             // The round may have ended already; then nobody needs the answer.

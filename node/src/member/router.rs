@@ -25,14 +25,15 @@ use std::time::Duration;
 
 use polity_consensus::aggregate::normalize;
 use polity_consensus::certificate::GROUP_BYTES_MAX;
+use polity_consensus::registry::{REGISTRY_CAPABILITY, check_membership, check_seats};
 use polity_consensus::{
     Input, PublicKey, Round, RoundConfig, RoundMessage, TaskId, check_task_policy, task_id,
     task_rule, verify_chain,
 };
 use polity_net::{AppProtocol, NetHandle, PeerId, peer_id_of, public_key_of};
 use polity_proto::{
-    Ack, Aggregation, Assign, ConsensusPath, ConsensusRequest, GroupOutcome, Level, RoundEnvelope,
-    TaskRequest, TaskSpec, consensus_request, task_request,
+    Ack, Aggregation, Assign, ConsensusPath, ConsensusRequest, EpochChain, GroupOutcome, Level,
+    RoundEnvelope, TaskRequest, TaskSpec, consensus_request, task_request,
 };
 use prost::Message;
 use tokio::sync::{Semaphore, mpsc};
@@ -43,6 +44,7 @@ use crate::member::executor::{Executor, RunLimits};
 use crate::member::workers::Workers;
 use crate::peers::Peers;
 use crate::raft::RaftGroups;
+use crate::registry::RegistryState;
 use crate::runtime::identity::Identity;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::recovery::{BREAKER_OPEN, PEER_UNREACHABLE};
@@ -286,6 +288,9 @@ pub struct Federation {
     sends: Arc<Semaphore>,
     pub(super) faults: Arc<Faults>,
     pub(super) workers: Arc<Workers>,
+    registry: Arc<RegistryState>,
+    /// One pushed epoch chain is checked at a time; more are dropped and counted.
+    epoch_push: Arc<Semaphore>,
 }
 
 impl Federation {
@@ -304,6 +309,7 @@ impl Federation {
         member_rounds_max: usize,
         faults: Arc<Faults>,
         workers: Arc<Workers>,
+        registry: Arc<RegistryState>,
     ) -> Arc<Federation> {
         Arc::new(Federation {
             identity,
@@ -319,7 +325,14 @@ impl Federation {
             sends: Arc::new(Semaphore::new(SENDS_INFLIGHT_MAX)),
             faults,
             workers,
+            registry,
+            epoch_push: Arc::new(Semaphore::new(1)),
         })
+    }
+
+    /// The federation registry this node follows.
+    pub fn registry(&self) -> &Arc<RegistryState> {
+        &self.registry
     }
 
     pub fn faults(&self) -> &Arc<Faults> {
@@ -338,13 +351,16 @@ impl Federation {
         &self.peers
     }
 
-    /// The capabilities this node serves as a member.
+    /// The capabilities this node serves as a member: its executors', and the
+    /// registry's, which every member judges with its built-in rule.
     pub fn capabilities(&self) -> Vec<String> {
-        self.executors.keys().cloned().collect()
+        let mut capabilities: Vec<String> = self.executors.keys().cloned().collect();
+        capabilities.push(REGISTRY_CAPABILITY.to_string());
+        capabilities
     }
 
     pub fn serves(&self, capability: &str) -> bool {
-        self.executors.contains_key(capability)
+        capability == REGISTRY_CAPABILITY || self.executors.contains_key(capability)
     }
 
     pub fn raft(&self) -> &Arc<RaftGroups> {
@@ -401,6 +417,54 @@ impl Federation {
         match request {
             task_request::Request::Assign(assign) => self.on_assign(from, assign),
             task_request::Request::Outcome(outcome) => self.on_outcome(from, outcome),
+            task_request::Request::Epochs(chain) => self.on_epochs(from, chain),
+        }
+    }
+
+    /// Epoch changes a peer pushed: checked off the request path, one push at a
+    /// time (a busy checker drops the push: the next one carries the same changes).
+    fn on_epochs(self: &Arc<Self>, from: PublicKey, chain: EpochChain) -> Ack {
+        let Ok(permit) = Arc::clone(&self.epoch_push).try_acquire_owned() else {
+            self.count_dropped("epochs busy");
+            return refused("busy checking another epoch push");
+        };
+        if chain.changes.len() > crate::registry::PUSH_CHANGES_MAX {
+            self.count_dropped("epochs too many");
+            return refused("too many epoch changes in one push");
+        }
+        let registry = Arc::clone(&self.registry);
+        let metrics = Arc::clone(&self.metrics);
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            if let Err(error) = registry.apply(chain.changes) {
+                metrics.peer_message_dropped("epochs invalid");
+                tracing::warn!(%from, %error, "refused a pushed epoch change");
+            }
+        });
+        accepted()
+    }
+
+    /// Tells every connected peer about the latest epoch changes.
+    pub async fn push_epochs(self: &Arc<Self>) {
+        let chain = EpochChain {
+            genesis: None,
+            changes: self.registry.recent_changes(),
+        };
+        let peers = match self.peers.find_local("").await {
+            Ok(peers) => peers,
+            Err(error) => {
+                tracing::warn!(%error, "could not list peers for an epoch push");
+                return;
+            }
+        };
+        for candidate in peers {
+            let Ok(key) = public_key_of(&candidate.view.peer_id) else {
+                continue;
+            };
+            let request = task_request::Request::Epochs(chain.clone());
+            if let Err(error) = self.send_task(PublicKey(key), request).await {
+                tracing::debug!(%error, "epoch push not delivered");
+            }
         }
     }
 
@@ -534,6 +598,17 @@ impl Federation {
         let aggregation =
             Aggregation::try_from(plan.aggregation).map_err(|_| "unknown aggregation")?;
         check_plan_policy(&spec, path, aggregation).map_err(|refusal| refusal.to_string())?;
+        let epoch = self.registry.current();
+        if plan.registry_digest != epoch.digest() {
+            return Err(format!(
+                "the plan is drawn from registry {}, this member is at epoch {} ({})",
+                hex::encode(&plan.registry_digest),
+                epoch.number(),
+                hex::encode(epoch.digest())
+            ));
+        }
+        check_seats(&epoch, &assign.task, level, &plan.group, &plan.members)
+            .map_err(|refusal| format!("seats: {refusal}"))?;
         let key = SlotKey {
             task,
             level,
@@ -547,6 +622,7 @@ impl Federation {
             level,
             group: plan.group,
             members: plan.members.clone(),
+            registry_digest: *epoch.digest(),
             path,
             path_reason: plan.path_reason,
             aggregation,
@@ -583,6 +659,9 @@ impl Federation {
     /// of the child certificate it represents, which must verify and be of this task
     /// and the level below.
     fn work_for(&self, key: &SlotKey, spec: TaskSpec, child: Vec<u8>) -> Result<Work, String> {
+        if key.level == Level::Region && spec.capability == REGISTRY_CAPABILITY {
+            return Ok(Work::Judged(self.registry.judge(&spec.payload)));
+        }
         if key.level == Level::Region {
             let executor = self
                 .executors
@@ -605,6 +684,8 @@ impl Federation {
             .map_err(|e| format!("child certificate: {e}"))?;
         let summary = verify_chain(&certificate).map_err(|e| format!("child certificate: {e}"))?;
         check_task_policy(&certificate, &spec).map_err(|e| format!("child certificate: {e}"))?;
+        check_membership(&certificate, &self.registry.current())
+            .map_err(|e| format!("child certificate: {e}"))?;
         let slot = certificate
             .slot
             .as_ref()

@@ -43,6 +43,7 @@ use crate::member::executor::{Executor, ExecutorSpec};
 use crate::member::workers::Workers;
 use crate::peers::{Compatibility, Peers};
 use crate::raft::RaftGroups;
+use crate::registry::{DevMember, RegistryState};
 use crate::runtime::identity::Identity;
 use crate::runtime::storage::{SledStore, Store};
 use crate::telemetry::metrics::Metrics;
@@ -93,7 +94,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
 /// the module doc's: storage and identity, listeners, network and peer table, the
 /// node's parts, the servers, `endpoints.json`, then the wait and the ordered shutdown.
 pub async fn run_until(config: NodeConfig, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
-    let opened = open_storage(&config.data_dir)?;
+    let opened = open_storage(&config)?;
     let metrics = Arc::new(Metrics::new());
     let executors = load_executors(&config)?;
     let capabilities: Vec<String> = executors.keys().cloned().collect();
@@ -166,11 +167,13 @@ struct Opened {
     /// The sled database under `store`, which the raft groups share (trees `raft/…`).
     db: sled::Db,
     identity: Identity,
+    registry: Arc<RegistryState>,
 }
 
 /// Opens the store first, so a second process on the same data dir fails before it
 /// touches anything; then loads the identity key and checks that the store belongs to it.
-fn open_storage(data_dir: &Path) -> anyhow::Result<Opened> {
+fn open_storage(config: &NodeConfig) -> anyhow::Result<Opened> {
+    let data_dir = config.data_dir.as_path();
     let sled_store = SledStore::open(data_dir)?;
     let db = sled_store.db();
     let store: Arc<dyn Store> = Arc::new(sled_store);
@@ -189,10 +192,17 @@ fn open_storage(data_dir: &Path) -> anyhow::Result<Opened> {
             store.flush()?;
         }
     }
+    let dev = DevMember {
+        region: config.region.clone(),
+        continent: config.continent.clone(),
+        capabilities: config.capabilities.keys().cloned().collect(),
+    };
+    let registry = RegistryState::open(data_dir, config.genesis.as_deref(), &identity, dev)?;
     Ok(Opened {
         store,
         db,
         identity,
+        registry: Arc::new(registry),
     })
 }
 
@@ -307,9 +317,9 @@ async fn start_network(
         capabilities: capabilities.to_vec(),
         region: config.region.clone(),
         continent: config.continent.clone(),
-        stake: config.stake,
         grpc_endpoint: listeners.endpoints.grpc.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
+        registry: opened.registry.mark(),
     };
     let net_config = NetConfig {
         secret_key: identity.secret_bytes(),
@@ -335,11 +345,11 @@ async fn start_network(
             capabilities: local.capabilities,
             region: local.region,
             continent: local.continent,
-            stake: local.stake,
             grpc_endpoint: local.grpc_endpoint,
             version: local.version,
             issued_at_ms: 0,
             listen_addrs: p2p_addresses.iter().map(ToString::to_string).collect(),
+            ..NodeInfo::default()
         },
     );
     Ok(Network {
@@ -399,6 +409,7 @@ async fn build_parts(
         config.tasks.member_rounds_max,
         Arc::clone(&faults),
         Arc::clone(&workers),
+        Arc::clone(&opened.registry),
     );
     let engine = TaskEngine::new(
         identity.clone(),

@@ -4,6 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use polity_proto::ListPeersRequest;
+use polity_testnet::genesis::{Founder, genesis_args, write_genesis};
 use polity_testnet::process::{NodeProcess, NodeSpec, polity_binary};
 
 /// Starts one node per entry of `node_args` in `region-0` (node i gets
@@ -15,8 +16,17 @@ pub async fn start_region(
     node_args: Vec<Vec<String>>,
 ) -> Vec<NodeProcess> {
     let binary = polity_binary().unwrap();
+    let founders: Vec<Founder> = (0..node_args.len())
+        .map(|index| Founder {
+            data_dir: dir.join(format!("node-{index}")),
+            region: "region-0".into(),
+            continent: "continent-0".into(),
+        })
+        .collect();
+    let genesis = write_genesis(dir, &founders, &[capability.to_string()]).unwrap();
     let mut nodes: Vec<NodeProcess> = Vec::new();
     for (index, mut extra_args) in node_args.into_iter().enumerate() {
+        extra_args.extend(genesis_args(&genesis));
         if let Some(first) = nodes.first() {
             extra_args.push("--bootstrap".into());
             extra_args.push(first.endpoints.p2p[0].clone());

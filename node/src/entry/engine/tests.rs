@@ -115,6 +115,7 @@ fn plan_for(members: &[Member], top: Level, replication: u32, path: ConsensusPat
         path,
         path_reason: "test".into(),
         regions,
+        registry_digest: [0x5e; 32],
     }
 }
 
@@ -282,6 +283,7 @@ impl World {
                 level: slot.level,
                 group: plan.group,
                 members: plan.members,
+                registry_digest: plan.registry_digest.try_into().expect("32 bytes"),
                 path: ConsensusPath::try_from(plan.path).expect("known path"),
                 path_reason: plan.path_reason,
                 aggregation: Aggregation::try_from(plan.aggregation).expect("known"),

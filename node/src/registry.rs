@@ -1,0 +1,218 @@
+//! This node's view of the federation registry: the [`Anchor`] it verified from a
+//! genesis, persisted in the data directory, the current epoch for seats and checks,
+//! and the judge of registry proposals (the built-in executor of
+//! [`REGISTRY_CAPABILITY`]).
+//!
+//! The registry is the only source of who may sit, where, and with which stake: a
+//! peer's NodeInfo says how to reach it, never what it weighs.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use anyhow::Context;
+use polity_consensus::registry::{
+    Anchor, Change, Epoch, REGISTRY_CAPABILITY, check_proposal, sign_genesis,
+};
+use polity_proto::{Admission, EpochChain, EpochChange, Registry, RegistryMember};
+use prost::Message;
+
+use crate::runtime::identity::Identity;
+
+/// The file in the data directory that holds the verified epoch chain.
+pub const CHAIN_FILE: &str = "federation.pb";
+/// Largest federation file read from disk or accepted from a peer.
+pub const CHAIN_BYTES_MAX: usize = 64 << 20;
+/// The changes a node pushes to its peers after an epoch change: a peer further
+/// behind catches up from a later push or a restart with a newer file.
+pub const PUSH_CHANGES_MAX: usize = 8;
+
+/// The current epoch and where it is shared: the network's announcement reads
+/// `mark` when it signs NodeInfo.
+pub struct RegistryState {
+    anchor: RwLock<Anchor>,
+    current: RwLock<Arc<Epoch>>,
+    /// (epoch, digest), shared with the network's NodeInfo.
+    mark: Arc<RwLock<(u64, Vec<u8>)>>,
+    path: PathBuf,
+    /// Serializes applying changes (and writing the file).
+    apply: Mutex<()>,
+}
+
+/// Who this node is in a one-member dev federation.
+pub struct DevMember {
+    pub region: String,
+    pub continent: String,
+    pub capabilities: Vec<String>,
+}
+
+impl RegistryState {
+    /// Opens the registry: the data directory's chain when there is one (it must
+    /// start at `genesis` when that is given), else `genesis`, else a new one-member
+    /// dev federation of this node (admission open), signed by this node's key.
+    pub fn open(
+        data_dir: &Path,
+        genesis: Option<&Path>,
+        identity: &Identity,
+        dev: DevMember,
+    ) -> anyhow::Result<RegistryState> {
+        let path = data_dir.join(CHAIN_FILE);
+        let given = genesis.map(read_chain).transpose()?;
+        let anchor = if path.exists() {
+            let stored = read_chain(&path)?;
+            if let Some(given) = &given
+                && given.genesis != stored.genesis
+            {
+                anyhow::bail!(
+                    "{} belongs to another federation than {}",
+                    path.display(),
+                    genesis.expect("given").display()
+                );
+            }
+            // The stored chain may be ahead of the given file; it is verified anew.
+            Anchor::from_chain(stored).context("the stored federation chain")?
+        } else if let Some(given) = given {
+            Anchor::from_chain(given).context("the genesis")?
+        } else {
+            dev_federation(identity, dev)?
+        };
+        let state = RegistryState {
+            mark: Arc::new(RwLock::new((
+                anchor.current().number(),
+                anchor.current().digest().to_vec(),
+            ))),
+            current: RwLock::new(Arc::new(anchor.current().clone())),
+            anchor: RwLock::new(anchor),
+            path,
+            apply: Mutex::new(()),
+        };
+        state.persist()?;
+        Ok(state)
+    }
+
+    /// The epoch seats are drawn from now.
+    pub fn current(&self) -> Arc<Epoch> {
+        Arc::clone(&self.current.read().expect("registry lock"))
+    }
+
+    /// The (epoch, digest) cell NodeInfo reads.
+    pub fn mark(&self) -> Arc<RwLock<(u64, Vec<u8>)>> {
+        Arc::clone(&self.mark)
+    }
+
+    /// Verifies a chain and its binding to its task, then its membership against
+    /// the epoch it names (one this node has reached).
+    pub fn verify(
+        &self,
+        root: &polity_proto::Certificate,
+    ) -> Result<(polity_consensus::ChainSummary, u64), polity_consensus::VerifyError> {
+        let anchor = self.anchor.read().expect("registry lock");
+        polity_consensus::verify_in(&anchor, root, None)
+            .map(|(summary, epoch)| (summary, epoch.number()))
+    }
+
+    /// The whole chain, genesis first.
+    pub fn chain(&self) -> EpochChain {
+        self.anchor.read().expect("registry lock").to_chain()
+    }
+
+    /// The last changes, for a push to peers.
+    pub fn recent_changes(&self) -> Vec<EpochChange> {
+        let anchor = self.anchor.read().expect("registry lock");
+        let epoch = anchor.current().number();
+        let from = epoch.saturating_sub(PUSH_CHANGES_MAX as u64);
+        anchor.changes_after(from).to_vec()
+    }
+
+    /// Applies every change that moves past the current epoch, in order; changes
+    /// this node has already are skipped. Returns the epochs gained.
+    pub fn apply(&self, changes: Vec<EpochChange>) -> anyhow::Result<u64> {
+        let _serial = self.apply.lock().expect("registry apply lock");
+        let mut anchor = self.anchor.read().expect("registry lock").clone();
+        let before = anchor.current().number();
+        for change in changes {
+            let proposed = polity_proto::Proposal::decode(change.proposal.as_slice())
+                .ok()
+                .and_then(|p| Registry::decode(p.registry.as_slice()).ok())
+                .map_or(0, |registry| registry.epoch);
+            if proposed <= anchor.current().number() {
+                continue;
+            }
+            anchor.apply(change)?;
+        }
+        let gained = anchor.current().number() - before;
+        if gained > 0 {
+            *self.current.write().expect("registry lock") = Arc::new(anchor.current().clone());
+            *self.mark.write().expect("registry lock") = (
+                anchor.current().number(),
+                anchor.current().digest().to_vec(),
+            );
+            *self.anchor.write().expect("registry lock") = anchor;
+            self.persist()?;
+            tracing::info!(epoch = before + gained, "moved to a new registry epoch");
+        }
+        Ok(gained)
+    }
+
+    fn persist(&self) -> anyhow::Result<()> {
+        let bytes = self.chain().encode_to_vec();
+        let temporary = self.path.with_extension("pb.tmp");
+        std::fs::write(&temporary, &bytes)
+            .with_context(|| format!("writing {}", temporary.display()))?;
+        std::fs::rename(&temporary, &self.path)
+            .with_context(|| format!("writing {}", self.path.display()))
+    }
+
+    /// This member's ballot on a registry proposal: the next registry's digest (hex)
+    /// to approve, or why not. Under `open` admission every well-formed join and
+    /// update is approved, and a leave only when the leaving member signed it;
+    /// under `vote`, the operator decides (not wired yet: refused).
+    pub fn judge(&self, proposal: &[u8]) -> Result<Vec<u8>, String> {
+        let current = self.current();
+        let (next, change) = check_proposal(&current, proposal).map_err(|e| e.to_string())?;
+        if current.admission() != Admission::Open {
+            return Err("admission is by operator vote; this node has no ballot for it".into());
+        }
+        if let Change::Leave(_) = change {
+            let signed = polity_proto::Proposal::decode(proposal)
+                .map(|p| !p.subject_signature.is_empty())
+                .unwrap_or(false);
+            if !signed {
+                return Err("a leave the leaving member did not sign is not approved".into());
+            }
+        }
+        Ok(hex::encode(next.digest()).into_bytes())
+    }
+}
+
+/// Reads a federation file (an `EpochChain`, genesis first).
+pub fn read_chain(path: &Path) -> anyhow::Result<EpochChain> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    if bytes.len() > CHAIN_BYTES_MAX {
+        anyhow::bail!("{} is over {CHAIN_BYTES_MAX} bytes", path.display());
+    }
+    EpochChain::decode(bytes.as_slice())
+        .with_context(|| format!("{} is not a federation file", path.display()))
+}
+
+/// A federation of this node alone, for a laptop.
+fn dev_federation(identity: &Identity, dev: DevMember) -> anyhow::Result<Anchor> {
+    let key = identity.public_key();
+    let mut capabilities = dev.capabilities;
+    capabilities.retain(|c| c != REGISTRY_CAPABILITY);
+    let registry = Registry {
+        federation: "dev".into(),
+        epoch: 0,
+        previous: Vec::new(),
+        members: vec![RegistryMember {
+            public_key: key.0.to_vec(),
+            region: dev.region,
+            continent: dev.continent,
+            stake: 1,
+            capabilities,
+        }],
+        admission: Admission::Open as i32,
+        authorities: vec![key.0.to_vec()],
+    };
+    let genesis = sign_genesis(&registry, std::slice::from_ref(identity.signing_key()))?;
+    Ok(Anchor::from_genesis(genesis)?)
+}
