@@ -26,6 +26,8 @@ use tonic::transport::{
 
 use crate::entry::{level_name, path_name};
 
+pub mod propose;
+
 /// How to reach a node.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Connection {

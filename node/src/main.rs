@@ -100,6 +100,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Propose a registry change (this node joins or leaves) to the federation.
+    Propose {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        command: client::propose::ProposeCommand,
+    },
+    /// Federation files: show one, or export a node's epoch chain.
+    Genesis {
+        #[command(subcommand)]
+        command: client::propose::GenesisCommand,
+    },
     /// Verify a certificate chain: offline from a file, or by task id on a node.
     Verify {
         #[command(flatten)]
@@ -252,6 +264,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reliability(args) => reliability(&args)?,
         Command::Faults { connection, args } => client::faults(&connection, &args).await?,
         Command::Status { connection, json } => client::status(&connection, json).await?,
+        Command::Propose {
+            connection,
+            command,
+        } => {
+            client::propose::propose(&connection, &command).await?;
+        }
+        Command::Genesis { command } => client::propose::genesis(&command).await?,
         Command::Verify { connection, args } => match client::verify(&connection, &args).await? {
             client::Verdict::Valid => {}
             client::Verdict::Invalid => return Ok(ExitCode::from(2)),

@@ -468,14 +468,29 @@ async fn the_cli_submits_gets_and_verifies_offline() {
     );
 
     node.stop();
-    // Offline: the node is gone, the file alone verifies.
-    let output = polity(&["verify", certificate_file.to_str().unwrap()]);
+    // Offline: the node is gone; the file verifies against the federation the node
+    // followed (its dev federation, kept in its data dir) ...
+    let federation = dir.path().join("node").join("federation.pb");
+    let output = polity(&[
+        "verify",
+        certificate_file.to_str().unwrap(),
+        "--federation",
+        federation.to_str().unwrap(),
+    ]);
     assert!(
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stdout)
     );
-    assert!(String::from_utf8_lossy(&output.stdout).starts_with("valid"));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("registry epoch 0") && text.contains("\nvalid"),
+        "{text}"
+    );
+    // ... and without a trust anchor it says so, with its own exit code.
+    let output = polity(&["verify", certificate_file.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("membership NOT checked"));
 
     // A tampered file does not.
     let mut bytes = std::fs::read(&certificate_file).unwrap();

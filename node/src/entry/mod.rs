@@ -239,7 +239,13 @@ impl TaskEngine {
         if self.federation.serves(capability) {
             reachable.insert(self.identity.public_key(), 1.0);
         }
-        match self.federation.peers().find_local(capability).await {
+        // Every member judges registry proposals; peers need not announce it.
+        let wanted = if capability == REGISTRY_CAPABILITY {
+            ""
+        } else {
+            capability
+        };
+        match self.federation.peers().find_local(wanted).await {
             Ok(candidates) => {
                 for candidate in candidates {
                     let Some(info) = candidate.view.info else {

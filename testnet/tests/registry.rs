@@ -1,0 +1,248 @@
+//! The registry as an attacker meets it, with real processes: an outsider that
+//! answers wrong and is not in the genesis gets no seat and changes no decision; a
+//! stranger's self-signed certificate passes `polity verify` only as "membership
+//! not checked" (exit 3) and is refused against the federation (exit 2); the
+//! outsider joins through a proposal the members decide, every node moves to epoch
+//! 1, and certificates of epoch 0 still verify against the epoch chain.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ed25519_dalek::SigningKey;
+use polity_consensus::{Input, Round, RoundConfig};
+use polity_proto::{
+    Aggregation, Certificate, ConsensusPath, GetEpochChainRequest, Level, Member, RiskPolicy,
+    Scope, SubmitTaskRequest, TaskState,
+};
+use polity_testnet::cluster::{Launched, UpArgs, default_capabilities, launch};
+use polity_testnet::process::{NodeProcess, NodeSpec, polity_binary};
+use prost::Message;
+use sha2::{Digest, Sha256};
+
+fn stake_task(nonce: u64) -> SubmitTaskRequest {
+    SubmitTaskRequest {
+        capability: "sha256".into(),
+        payload: b"who may vote".to_vec(),
+        scope: Some(Scope {
+            level: Level::Region as i32,
+            name: "region-0".into(),
+        }),
+        replication: 4,
+        aggregation: Aggregation::Majority as i32,
+        policy: Some(RiskPolicy {
+            path_override: ConsensusPath::Stake as i32,
+            ..RiskPolicy::default()
+        }),
+        deadline_ms: 10_000,
+        nonce,
+        wait: true,
+    }
+}
+
+fn polity(args: &[&str]) -> (i32, String) {
+    let output = Command::new(polity_binary().unwrap())
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code().unwrap_or(-1), text)
+}
+
+/// A 1-member stake certificate for `task`, signed by a key that is nobody.
+fn stranger_certificate(task: Vec<u8>) -> Certificate {
+    let key = SigningKey::from_bytes(&[0x5a; 32]);
+    let config = RoundConfig {
+        task,
+        level: Level::Region,
+        group: "region-0".into(),
+        members: vec![Member {
+            public_key: key.verifying_key().to_bytes().to_vec(),
+            weight: 1,
+        }],
+        registry_digest: [0; 32],
+        path: ConsensusPath::Stake,
+        path_reason: "forged".into(),
+        aggregation: Aggregation::Majority,
+        round_timeout_ms: 1_000,
+        rounds_max: 1,
+        started_at_ms: 0,
+    };
+    let mut round = Round::new(config, key).unwrap();
+    let actions = round.step(
+        0,
+        Input::LocalAnswer {
+            answer: Ok(b"forged".to_vec()),
+            child_certificate: None,
+        },
+    );
+    actions
+        .into_iter()
+        .find_map(|action| match action {
+            polity_consensus::Action::Decided(certificate) => Some(*certificate),
+            _ => None,
+        })
+        .expect("a one-member round decides alone")
+}
+
+async fn epoch_of(node: &NodeProcess) -> usize {
+    let mut client = node.client().await.unwrap();
+    client
+        .get_epoch_chain(GetEpochChainRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .changes
+        .len()
+}
+
+fn write(path: &Path, bytes: &[u8]) -> String {
+    std::fs::write(path, bytes).unwrap();
+    path.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_decides_who_sits_and_moves_only_by_proposals() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = UpArgs {
+        nodes: 4,
+        regions: 1,
+        continents: 1,
+        capabilities: Vec::new(),
+        dir: dir.path().to_path_buf(),
+        detach: false,
+        measure: false,
+        timeout_s: 120,
+        node_args: Vec::new(),
+    };
+    let Launched { nodes, .. } = launch(&args, &default_capabilities()).await.unwrap();
+    let genesis = dir.path().join("genesis.pb");
+
+    // An outsider in the same region, always wrong, with the testnet's genesis.
+    let mut extra_args = vec![
+        "--genesis".to_string(),
+        genesis.display().to_string(),
+        "--bootstrap".into(),
+        nodes[0].endpoints.p2p[0].clone(),
+        "--fault-error-rate".into(),
+        "1.0".into(),
+        "--fault-distinct-wrong".into(),
+    ];
+    for capability in default_capabilities() {
+        extra_args.extend(["--capability".to_string(), capability]);
+    }
+    let outsider = NodeProcess::start(
+        &polity_binary().unwrap(),
+        NodeSpec {
+            name: "outsider".into(),
+            data_dir: dir.path().join("outsider"),
+            region: "region-0".into(),
+            continent: "continent-0".into(),
+            extra_args,
+        },
+    )
+    .unwrap();
+    let outsider_key = hex::decode(&outsider.endpoints.public_key).unwrap();
+    let truth = hex::encode(Sha256::digest(b"who may vote")).into_bytes();
+    tokio::time::sleep(Duration::from_secs(2)).await; // let it be discovered
+
+    let mut client = nodes[0].client().await.unwrap();
+    let mut old_certificate = None;
+    for nonce in 0..4 {
+        let record = client
+            .submit_task(stake_task(nonce))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(record.state, TaskState::Decided as i32, "{record:?}");
+        assert_eq!(record.value, truth);
+        let certificate = record.certificate.unwrap();
+        assert!(
+            certificate
+                .members
+                .iter()
+                .all(|m| m.public_key != outsider_key),
+            "an outsider got a seat"
+        );
+        old_certificate = Some(certificate);
+    }
+    let old_certificate = old_certificate.unwrap();
+
+    // A stranger's chain for a real task: valid signatures, no right to sign.
+    let stranger = stranger_certificate(old_certificate.task.clone());
+    let stranger_file = write(&dir.path().join("stranger.pb"), &stranger.encode_to_vec());
+    let genesis_file = genesis.display().to_string();
+    let (code, text) = polity(&["verify", &stranger_file]);
+    assert_eq!(code, 3, "{text}");
+    assert!(text.contains("membership NOT checked"), "{text}");
+    let (code, text) = polity(&["verify", &stranger_file, "--federation", &genesis_file]);
+    assert_eq!(code, 2, "{text}");
+    let old_file = write(&dir.path().join("old.pb"), &old_certificate.encode_to_vec());
+    let (code, text) = polity(&["verify", &old_file, "--federation", &genesis_file]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("registry epoch 0"), "{text}");
+
+    // The outsider asks to join; the members (admission open) approve.
+    let entry = &nodes[0].endpoints.grpc;
+    let outsider_dir = dir.path().join("outsider").display().to_string();
+    let (code, text) = polity(&[
+        "propose",
+        "join",
+        "--addr",
+        entry,
+        "--data-dir",
+        &outsider_dir,
+        "--region",
+        "region-0",
+        "--continent",
+        "continent-0",
+        "--capability",
+        "sha256",
+    ]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("epoch 1"), "{text}");
+    let started = Instant::now();
+    for node in nodes.iter().chain([&outsider]) {
+        while epoch_of(node).await < 1 {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "epoch 1 not pushed"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    // The exported chain proves epoch 1, and the epoch-0 certificate still verifies.
+    let chain_file = dir.path().join("chain.pb").display().to_string();
+    let (code, text) = polity(&["genesis", "export", "--addr", entry, "--out", &chain_file]);
+    assert_eq!(code, 0, "{text}");
+    let (code, text) = polity(&["verify", &old_file, "--federation", &chain_file]);
+    assert_eq!(code, 0, "{text}");
+    let (code, text) = polity(&["genesis", "show", &chain_file]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("epoch 1"), "{text}");
+
+    // New tasks are drawn from epoch 1 and still decide the truth: the joined
+    // member is always wrong, and one liar of five cannot move a stake quorum.
+    let record = client
+        .submit_task(stake_task(100))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(record.state, TaskState::Decided as i32, "{record:?}");
+    assert_eq!(record.value, truth);
+    let certificate = record.certificate.unwrap();
+    assert_ne!(certificate.registry_digest, old_certificate.registry_digest);
+    let new_file = write(&dir.path().join("new.pb"), &certificate.encode_to_vec());
+    let (code, text) = polity(&["verify", &new_file, "--federation", &chain_file]);
+    assert_eq!(code, 0, "{text}");
+    let (code, text) = polity(&["verify", &new_file, "--federation", &genesis_file]);
+    assert_eq!(
+        code, 2,
+        "an epoch-1 certificate against the genesis alone: {text}"
+    );
+}
