@@ -11,7 +11,7 @@ use polity_proto::{
 use prost::Message;
 use serde_json::{Value, json};
 
-use crate::certificate::{LEVELS_MAX, certificate_digest, report_digest};
+use crate::certificate::{LEVELS_MAX, certificate_bytes_digest, report_digest};
 use crate::statement::{domain_tag, signed_message, statement_digest};
 use crate::task::task_id;
 
@@ -19,11 +19,15 @@ use crate::task::task_id;
 pub const CERTIFICATE_JSON_FORMAT: &str = "polity/v1/certificate-json";
 
 /// The JSON form of `certificate`, children nested (up to [`LEVELS_MAX`] levels).
+/// Every level carries `bytes`, the certificate's exact protobuf encoding (the root's
+/// encoding; for a child, the bytes carried in its parent's `children`), and
+/// `digest`, the certificate digest of those bytes: a verifier needs nothing else.
 pub fn certificate_json(certificate: &Certificate) -> Value {
-    certificate_json_at(certificate, 0)
+    certificate_json_at(certificate, &certificate.encode_to_vec(), 0)
 }
 
-fn certificate_json_at(certificate: &Certificate, depth: usize) -> Value {
+/// One level: `certificate` decoded from (or encoded as) `bytes`.
+fn certificate_json_at(certificate: &Certificate, bytes: &[u8], depth: usize) -> Value {
     let report = certificate.report.as_ref();
     let decoded_report =
         report.and_then(|statement| Report::decode(statement.body.as_slice()).ok());
@@ -31,14 +35,15 @@ fn certificate_json_at(certificate: &Certificate, depth: usize) -> Value {
         .children
         .iter()
         .map(|bytes| match Certificate::decode(bytes.as_slice()) {
-            Ok(child) if depth + 1 < LEVELS_MAX => certificate_json_at(&child, depth + 1),
-            Ok(_) => json!({ "error": "deeper than the chain limit" }),
-            Err(error) => json!({ "error": format!("does not decode: {error}") }),
+            Ok(child) if depth + 1 < LEVELS_MAX => certificate_json_at(&child, bytes, depth + 1),
+            Ok(_) => undecoded_json(bytes, "deeper than the chain limit".into()),
+            Err(error) => undecoded_json(bytes, format!("does not decode: {error}")),
         })
         .collect();
     json!({
         "format": CERTIFICATE_JSON_FORMAT,
-        "digest": hex::encode(certificate_digest(certificate)),
+        "digest": hex::encode(certificate_bytes_digest(bytes)),
+        "bytes": hex::encode(bytes),
         "task_id": hex::encode(task_id(&certificate.task).0),
         "task": hex::encode(&certificate.task),
         "slot": slot_json(certificate.slot.as_ref()),
@@ -57,6 +62,15 @@ fn certificate_json_at(certificate: &Certificate, depth: usize) -> Value {
         "raft_commit": certificate.raft_commit.as_ref().map(statement_json),
         "child_digests": certificate.child_digests.iter().map(hex::encode).collect::<Vec<_>>(),
         "children": children,
+    })
+}
+
+/// A carried child the JSON form does not unfold: its bytes, digest and why.
+fn undecoded_json(bytes: &[u8], error: String) -> Value {
+    json!({
+        "digest": hex::encode(certificate_bytes_digest(bytes)),
+        "bytes": hex::encode(bytes),
+        "error": error,
     })
 }
 
@@ -226,6 +240,12 @@ mod tests {
         assert_eq!(json["children"][0]["slot"]["level"], "LEVEL_REGION");
         assert_eq!(json["child_digests"][0], json["children"][0]["digest"]);
         assert_eq!(json["task_id"], json["slot"]["task_id"]);
+        let parent_bytes = hex::encode(parent.decided().unwrap().encode_to_vec());
+        assert_eq!(json["bytes"], parent_bytes.as_str());
+        assert_eq!(
+            json["children"][0]["bytes"],
+            hex::encode(&parent.decided().unwrap().children[0]).as_str()
+        );
         assert_eq!(check(&json), 4);
     }
 }

@@ -1,0 +1,979 @@
+#!/usr/bin/env python3
+"""An independent verifier of Polity certificate chains, written from SIGNING.md.
+
+Usage: python3 scripts/verify_chain.py [certificate.json]   (stdin when no path)
+
+Reads the JSON form of a certificate (`polity_consensus::certificate_json`,
+SIGNING.md "JSON form") and decides, from the root's `bytes` alone, whether the
+chain verifies and answers its task (SIGNING.md "Verifying a certificate" and
+"Binding a chain to its task"; Rust's `verify_task_chain`). Nothing in the JSON
+other than `bytes` is trusted: the protobuf is decoded here by a small wire-format
+reader, every digest is recomputed, every signature is checked with libsodium
+(PyNaCl), and the other fields are only compared with what the bytes say.
+
+Prints `valid` and a one-line summary and exits 0, or prints `invalid: <reason>`
+and exits 1. Exits 2 when the input is unusable (not the JSON form, `bytes` that
+do not decode as a Certificate, fields that disagree with `bytes`) or PyNaCl is
+missing. Needs Python 3.9+ and PyNaCl (python3 -m pip install pynacl).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import struct
+import sys
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+try:
+    import nacl.exceptions
+    import nacl.signing
+except ImportError:
+    print("PyNaCl is not installed (python3 -m pip install pynacl)", file=sys.stderr)
+    sys.exit(2)
+
+
+class Invalid(Exception):
+    """The chain does not verify; the message says why."""
+
+
+class Unusable(Exception):
+    """The input is not a certificate export this verifier can judge."""
+
+
+# --- Constants (SIGNING.md) -------------------------------------------------------
+
+JSON_FORMAT = "polity/v1/certificate-json"
+MEMBERS_MAX = 1024
+LEVELS_MAX = 3
+ROUNDS_MAX = 64
+ATTEMPTS_MAX = 64
+CERTIFICATE_BYTES_MAX = 64 << 20
+STATEMENT_BODY_BYTES_MAX = 8 << 20
+ANSWER_BYTES_MAX = 64 << 10
+TASK_BYTES_MAX = 1 << 20
+GROUP_BYTES_MAX = 256
+PATH_REASON_BYTES_MAX = 1024
+U32_MAX = (1 << 32) - 1
+U64_MAX = (1 << 64) - 1
+
+TASK_TAG = b"polity/v1/task\0"
+GROUP_TAG = b"polity/v1/group\0"
+CERTIFICATE_TAG = b"polity/v1/certificate\0"
+
+# StatementKind -> domain tag.
+OBSERVATION, REPORT, ATTESTATION, NODE_INFO, RAFT_COMMIT = 1, 2, 3, 4, 5
+DOMAIN_TAGS = {
+    OBSERVATION: b"polity/v1/observation\0",
+    REPORT: b"polity/v1/report\0",
+    ATTESTATION: b"polity/v1/attestation\0",
+    NODE_INFO: b"polity/v1/node-info\0",
+    RAFT_COMMIT: b"polity/v1/raft-commit\0",
+}
+
+# Level, ConsensusPath and Aggregation values.
+REGION, CONTINENT, GLOBAL = 1, 2, 3
+LEVEL_WORDS = {0: "unspecified", REGION: "region", CONTINENT: "continent", GLOBAL: "global"}
+BFT, RAFT, STAKE = 1, 2, 3
+PATH_WORDS = {BFT: "bft", RAFT: "raft", STAKE: "stake"}
+MAJORITY, TALLY, MEDIAN, FIRST_VALID = 1, 2, 3, 4
+AGGREGATIONS = range(0, 5)
+GLOBAL_GROUP = "global"
+
+
+# --- Protobuf wire format ------------------------------------------------------------
+#
+# A schema maps a field number to (name, type, repeated); a type is one of the
+# scalar names below or a nested schema. Decoding follows protobuf (and prost, which
+# Polity uses): fields in any order, unknown fields skipped, the last value of a
+# scalar wins, a message field that appears twice is merged, a string must be UTF-8,
+# and a known field with another wire type is an error.
+
+VARINT, FIXED64, LENGTH, START_GROUP, END_GROUP, FIXED32 = 0, 1, 2, 3, 4, 5
+Schema = Dict[int, Tuple[str, Any, bool]]
+
+SLOT: Schema = {
+    1: ("task_id", "bytes", False),
+    2: ("level", "enum", False),
+    3: ("group", "string", False),
+    4: ("round", "uint32", False),
+}
+MEMBER: Schema = {1: ("public_key", "bytes", False), 2: ("weight", "uint64", False)}
+OBSERVATION_SCHEMA: Schema = {
+    1: ("slot", SLOT, False),
+    2: ("answer", "bytes", False),
+    3: ("error", "string", False),
+    4: ("child_certificate_digest", "bytes", False),
+    5: ("group_digest", "bytes", False),
+}
+TALLY_ENTRY: Schema = {
+    1: ("answer", "bytes", False),
+    2: ("count", "uint32", False),
+    3: ("weight", "uint64", False),
+}
+REPORT_SCHEMA: Schema = {
+    1: ("slot", SLOT, False),
+    2: ("aggregation", "enum", False),
+    3: ("value", "bytes", False),
+    4: ("tally", TALLY_ENTRY, True),
+    5: ("observation_digests", "bytes", True),
+    6: ("degraded", "bool", False),
+    7: ("degraded_reason", "string", False),
+    8: ("group_digest", "bytes", False),
+}
+ATTESTATION_SCHEMA: Schema = {1: ("slot", SLOT, False), 2: ("report_digest", "bytes", False)}
+RAFT_COMMIT_SCHEMA: Schema = {
+    1: ("slot", SLOT, False),
+    2: ("report_digest", "bytes", False),
+    3: ("term", "uint64", False),
+    4: ("commit_index", "uint64", False),
+}
+SIGNED_STATEMENT: Schema = {
+    1: ("kind", "enum", False),
+    2: ("body", "bytes", False),
+    3: ("signer", "bytes", False),
+    4: ("signature", "bytes", False),
+}
+CERTIFICATE: Schema = {
+    1: ("task", "bytes", False),
+    2: ("slot", SLOT, False),
+    3: ("members", MEMBER, True),
+    4: ("path", "enum", False),
+    5: ("path_reason", "string", False),
+    6: ("report", SIGNED_STATEMENT, False),
+    7: ("observations", SIGNED_STATEMENT, True),
+    8: ("attestations", SIGNED_STATEMENT, True),
+    9: ("raft_commit", SIGNED_STATEMENT, False),
+    10: ("child_digests", "bytes", True),
+    11: ("children", "bytes", True),
+}
+SCOPE: Schema = {1: ("level", "enum", False), 2: ("name", "string", False)}
+RISK_POLICY: Schema = {
+    1: ("adversarial_risk", "double", False),
+    2: ("consistency", "double", False),
+    3: ("path_override", "enum", False),
+}
+TASK_SPEC: Schema = {
+    1: ("capability", "string", False),
+    2: ("payload", "bytes", False),
+    3: ("scope", SCOPE, False),
+    4: ("replication", "uint32", False),
+    5: ("aggregation", "enum", False),
+    6: ("policy", RISK_POLICY, False),
+    7: ("deadline_ms", "uint64", False),
+    8: ("nonce", "uint64", False),
+}
+
+WIRE_TYPE_OF = {
+    "bytes": LENGTH,
+    "string": LENGTH,
+    "enum": VARINT,
+    "uint32": VARINT,
+    "uint64": VARINT,
+    "bool": VARINT,
+    "double": FIXED64,
+}
+DEFAULTS = {"bytes": b"", "string": "", "enum": 0, "uint32": 0, "uint64": 0, "bool": False, "double": 0.0}
+
+
+class Message(dict):
+    """A decoded message: fields by name, also readable as attributes."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError as error:
+            raise AttributeError(name) from error
+
+
+class DecodeError(Exception):
+    pass
+
+
+def read_varint(buf: bytes, pos: int) -> Tuple[int, int]:
+    """A base-128 varint of at most 10 bytes whose value fits in 64 bits."""
+    value = 0
+    for index in range(10):
+        if pos >= len(buf):
+            raise DecodeError("truncated varint")
+        byte = buf[pos]
+        pos += 1
+        if index == 9 and byte > 1:
+            raise DecodeError("varint overflows 64 bits")
+        value |= (byte & 0x7F) << (7 * index)
+        if byte < 0x80:
+            return value, pos
+    raise DecodeError("varint longer than 10 bytes")
+
+
+def read_key(buf: bytes, pos: int) -> Tuple[int, int, int]:
+    key, pos = read_varint(buf, pos)
+    if key > U32_MAX:
+        raise DecodeError("invalid key")
+    wire_type, number = key & 7, key >> 3
+    if wire_type > FIXED32:
+        raise DecodeError(f"invalid wire type {wire_type}")
+    if number == 0:
+        raise DecodeError("field number 0")
+    return number, wire_type, pos
+
+
+def read_value(buf: bytes, pos: int, wire_type: int, number: int) -> Tuple[Any, int]:
+    """One field value: an int (varint, fixed), bytes (length-delimited), or None
+    for a skipped group."""
+    if wire_type == VARINT:
+        return read_varint(buf, pos)
+    if wire_type in (FIXED64, FIXED32):
+        size = 8 if wire_type == FIXED64 else 4
+        if pos + size > len(buf):
+            raise DecodeError("truncated fixed-width field")
+        return int.from_bytes(buf[pos : pos + size], "little"), pos + size
+    if wire_type == LENGTH:
+        length, pos = read_varint(buf, pos)
+        if length > len(buf) - pos:
+            raise DecodeError("length beyond the buffer")
+        return buf[pos : pos + length], pos + length
+    if wire_type == START_GROUP:
+        while True:
+            inner, inner_type, pos = read_key(buf, pos)
+            if inner_type == END_GROUP:
+                if inner != number:
+                    raise DecodeError("unmatched end group")
+                return None, pos
+            _, pos = read_value(buf, pos, inner_type, inner)
+    raise DecodeError("unexpected end group")
+
+
+def fields(buf: bytes) -> Iterator[Tuple[int, int, Any]]:
+    pos = 0
+    while pos < len(buf):
+        number, wire_type, pos = read_key(buf, pos)
+        value, pos = read_value(buf, pos, wire_type, number)
+        yield number, wire_type, value
+
+
+def scalar(kind: str, raw: Any) -> Any:
+    if kind == "bytes":
+        return bytes(raw)
+    if kind == "string":
+        try:
+            return bytes(raw).decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise DecodeError("string is not UTF-8") from error
+    if kind == "enum":  # int32: the low 32 bits, two's complement
+        low = raw & U32_MAX
+        return low - (1 << 32) if low >= 1 << 31 else low
+    if kind == "uint32":
+        return raw & U32_MAX
+    if kind == "bool":
+        return raw != 0
+    if kind == "double":
+        return struct.unpack("<d", raw.to_bytes(8, "little"))[0]
+    return raw  # uint64
+
+
+def empty(schema: Schema) -> Message:
+    message = Message()
+    for name, kind, repeated in schema.values():
+        message[name] = [] if repeated else (None if isinstance(kind, dict) else DEFAULTS[kind])
+    return message
+
+
+def decode_into(schema: Schema, buf: bytes, message: Message) -> Message:
+    for number, wire_type, raw in fields(buf):
+        if number not in schema:
+            continue
+        name, kind, repeated = schema[number]
+        expected = LENGTH if isinstance(kind, dict) else WIRE_TYPE_OF[kind]
+        if wire_type != expected:
+            raise DecodeError(f"field {name}: wire type {wire_type}, expected {expected}")
+        if isinstance(kind, dict):
+            if repeated:
+                message[name].append(decode_into(kind, raw, empty(kind)))
+            else:
+                target = message[name] if message[name] is not None else empty(kind)
+                message[name] = decode_into(kind, raw, target)
+        elif repeated:
+            message[name].append(scalar(kind, raw))
+        else:
+            message[name] = scalar(kind, raw)
+    return message
+
+
+def decode(schema: Schema, buf: bytes, what: str) -> Message:
+    try:
+        return decode_into(schema, buf, empty(schema))
+    except DecodeError as error:
+        raise Invalid(f"{what} does not decode: {error}") from error
+
+
+# --- ed25519 keys: the checks libsodium makes on a public key ------------------------
+
+P = 2**255 - 19
+D = (-121665 * pow(121666, P - 2, P)) % P
+SQRT_M1 = pow(2, (P - 1) // 4, P)
+
+
+def edwards_add(a: Tuple[int, int], b: Tuple[int, int]) -> Tuple[int, int]:
+    (x1, y1), (x2, y2) = a, b
+    t = D * x1 * x2 * y1 * y2 % P
+    x3 = (x1 * y2 + y1 * x2) * pow(1 + t, P - 2, P) % P
+    y3 = (y1 * y2 + x1 * x2) * pow(1 - t, P - 2, P) % P
+    return x3, y3
+
+
+def key_problem(key: bytes) -> Optional[str]:
+    """Why 32 bytes are not a usable public key (SIGNING.md, rule 1), or None:
+    `y` (sign bit ignored) below p, a point of the curve, not of small order."""
+    if len(key) != 32:
+        return f"key of {len(key)} bytes"
+    y = int.from_bytes(key, "little") & ((1 << 255) - 1)
+    if y >= P:
+        return "non-canonical key"
+    x2 = (y * y - 1) * pow(D * y * y + 1, P - 2, P) % P
+    x = pow(x2, (P + 3) // 8, P)
+    if x * x % P != x2:
+        x = x * SQRT_M1 % P
+    if x * x % P != x2:
+        return "key is not a curve point"
+    if (x & 1) != key[31] >> 7:
+        x = (P - x) % P
+    point = (x, y)
+    for _ in range(3):
+        point = edwards_add(point, point)
+    if point == (0, 1):
+        return "weak (small-order) key"
+    return None
+
+
+def signature_ok(signer: bytes, message: bytes, signature: bytes) -> bool:
+    """libsodium's crypto_sign_verify_detached (SIGNING.md, rules 1 to 4)."""
+    try:
+        nacl.signing.VerifyKey(signer).verify(message, signature)
+        return True
+    except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
+        return False
+
+
+# --- Digests ---------------------------------------------------------------------------
+
+
+def sha256(*parts: bytes) -> bytes:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    return digest.digest()
+
+
+def task_id(task: bytes) -> bytes:
+    return sha256(TASK_TAG, task)
+
+
+def certificate_digest(certificate_bytes: bytes) -> bytes:
+    return sha256(CERTIFICATE_TAG, certificate_bytes)
+
+
+def report_digest(report_body: bytes) -> bytes:
+    return sha256(DOMAIN_TAGS[REPORT], report_body)
+
+
+def statement_digest(statement: Message) -> bytes:
+    tag = DOMAIN_TAGS.get(statement.kind, b"")
+    return sha256(tag, statement.body, statement.signature)
+
+
+def normalize(aggregation: int) -> int:
+    return MAJORITY if aggregation == 0 else aggregation
+
+
+def group_digest(path: int, aggregation: int, members: List[Message]) -> bytes:
+    """The digest every observation and report carries (SIGNING.md "Digests").
+    The one place it is computed: a registry digest, when the group digest gains
+    one, is appended here."""
+    parts = [
+        GROUP_TAG,
+        path.to_bytes(4, "big"),
+        normalize(aggregation).to_bytes(4, "big"),
+        len(members).to_bytes(4, "big"),
+    ]
+    for member in members:
+        parts += [member.public_key, member.weight.to_bytes(8, "big")]
+    return sha256(*parts)
+
+
+# --- Who may sit in a group ------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    """What a verification is given besides the chain. `registry` is the federation
+    registry a certificate's members and seats are checked against; none yet."""
+
+    registry: Optional[Any] = None
+
+
+def check_membership(certificate: Message, registry: Optional[Any]) -> None:
+    """Whether the certificate's members may sit in its group (and its group may
+    exist), by the registry. Nothing to check until there is a registry."""
+    return None
+
+
+# --- Aggregation (SIGNING.md "Aggregation") ------------------------------------------
+
+# Unicode White_Space: what Rust's str::trim removes around a median answer.
+WHITE_SPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + (
+    "\u2028\u2029\u202f\u205f\u3000"
+)
+NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
+@dataclass
+class Ballot:
+    member_index: int
+    weight: int
+    answer: Optional[bytes]  # None for an error
+
+
+def parse_number(answer: bytes) -> Optional[float]:
+    """A finite decimal number, or None (median ignores the answer)."""
+    try:
+        text = answer.decode("utf-8").strip(WHITE_SPACE)
+    except UnicodeDecodeError:
+        return None
+    if not NUMBER.fullmatch(text):
+        return None  # inf, infinity and nan parse, but are not finite
+    number = float(text)
+    return number if math.isfinite(number) else None
+
+
+def tally(ballots: List[Ballot]) -> List[Tuple[bytes, int, int]]:
+    """(answer, count, weight) per distinct answer, sorted by answer bytes."""
+    entries: Dict[bytes, List[int]] = {}
+    for ballot in ballots:
+        if ballot.answer is not None:
+            entry = entries.setdefault(ballot.answer, [0, 0])
+            entry[0] = min(entry[0] + 1, U32_MAX)
+            entry[1] = min(entry[1] + ballot.weight, U64_MAX)
+    return [(answer, count, weight) for answer, (count, weight) in sorted(entries.items())]
+
+
+def median(ballots: List[Ballot]) -> Optional[bytes]:
+    numbers = []
+    for ballot in ballots:
+        number = None if ballot.answer is None else parse_number(ballot.answer)
+        if number is not None:
+            # Total order: -0 sorts before +0; then answer bytes, then member order.
+            numbers.append(((number, math.copysign(1.0, number)), ballot.answer, ballot.member_index))
+    if not numbers:
+        return None
+    numbers.sort()
+    return numbers[(len(numbers) - 1) // 2][1]
+
+
+def aggregate(aggregation: int, ballots: List[Ballot]) -> Tuple[Optional[bytes], List[Tuple[bytes, int, int]]]:
+    """The value (None when there is none) and the tally. First-valid without the
+    task's verifier takes the first answer in member order."""
+    ballots = sorted(ballots, key=lambda ballot: ballot.member_index)
+    entries = tally(ballots)
+    answered = sum(count for _, count, _ in entries)
+    aggregation = normalize(aggregation)
+    if aggregation == MAJORITY:
+        value = next((answer for answer, count, _ in entries if 2 * count > answered), None)
+    elif aggregation == TALLY:
+        top = max((count for _, count, _ in entries), default=None)
+        value = next((answer for answer, count, _ in entries if count == top), None)
+    elif aggregation == MEDIAN:
+        value = median(ballots)
+    else:
+        value = next((ballot.answer for ballot in ballots if ballot.answer is not None), None)
+    return value, entries
+
+
+# --- Quorum rules (SIGNING.md "Quorum rules") ------------------------------------------
+
+
+def is_quorum(path: int, members: List[Message], indices: List[int]) -> bool:
+    """Whether these distinct member indices decide on `path`."""
+    n = len(members)
+    if path == BFT:
+        return len(indices) >= n - (n - 1) // 3
+    if path == STAKE:
+        total = sum(member.weight for member in members)
+        return total > 0 and 3 * sum(members[i].weight for i in indices) > 2 * total
+    return 2 * len(indices) > n  # raft
+
+
+# --- One certificate (SIGNING.md "Verifying a certificate") -----------------------------
+
+
+@dataclass
+class Header:
+    members: List[Message]
+    index_of: Dict[bytes, int]
+    slot: Message
+    level: int
+    path: int
+
+
+@dataclass
+class Summary:
+    certificates: int
+    signatures: int
+    value: bytes
+    level: int
+    group: str
+    path: int
+    members: int
+
+
+def limit(what: str, size: int, most: int) -> None:
+    if size > most:
+        raise Invalid(f"{what} too large: {size} > {most}")
+
+
+def check_slot_fields(slot: Message) -> None:
+    if slot.level not in (REGION, CONTINENT, GLOBAL):
+        raise Invalid(f"invalid level {slot.level}")
+    if not slot.group:
+        raise Invalid("empty group")
+    limit("group", len(slot.group.encode("utf-8")), GROUP_BYTES_MAX)
+    if slot.round >= ROUNDS_MAX:
+        raise Invalid(f"invalid round {slot.round}")
+
+
+def check_header(certificate: Message, encoded_size: int, depth: int) -> Header:
+    """Everything checkable before a signature: depth, sizes, members, slot, path."""
+    if depth >= LEVELS_MAX:
+        raise Invalid(f"chain deeper than {LEVELS_MAX} levels")
+    limit("certificate", encoded_size, CERTIFICATE_BYTES_MAX)
+    limit("task", len(certificate.task), TASK_BYTES_MAX)
+    limit("path_reason", len(certificate.path_reason.encode("utf-8")), PATH_REASON_BYTES_MAX)
+    members = certificate.members
+    if not 1 <= len(members) <= MEMBERS_MAX:
+        raise Invalid(f"group must have 1..={MEMBERS_MAX} members, has {len(members)}")
+    index_of: Dict[bytes, int] = {}
+    for index, member in enumerate(members):
+        problem = key_problem(member.public_key)
+        if problem:
+            raise Invalid(f"member {index}: {problem}")
+        if member.public_key in index_of:
+            raise Invalid(f"member {index} listed twice")
+        index_of[member.public_key] = index
+    slot = certificate.slot
+    if slot is None:
+        raise Invalid("slot missing")
+    if slot.task_id != task_id(certificate.task):
+        raise Invalid("task id in slot is not the digest of the carried task")
+    check_slot_fields(slot)
+    if certificate.path not in (BFT, RAFT, STAKE):
+        raise Invalid(f"invalid path {certificate.path}")
+    limit("observations", len(certificate.observations), len(members))
+    limit("attestations", len(certificate.attestations), len(members))
+    return Header(members, index_of, slot, slot.level, certificate.path)
+
+
+def signer_index(what: str, statement: Message, kind: int, header: Header) -> int:
+    """Shape, kind and membership of one statement, then its signature."""
+    if statement.kind != kind:
+        raise Invalid(f"{what}: expected kind {kind}, got {statement.kind}")
+    limit(f"{what} body", len(statement.body), STATEMENT_BODY_BYTES_MAX)
+    if len(statement.signer) != 32 or len(statement.signature) != 64:
+        raise Invalid(f"{what}: signer must be 32 bytes and signature 64")
+    index = header.index_of.get(statement.signer)
+    if index is None:
+        raise Invalid(f"{what} signed by a non-member {statement.signer.hex()}")
+    if not signature_ok(statement.signer, DOMAIN_TAGS[kind] + statement.body, statement.signature):
+        raise Invalid(f"{what}: bad signature")
+    return index
+
+
+@dataclass
+class Signers:
+    report: int
+    observations: List[int]
+    attestations: List[int]
+    count: int
+
+
+def verify_signatures(certificate: Message, header: Header) -> Signers:
+    """Every statement: the expected kind, a member's, a good signature."""
+    if certificate.report is None:
+        raise Invalid("report missing")
+    report = signer_index("report", certificate.report, REPORT, header)
+    observations = [signer_index("observation", s, OBSERVATION, header) for s in certificate.observations]
+    attestations = [signer_index("attestation", s, ATTESTATION, header) for s in certificate.attestations]
+    count = 1 + len(observations) + len(attestations)
+    if certificate.raft_commit is not None:
+        signer_index("raft_commit", certificate.raft_commit, RAFT_COMMIT, header)
+        count += 1
+    return Signers(report, observations, attestations, count)
+
+
+def check_report(certificate: Message, header: Header, signer: int) -> Tuple[Message, bytes]:
+    """The report: this slot, not degraded, the round's collector's, this group's."""
+    report = decode(REPORT_SCHEMA, certificate.report.body, "report")
+    if report.slot != header.slot:
+        raise Invalid("report is for another slot")
+    if report.degraded:
+        raise Invalid(f"report is degraded: {report.degraded_reason}")
+    collector = header.slot.round % len(header.members)
+    if signer != collector:
+        raise Invalid(f"report signed by member {signer}, but the round's collector is {collector}")
+    if report.aggregation not in AGGREGATIONS:
+        raise Invalid(f"invalid aggregation {report.aggregation}")
+    group = group_digest(header.path, report.aggregation, header.members)
+    if report.group_digest != group:
+        raise Invalid("report was signed for another group (path, aggregation or members)")
+    return report, group
+
+
+def decode_observations(
+    certificate: Message, signers: List[int], header: Header, group: bytes, report: Message
+) -> List[Tuple[int, Message]]:
+    """In strictly increasing member order, this slot and group, answer xor error,
+    and exactly the statements the report lists by digest."""
+    if any(a >= b for a, b in zip(signers, signers[1:])):
+        raise Invalid("observations are not in member order")
+    observations = []
+    for statement, index in zip(certificate.observations, signers):
+        observation = decode(OBSERVATION_SCHEMA, statement.body, "observation")
+        if observation.slot != header.slot:
+            raise Invalid("observation is for another slot")
+        if observation.group_digest != group:
+            raise Invalid("observation was signed for another group")
+        limit("answer", len(observation.answer), ANSWER_BYTES_MAX)
+        if observation.error and observation.answer:
+            raise Invalid("observation has both an answer and an error")
+        observations.append((index, observation))
+    digests = [statement_digest(s) for s in certificate.observations]
+    if digests != report.observation_digests:
+        raise Invalid("report's observation digests do not match the observations")
+    return observations
+
+
+def check_outcome(report: Message, observations: List[Tuple[int, Message]], members: List[Message]) -> None:
+    ballots = [
+        Ballot(index, members[index].weight, None if o.error else o.answer) for index, o in observations
+    ]
+    value, entries = aggregate(report.aggregation, ballots)
+    if entries != [(t.answer, t.count, t.weight) for t in report.tally]:
+        raise Invalid("report's tally does not match the observations")
+    if normalize(report.aggregation) == FIRST_VALID:
+        ok = any(answer == report.value for answer, _, _ in entries)
+    else:
+        ok = value is not None and value == report.value
+    if not ok:
+        raise Invalid("report's value does not match the aggregation of the observations")
+
+
+def check_quorum(
+    certificate: Message,
+    header: Header,
+    digest: bytes,
+    value: bytes,
+    observations: List[Tuple[int, Message]],
+    attesters: List[int],
+) -> None:
+    """Fast path or attested (bft, stake); a commit and a majority (raft)."""
+    path, members, slot = header.path, header.members, header.slot
+    observed = [index for index, _ in observations]
+    if path == RAFT:
+        if certificate.attestations:
+            raise Invalid("attestations not allowed on raft")
+        if certificate.raft_commit is None:
+            raise Invalid("raft_commit missing")
+        commit = decode(RAFT_COMMIT_SCHEMA, certificate.raft_commit.body, "raft_commit")
+        if commit.slot != slot:
+            raise Invalid("raft_commit is for another slot")
+        if commit.report_digest != digest:
+            raise Invalid("raft_commit names another report")
+        if not is_quorum(path, members, observed):
+            raise Invalid(f"no quorum: {len(observed)} observations of {len(members)} members on raft")
+        return
+    if certificate.raft_commit is not None:
+        raise Invalid("raft_commit not allowed on bft or stake")
+    if not certificate.attestations:
+        agreeing = [index for index, o in observations if not o.error and o.answer == value]
+        if not is_quorum(path, members, agreeing):
+            raise Invalid(f"no quorum: {len(agreeing)} of {len(members)} identical observations")
+        return
+    seen = set()
+    for statement, index in zip(certificate.attestations, attesters):
+        if index in seen:
+            raise Invalid(f"attestation signed twice by member {index}")
+        seen.add(index)
+        attestation = decode(ATTESTATION_SCHEMA, statement.body, "attestation")
+        if attestation.slot != slot:
+            raise Invalid("attestation is for another slot")
+        if attestation.report_digest != digest:
+            raise Invalid("attestation names another report")
+    if not is_quorum(path, members, observed) or not is_quorum(path, members, attesters):
+        raise Invalid(f"no quorum: {len(observed)} observations and {len(attesters)} attestations")
+
+
+def verify_children(
+    certificate: Message, level: int, observations: List[Tuple[int, Message]], context: Context, depth: int
+) -> Tuple[int, int]:
+    """Levels 2 and 3: each naming observation's child, carried, hashing to its
+    digest, verified, one level down, same task, the observation's answer; one
+    certificate per group name (a repeat of the same bytes is checked once)."""
+    if level == REGION:
+        if certificate.child_digests or certificate.children:
+            raise Invalid("children not allowed on a region certificate")
+        if any(o.child_certificate_digest for _, o in observations):
+            raise Invalid("child_certificate_digest not allowed on a region certificate")
+        return 0, 0
+    naming = [o for _, o in observations if not o.error or o.child_certificate_digest]
+    if [o.child_certificate_digest for o in naming] != certificate.child_digests:
+        raise Invalid("child_digests differ from the observations' child digests")
+    if len(certificate.children) != len(certificate.child_digests):
+        raise Invalid("children missing (levels 2 and 3 carry them)")
+    groups: Dict[str, Tuple[bytes, bytes]] = {}  # group name -> (digest, value)
+    totals = [0, 0]
+    for index, (child_bytes, digest, observation) in enumerate(
+        zip(certificate.children, certificate.child_digests, naming)
+    ):
+        if certificate_digest(child_bytes) != digest:
+            raise Invalid(f"child {index}: does not hash to its digest")
+        if observation.error:
+            raise Invalid(f"child {index}: an error observation names a child")
+        repeat = next((v for d, v in groups.values() if d == digest), None)
+        if repeat is not None:
+            if repeat != observation.answer:
+                raise Invalid(f"child {index}: observation's answer is not the child's value")
+            continue
+        child = decode(CERTIFICATE, child_bytes, f"child {index}")
+        try:
+            summary = verify_certificate(child, len(child_bytes), context, depth + 1)
+        except Invalid as error:
+            raise Invalid(f"in child {index}: {error}") from error
+        if summary.level != level - 1:
+            raise Invalid(f"child {index}: not one level down")
+        if child.task != certificate.task:
+            raise Invalid(f"child {index}: for another task")
+        if child.slot.group in groups:
+            raise Invalid(f"child {index}: group {child.slot.group} has two different certificates")
+        groups[child.slot.group] = (digest, summary.value)
+        if summary.value != observation.answer:
+            raise Invalid(f"child {index}: observation's answer is not the child's value")
+        totals[0] += summary.certificates
+        totals[1] += summary.signatures
+    return totals[0], totals[1]
+
+
+def verify_certificate(certificate: Message, encoded_size: int, context: Context, depth: int) -> Summary:
+    """One certificate and, recursively, everything it carries (`verify_chain`)."""
+    header = check_header(certificate, encoded_size, depth)
+    check_membership(certificate, context.registry)
+    signers = verify_signatures(certificate, header)
+    report, group = check_report(certificate, header, signers.report)
+    observations = decode_observations(certificate, signers.observations, header, group, report)
+    check_outcome(report, observations, header.members)
+    certificates, signatures = verify_children(certificate, header.level, observations, context, depth)
+    digest = report_digest(certificate.report.body)
+    check_quorum(certificate, header, digest, report.value, observations, signers.attestations)
+    return Summary(
+        certificates=1 + certificates,
+        signatures=signers.count + signatures,
+        value=report.value,
+        level=header.level,
+        group=header.slot.group,
+        path=header.path,
+        members=len(header.members),
+    )
+
+
+# --- The chain's task (SIGNING.md "Binding a chain to its task") ------------------------
+
+ATTEMPT = re.compile(r"\+?[0-9]+")
+
+
+def place_of(group: str) -> str:
+    """A group name without its attempt suffix (`eu~1` -> `eu`)."""
+    place, separator, attempt = group.partition("~")
+    if not separator:
+        return group
+    # Rust's u32 parse: ASCII digits, one optional leading '+', at most u32::MAX.
+    ok = ATTEMPT.fullmatch(attempt) is not None and int(attempt) <= U32_MAX
+    if not ok or not 1 <= int(attempt) <= ATTEMPTS_MAX or attempt.startswith("0"):
+        raise Invalid(f"invalid group attempt {group!r}")
+    return place
+
+
+def task_rule(spec: Message) -> Tuple[int, int]:
+    """The path the task's policy selects and its normalized aggregation."""
+    if spec.aggregation not in AGGREGATIONS:
+        raise Invalid(f"invalid task aggregation {spec.aggregation}")
+    policy = spec.policy
+    if policy is None:
+        return STAKE, normalize(spec.aggregation)
+    if policy.path_override not in (0, BFT, RAFT, STAKE):
+        raise Invalid(f"invalid task path_override {policy.path_override}")
+    for what in ("adversarial_risk", "consistency"):
+        if not 0.0 <= policy[what] <= 1.0:  # NaN fails too
+            raise Invalid(f"invalid task {what}: {policy[what]}")
+    if policy.path_override != 0:
+        path = policy.path_override
+    elif policy.adversarial_risk > 0.7:
+        path = BFT
+    elif policy.consistency > 0.8:
+        path = RAFT
+    else:
+        path = STAKE
+    return path, normalize(spec.aggregation)
+
+
+def check_scope(spec: Message, root: Message) -> None:
+    if spec.scope is None:
+        raise Invalid("task scope missing")
+    expected = spec.scope.level if spec.scope.level in LEVEL_WORDS else 0
+    place = GLOBAL_GROUP if expected == GLOBAL else spec.scope.name
+    found = place_of(root.slot.group)
+    if root.slot.level != expected or found != place:
+        raise Invalid(
+            f"the root decides {LEVEL_WORDS[root.slot.level]} {found!r}, "
+            f"but the task's scope is {LEVEL_WORDS[expected]} {place!r}"
+        )
+
+
+def check_policy(certificate: Message, path: int, aggregation: int) -> None:
+    """Every certificate of the chain used the task's path and aggregation, and no
+    place decides twice among one certificate's children."""
+    level = LEVEL_WORDS[certificate.slot.level]
+    if certificate.path != path:
+        raise Invalid(f"a {level} certificate used path {certificate.path}, the task selects {path}")
+    report = decode(REPORT_SCHEMA, certificate.report.body, "report")
+    if normalize(report.aggregation) != aggregation:
+        raise Invalid(f"a {level} certificate used aggregation {report.aggregation}, the task's is {aggregation}")
+    places: Dict[str, bytes] = {}
+    for child_bytes in certificate.children:
+        child = decode(CERTIFICATE, child_bytes, "child")
+        place = place_of(child.slot.group)
+        if place in places:
+            if places[place] != child_bytes:
+                raise Invalid(f"children: two decisions for {place!r}")
+            continue  # the same child again, for another representative
+        places[place] = child_bytes
+        check_policy(child, path, aggregation)
+
+
+def verify_task_chain(root: Message, root_bytes: bytes, context: Context) -> Summary:
+    summary = verify_certificate(root, len(root_bytes), context, 0)
+    spec = decode(TASK_SPEC, root.task, "task")
+    check_scope(spec, root)
+    path, aggregation = task_rule(spec)
+    check_policy(root, path, aggregation)
+    return summary
+
+
+# --- The JSON form ----------------------------------------------------------------------
+
+
+def hex_field(json_object: Dict[str, Any], name: str) -> bytes:
+    value = json_object.get(name)
+    if not isinstance(value, str):
+        raise Unusable(f"field {name!r} missing or not a string")
+    try:
+        return bytes.fromhex(value)
+    except ValueError as error:
+        raise Unusable(f"field {name!r} is not hex") from error
+
+
+def check_statement_json(where: str, statement_json: Any, statement: Optional[Message]) -> None:
+    if statement is None:
+        if statement_json is not None:
+            raise Unusable(f"{where}: a statement the bytes do not carry")
+        return
+    if not isinstance(statement_json, dict):
+        raise Unusable(f"{where}: missing")
+    for name in ("body", "signer", "signature"):
+        if hex_field(statement_json, name) != statement[name]:
+            raise Unusable(f"{where}.{name} disagrees with bytes")
+
+
+def check_export(export: Any, certificate_bytes: bytes, where: str = "root") -> None:
+    """The JSON's byte fields are views of `bytes`: they must say the same."""
+    if not isinstance(export, dict):
+        raise Unusable(f"{where}: not a JSON object")
+    if hex_field(export, "bytes") != certificate_bytes:
+        raise Unusable(f"{where}.bytes are not the carried bytes")
+    if hex_field(export, "digest") != certificate_digest(certificate_bytes):
+        raise Unusable(f"{where}.digest is not the digest of its bytes")
+    if "error" in export:
+        return  # a child the exporter could not unfold; the verifier decodes it
+    try:
+        certificate = decode_into(CERTIFICATE, certificate_bytes, empty(CERTIFICATE))
+    except DecodeError as error:
+        raise Unusable(f"{where}.bytes do not decode: {error}") from error
+    check_statement_json(f"{where}.report", export.get("report"), certificate.report)
+    for name in ("observations", "attestations"):
+        listed = export.get(name)
+        if not isinstance(listed, list) or len(listed) != len(certificate[name]):
+            raise Unusable(f"{where}.{name} disagree with bytes")
+        for index, statement in enumerate(certificate[name]):
+            check_statement_json(f"{where}.{name}[{index}]", listed[index], statement)
+    check_statement_json(f"{where}.raft_commit", export.get("raft_commit"), certificate.raft_commit)
+    children = export.get("children")
+    if not isinstance(children, list) or len(children) != len(certificate.children):
+        raise Unusable(f"{where}.children disagree with bytes")
+    for index, (child, child_bytes) in enumerate(zip(children, certificate.children)):
+        check_export(child, child_bytes, f"{where}.children[{index}]")
+
+
+def show(value: bytes) -> str:
+    try:
+        return json.dumps(value.decode("utf-8"), ensure_ascii=False)
+    except UnicodeDecodeError:
+        return "0x" + value.hex()
+
+
+def judge(text: str) -> Tuple[int, str]:
+    """(exit code, the line to print) for one JSON export."""
+    try:
+        export = json.loads(text)
+    except ValueError as error:
+        return 2, f"unusable input: not JSON ({error})"
+    try:
+        if not isinstance(export, dict) or export.get("format") != JSON_FORMAT:
+            raise Unusable(f"not a {JSON_FORMAT} document")
+        root_bytes = hex_field(export, "bytes")
+        check_export(export, root_bytes)
+        root = decode_into(CERTIFICATE, root_bytes, empty(CERTIFICATE))
+    except DecodeError as error:
+        return 2, f"unusable input: bytes do not decode as a Certificate: {error}"
+    except Unusable as error:
+        return 2, f"unusable input: {error}"
+    try:
+        summary = verify_task_chain(root, root_bytes, Context())
+    except Invalid as error:
+        return 1, f"invalid: {error}"
+    return 0, (
+        f"valid\n{LEVEL_WORDS[summary.level]} {summary.group!r} decided {show(summary.value)} "
+        f"on {PATH_WORDS[summary.path]} ({summary.members} members; {summary.certificates} "
+        f"certificates, {summary.signatures} signatures; root {certificate_digest(root_bytes).hex()})"
+    )
+
+
+def main(argv: List[str]) -> int:
+    if len(argv) > 2 or (len(argv) == 2 and argv[1] in ("-h", "--help")):
+        print(__doc__, file=sys.stderr)
+        return 2
+    try:
+        if len(argv) == 2:
+            with open(argv[1], encoding="utf-8") as file:
+                text = file.read()
+        else:
+            text = sys.stdin.read()
+    except (OSError, UnicodeDecodeError) as error:
+        print(f"unusable input: {error}")
+        return 2
+    code, line = judge(text)
+    print(line)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
