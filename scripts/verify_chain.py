@@ -149,6 +149,7 @@ CERTIFICATE: Schema = {
     9: ("raft_commit", SIGNED_STATEMENT, False),
     10: ("child_digests", "bytes", True),
     11: ("children", "bytes", True),
+    12: ("registry_digest", "bytes", False),
 }
 SCOPE: Schema = {1: ("level", "enum", False), 2: ("name", "string", False)}
 RISK_POLICY: Schema = {
@@ -389,14 +390,14 @@ def normalize(aggregation: int) -> int:
     return MAJORITY if aggregation == 0 else aggregation
 
 
-def group_digest(path: int, aggregation: int, members: List[Message]) -> bytes:
-    """The digest every observation and report carries (SIGNING.md "Digests").
-    The one place it is computed: a registry digest, when the group digest gains
-    one, is appended here."""
+def group_digest(path: int, aggregation: int, registry: bytes, members: List[Message]) -> bytes:
+    """The digest every observation and report carries (SIGNING.md "Digests"),
+    binding the group's path, aggregation, registry epoch, members and weights."""
     parts = [
         GROUP_TAG,
         path.to_bytes(4, "big"),
         normalize(aggregation).to_bytes(4, "big"),
+        registry,
         len(members).to_bytes(4, "big"),
     ]
     for member in members:
@@ -516,6 +517,7 @@ class Header:
     slot: Message
     level: int
     path: int
+    registry: bytes
 
 
 @dataclass
@@ -572,7 +574,9 @@ def check_header(certificate: Message, encoded_size: int, depth: int) -> Header:
         raise Invalid(f"invalid path {certificate.path}")
     limit("observations", len(certificate.observations), len(members))
     limit("attestations", len(certificate.attestations), len(members))
-    return Header(members, index_of, slot, slot.level, certificate.path)
+    if len(certificate.registry_digest) != 32:
+        raise Invalid("registry_digest must be 32 bytes")
+    return Header(members, index_of, slot, slot.level, certificate.path, certificate.registry_digest)
 
 
 def signer_index(what: str, statement: Message, kind: int, header: Header) -> int:
@@ -624,7 +628,7 @@ def check_report(certificate: Message, header: Header, signer: int) -> Tuple[Mes
         raise Invalid(f"report signed by member {signer}, but the round's collector is {collector}")
     if report.aggregation not in AGGREGATIONS:
         raise Invalid(f"invalid aggregation {report.aggregation}")
-    group = group_digest(header.path, report.aggregation, header.members)
+    group = group_digest(header.path, report.aggregation, header.registry, header.members)
     if report.group_digest != group:
         raise Invalid("report was signed for another group (path, aggregation or members)")
     return report, group
@@ -754,6 +758,8 @@ def verify_children(
             raise Invalid(f"child {index}: not one level down")
         if child.task != certificate.task:
             raise Invalid(f"child {index}: for another task")
+        if child.registry_digest != certificate.registry_digest:
+            raise Invalid(f"child {index}: drawn from another registry epoch")
         if child.slot.group in groups:
             raise Invalid(f"child {index}: group {child.slot.group} has two different certificates")
         groups[child.slot.group] = (digest, summary.value)

@@ -131,6 +131,7 @@ fn config(
                 weight: seat.weight,
             })
             .collect(),
+        registry_digest: [0x42; 32],
         path,
         path_reason: "independent verifier test".into(),
         aggregation: Aggregation::try_from(spec.aggregation).unwrap(),

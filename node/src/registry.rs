@@ -166,7 +166,7 @@ impl RegistryState {
     /// to approve, or why not. Under `open` admission every well-formed join and
     /// update is approved, and a leave only when the leaving member signed it;
     /// under `vote`, the operator decides (not wired yet: refused).
-    pub fn judge(&self, proposal: &[u8]) -> Result<Vec<u8>, String> {
+    pub(crate) fn judge(&self, proposal: &[u8]) -> Result<Vec<u8>, String> {
         let current = self.current();
         let (next, change) = check_proposal(&current, proposal).map_err(|e| e.to_string())?;
         if current.admission() != Admission::Open {
