@@ -26,6 +26,7 @@ use tonic::transport::{
 
 use crate::entry::{level_name, path_name};
 
+pub mod genesis;
 pub mod propose;
 
 /// How to reach a node.

@@ -107,10 +107,18 @@ enum Command {
         #[command(subcommand)]
         command: client::propose::ProposeCommand,
     },
-    /// Federation files: show one, or export a node's epoch chain.
+    /// This node's operator's ballot on a proposed registry (Admin API).
+    Vote {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(flatten)]
+        args: client::propose::VoteArgs,
+    },
+    /// Federation files: write a genesis, add members, show one, or export a
+    /// node's epoch chain.
     Genesis {
         #[command(subcommand)]
-        command: client::propose::GenesisCommand,
+        command: client::genesis::GenesisCommand,
     },
     /// Verify a certificate chain: offline from a file, or by task id on a node.
     Verify {
@@ -270,7 +278,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             client::propose::propose(&connection, &command).await?;
         }
-        Command::Genesis { command } => client::propose::genesis(&command).await?,
+        Command::Vote { connection, args } => client::propose::vote(&connection, &args).await?,
+        Command::Genesis { command } => client::genesis::genesis(&command).await?,
         Command::Verify { connection, args } => match client::verify(&connection, &args).await? {
             client::Verdict::Valid => {}
             client::Verdict::Invalid => return Ok(ExitCode::from(2)),

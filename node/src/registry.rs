@@ -6,6 +6,7 @@
 //! The registry is the only source of who may sit, where, and with which stake: a
 //! peer's NodeInfo says how to reach it, never what it weighs.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -22,6 +23,8 @@ use crate::runtime::identity::Identity;
 pub const CHAIN_FILE: &str = "federation.pb";
 /// Largest federation file read from disk or accepted from a peer.
 pub const CHAIN_BYTES_MAX: usize = 64 << 20;
+/// Operator ballots a node holds at once; the oldest goes first.
+pub const BALLOTS_MAX: usize = 1024;
 /// The changes a node pushes to its peers after an epoch change: a peer further
 /// behind catches up from a later push or a restart with a newer file.
 pub const PUSH_CHANGES_MAX: usize = 8;
@@ -36,6 +39,8 @@ pub struct RegistryState {
     path: PathBuf,
     /// Serializes applying changes (and writing the file).
     apply: Mutex<()>,
+    /// The operator's ballots by proposed registry digest, oldest first.
+    ballots: Mutex<VecDeque<([u8; 32], bool)>>,
 }
 
 /// Who this node is in a one-member dev federation.
@@ -84,6 +89,7 @@ impl RegistryState {
             anchor: RwLock::new(anchor),
             path,
             apply: Mutex::new(()),
+            ballots: Mutex::new(VecDeque::new()),
         };
         state.persist()?;
         Ok(state)
@@ -162,15 +168,41 @@ impl RegistryState {
             .with_context(|| format!("writing {}", self.path.display()))
     }
 
+    /// Records the operator's ballot on the proposal of the registry with `digest`;
+    /// returns how many ballots the node holds.
+    pub fn vote(&self, digest: [u8; 32], approve: bool) -> usize {
+        let mut ballots = self.ballots.lock().expect("ballots lock");
+        ballots.retain(|(held, _)| *held != digest);
+        if ballots.len() >= BALLOTS_MAX {
+            ballots.pop_front();
+        }
+        ballots.push_back((digest, approve));
+        ballots.len()
+    }
+
     /// This member's ballot on a registry proposal: the next registry's digest (hex)
-    /// to approve, or why not. Under `open` admission every well-formed join and
-    /// update is approved, and a leave only when the leaving member signed it;
-    /// under `vote`, the operator decides (not wired yet: refused).
+    /// to approve, or why not. The operator's ballot decides when there is one
+    /// (`polity vote`). Without one, `open` admission approves every well-formed
+    /// join and update, and a leave only when the leaving member signed it; `vote`
+    /// admission refuses.
     pub(crate) fn judge(&self, proposal: &[u8]) -> Result<Vec<u8>, String> {
         let current = self.current();
         let (next, change) = check_proposal(&current, proposal).map_err(|e| e.to_string())?;
-        if current.admission() != Admission::Open {
-            return Err("admission is by operator vote; this node has no ballot for it".into());
+        let approve = hex::encode(next.digest()).into_bytes();
+        let ballot = self
+            .ballots
+            .lock()
+            .expect("ballots lock")
+            .iter()
+            .find(|(digest, _)| digest == next.digest())
+            .map(|(_, approve)| *approve);
+        match ballot {
+            Some(true) => return Ok(approve),
+            Some(false) => return Err("this member's operator voted against".into()),
+            None if current.admission() != Admission::Open => {
+                return Err("admission is by operator vote; this member has no ballot".into());
+            }
+            None => {}
         }
         if let Change::Leave(_) = change {
             let signed = polity_proto::Proposal::decode(proposal)
@@ -180,7 +212,7 @@ impl RegistryState {
                 return Err("a leave the leaving member did not sign is not approved".into());
             }
         }
-        Ok(hex::encode(next.digest()).into_bytes())
+        Ok(approve)
     }
 }
 
@@ -215,4 +247,141 @@ fn dev_federation(identity: &Identity, dev: DevMember) -> anyhow::Result<Anchor>
     };
     let genesis = sign_genesis(&registry, std::slice::from_ref(identity.signing_key()))?;
     Ok(Anchor::from_genesis(genesis)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use ed25519_dalek::SigningKey;
+    use polity_consensus::registry::{registry_digest, sign_proposal};
+
+    use super::*;
+
+    fn member(public_key: Vec<u8>) -> RegistryMember {
+        RegistryMember {
+            public_key,
+            region: "r1".into(),
+            continent: "c1".into(),
+            stake: 1,
+            capabilities: Vec::new(),
+        }
+    }
+
+    /// A node's registry from a genesis of itself and key 5, under `admission`.
+    fn state(dir: &Path, admission: Admission) -> RegistryState {
+        let identity = Identity::load_or_create(dir).unwrap();
+        let other = SigningKey::from_bytes(&[5; 32])
+            .verifying_key()
+            .to_bytes()
+            .to_vec();
+        let mut members = vec![member(identity.public_key().0.to_vec()), member(other)];
+        members.sort_by(|a, b| a.public_key.cmp(&b.public_key));
+        let registry = Registry {
+            federation: "test".into(),
+            epoch: 0,
+            previous: Vec::new(),
+            members,
+            admission: admission as i32,
+            authorities: vec![identity.public_key().0.to_vec()],
+        };
+        let genesis = sign_genesis(&registry, std::slice::from_ref(identity.signing_key()));
+        let file = dir.join("genesis.pb");
+        let chain = EpochChain {
+            genesis: Some(genesis.unwrap()),
+            changes: Vec::new(),
+        };
+        std::fs::write(&file, chain.encode_to_vec()).unwrap();
+        let dev = DevMember {
+            region: String::new(),
+            continent: String::new(),
+            capabilities: Vec::new(),
+        };
+        RegistryState::open(dir, Some(&file), &identity, dev).unwrap()
+    }
+
+    /// The next registry of `state` with `key` joined, or gone when it is a member.
+    fn next(state: &RegistryState, key: &SigningKey) -> Registry {
+        let current = state.current();
+        let mut next = current.registry().clone();
+        next.epoch += 1;
+        next.previous = current.digest().to_vec();
+        let public_key = key.verifying_key().to_bytes().to_vec();
+        match next.members.iter().position(|m| m.public_key == public_key) {
+            Some(index) => {
+                next.members.remove(index);
+            }
+            None => {
+                next.members.push(member(public_key));
+                next.members.sort_by(|a, b| a.public_key.cmp(&b.public_key));
+            }
+        }
+        next
+    }
+
+    #[test]
+    fn open_admission_approves_signed_joins_and_the_operator_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path(), Admission::Open);
+        let joiner = SigningKey::from_bytes(&[3; 32]);
+        let join = next(&state, &joiner);
+        let digest = registry_digest(&join.encode_to_vec());
+        let proposal = sign_proposal(&join, &joiner).encode_to_vec();
+        assert_eq!(state.judge(&proposal), Ok(hex::encode(digest).into_bytes()));
+        // Signed by someone else: not a proposal at all.
+        let forged = sign_proposal(&join, &SigningKey::from_bytes(&[4; 32])).encode_to_vec();
+        assert!(state.judge(&forged).unwrap_err().contains("did not sign"));
+        state.vote(digest, false);
+        assert!(
+            state
+                .judge(&proposal)
+                .unwrap_err()
+                .contains("voted against")
+        );
+
+        // A leave of member 5 that it did not sign is refused, unless the operator
+        // approves it.
+        let leave = next(&state, &SigningKey::from_bytes(&[5; 32]));
+        let unsigned = polity_proto::Proposal {
+            registry: leave.encode_to_vec(),
+            subject_signature: Vec::new(),
+        }
+        .encode_to_vec();
+        assert!(state.judge(&unsigned).unwrap_err().contains("did not sign"));
+        state.vote(registry_digest(&leave.encode_to_vec()), true);
+        assert!(state.judge(&unsigned).is_ok());
+    }
+
+    #[test]
+    fn vote_admission_waits_for_the_operator() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path(), Admission::Vote);
+        let joiner = SigningKey::from_bytes(&[3; 32]);
+        let join = next(&state, &joiner);
+        let proposal = sign_proposal(&join, &joiner).encode_to_vec();
+        assert!(state.judge(&proposal).unwrap_err().contains("no ballot"));
+        state.vote(registry_digest(&join.encode_to_vec()), true);
+        assert!(state.judge(&proposal).is_ok());
+    }
+
+    #[test]
+    fn a_data_dir_of_another_federation_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(state(dir.path(), Admission::Open));
+        let other = tempfile::tempdir().unwrap();
+        drop(state(other.path(), Admission::Vote));
+        let identity = Identity::load_or_create(dir.path()).unwrap();
+        let dev = DevMember {
+            region: String::new(),
+            continent: String::new(),
+            capabilities: Vec::new(),
+        };
+        let error = RegistryState::open(
+            dir.path(),
+            Some(&other.path().join("genesis.pb")),
+            &identity,
+            dev,
+        )
+        .err()
+        .unwrap();
+        assert!(error.to_string().contains("another federation"), "{error}");
+    }
 }

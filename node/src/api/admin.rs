@@ -1,5 +1,5 @@
-//! The gRPC service `polity.v1.Admin`: fault injection and the node's load, worker
-//! slots and recovery record.
+//! The gRPC service `polity.v1.Admin`: fault injection, the node's load, worker
+//! slots and recovery record, and the operator's ballots on registry proposals.
 //!
 //! It runs behind the same [`crate::api::federation::Gate`] as the client API (bearer token,
 //! rate limit) and additionally refuses everything (PERMISSION_DENIED) on a node
@@ -8,14 +8,18 @@
 use std::sync::Arc;
 
 use polity_proto::admin_server::Admin;
-use polity_proto::{Faults as FaultPlan, GetStatusRequest, NodeStatus, RecoveryStats};
+use polity_proto::{
+    Faults as FaultPlan, GetStatusRequest, NodeStatus, RecoveryStats, VoteRequest, VoteResponse,
+};
 use tonic::{Request, Response, Status};
 
 use crate::chaos::Faults;
 use crate::member::workers::Workers;
+use crate::registry::RegistryState;
 use crate::telemetry::metrics::Metrics;
 
 pub struct AdminApi {
+    registry: Arc<RegistryState>,
     faults: Arc<Faults>,
     workers: Arc<Workers>,
     metrics: Arc<Metrics>,
@@ -24,12 +28,14 @@ pub struct AdminApi {
 
 impl AdminApi {
     pub fn new(
+        registry: Arc<RegistryState>,
         faults: Arc<Faults>,
         workers: Arc<Workers>,
         metrics: Arc<Metrics>,
         token_configured: bool,
     ) -> AdminApi {
         AdminApi {
+            registry,
             faults,
             workers,
             metrics,
@@ -51,6 +57,22 @@ impl AdminApi {
 
 #[tonic::async_trait]
 impl Admin for AdminApi {
+    async fn vote(&self, request: Request<VoteRequest>) -> Result<Response<VoteResponse>, Status> {
+        self.allowed()?;
+        let request = request.into_inner();
+        let Ok(digest) = <[u8; 32]>::try_from(request.registry_digest.as_slice()) else {
+            self.metrics.reject("invalid_argument");
+            return Err(Status::invalid_argument(format!(
+                "registry_digest must be 32 bytes, got {}",
+                request.registry_digest.len()
+            )));
+        };
+        let ballots = self.registry.vote(digest, request.approve);
+        Ok(Response::new(VoteResponse {
+            ballots: u32::try_from(ballots).unwrap_or(u32::MAX),
+        }))
+    }
+
     async fn set_faults(&self, request: Request<FaultPlan>) -> Result<Response<FaultPlan>, Status> {
         self.allowed()?;
         let plan = request.into_inner();

@@ -5,7 +5,7 @@
 //! the member's own request), and submits the registry task; the federation's
 //! members decide it.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use polity_consensus::registry::{Anchor, Epoch, registry_task, sign_proposal};
@@ -53,6 +53,10 @@ pub struct Proposer {
     /// its genesis.
     #[arg(long)]
     pub federation: Option<PathBuf>,
+    /// Print the proposed registry's digest and stop: under `vote` admission the
+    /// members' operators vote on it (`polity vote`) before the proposal is sent.
+    #[arg(long)]
+    pub digest_only: bool,
 }
 
 /// Proposes the change, waits for the decision, and returns the new epoch.
@@ -78,6 +82,15 @@ pub async fn propose(connection: &Connection, command: &ProposeCommand) -> anyho
     let anchor = Anchor::from_chain(chain).context("the node's epoch chain does not verify")?;
     let current = anchor.current();
     let next = next_registry(current, &identity, command)?;
+    let digest = polity_consensus::registry::registry_digest(&next.encode_to_vec());
+    println!(
+        "proposing registry epoch {} ({})",
+        next.epoch,
+        hex::encode(digest)
+    );
+    if proposer.digest_only {
+        return Ok(current.number());
+    }
     let proposal = sign_proposal(&next, identity.signing_key()).encode_to_vec();
     let spec = registry_task(current, proposal, PROPOSAL_DEADLINE_MS);
     let record = client
@@ -152,70 +165,37 @@ fn next_registry(
     Ok(next)
 }
 
-/// `polity genesis show FILE`: checks a federation file and prints every epoch.
-pub fn show_federation(path: &Path) -> anyhow::Result<()> {
-    let anchor = Anchor::from_chain(read_chain(path)?)
-        .with_context(|| format!("{} does not verify", path.display()))?;
-    for epoch in anchor.epochs() {
-        let registry = epoch.registry();
-        println!(
-            "federation {:?} epoch {} ({}), admission {}, {} member(s), total stake {}",
-            registry.federation,
-            epoch.number(),
-            hex::encode(epoch.digest()),
-            epoch.admission().as_str_name(),
-            registry.members.len(),
-            epoch.total_stake()
-        );
-    }
-    for member in anchor.current().members() {
-        println!(
-            "  {} {}/{} stake {} serves {}",
-            hex::encode(&member.public_key),
-            member.continent,
-            member.region,
-            member.stake,
-            member.capabilities.join(",")
-        );
-    }
+/// `polity vote`: this node's operator's ballot on a proposed registry.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VoteArgs {
+    /// The proposed registry's digest (`polity propose ... --digest-only` prints it).
+    #[arg(long)]
+    pub registry: String,
+    /// Refuse the proposal (default: approve).
+    #[arg(long)]
+    pub reject: bool,
+}
+
+pub async fn vote(connection: &Connection, args: &VoteArgs) -> anyhow::Result<()> {
+    let digest = hex::decode(&args.registry)
+        .ok()
+        .filter(|digest| digest.len() == 32)
+        .ok_or_else(|| anyhow::anyhow!("--registry is not 64 hex digits"))?;
+    let response = connection
+        .connect_admin()
+        .await?
+        .vote(polity_proto::VoteRequest {
+            registry_digest: digest,
+            approve: !args.reject,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    println!(
+        "{} registry {}; this node holds {} ballot(s)",
+        if args.reject { "rejected" } else { "approved" },
+        args.registry,
+        response.ballots
+    );
     Ok(())
-}
-
-#[derive(Debug, Clone, clap::Subcommand)]
-pub enum GenesisCommand {
-    /// Check a federation file and print its epochs and current members.
-    Show { file: PathBuf },
-    /// Write the node's verified epoch chain to a file: a trust anchor for
-    /// `polity verify --federation` that includes every change since genesis.
-    Export {
-        #[command(flatten)]
-        connection: Connection,
-        #[arg(long)]
-        out: PathBuf,
-    },
-}
-
-pub async fn genesis(command: &GenesisCommand) -> anyhow::Result<()> {
-    match command {
-        GenesisCommand::Show { file } => show_federation(file),
-        GenesisCommand::Export { connection, out } => {
-            let chain = connection
-                .connect()
-                .await?
-                .get_epoch_chain(GetEpochChainRequest {})
-                .await
-                .map_err(status_error)?
-                .into_inner();
-            let anchor = Anchor::from_chain(chain.clone())
-                .context("the node's epoch chain does not verify")?;
-            std::fs::write(out, chain.encode_to_vec())
-                .with_context(|| format!("writing {}", out.display()))?;
-            println!(
-                "wrote {} (epoch {})",
-                out.display(),
-                anchor.current().number()
-            );
-            Ok(())
-        }
-    }
 }

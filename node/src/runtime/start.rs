@@ -121,6 +121,7 @@ pub async fn run_until(config: NodeConfig, mut stop: watch::Receiver<bool>) -> a
             network.peers.clone(),
         ),
         admin: AdminApi::new(
+            Arc::clone(&opened.registry),
             Arc::clone(&parts.faults),
             Arc::clone(&parts.workers),
             Arc::clone(&metrics),
