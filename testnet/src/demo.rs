@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, ensure};
-use polity_consensus::verify_task_chain;
+use polity_consensus::{Anchor, verify_in};
 use polity_node::client::printable;
 use polity_proto::{
     ConsensusPath, Level, RiskPolicy, Scope, SubmitTaskRequest, TaskState,
@@ -19,8 +19,9 @@ use polity_proto::{
 };
 
 use crate::cluster::{Launched, UpArgs, launch, print_table};
+use crate::genesis::GENESIS_FILE;
 use crate::rpc;
-use crate::show::{certificate_tree, level_label};
+use crate::show::{certificate_tree_in, level_label};
 
 /// `demo` options.
 #[derive(Debug, Clone, clap::Args)]
@@ -138,7 +139,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     print_table(&nodes);
     println!();
 
-    let result = decide_all(&nodes).await;
+    let anchor = read_anchor(&root.join(GENESIS_FILE))?;
+    println!(
+        "Federation {:?}: genesis epoch {} ({}), {} members; every certificate below is \
+         checked against it.\n",
+        anchor.current().registry().federation,
+        anchor.current().number(),
+        &hex::encode(anchor.current().digest())[..16],
+        anchor.current().members().len()
+    );
+    let result = decide_all(&nodes, &anchor).await;
     if let Err(error) = &result {
         eprintln!("demo failed: {error:#}");
     } else if !args.exit {
@@ -167,7 +177,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn decide_all(nodes: &[crate::process::NodeProcess]) -> anyhow::Result<()> {
+/// The testnet's trust anchor, from its genesis file.
+fn read_anchor(path: &std::path::Path) -> anyhow::Result<Anchor> {
+    Ok(Anchor::from_chain(polity_node::registry::read_chain(
+        path,
+    )?)?)
+}
+
+async fn decide_all(nodes: &[crate::process::NodeProcess], anchor: &Anchor) -> anyhow::Result<()> {
     for (number, task) in tasks().into_iter().enumerate() {
         let entry = &nodes[task.entry];
         println!(
@@ -207,11 +224,16 @@ async fn decide_all(nodes: &[crate::process::NodeProcess]) -> anyhow::Result<()>
                 group.latency_ms
             );
         }
-        for line in certificate_tree(certificate).lines() {
+        let (local, epoch) = verify_in(anchor, certificate, None)
+            .map_err(|e| anyhow::anyhow!("offline verification failed: {e}"))?;
+        println!(
+            "  epoch  {} ({}), members drawn by the seat rule",
+            epoch.number(),
+            &hex::encode(epoch.digest())[..16]
+        );
+        for line in certificate_tree_in(certificate, Some(epoch)).lines() {
             println!("  {line}");
         }
-        let local = verify_task_chain(certificate, None)
-            .map_err(|e| anyhow::anyhow!("offline verification failed: {e}"))?;
         let remote = client
             .verify_certificate(VerifyCertificateRequest {
                 source: Some(Source::TaskId(record.task_id.clone())),
@@ -224,7 +246,8 @@ async fn decide_all(nodes: &[crate::process::NodeProcess]) -> anyhow::Result<()>
             remote.error
         );
         println!(
-            "  verified offline: {} certificate(s), {} signature(s); the entry node agrees\n",
+            "  verified offline against the genesis (signatures, task binding, membership): \
+             {} certificate(s), {} signature(s); the entry node agrees\n",
             local.certificates, local.signatures
         );
     }

@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 
+use polity_consensus::registry::Epoch;
 use polity_consensus::{PublicKey, certificate_digest, open};
 use polity_node::client::printable;
 use polity_node::entry::{level_name, path_name};
@@ -28,14 +29,16 @@ fn short(key: &PublicKey) -> String {
     key.to_string()[..12].to_string()
 }
 
-/// Renders `certificate` and its carried children as an indented tree.
-pub fn certificate_tree(certificate: &Certificate) -> String {
+/// Renders `certificate` and its carried children as an indented tree; with
+/// `epoch` (the registry epoch the chain was drawn from), each voter with its
+/// region and stake there.
+pub fn certificate_tree_in(certificate: &Certificate, epoch: Option<&Epoch>) -> String {
     let mut out = String::new();
-    render(certificate, 0, &mut out);
+    render(certificate, epoch, 0, &mut out);
     out
 }
 
-fn render(certificate: &Certificate, depth: usize, out: &mut String) {
+fn render(certificate: &Certificate, epoch: Option<&Epoch>, depth: usize, out: &mut String) {
     let indent = "    ".repeat(depth);
     let slot = certificate.slot.clone().unwrap_or_default();
     let report = certificate
@@ -58,7 +61,7 @@ fn render(certificate: &Certificate, depth: usize, out: &mut String) {
         certificate.members.len(),
         &hex::encode(certificate_digest(certificate))[..16],
     );
-    write_votes(certificate, report.as_ref(), &indent, out);
+    write_votes(certificate, report.as_ref(), epoch, &indent, out);
     if !certificate.attestations.is_empty() {
         let _ = writeln!(
             out,
@@ -77,11 +80,17 @@ fn render(certificate: &Certificate, depth: usize, out: &mut String) {
             short(&signer)
         );
     }
-    write_children(certificate, depth, &indent, out);
+    write_children(certificate, epoch, depth, &indent, out);
 }
 
 /// One line per observation: who voted what, and whether it agrees with the report.
-fn write_votes(certificate: &Certificate, report: Option<&Report>, indent: &str, out: &mut String) {
+fn write_votes(
+    certificate: &Certificate,
+    report: Option<&Report>,
+    epoch: Option<&Epoch>,
+    indent: &str,
+    out: &mut String,
+) {
     for statement in &certificate.observations {
         match open::<Observation>(statement, StatementKind::Observation) {
             Ok((signer, observation)) => {
@@ -92,9 +101,14 @@ fn write_votes(certificate: &Certificate, report: Option<&Report>, indent: &str,
                 };
                 let agrees = report
                     .is_some_and(|r| observation.error.is_empty() && r.value == observation.answer);
+                let seat = match epoch.map(|epoch| epoch.member(&signer)) {
+                    Some(Some(member)) => format!(" [{}, stake {}]", member.region, member.stake),
+                    Some(None) => " [NOT A REGISTRY MEMBER]".to_string(),
+                    None => String::new(),
+                };
                 let _ = writeln!(
                     out,
-                    "{indent}  {} voted {said} {}",
+                    "{indent}  {}{seat} voted {said} {}",
                     short(&signer),
                     if agrees { "(agrees)" } else { "(DISAGREES)" }
                 );
@@ -107,7 +121,13 @@ fn write_votes(certificate: &Certificate, report: Option<&Report>, indent: &str,
 }
 
 /// The carried child certificates, one level deeper, each distinct one once.
-fn write_children(certificate: &Certificate, depth: usize, indent: &str, out: &mut String) {
+fn write_children(
+    certificate: &Certificate,
+    epoch: Option<&Epoch>,
+    depth: usize,
+    indent: &str,
+    out: &mut String,
+) {
     if depth + 1 >= CHAIN_DEPTH_MAX && !certificate.children.is_empty() {
         let _ = writeln!(out, "{indent}  (deeper children not shown)");
         return;
@@ -119,7 +139,7 @@ fn write_children(certificate: &Certificate, depth: usize, indent: &str, out: &m
             continue;
         }
         match Certificate::decode(child.as_slice()) {
-            Ok(child) => render(&child, depth + 1, out),
+            Ok(child) => render(&child, epoch, depth + 1, out),
             Err(error) => {
                 let _ = writeln!(out, "{indent}    undecodable child certificate: {error}");
             }
