@@ -129,6 +129,12 @@ impl RegistryState {
         anchor.changes_after(from).to_vec()
     }
 
+    /// The changes after epoch `epoch`, oldest first.
+    pub fn changes_after(&self, epoch: u64) -> Vec<EpochChange> {
+        let anchor = self.anchor.read().expect("registry lock");
+        anchor.changes_after(epoch).to_vec()
+    }
+
     /// Applies every change that moves past the current epoch, in order; changes
     /// this node has already are skipped. Returns the epochs gained.
     pub fn apply(&self, changes: Vec<EpochChange>) -> anyhow::Result<u64> {

@@ -2,8 +2,9 @@
 //! answers wrong and is not in the genesis gets no seat and changes no decision; a
 //! stranger's self-signed certificate passes `polity verify` only as "membership
 //! not checked" (exit 3) and is refused against the federation (exit 2); the
-//! outsider joins through a proposal the members decide, every node moves to epoch
-//! 1, and certificates of epoch 0 still verify against the epoch chain.
+//! outsider joins through a proposal the members decide while one member is down,
+//! every node moves to epoch 1 (the one that was down pulls it when it is back), and
+//! certificates of epoch 0 still verify against the epoch chain.
 
 use std::path::Path;
 use std::process::Command;
@@ -119,7 +120,7 @@ async fn the_registry_decides_who_sits_and_moves_only_by_proposals() {
         timeout_s: 120,
         node_args: Vec::new(),
     };
-    let Launched { nodes, .. } = launch(&args, &default_capabilities()).await.unwrap();
+    let Launched { mut nodes, .. } = launch(&args, &default_capabilities()).await.unwrap();
     let genesis = dir.path().join("genesis.pb");
 
     // An outsider in the same region, always wrong, with the testnet's genesis.
@@ -186,8 +187,14 @@ async fn the_registry_decides_who_sits_and_moves_only_by_proposals() {
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("registry epoch 0"), "{text}");
 
+    // node-3 is down while the registry changes: a member that cannot be reached
+    // does not block the change (3 of 4 stakes approve), and catches up later.
+    let sleeper = nodes.pop().unwrap();
+    let sleeper_spec = sleeper.spec.clone();
+    sleeper.stop().unwrap();
+
     // The outsider asks to join; the members (admission open) approve.
-    let entry = &nodes[0].endpoints.grpc;
+    let entry = &nodes[0].endpoints.grpc.clone();
     let outsider_dir = dir.path().join("outsider").display().to_string();
     let (code, text) = polity(&[
         "propose",
@@ -215,6 +222,19 @@ async fn the_registry_decides_who_sits_and_moves_only_by_proposals() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+
+    // node-3 comes back at epoch 0 and pulls the change from a peer that announces
+    // epoch 1.
+    let sleeper = NodeProcess::start(&polity_binary().unwrap(), sleeper_spec).unwrap();
+    let started = Instant::now();
+    while epoch_of(&sleeper).await < 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "node-3 did not catch up"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    nodes.push(sleeper);
 
     // The exported chain proves epoch 1, and the epoch-0 certificate still verifies.
     let chain_file = dir.path().join("chain.pb").display().to_string();

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use polity_proto::{Certificate, Level, TaskSpec};
 use prost::Message;
 
-use super::{Anchor, Epoch, MembershipError, level_word, seats_allowed};
+use super::{Anchor, Epoch, MembershipError, REGISTRY_CAPABILITY, level_word, seats_allowed};
 use crate::AnswerVerifier;
 use crate::binding::{GLOBAL_GROUP, place_of, verify_task_chain};
 use crate::certificate::{ChainSummary, LEVELS_MAX, VerifyError};
@@ -171,7 +171,8 @@ fn registered_members(
 }
 
 /// A region group: members of the region that serve the task's capability, each
-/// within the seat rule's allowed prefix, and at least `min(replication, eligible)`.
+/// within the seat rule's allowed prefix, and at least `min(replication, eligible)`
+/// (a registry task: at least one).
 fn check_region(
     seats: &TaskSeats<'_>,
     group: &str,
@@ -210,7 +211,14 @@ fn check_region(
             Some(_) => {}
         }
     }
-    let needed = seats.replication.min(order.len());
+    // A registry task seats whoever of the region can be reached: its guard is the
+    // approving stake (more than 2/3 of the epoch's), so a dead member cannot block
+    // changes, its own removal included.
+    let needed = if seats.capability == REGISTRY_CAPABILITY {
+        1
+    } else {
+        seats.replication.min(order.len())
+    };
     if members.len() < needed {
         return Err(MembershipError::TooFew {
             group: group.to_string(),

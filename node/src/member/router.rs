@@ -418,6 +418,50 @@ impl Federation {
             task_request::Request::Assign(assign) => self.on_assign(from, assign),
             task_request::Request::Outcome(outcome) => self.on_outcome(from, outcome),
             task_request::Request::Epochs(chain) => self.on_epochs(from, chain),
+            task_request::Request::EpochsAfter(epoch) => self.on_epochs_after(from, epoch),
+        }
+    }
+
+    /// A peer behind us asks for the changes after its epoch: pushed back to it
+    /// alone, at most [`crate::registry::PUSH_CHANGES_MAX`] of them.
+    fn on_epochs_after(self: &Arc<Self>, from: PublicKey, epoch: u64) -> Ack {
+        let mut changes = self.registry.changes_after(epoch);
+        if changes.is_empty() {
+            return refused("no newer registry epoch here");
+        }
+        changes.truncate(crate::registry::PUSH_CHANGES_MAX);
+        let federation = Arc::clone(self);
+        tokio::spawn(async move {
+            let chain = EpochChain {
+                genesis: None,
+                changes,
+            };
+            let request = task_request::Request::Epochs(chain);
+            if let Err(error) = federation.send_task(from, request).await {
+                tracing::debug!(%error, "epoch changes not delivered");
+            }
+        });
+        accepted()
+    }
+
+    /// Asks a peer that announces a newer registry epoch than ours for the changes;
+    /// its push is checked like any other. One peer per call.
+    pub async fn pull_epochs(self: &Arc<Self>) {
+        let mine = self.registry.current().number();
+        let Ok(candidates) = self.peers.find_local("").await else {
+            return;
+        };
+        let ahead = candidates.into_iter().find_map(|candidate| {
+            let info = candidate.view.info?;
+            (info.registry_epoch > mine)
+                .then(|| PublicKey::from_slice(&info.public_key).ok())
+                .flatten()
+        });
+        if let Some(peer) = ahead {
+            let request = task_request::Request::EpochsAfter(mine);
+            if let Err(error) = self.send_task(peer, request).await {
+                tracing::debug!(%error, "could not ask for newer epochs");
+            }
         }
     }
 

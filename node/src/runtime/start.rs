@@ -412,6 +412,7 @@ async fn build_parts(
         Arc::clone(&workers),
         Arc::clone(&opened.registry),
     );
+    tokio::spawn(sync_epochs(Arc::clone(&federation), stop.clone()));
     let engine = TaskEngine::new(
         identity.clone(),
         Arc::clone(&opened.store),
@@ -598,6 +599,22 @@ async fn watch_load(workers: Arc<Workers>, metrics: Arc<Metrics>, mut stop: watc
         if ticks.is_multiple_of(RECOVERY_SWEEP_TICKS) {
             metrics.recovery.sweep();
         }
+    }
+}
+
+/// How often a node looks for a peer at a newer registry epoch than its own.
+const EPOCH_SYNC_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Catches up with registry epochs this node missed (it was down, or a push was
+/// lost): peers announce their epoch in NodeInfo, and one that is ahead is asked.
+async fn sync_epochs(federation: Arc<Federation>, mut stop: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(EPOCH_SYNC_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.changed() => return,
+        }
+        federation.pull_epochs().await;
     }
 }
 
