@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Three Polity nodes on three "machines": network namespaces joined by veth pairs
 # to a bridge (itself in a fourth namespace), with their own 10.213.0.0/24
-# addresses. Node 1 is the bootstrap peer; nodes 2 and 3 join it with
+# addresses. First a genesis lists the three (`polity genesis init|add-member`,
+# each node's key made in its data dir); every node starts with --genesis. Node 1
+# is the bootstrap peer; nodes 2 and 3 join it with
 # --bootstrap /ip4/10.213.0.1/tcp/7100/p2p/<id>. The script waits until every node
-# knows the other two over non-loopback addresses, prints what each sees, and
-# removes everything it made, also on failure or Ctrl-C.
+# knows the other two over non-loopback addresses, prints what each sees, decides a
+# global bft task across the three and verifies its certificate against the
+# genesis, and removes everything it made, also on failure or Ctrl-C.
 #
 # Needs root and iproute2. Traffic stays inside the namespaces this script creates.
 # Usage: scripts/netns-cluster.sh [path/to/polity]   (default: target/release/polity,
@@ -63,9 +66,19 @@ start_node() { # index, extra args...
   mkdir -p "$WORK/n$i"
   ip netns exec "${PREFIX}n$i" "$POLITY" node --data-dir "$WORK/n$i" \
     --listen "/ip4/$SUBNET.$i/tcp/7100" --grpc-addr 127.0.0.1:7001 --http-addr 127.0.0.1:7002 \
-    --region "region-$i" --continent earth --no-mdns "$@" >"$WORK/n$i.log" 2>&1 &
+    --region "region-$i" --continent earth --no-mdns --genesis "$WORK/genesis.pb" \
+    --capability sha256=builtin:sha256 "$@" >"$WORK/n$i.log" 2>&1 &
   echo $! >"$WORK/n$i.pid"
 }
+
+# The federation's genesis: one member per namespace, signed by an authority key.
+"$POLITY" genesis init --out "$WORK/genesis.pb" --federation netns \
+  --authority-dir "$WORK/authority" --member-dir "$WORK/n1" \
+  --region region-1 --continent earth --capability sha256 >/dev/null
+for i in $(seq 2 $NODES); do
+  "$POLITY" genesis add-member "$WORK/genesis.pb" --authority-dir "$WORK/authority" \
+    --member-dir "$WORK/n$i" --region "region-$i" --continent earth --capability sha256 >/dev/null
+done
 
 BOOT_ID=$("$POLITY" id --data-dir "$WORK/n1")
 start_node 1
@@ -107,4 +120,10 @@ addresses = [a for p in peers for a in p.get("listen_addrs", [])]
 assert any("/ip4/10.213.0." in a for a in addresses), addresses
 assert not any("/ip4/127." in a for a in addresses), addresses
 '
+# One decision across the three machines, verified against the genesis offline.
+ip netns exec "${PREFIX}n1" "$POLITY" submit --addr http://127.0.0.1:7001 \
+  --capability sha256 --payload netns --scope global --adversarial-risk 0.9 \
+  --certificate-out "$WORK/cert.pb" >"$WORK/submit.txt"
+grep -q DECIDED "$WORK/submit.txt" || { cat "$WORK/submit.txt" >&2; exit 1; }
+"$POLITY" verify "$WORK/cert.pb" --federation "$WORK/genesis.pb"
 echo "OK: $NODES nodes federated across network namespaces over $SUBNET.0/24"
