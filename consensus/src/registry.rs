@@ -151,7 +151,7 @@ pub enum MembershipError {
         needed: usize,
         found: usize,
     },
-    #[error("{group}: {key} is in no child group it could represent")]
+    #[error("{group}: {key} observed a child group it did not sit in")]
     NotRepresentative { group: String, key: PublicKey },
     #[error("{group}: child {child} is not a {level} of {group}")]
     ForeignChild {

@@ -317,6 +317,10 @@ pub struct Round {
     /// The path and aggregation the task asks for (read once from its bytes), which
     /// every child certificate must have used; why not, if the task asks nothing.
     task_rule: Result<(ConsensusPath, Aggregation), String>,
+    /// A registry task: its approvals are counted from included observations, so
+    /// the collector waits for every member (or half the round) even when a quorum
+    /// agrees early.
+    full_house: bool,
     verifier: Option<Box<dyn AnswerVerifier + Send + Sync>>,
     /// The current round number, `< rounds_max`.
     round: u32,
@@ -425,11 +429,16 @@ impl Round {
             return Err(ConfigError::ZeroTotalWeight);
         }
         debug_assert!(config.members.len() <= MEMBERS_MAX);
-        let task_rule = polity_proto::TaskSpec::decode(config.task.as_slice())
+        let spec = polity_proto::TaskSpec::decode(config.task.as_slice());
+        let full_house = spec
+            .as_ref()
+            .is_ok_and(|spec| spec.capability == crate::registry::REGISTRY_CAPABILITY);
+        let task_rule = spec
             .map_err(|e| format!("task: {e}"))
             .and_then(|spec| crate::binding::task_rule(&spec).map_err(|e| e.to_string()));
         Ok(Round {
             task_rule,
+            full_house,
             task_id: task_id(&config.task),
             group_digest: group_digest(
                 config.path,
@@ -981,7 +990,10 @@ impl Round {
             .iter()
             .map(|stored| self.index_of_observation(stored))
             .collect();
+        let all_in = indices.len() == self.config.members.len();
+        let half_gone = now_ms >= self.round_start_ms(round) + self.config.round_timeout_ms / 2;
         if self.config.path != ConsensusPath::Raft
+            && (!self.full_house || all_in || half_gone)
             && let Some(included) = self.fast_quorum(&usable)
         {
             let Some(own) = self.make_report(round, &included) else {
@@ -992,9 +1004,7 @@ impl Round {
             self.decide(certificate, true, actions);
             return;
         }
-        let half_gone = now_ms >= self.round_start_ms(round) + self.config.round_timeout_ms / 2;
-        let ready = indices.len() == self.config.members.len()
-            || (half_gone && self.rule.is_quorum(&indices));
+        let ready = all_in || (half_gone && self.rule.is_quorum(&indices));
         if !ready || !self.rule.is_quorum(&indices) {
             return;
         }

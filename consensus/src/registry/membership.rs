@@ -1,8 +1,8 @@
 //! Membership: a verified chain's members against the registry epoch it names.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use polity_proto::{Certificate, Level, TaskSpec};
+use polity_proto::{Certificate, Level, Observation, TaskSpec};
 use prost::Message;
 
 use super::{Anchor, Epoch, MembershipError, REGISTRY_CAPABILITY, level_word, seats_allowed};
@@ -130,6 +130,7 @@ fn check_group(
         level @ (Level::Continent | Level::Global) => {
             let children = decode_children(certificate)?;
             check_parent(seats.epoch, level, &group, &place, &members, &children)?;
+            check_representatives(certificate, &group)?;
             for child in &children {
                 check_group(seats, child, depth + 1)?;
             }
@@ -229,9 +230,9 @@ fn check_region(
     Ok(())
 }
 
-/// A continent or the global group: its children are one level down and of its
-/// place (regions of the continent; continents of the registry), and each member
-/// sits in one of its children and, for a continent, in the continent.
+/// A continent or the global group: its children are of its place (regions of the
+/// continent; continents of the registry), and, for a continent, every member sits
+/// in the continent.
 fn check_parent(
     epoch: &Epoch,
     level: Level,
@@ -250,7 +251,6 @@ fn check_parent(
     } else {
         Level::Region
     };
-    let mut represented = BTreeSet::new();
     for child in children {
         let child_group = child.slot.as_ref().map_or("", |slot| slot.group.as_str());
         let child_place =
@@ -266,20 +266,8 @@ fn check_parent(
                 level: level_word(child_level),
             });
         }
-        represented.extend(
-            child
-                .members
-                .iter()
-                .filter_map(|m| PublicKey::from_slice(&m.public_key).ok()),
-        );
     }
     for key in members {
-        if !represented.contains(key) {
-            return Err(MembershipError::NotRepresentative {
-                group: group.to_string(),
-                key: *key,
-            });
-        }
         let registered = epoch.member(key).expect("registered_members checked");
         if level == Level::Continent && registered.continent != place {
             return Err(MembershipError::WrongPlace {
@@ -287,6 +275,45 @@ fn check_parent(
                 key: *key,
                 expected: format!("continent {place:?}"),
                 found: format!("continent {:?}", registered.continent),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Every included observation of a (verified) parent is signed by a member of the
+/// child it names: a member represents only a group it sat in. (A member whose
+/// observation was not included carried nothing into the decision.)
+fn check_representatives(certificate: &Certificate, group: &str) -> Result<(), MembershipError> {
+    let mut members_of: BTreeMap<&[u8], BTreeSet<PublicKey>> = BTreeMap::new();
+    for (digest, bytes) in certificate.child_digests.iter().zip(&certificate.children) {
+        if members_of.contains_key(digest.as_slice()) {
+            continue;
+        }
+        let child = Certificate::decode(bytes.as_slice())
+            .map_err(|e| MembershipError::Malformed(format!("child: {e}")))?;
+        let keys = child
+            .members
+            .iter()
+            .filter_map(|m| PublicKey::from_slice(&m.public_key).ok())
+            .collect();
+        members_of.insert(digest.as_slice(), keys);
+    }
+    for statement in &certificate.observations {
+        let observation = Observation::decode(statement.body.as_slice())
+            .map_err(|e| MembershipError::Malformed(format!("observation: {e}")))?;
+        if observation.child_certificate_digest.is_empty() {
+            continue;
+        }
+        let key = PublicKey::from_slice(&statement.signer)
+            .map_err(|e| MembershipError::Malformed(e.to_string()))?;
+        let sat = members_of
+            .get(observation.child_certificate_digest.as_slice())
+            .is_some_and(|keys| keys.contains(&key));
+        if !sat {
+            return Err(MembershipError::NotRepresentative {
+                group: group.to_string(),
+                key,
             });
         }
     }
