@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """An independent verifier of Polity certificate chains, written from SIGNING.md.
 
-Usage: python3 scripts/verify_chain.py [certificate.json]   (stdin when no path)
+Usage: python3 scripts/verify_chain.py [--federation FILE.pb] [certificate.json]
+       (the certificate from stdin when no path is given, or the path is `-`)
 
 Reads the JSON form of a certificate (`polity_consensus::certificate_json`,
 SIGNING.md "JSON form") and decides, from the root's `bytes` alone, whether the
@@ -11,10 +12,20 @@ other than `bytes` is trusted: the protobuf is decoded here by a small wire-form
 reader, every digest is recomputed, every signature is checked with libsodium
 (PyNaCl), and the other fields are only compared with what the bytes say.
 
-Prints `valid` and a one-line summary and exits 0, or prints `invalid: <reason>`
-and exits 1. Exits 2 when the input is unusable (not the JSON form, `bytes` that
-do not decode as a Certificate, fields that disagree with `bytes`) or PyNaCl is
-missing. Needs Python 3.9+ and PyNaCl (python3 -m pip install pynacl).
+With `--federation FILE.pb` (a federation file: the protobuf encoding of an
+`EpochChain`, as `polity genesis export` writes it and `polity verify --federation`
+reads it), the genesis and every epoch change in the file are checked first, and the
+chain's members are then checked against the registry epoch its root names
+(SIGNING.md "The registry"; Rust's `verify_in`). A federation file that does not
+verify makes every chain invalid against it. Without `--federation`, membership is
+not checked (a valid verdict then says nothing about who had the right to sign).
+
+Prints `valid` and a one-line summary (and, with a federation, the epoch the
+members were checked against) and exits 0, or prints `invalid: <reason>` and exits
+1. Exits 2 when the input is unusable (not the JSON form, `bytes` that do not
+decode as a Certificate, fields that disagree with `bytes`, a file that cannot be
+read) or PyNaCl is missing. Needs Python 3.9+ and PyNaCl (python3 -m pip install
+pynacl).
 """
 
 from __future__ import annotations
@@ -405,21 +416,342 @@ def group_digest(path: int, aggregation: int, registry: bytes, members: List[Mes
     return sha256(*parts)
 
 
-# --- Who may sit in a group ------------------------------------------------------------
+# --- Who may sit in a group (SIGNING.md "The registry") ---------------------------------
+
+REGISTRY_TAG = b"polity/v1/registry\0"
+GENESIS_TAG = b"polity/v1/genesis\0"
+REQUEST_TAG = b"polity/v1/registry-request\0"
+SEAT_TAG = b"polity/v1/seat\0"
+REGISTRY_CAPABILITY = "polity.registry"
+REGISTRY_MEMBERS_MAX = 4096
+AUTHORITIES_MAX = 16
+MEMBER_CAPABILITIES_MAX = 64
+STAKE_MAX = 1 << 40
+REGISTRY_BYTES_MAX = 4 << 20
+EPOCH_CHANGES_MAX = 100_000
+FEDERATION_BYTES_MAX = 64 << 20  # what `polity verify --federation` reads
+ADMISSION_OPEN, ADMISSION_VOTE = 1, 2
+LABEL = re.compile(r"[a-z0-9._-]{1,64}")
+
+REGISTRY_MEMBER: Schema = {
+    1: ("public_key", "bytes", False),
+    2: ("region", "string", False),
+    3: ("continent", "string", False),
+    4: ("stake", "uint64", False),
+    5: ("capabilities", "string", True),
+}
+REGISTRY: Schema = {
+    1: ("federation", "string", False),
+    2: ("epoch", "uint64", False),
+    3: ("previous", "bytes", False),
+    4: ("members", REGISTRY_MEMBER, True),
+    5: ("admission", "enum", False),
+    6: ("authorities", "bytes", True),
+}
+GENESIS: Schema = {1: ("registry", "bytes", False), 2: ("signatures", "bytes", True)}
+PROPOSAL: Schema = {1: ("registry", "bytes", False), 2: ("subject_signature", "bytes", False)}
+# `certificate` is a message field: every occurrence is kept as bytes, and their
+# concatenation decoded (protobuf's merge of a message field that appears twice).
+EPOCH_CHANGE: Schema = {1: ("proposal", "bytes", False), 2: ("certificate", "bytes", True)}
+EPOCH_CHAIN: Schema = {1: ("genesis", GENESIS, False), 2: ("changes", EPOCH_CHANGE, True)}
+
+
+def registry_digest(registry_bytes: bytes) -> bytes:
+    return sha256(REGISTRY_TAG, registry_bytes)
+
+
+def seat_rank(task: bytes, registry: bytes, key: bytes) -> bytes:
+    return sha256(SEAT_TAG, task, registry, key)
+
+
+def seats_allowed(replication: int) -> int:
+    """The prefix of the seat order a group of `replication` may sit from."""
+    return replication + 2 + replication // 2
+
+
+def check_label(what: str, value: str) -> None:
+    if LABEL.fullmatch(value) is None:
+        raise Invalid(f"registry: {what} {value!r} is not a label (1..=64 bytes of a-z 0-9 . _ -)")
+
+
+class Epoch:
+    """One registry epoch: its exact bytes, digest, decoded registry, members by key,
+    regions with their continents, and total stake. Built only from a valid registry."""
+
+    def __init__(self, registry_bytes: bytes) -> None:
+        limit("registry", len(registry_bytes), REGISTRY_BYTES_MAX)
+        self.bytes = registry_bytes
+        self.digest = registry_digest(registry_bytes)
+        self.registry = decode(REGISTRY, registry_bytes, "registry")
+        self.number = self.registry.epoch
+        self.members: Dict[bytes, Message] = {}
+        self.regions: Dict[str, str] = {}
+        self.check()
+        self.total_stake = sum(member.stake for member in self.registry.members)
+
+    def check(self) -> None:
+        """The registry's own rules (SIGNING.md "Registries and the genesis")."""
+        registry = self.registry
+        check_label("federation", registry.federation)
+        if not 1 <= len(registry.members) <= REGISTRY_MEMBERS_MAX:
+            raise Invalid(f"registry: {len(registry.members)} members, a registry has 1..={REGISTRY_MEMBERS_MAX}")
+        if registry.admission not in (ADMISSION_OPEN, ADMISSION_VOTE):
+            raise Invalid(f"registry: invalid admission {registry.admission}")
+        if not 1 <= len(registry.authorities) <= AUTHORITIES_MAX:
+            raise Invalid(f"registry: {len(registry.authorities)} authorities, a registry has 1..={AUTHORITIES_MAX}")
+        for authority in registry.authorities:
+            problem = key_problem(authority)
+            if problem:
+                raise Invalid(f"registry: authority: {problem}")
+        if len(set(registry.authorities)) != len(registry.authorities):
+            raise Invalid("registry: an authority repeats")
+        if (registry.epoch == 0) != (registry.previous == b"") or len(registry.previous) not in (0, 32):
+            raise Invalid("registry: previous is empty at epoch 0 and a 32-byte digest after")
+        last = None
+        for member in registry.members:
+            problem = key_problem(member.public_key)
+            if problem:
+                raise Invalid(f"registry: member key: {problem}")
+            check_label("region", member.region)
+            check_label("continent", member.continent)
+            if not 1 <= member.stake <= STAKE_MAX:
+                raise Invalid(f"registry: stake {member.stake} outside 1..={STAKE_MAX}")
+            if len(member.capabilities) > MEMBER_CAPABILITIES_MAX:
+                raise Invalid(f"registry: more than {MEMBER_CAPABILITIES_MAX} capabilities")
+            for capability in member.capabilities:
+                check_label("capability", capability)
+            if last is not None and last >= member.public_key:
+                raise Invalid("registry: members not in strictly increasing key order")
+            last = member.public_key
+            self.members[member.public_key] = member
+            continent = self.regions.setdefault(member.region, member.continent)
+            if continent != member.continent:
+                raise Invalid(f"registry: region {member.region!r} is in two continents")
+
+    @staticmethod
+    def serves(member: Message, capability: str) -> bool:
+        return capability == REGISTRY_CAPABILITY or capability in member.capabilities
+
+    def seat_order(self, task: bytes, capability: str, region: str) -> List[bytes]:
+        """The region's members serving `capability`, lowest seat rank first."""
+        ranked = sorted(
+            (seat_rank(task, self.digest, member.public_key), member.public_key)
+            for member in self.registry.members
+            if member.region == region and Epoch.serves(member, capability)
+        )
+        return [key for _, key in ranked]
+
+
+def distinct_children(certificate: Message) -> List[Message]:
+    """The children a (verified) parent carries, each distinct bytes once, decoded."""
+    seen, children = set(), []
+    for child_bytes in certificate.children:
+        if child_bytes not in seen:
+            seen.add(child_bytes)
+            children.append(decode(CERTIFICATE, child_bytes, "child"))
+    return children
 
 
 @dataclass
 class Context:
-    """What a verification is given besides the chain. `registry` is the federation
-    registry a certificate's members and seats are checked against; none yet."""
+    """What a verification is given besides the chain. `registry` is the registry
+    epoch (an `Epoch`) the chain's root names, from the trust anchor; None when no
+    federation was given (membership is then not checked)."""
 
-    registry: Optional[Any] = None
+    registry: Optional[Epoch] = None
 
 
-def check_membership(certificate: Message, registry: Optional[Any]) -> None:
-    """Whether the certificate's members may sit in its group (and its group may
-    exist), by the registry. Nothing to check until there is a registry."""
-    return None
+def check_membership(certificate: Message, registry: Optional[Epoch]) -> None:
+    """Whether one certificate's members may sit in its group, by the registry epoch
+    (SIGNING.md "Membership of a chain", rules 1 to 4). Called once for every
+    distinct certificate of the chain; the task is the certificate's own (the chain
+    rules make it the root's)."""
+    if registry is None:
+        return
+    epoch = registry
+    if certificate.registry_digest != epoch.digest:
+        raise Invalid(f"drawn from registry epoch {certificate.registry_digest.hex()}, which the anchor does not know")
+    spec = decode(TASK_SPEC, certificate.task, "task")
+    replication = max(1, spec.replication)
+    group = certificate.slot.group
+    place = place_of(group)
+    for member in certificate.members:
+        registered = epoch.members.get(member.public_key)
+        if registered is None:
+            raise Invalid(f"{group}: {member.public_key.hex()} is not a registry member")
+        if member.weight != registered.stake:
+            raise Invalid(
+                f"{group}: {member.public_key.hex()} has weight {member.weight}, the registry gives it stake {registered.stake}"
+            )
+    keys = [member.public_key for member in certificate.members]
+    level = certificate.slot.level
+    if level == REGION:
+        order = epoch.seat_order(task_id(certificate.task), spec.capability, place)
+        allowed = seats_allowed(replication)
+        for key in keys:
+            if epoch.members[key].region != place:
+                raise Invalid(f"{group}: {key.hex()} sits in region {epoch.members[key].region!r}, not {place!r}")
+            if key not in order:
+                raise Invalid(f"{group}: {key.hex()} does not serve {spec.capability!r}")
+            if order.index(key) >= allowed:
+                raise Invalid(f"{group}: {key.hex()} is not among the first {allowed} seats the seat rule draws")
+        needed = 1 if spec.capability == REGISTRY_CAPABILITY else min(replication, len(order))
+        if len(keys) < needed:
+            raise Invalid(f"{group}: {len(keys)} members, the task's replication needs {needed}")
+        return
+    if level == GLOBAL and place != GLOBAL_GROUP:
+        raise Invalid(f"the global group is named {group!r}")
+    members_of: Dict[bytes, set] = {}
+    for digest, child_bytes in zip(certificate.child_digests, certificate.children):
+        child = decode(CERTIFICATE, child_bytes, "child")
+        child_place = place_of(child.slot.group)
+        if level == CONTINENT:
+            belongs = epoch.regions.get(child_place) == place
+        else:
+            belongs = child_place in epoch.regions.values()
+        if not belongs:
+            below = "region" if level == CONTINENT else "continent"
+            raise Invalid(f"{group}: child {child.slot.group} is not a {below} of {group}")
+        members_of[digest] = {member.public_key for member in child.members}
+    for key in keys:
+        if level == CONTINENT and epoch.members[key].continent != place:
+            raise Invalid(f"{group}: {key.hex()} sits in continent {epoch.members[key].continent!r}, not {place!r}")
+    # Rule 5: an included observation naming a child is signed by a member of it.
+    for statement in certificate.observations:
+        observation = decode(OBSERVATION_SCHEMA, statement.body, "observation")
+        digest = observation.child_certificate_digest
+        if digest and statement.signer not in members_of.get(digest, set()):
+            raise Invalid(f"{group}: {statement.signer.hex()} observed a child group it did not sit in")
+
+
+# --- The trust anchor: genesis and epoch changes ---------------------------------------
+
+
+def verify_genesis(genesis: Message) -> Epoch:
+    """A valid epoch-0 registry, signed by each authority, one signature each, in order."""
+    epoch = Epoch(genesis.registry)
+    if epoch.number != 0:
+        raise Invalid(f"genesis: a genesis is epoch 0, this is epoch {epoch.number}")
+    authorities = epoch.registry.authorities
+    if len(genesis.signatures) != len(authorities):
+        raise Invalid(f"genesis: {len(genesis.signatures)} signatures for {len(authorities)} authorities")
+    for authority, signature in zip(authorities, genesis.signatures):
+        if len(signature) != 64:
+            raise Invalid("genesis: a signature is not 64 bytes")
+        if not signature_ok(authority, GENESIS_TAG + genesis.registry, signature):
+            raise Invalid(f"genesis: authority {authority.hex()} did not sign this registry")
+    return epoch
+
+
+def one_change(now: Message, then: Message) -> Tuple[str, Message]:
+    """('join' | 'leave' | 'update', the subject): the one member that differs."""
+    before = {member.public_key: member for member in now.members}
+    after = {member.public_key: member for member in then.members}
+    changes = []
+    for key in sorted(set(before) | set(after)):
+        if key not in before:
+            changes.append(("join", after[key]))
+        elif key not in after:
+            changes.append(("leave", before[key]))
+        elif before[key] != after[key]:
+            changes.append(("update", after[key]))
+    if len(changes) != 1:
+        raise Invalid(f"proposal: changes {len(changes)} members; a proposal changes exactly one")
+    return changes[0]
+
+
+def check_proposal(current: Epoch, proposal_bytes: bytes) -> Epoch:
+    """A well-formed next epoch of `current` (SIGNING.md "Epoch changes")."""
+    limit("proposal", len(proposal_bytes), REGISTRY_BYTES_MAX)
+    proposal = decode(PROPOSAL, proposal_bytes, "proposal")
+    next_epoch = Epoch(proposal.registry)
+    now, then = current.registry, next_epoch.registry
+    if then.epoch != now.epoch + 1 or then.previous != current.digest:
+        raise Invalid(f"proposal: proposes epoch {then.epoch} after {then.previous.hex()}, the current epoch is {now.epoch}")
+    if (then.federation, then.admission, then.authorities) != (now.federation, now.admission, now.authorities):
+        raise Invalid("proposal: a change may not touch the federation, admission or authorities")
+    kind, subject = one_change(now, then)
+    signature = proposal.subject_signature
+    if not (kind == "leave" and signature == b""):
+        if len(signature) != 64:
+            raise Invalid("proposal: the subject's signature is not 64 bytes")
+        if not signature_ok(subject.public_key, REQUEST_TAG + next_epoch.bytes, signature):
+            raise Invalid(f"proposal: {subject.public_key.hex()} did not sign this proposal")
+    return next_epoch
+
+
+def registry_task(current: Epoch, proposal_bytes: bytes, deadline_ms: int) -> Message:
+    """The TaskSpec, decoded, that asks `current`'s members to approve a proposal."""
+    sizes: Dict[str, int] = {}
+    for member in current.registry.members:
+        sizes[member.region] = sizes.get(member.region, 0) + 1
+    spec = empty(TASK_SPEC)
+    spec.update(
+        capability=REGISTRY_CAPABILITY,
+        payload=proposal_bytes,
+        scope=Message(level=GLOBAL, name=""),
+        replication=max(sizes.values()),
+        aggregation=MAJORITY,
+        policy=Message(adversarial_risk=1.0, consistency=0.0, path_override=BFT),
+        deadline_ms=deadline_ms,
+        nonce=current.number + 1,
+    )
+    return spec
+
+
+def approving_stake(epoch: Epoch, root: Message, approve: bytes) -> int:
+    """Stake of the distinct members whose region-level observations answered
+    `approve` without error (every distinct certificate of the chain looked at)."""
+    approvers = set()
+    stack = [(root, 0)]
+    while stack:
+        certificate, depth = stack.pop()
+        level = certificate.slot.level if certificate.slot is not None else 0
+        if level == REGION:
+            for statement in certificate.observations:
+                observation = decode(OBSERVATION_SCHEMA, statement.body, "observation")
+                if statement.kind == OBSERVATION and not observation.error and observation.answer == approve:
+                    approvers.add(statement.signer)
+        elif depth + 1 < LEVELS_MAX:
+            stack.extend((child, depth + 1) for child in distinct_children(certificate))
+    return sum(epoch.members[key].stake for key in approvers if key in epoch.members)
+
+
+def verify_change(current: Epoch, change: Message) -> Epoch:
+    """The next epoch, if `change` proves it against `current`."""
+    number = current.number + 1
+    next_epoch = check_proposal(current, change.proposal)
+    if not change.certificate:
+        raise Invalid(f"epoch {number}: no certificate")
+    certificate_bytes = b"".join(change.certificate)
+    root = decode(CERTIFICATE, certificate_bytes, f"epoch {number}: certificate")
+    try:
+        summary = verify_task_chain(root, certificate_bytes, Context(registry=current))
+    except Invalid as error:
+        raise Invalid(f"epoch {number}: its certificate does not verify: {error}") from error
+    spec = decode(TASK_SPEC, root.task, "task")
+    if spec != registry_task(current, change.proposal, spec.deadline_ms):
+        raise Invalid(f"epoch {number}: the certificate's task is not this proposal's registry task")
+    approve = next_epoch.digest.hex().encode("ascii")
+    if summary.value != approve:
+        raise Invalid(f"epoch {number}: the federation did not approve this registry")
+    approving = approving_stake(current, root, approve)
+    if 3 * approving <= 2 * current.total_stake:
+        raise Invalid(f"epoch {number}: approved by stake {approving} of {current.total_stake}; a change needs more than 2/3")
+    return next_epoch
+
+
+def load_federation(data: bytes) -> List[Epoch]:
+    """Every epoch of a federation file (an `EpochChain`), genesis first, each checked."""
+    limit("federation file", len(data), FEDERATION_BYTES_MAX)
+    chain = decode(EPOCH_CHAIN, data, "federation file")
+    if chain.genesis is None:
+        raise Invalid("genesis missing")
+    limit("epoch changes", len(chain.changes), EPOCH_CHANGES_MAX)
+    epochs = [verify_genesis(chain.genesis)]
+    for change in chain.changes:
+        epochs.append(verify_change(epochs[-1], change))
+    return epochs
 
 
 # --- Aggregation (SIGNING.md "Aggregation") ------------------------------------------
@@ -773,7 +1105,6 @@ def verify_children(
 def verify_certificate(certificate: Message, encoded_size: int, context: Context, depth: int) -> Summary:
     """One certificate and, recursively, everything it carries (`verify_chain`)."""
     header = check_header(certificate, encoded_size, depth)
-    check_membership(certificate, context.registry)
     signers = verify_signatures(certificate, header)
     report, group = check_report(certificate, header, signers.report)
     observations = decode_observations(certificate, signers.observations, header, group, report)
@@ -781,6 +1112,9 @@ def verify_certificate(certificate: Message, encoded_size: int, context: Context
     certificates, signatures = verify_children(certificate, header.level, observations, context, depth)
     digest = report_digest(certificate.report.body)
     check_quorum(certificate, header, digest, report.value, observations, signers.attestations)
+    # Membership last, as Rust's `verify_in` checks it after the chain (its children
+    # have been checked by their own calls): the verdict does not depend on the order.
+    check_membership(certificate, context.registry)
     return Summary(
         certificates=1 + certificates,
         signatures=signers.count + signatures,
@@ -936,8 +1270,14 @@ def show(value: bytes) -> str:
         return "0x" + value.hex()
 
 
-def judge(text: str) -> Tuple[int, str]:
-    """(exit code, the line to print) for one JSON export."""
+def root_epoch(epochs: List[Epoch], root: Message) -> Optional[Epoch]:
+    """The epoch the root names, the latest first (as Rust's `Anchor::epoch_named`)."""
+    return next((epoch for epoch in reversed(epochs) if epoch.digest == root.registry_digest), None)
+
+
+def judge(text: str, federation: Optional[bytes] = None) -> Tuple[int, str]:
+    """(exit code, the lines to print) for one JSON export, against the federation
+    file's bytes when given (SIGNING.md "The registry")."""
     try:
         export = json.loads(text)
     except ValueError as error:
@@ -952,31 +1292,75 @@ def judge(text: str) -> Tuple[int, str]:
         return 2, f"unusable input: bytes do not decode as a Certificate: {error}"
     except Unusable as error:
         return 2, f"unusable input: {error}"
+    epoch = None
     try:
-        summary = verify_task_chain(root, root_bytes, Context())
+        if federation is None:
+            summary = verify_task_chain(root, root_bytes, Context())
+        else:
+            try:
+                epochs = load_federation(federation)
+            except Invalid as error:
+                raise Invalid(f"federation: {error}") from error
+            epoch = root_epoch(epochs, root)
+            # As `verify_in`: the chain and its task first, then the epoch it names.
+            summary = verify_task_chain(root, root_bytes, Context(registry=epoch))
+            if epoch is None:
+                raise Invalid(
+                    f"drawn from registry epoch {root.registry_digest.hex()}, which the federation does not know"
+                )
     except Invalid as error:
         return 1, f"invalid: {error}"
-    return 0, (
+    line = (
         f"valid\n{LEVEL_WORDS[summary.level]} {summary.group!r} decided {show(summary.value)} "
         f"on {PATH_WORDS[summary.path]} ({summary.members} members; {summary.certificates} "
         f"certificates, {summary.signatures} signatures; root {certificate_digest(root_bytes).hex()})"
     )
+    if epoch is not None:
+        line += (
+            f"\nmembers checked against federation {epoch.registry.federation!r}, "
+            f"registry epoch {epoch.number} ({epoch.digest.hex()})"
+        )
+    return 0, line
+
+
+def parse_args(argv: List[str]) -> Optional[Tuple[Optional[str], Optional[str]]]:
+    """(federation file, export file) from the command line; None when it is wrong."""
+    federation, export, rest = None, None, argv[1:]
+    while rest:
+        word = rest.pop(0)
+        if word == "--federation" and rest and federation is None:
+            federation = rest.pop(0)
+        elif word.startswith("--federation=") and federation is None:
+            federation = word[len("--federation=") :]
+        elif word.startswith("-") and word != "-":
+            return None
+        elif export is None:
+            export = word
+        else:
+            return None
+    return federation, export
 
 
 def main(argv: List[str]) -> int:
-    if len(argv) > 2 or (len(argv) == 2 and argv[1] in ("-h", "--help")):
+    args = parse_args(argv)
+    if args is None:
         print(__doc__, file=sys.stderr)
         return 2
+    federation_path, export_path = args
     try:
-        if len(argv) == 2:
-            with open(argv[1], encoding="utf-8") as file:
+        if export_path is not None and export_path != "-":
+            with open(export_path, encoding="utf-8") as file:
                 text = file.read()
         else:
             text = sys.stdin.read()
+        federation = None
+        if federation_path is not None:
+            with open(federation_path, "rb") as file:
+                federation = file.read(FEDERATION_BYTES_MAX + 1)
     except (OSError, UnicodeDecodeError) as error:
         print(f"unusable input: {error}")
         return 2
-    code, line = judge(text)
+    code, line = judge(text, federation)
     print(line)
     return code
 

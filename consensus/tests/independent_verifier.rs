@@ -18,14 +18,16 @@ use std::process::{Command, Stdio};
 use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, EIGHT_TORSION};
 use curve25519_dalek::scalar::Scalar;
 use ed25519_dalek::SigningKey;
+use polity_consensus::registry::{REGISTRY_CAPABILITY, registry_task, sign_genesis, sign_proposal};
 use polity_consensus::statement::signed_message;
 use polity_consensus::{
-    Action, Input, PublicKey, Round, RoundConfig, certificate_json, encode_task, report_digest,
-    sign_message, verify_task_chain,
+    Action, Anchor, Epoch, Input, PublicKey, Round, RoundConfig, certificate_json, encode_task,
+    report_digest, sign_message, verify_in, verify_task_chain,
 };
 use polity_proto::{
-    Aggregation, Attestation, Certificate, ConsensusPath, Level, Member, RaftCommit, Report,
-    RiskPolicy, Scope, SignedStatement, StatementKind, TaskSpec,
+    Admission, Aggregation, Attestation, Certificate, ConsensusPath, EpochChain, EpochChange,
+    Genesis, Level, Member, Proposal, RaftCommit, Registry, RegistryMember, Report, RiskPolicy,
+    Scope, SignedStatement, StatementKind, TaskSpec,
 };
 use prost::Message;
 use sha2::{Digest, Sha512};
@@ -119,6 +121,18 @@ fn config(
     path: ConsensusPath,
     seats: &[Seat],
 ) -> RoundConfig {
+    config_in([0x42; 32], task, level, group, path, seats)
+}
+
+/// A group's config for a chain drawn from the registry epoch `registry_digest`.
+fn config_in(
+    registry_digest: [u8; 32],
+    task: &[u8],
+    level: Level,
+    group: &str,
+    path: ConsensusPath,
+    seats: &[Seat],
+) -> RoundConfig {
     let spec = TaskSpec::decode(task).unwrap();
     RoundConfig {
         task: task.to_vec(),
@@ -131,7 +145,7 @@ fn config(
                 weight: seat.weight,
             })
             .collect(),
-        registry_digest: [0x42; 32],
+        registry_digest,
         path,
         path_reason: "independent verifier test".into(),
         aggregation: Aggregation::try_from(spec.aggregation).unwrap(),
@@ -698,8 +712,14 @@ fn python_available(test: &str) -> bool {
 
 /// The script's exit code and output for one JSON document on stdin.
 fn run_script(json: &str) -> (Option<i32>, String) {
+    run_script_with(&[], json)
+}
+
+/// The same, with command-line arguments before the (stdin) document.
+fn run_script_with(args: &[&str], json: &str) -> (Option<i32>, String) {
     let mut child = Command::new("python3")
         .arg(script())
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -812,4 +832,583 @@ fn the_python_verifier_reads_files_and_refuses_inconsistent_exports() {
     assert!(text.contains("disagrees with bytes"), "{text}");
     let (code, text) = run_script("{\"format\": \"something else\"}");
     assert_eq!(code, Some(2), "{text}");
+}
+
+// --- Membership against a federation (SIGNING.md "The registry") --------------------
+//
+// Chains drawn from a real registry: a genesis signed by an authority, members
+// seated by the seat rule (`Epoch::seat_order`), weights = stakes, the groups' group
+// digests bound to the epoch's registry digest. Each case is a federation file (an
+// `EpochChain`) and a chain; Rust's verdict is `Anchor::from_chain` then `verify_in`,
+// the script's is `verify_chain.py --federation FILE`.
+
+/// The genesis authority's key seed.
+const AUTHORITY: u8 = 63;
+/// A key that is in no registry.
+const STRANGER: u8 = 40;
+/// The member that joins in epoch 1.
+const JOINER: u8 = 22;
+
+/// The genesis members: (seed, region, continent, stake, capability). Seeds 10 and
+/// 11 hold 60 of the 87 stake, so the federation cannot change without them, though
+/// eu-west (7 members, bft quorum 5) decides without them; seed 16 does not serve
+/// `echo`.
+const GENESIS_MEMBERS: &[(u8, &str, &str, u64, &str)] = &[
+    (10, "eu-west", "europe", 30, "echo"),
+    (11, "eu-west", "europe", 30, "echo"),
+    (12, "eu-west", "europe", 2, "echo"),
+    (13, "eu-west", "europe", 5, "echo"),
+    (14, "eu-west", "europe", 1, "echo"),
+    (15, "eu-west", "europe", 4, "echo"),
+    (16, "eu-west", "europe", 1, "other"),
+    (17, "eu-east", "europe", 2, "echo"),
+    (18, "eu-east", "europe", 3, "echo"),
+    (19, "us-east", "america", 2, "echo"),
+    (20, "us-east", "america", 1, "echo"),
+    (21, "us-east", "america", 6, "echo"),
+];
+
+fn public(seed: u8) -> PublicKey {
+    PublicKey::from_verifying_key(&key(seed).verifying_key())
+}
+
+fn seed_of(key: &PublicKey) -> u8 {
+    (1..SEEDS).find(|&seed| public(seed) == *key).unwrap()
+}
+
+fn registry_member(
+    (seed, region, continent, stake, capability): (u8, &str, &str, u64, &str),
+) -> RegistryMember {
+    RegistryMember {
+        public_key: public(seed).0.to_vec(),
+        region: region.into(),
+        continent: continent.into(),
+        stake,
+        capabilities: vec![capability.into()],
+    }
+}
+
+/// A registry of `members`, sorted by key.
+fn registry_of(epoch: u64, previous: Vec<u8>, mut members: Vec<RegistryMember>) -> Registry {
+    members.sort_by(|a, b| a.public_key.cmp(&b.public_key));
+    Registry {
+        federation: "independent-test".into(),
+        epoch,
+        previous,
+        members,
+        admission: Admission::Open as i32,
+        authorities: vec![public(AUTHORITY).0.to_vec()],
+    }
+}
+
+fn signed_genesis() -> (Genesis, Epoch) {
+    let members = GENESIS_MEMBERS
+        .iter()
+        .copied()
+        .map(registry_member)
+        .collect();
+    let genesis = sign_genesis(&registry_of(0, Vec::new(), members), &[key(AUTHORITY)]).unwrap();
+    let epoch = Epoch::from_bytes(genesis.registry.clone()).unwrap();
+    (genesis, epoch)
+}
+
+fn federation_file(genesis: &Genesis, changes: Vec<EpochChange>) -> Vec<u8> {
+    EpochChain {
+        genesis: Some(genesis.clone()),
+        changes,
+    }
+    .encode_to_vec()
+}
+
+/// An `echo` task at `scope`, with `replication`, on the bft path: with at most 3
+/// members a bft group decides only when all observe, so a parent carries a child for
+/// every representative (`check_membership` wants every member of a parent in a carried child).
+fn echo_task(level: Level, name: &str, replication: u32) -> Vec<u8> {
+    encode_task(&TaskSpec {
+        capability: "echo".into(),
+        payload: b"ping".to_vec(),
+        scope: Some(Scope {
+            level: level as i32,
+            name: name.into(),
+        }),
+        replication,
+        aggregation: Aggregation::Majority as i32,
+        policy: Some(RiskPolicy {
+            path_override: ConsensusPath::Bft as i32,
+            ..RiskPolicy::default()
+        }),
+        deadline_ms: 60_000,
+        nonce: 7,
+    })
+}
+
+/// The seeds of `region`'s members in the seat order for `task`.
+fn drawn_seeds(epoch: &Epoch, task: &[u8], capability: &str, region: &str) -> Vec<u8> {
+    epoch
+        .seat_order(&polity_consensus::task_id(task), capability, region)
+        .iter()
+        .map(seed_of)
+        .collect()
+}
+
+/// A seat whose weight is the member's stake in `epoch` (1 for a stranger).
+fn staked(epoch: &Epoch, seed: u8, answer: &str) -> Seat {
+    Seat {
+        weight: epoch.member(&public(seed)).map_or(1, |member| member.stake),
+        ..seat(seed, answer)
+    }
+}
+
+fn staked_seats(epoch: &Epoch, seeds: &[u8], answer: &str) -> Vec<Seat> {
+    seeds
+        .iter()
+        .map(|&seed| staked(epoch, seed, answer))
+        .collect()
+}
+
+/// A representative of `child` with its stake as weight.
+fn staked_representative(epoch: &Epoch, seed: u8, child: &Certificate) -> Seat {
+    Seat {
+        weight: epoch.member(&public(seed)).unwrap().stake,
+        ..representative(seed, child)
+    }
+}
+
+/// One group of `task` drawn from `epoch` (or from the digest `registry`).
+fn decide_in(
+    registry: [u8; 32],
+    task: &[u8],
+    level: Level,
+    group: &str,
+    path: ConsensusPath,
+    seats: &[Seat],
+) -> Certificate {
+    decide(&config_in(registry, task, level, group, path, seats), seats)
+}
+
+/// A continent chain of `task` in `epoch`: one child per (region, seated seeds), and
+/// the continent's seats (seed, index of the child it represents).
+fn continent_in(
+    epoch: &Epoch,
+    task: &[u8],
+    continent: &str,
+    regions: &[(&str, Vec<u8>)],
+    representatives: &[(u8, usize)],
+) -> Certificate {
+    let bft = ConsensusPath::Bft;
+    let children: Vec<Certificate> = regions
+        .iter()
+        .map(|(region, seeds)| {
+            let seats = staked_seats(epoch, seeds, "7");
+            decide_in(*epoch.digest(), task, Level::Region, region, bft, &seats)
+        })
+        .collect();
+    let seats: Vec<Seat> = representatives
+        .iter()
+        .map(|&(seed, child)| staked_representative(epoch, seed, &children[child]))
+        .collect();
+    decide_in(
+        *epoch.digest(),
+        task,
+        Level::Continent,
+        continent,
+        bft,
+        &seats,
+    )
+}
+
+/// The registry task that asks `epoch` to approve `proposal`, run as a global bft
+/// chain: every member of every region seated (replication = the largest region),
+/// largest stake first;
+/// each answers `answer` (the next registry's hex digest, to approve) except the
+/// `refusing` seeds, which answer an error; each continent and the global group seat
+/// the first non-refusing member of each child.
+fn registry_change(
+    epoch: &Epoch,
+    proposal: &Proposal,
+    answer: &str,
+    refusing: &[u8],
+) -> EpochChange {
+    let proposal_bytes = proposal.encode_to_vec();
+    let task = encode_task(&registry_task(epoch, proposal_bytes.clone(), 60_000));
+    let bft = ConsensusPath::Bft;
+    let digest = *epoch.digest();
+    let region = |name: &str| {
+        // The largest stake first: the collector (member 0) includes its own
+        // observation, and only the observations a certificate includes count.
+        let mut seeds = drawn_seeds(epoch, &task, REGISTRY_CAPABILITY, name);
+        seeds.sort_by_key(|&seed| std::cmp::Reverse(epoch.member(&public(seed)).unwrap().stake));
+        let seats: Vec<Seat> = seeds
+            .iter()
+            .map(|&seed| {
+                let mut seat = staked(epoch, seed, answer);
+                if refusing.contains(&seed) {
+                    seat.answer = Err("refused".into());
+                }
+                seat
+            })
+            .collect();
+        decide_in(digest, &task, Level::Region, name, bft, &seats)
+    };
+    let first_approver = |child: &Certificate| {
+        child
+            .members
+            .iter()
+            .map(|member| seed_of(&PublicKey::from_slice(&member.public_key).unwrap()))
+            .find(|seed| !refusing.contains(seed))
+            .unwrap()
+    };
+    let parent = |level: Level, name: &str, children: &[Certificate]| {
+        let seats: Vec<Seat> = children
+            .iter()
+            .map(|child| staked_representative(epoch, first_approver(child), child))
+            .collect();
+        decide_in(digest, &task, level, name, bft, &seats)
+    };
+    let europe = parent(
+        Level::Continent,
+        "europe",
+        &[region("eu-west"), region("eu-east")],
+    );
+    let america = parent(Level::Continent, "america", &[region("us-east")]);
+    EpochChange {
+        proposal: proposal_bytes,
+        certificate: Some(parent(Level::Global, "global", &[europe, america])),
+    }
+}
+
+/// Epoch 1: the genesis plus `JOINER` in us-east, proposed and signed by `signer`.
+fn join_proposal(epoch: &Epoch, signer: u8) -> (Proposal, [u8; 32]) {
+    let mut members = epoch.members().to_vec();
+    members.push(registry_member((JOINER, "us-east", "america", 2, "echo")));
+    let next = registry_of(1, epoch.digest().to_vec(), members);
+    let digest = *Epoch::from_registry(&next).unwrap().digest();
+    (sign_proposal(&next, &key(signer)), digest)
+}
+
+/// A chain against a federation file, the verdict it must get (`None`: valid), and
+/// a fragment of Rust's reason (so that each forgery is refused for its own flaw).
+struct AnchoredCase {
+    name: &'static str,
+    federation: Vec<u8>,
+    certificate: Certificate,
+    refused_for: Option<&'static str>,
+}
+
+fn anchored(name: &'static str, federation: &[u8], certificate: Certificate) -> AnchoredCase {
+    AnchoredCase {
+        name,
+        federation: federation.to_vec(),
+        certificate,
+        refused_for: None,
+    }
+}
+
+fn refused(
+    name: &'static str,
+    federation: &[u8],
+    certificate: Certificate,
+    reason: &'static str,
+) -> AnchoredCase {
+    AnchoredCase {
+        refused_for: Some(reason),
+        ..anchored(name, federation, certificate)
+    }
+}
+
+fn anchored_cases() -> Vec<AnchoredCase> {
+    let (genesis, epoch) = signed_genesis();
+    let file = federation_file(&genesis, Vec::new());
+    let digest = *epoch.digest();
+    let bft = ConsensusPath::Bft;
+
+    // Regions: replication 2, so the allowed prefix is 2 + 2 + 1 = 5 of the 6 seats
+    // that serve `echo` in eu-west.
+    let region_task = echo_task(Level::Region, "eu-west", 2);
+    let order = drawn_seeds(&epoch, &region_task, "echo", "eu-west");
+    assert_eq!(order.len(), 6);
+    let region_of = |seeds: &[u8]| {
+        let seats = staked_seats(&epoch, seeds, "v");
+        decide_in(digest, &region_task, Level::Region, "eu-west", bft, &seats)
+    };
+    let good_region = region_of(&order[..2]);
+    let mut heavy = staked_seats(&epoch, &order[..2], "v");
+    heavy[1].weight += 1;
+    let stranger_task = echo_task(Level::Region, "eu-west", 1);
+    let stranger = decide_in(
+        digest,
+        &stranger_task,
+        Level::Region,
+        "eu-west",
+        bft,
+        &[seat(STRANGER, "v")],
+    );
+
+    // A continent: eu-west (k = 2 of 6) and eu-east (both of its 2 members).
+    let continent_task = echo_task(Level::Continent, "europe", 2);
+    let west = drawn_seeds(&epoch, &continent_task, "echo", "eu-west");
+    let east = drawn_seeds(&epoch, &continent_task, "echo", "eu-east");
+    let america = drawn_seeds(&epoch, &continent_task, "echo", "us-east");
+    let europe = |regions: &[(&str, Vec<u8>)], seats: &[(u8, usize)]| {
+        continent_in(&epoch, &continent_task, "europe", regions, seats)
+    };
+    let two_regions = [("eu-west", west[..2].to_vec()), ("eu-east", east.clone())];
+    let good_continent = europe(&two_regions, &[(west[0], 0), (west[1], 0), (east[0], 1)]);
+    let foreign_child = europe(
+        &[
+            ("eu-west", west[..2].to_vec()),
+            ("us-east", america[..2].to_vec()),
+        ],
+        &[(west[0], 0), (west[1], 0), (america[0], 1)],
+    );
+    let mut east_with_foreigner = east.clone();
+    east_with_foreigner.push(america[0]);
+    let foreign_member = europe(
+        &[
+            ("eu-west", west[..2].to_vec()),
+            ("eu-east", east_with_foreigner),
+        ],
+        &[(west[0], 0), (west[1], 0), (america[0], 1)],
+    );
+    // west[2] sits in eu-west but not in its child: it may not represent it. It is
+    // the collector (first), so its observation is surely included.
+    let unrepresented = europe(
+        &two_regions,
+        &[(west[2], 0), (west[0], 0), (west[1], 0), (east[0], 1)],
+    );
+
+    // A global chain: europe (eu-west, eu-east) and america (us-east).
+    let global_task = echo_task(Level::Global, "", 2);
+    let global_chain = {
+        let drawn = |region| drawn_seeds(&epoch, &global_task, "echo", region);
+        let (west, east, us) = (drawn("eu-west"), drawn("eu-east"), drawn("us-east"));
+        let europe = continent_in(
+            &epoch,
+            &global_task,
+            "europe",
+            &[("eu-west", west[..2].to_vec()), ("eu-east", east.clone())],
+            &[(west[0], 0), (east[0], 1)],
+        );
+        let america = continent_in(
+            &epoch,
+            &global_task,
+            "america",
+            &[("us-east", us[..2].to_vec())],
+            &[(us[0], 0), (us[1], 0)],
+        );
+        let seats = [
+            staked_representative(&epoch, west[0], &europe),
+            staked_representative(&epoch, us[0], &america),
+        ];
+        decide_in(digest, &global_task, Level::Global, "global", bft, &seats)
+    };
+
+    let mut broken_genesis = genesis.clone();
+    broken_genesis.signatures[0][5] ^= 1;
+
+    // Epoch changes: seed 22 joins (signed by itself, approved by everyone); the same
+    // with the two 30-stake members refusing; approving another value than the digest;
+    // a proposal the joiner did not sign.
+    let (proposal, next_digest) = join_proposal(&epoch, JOINER);
+    let approve = hex::encode(next_digest);
+    let joined = registry_change(&epoch, &proposal, &approve, &[]);
+    let with_join = federation_file(&genesis, vec![joined.clone()]);
+    let epoch1 = Anchor::from_chain(EpochChain::decode(with_join.as_slice()).unwrap())
+        .map(|anchor| anchor.current().clone())
+        .unwrap();
+    let epoch1_task = echo_task(Level::Region, "us-east", 3);
+    let epoch1_seats = staked_seats(
+        &epoch1,
+        &drawn_seeds(&epoch1, &epoch1_task, "echo", "us-east")[..3],
+        "v",
+    );
+    let epoch1_region = decide_in(
+        *epoch1.digest(),
+        &epoch1_task,
+        Level::Region,
+        "us-east",
+        bft,
+        &epoch1_seats,
+    );
+    let low_approval = federation_file(
+        &genesis,
+        vec![registry_change(&epoch, &proposal, &approve, &[10, 11])],
+    );
+    let not_the_digest = federation_file(
+        &genesis,
+        vec![registry_change(&epoch, &proposal, "yes", &[])],
+    );
+    let (unsigned, _) = join_proposal(&epoch, STRANGER);
+    let unsigned_join = federation_file(
+        &genesis,
+        vec![registry_change(&epoch, &unsigned, &approve, &[])],
+    );
+
+    vec![
+        anchored("region drawn by the seat rule", &file, good_region.clone()),
+        anchored(
+            "region using the last allowed seat",
+            &file,
+            region_of(&[order[0], order[4]]),
+        ),
+        anchored("continent of two regions", &file, good_continent.clone()),
+        anchored("global chain", &file, global_chain.clone()),
+        anchored(
+            "epoch-0 region after a good join",
+            &with_join,
+            good_region.clone(),
+        ),
+        anchored(
+            "epoch-1 region after a good join",
+            &with_join,
+            epoch1_region,
+        ),
+        refused(
+            "a stranger's one-member chain",
+            &file,
+            stranger,
+            "not a registry member",
+        ),
+        refused(
+            "a weight other than the stake",
+            &file,
+            decide_in(digest, &region_task, Level::Region, "eu-west", bft, &heavy),
+            "has weight",
+        ),
+        refused(
+            "a seat past the allowed prefix",
+            &file,
+            region_of(&[order[0], order[5]]),
+            "first 5 seats",
+        ),
+        refused(
+            "a member that does not serve the capability",
+            &file,
+            region_of(&[order[0], 16]),
+            "does not serve",
+        ),
+        refused(
+            "too few members for the replication",
+            &file,
+            region_of(&order[..1]),
+            "replication needs 2",
+        ),
+        refused(
+            "a continent child from another continent",
+            &file,
+            foreign_child,
+            "is not a region of europe",
+        ),
+        refused(
+            "a continent member from another continent",
+            &file,
+            foreign_member,
+            "sits in continent \"america\"",
+        ),
+        refused(
+            "a parent member observing a child it did not sit in",
+            &file,
+            unrepresented,
+            "did not sit in",
+        ),
+        refused(
+            "an unknown registry digest",
+            &file,
+            region(
+                &region_task,
+                "eu-west",
+                bft,
+                &staked_seats(&epoch, &order[..2], "v"),
+            ),
+            "does not know",
+        ),
+        refused(
+            "a federation whose genesis signature is broken",
+            &federation_file(&broken_genesis, Vec::new()),
+            good_region.clone(),
+            "did not sign this registry",
+        ),
+        refused(
+            "a change approved by less than 2/3 of the stake",
+            &low_approval,
+            good_region.clone(),
+            "needs more than 2/3",
+        ),
+        refused(
+            "a change whose value is not the digest",
+            &not_the_digest,
+            good_region.clone(),
+            "did not approve this registry",
+        ),
+        refused(
+            "a join the joiner did not sign",
+            &unsigned_join,
+            good_region,
+            "did not sign this proposal",
+        ),
+    ]
+}
+
+/// Rust's verdict: the anchor from the file, then `verify_in`.
+fn rust_anchored_verdict(federation: &[u8], certificate: &Certificate) -> Result<(), String> {
+    let chain = EpochChain::decode(federation).map_err(|e| format!("federation: {e}"))?;
+    let anchor = Anchor::from_chain(chain).map_err(|e| format!("federation: {e}"))?;
+    verify_in(&anchor, certificate, None)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// The script's verdict with `--federation`.
+fn python_anchored_verdict(federation: &[u8], certificate: &Certificate) -> Result<String, String> {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(federation).unwrap();
+    let json = certificate_json(certificate).to_string();
+    let path = file.path().to_str().unwrap();
+    match run_script_with(&["--federation", path], &json) {
+        (Some(0), text) if text.starts_with("valid") => Ok(text),
+        (Some(1), text) if text.starts_with("invalid: ") => Err(text),
+        (code, text) => panic!("verify_chain.py --federation exited {code:?}: {text}"),
+    }
+}
+
+#[test]
+fn the_python_verifier_agrees_with_verify_in() {
+    if !python_available("the_python_verifier_agrees_with_verify_in") {
+        return;
+    }
+    let cases = anchored_cases();
+    let mut disagreements = Vec::new();
+    for case in &cases {
+        let rust = rust_anchored_verdict(&case.federation, &case.certificate);
+        let python = python_anchored_verdict(&case.federation, &case.certificate);
+        eprintln!(
+            "{:50} rust {:60} python {}",
+            case.name,
+            rust.as_ref().err().map_or("valid", String::as_str),
+            python.as_ref().unwrap_or_else(|e| e).replace('\n', ": ")
+        );
+        match (&rust, case.refused_for) {
+            (Ok(()), None) => {}
+            (Err(error), Some(reason)) if error.contains(reason) => {}
+            _ => disagreements.push(format!(
+                "{}: Rust says {rust:?}, expected {}",
+                case.name,
+                case.refused_for
+                    .map_or("valid".to_string(), |r| format!("refused for {r:?}"))
+            )),
+        }
+        if python.is_ok() != rust.is_ok() {
+            disagreements.push(format!("{}: Rust {rust:?}, Python {python:?}", case.name));
+        }
+    }
+    let forgeries = cases
+        .iter()
+        .filter(|case| case.refused_for.is_some())
+        .count();
+    assert!(
+        forgeries >= 12 && cases.len() - forgeries >= 6,
+        "{} cases",
+        cases.len()
+    );
+    assert!(disagreements.is_empty(), "{}", disagreements.join("\n"));
 }

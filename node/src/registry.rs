@@ -188,9 +188,8 @@ impl RegistryState {
 
     /// This member's ballot on a registry proposal: the next registry's digest (hex)
     /// to approve, or why not. The operator's ballot decides when there is one
-    /// (`polity vote`). Without one, `open` admission approves every well-formed
-    /// join and update, and a leave only when the leaving member signed it; `vote`
-    /// admission refuses.
+    /// (`polity vote`). Without one, `open` admission approves what
+    /// [`open_admission`] allows; `vote` admission refuses.
     pub(crate) fn judge(&self, proposal: &[u8]) -> Result<Vec<u8>, String> {
         let current = self.current();
         let (next, change) = check_proposal(&current, proposal).map_err(|e| e.to_string())?;
@@ -210,15 +209,36 @@ impl RegistryState {
             }
             None => {}
         }
-        if let Change::Leave(_) = change {
+        open_admission(&current, &change, proposal)?;
+        Ok(approve)
+    }
+}
+
+/// What `open` admission approves without a ballot: a join whose stake is at most
+/// the smallest stake of the epoch (a newcomer cannot buy the federation), an update
+/// that does not raise the member's stake, and a leave the leaving member signed.
+fn open_admission(current: &Epoch, change: &Change, proposal: &[u8]) -> Result<(), String> {
+    let smallest = current.members().iter().map(|m| m.stake).min().unwrap_or(1);
+    match change {
+        Change::Join(member) if member.stake > smallest => Err(format!(
+            "a join asking stake {} (more than the smallest stake, {smallest}) needs \
+             the operators' ballots",
+            member.stake
+        )),
+        Change::Update { before, after } if after.stake > before.stake => Err(format!(
+            "raising a stake ({} to {}) needs the operators' ballots",
+            before.stake, after.stake
+        )),
+        Change::Leave(_) => {
             let signed = polity_proto::Proposal::decode(proposal)
                 .map(|p| !p.subject_signature.is_empty())
                 .unwrap_or(false);
-            if !signed {
-                return Err("a leave the leaving member did not sign is not approved".into());
+            match signed {
+                true => Ok(()),
+                false => Err("a leave the leaving member did not sign is not approved".into()),
             }
         }
-        Ok(approve)
+        _ => Ok(()),
     }
 }
 
@@ -354,6 +374,25 @@ mod tests {
         assert!(state.judge(&unsigned).unwrap_err().contains("did not sign"));
         state.vote(registry_digest(&leave.encode_to_vec()), true);
         assert!(state.judge(&unsigned).is_ok());
+    }
+
+    #[test]
+    fn open_admission_does_not_sell_the_federation() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path(), Admission::Open);
+        let joiner = SigningKey::from_bytes(&[3; 32]);
+        let mut greedy = next(&state, &joiner);
+        for member in &mut greedy.members {
+            if member.public_key == joiner.verifying_key().to_bytes() {
+                member.stake = 1_000_000;
+            }
+        }
+        let proposal = sign_proposal(&greedy, &joiner).encode_to_vec();
+        let error = state.judge(&proposal).unwrap_err();
+        assert!(error.contains("needs the operators' ballots"), "{error}");
+        // The operators can still let it in.
+        state.vote(registry_digest(&greedy.encode_to_vec()), true);
+        assert!(state.judge(&proposal).is_ok());
     }
 
     #[test]

@@ -1,18 +1,21 @@
 //! A byzantine entry node, played by a bare libp2p peer against a real `polity`
-//! process: it assigns the node a seat under a path the task's own policy does not
-//! select, under a registry epoch the node is not at, next to a stranger that is no
-//! registry member, and with a weight the registry does not give. The member refuses
-//! each (with the reason, counted) rather than sign; the honest assignment is taken.
+//! process. The hostile peer is a registry member (a member gone bad): it assigns
+//! the node a seat under a path the task's own policy does not select, under a
+//! registry epoch the node is not at, next to a stranger that is no registry member,
+//! and with a weight the registry does not give. The member refuses each (with the
+//! reason, counted) rather than sign; the honest assignment is taken. A peer outside
+//! the registry may not assign work at all.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
 use polity_consensus::encode_task;
+use polity_consensus::registry::sign_genesis;
 use polity_net::{AppProtocol, LocalInfo, Multiaddr, NetConfig, NetMetrics, PeerId};
 use polity_proto::{
-    Ack, Aggregation, Assign, ConsensusPath, GroupPlan, Level, Member, RiskPolicy, Scope,
-    TaskRequest, TaskSpec, task_request,
+    Ack, Admission, Aggregation, Assign, ConsensusPath, EpochChain, GroupPlan, Level, Member,
+    Registry, RegistryMember, RiskPolicy, Scope, TaskRequest, TaskSpec, task_request,
 };
 use prost::Message;
 use support::TestNode;
@@ -66,20 +69,54 @@ fn assign(hostile: Hostile) -> Vec<u8> {
     .encode_to_vec()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_member_refuses_a_plan_its_task_policy_or_registry_does_not_allow() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = TestNode::start(&dir.path().join("member"), &["--region", "local"]);
-    let node_peer: PeerId = node.endpoints.peer_id.parse().unwrap();
-    let node_key = hex::decode(&node.endpoints.public_key).unwrap();
-    let bootstrap: Vec<Multiaddr> = node
-        .endpoints
-        .p2p
-        .iter()
-        .map(|address| address.parse().unwrap())
+/// A genesis of the node (data dir `member`) and the hostile peer's key, both in
+/// region "local", admission open; returns its path.
+fn genesis(dir: &std::path::Path) -> std::path::PathBuf {
+    let member_dir = dir.join("member");
+    std::fs::create_dir_all(&member_dir).unwrap();
+    let node = polity_node::runtime::identity::Identity::load_or_create(&member_dir).unwrap();
+    let mut members: Vec<RegistryMember> = [node.public_key().0, key(HOSTILE)]
+        .into_iter()
+        .map(|public_key| RegistryMember {
+            public_key: public_key.to_vec(),
+            region: "local".into(),
+            continent: "local".into(),
+            stake: 1,
+            capabilities: vec!["echo".into()],
+        })
         .collect();
+    members.sort_by(|a, b| a.public_key.cmp(&b.public_key));
+    let authority = ed25519_dalek::SigningKey::from_bytes(&[0x11; 32]);
+    let registry = Registry {
+        federation: "hostile".into(),
+        epoch: 0,
+        previous: Vec::new(),
+        members,
+        admission: Admission::Open as i32,
+        authorities: vec![authority.verifying_key().to_bytes().to_vec()],
+    };
+    let chain = EpochChain {
+        genesis: Some(sign_genesis(&registry, &[authority]).unwrap()),
+        changes: Vec::new(),
+    };
+    let path = dir.join("genesis.pb");
+    std::fs::write(&path, chain.encode_to_vec()).unwrap();
+    path
+}
+
+const HOSTILE: u8 = 0x66;
+const STRANGER: u8 = 0x77;
+
+fn key(seed: u8) -> [u8; 32] {
+    ed25519_dalek::SigningKey::from_bytes(&[seed; 32])
+        .verifying_key()
+        .to_bytes()
+}
+
+/// A bare libp2p peer with secret key `[seed; 32]`, bootstrapped to `bootstrap`.
+fn peer(seed: u8, bootstrap: Vec<Multiaddr>) -> polity_net::NetHandle {
     let config = NetConfig {
-        secret_key: [0x66; 32],
+        secret_key: [seed; 32],
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
         bootstrap,
         mdns: false,
@@ -93,8 +130,36 @@ async fn a_member_refuses_a_plan_its_task_policy_or_registry_does_not_allow() {
         },
     };
     let (net, _events, _task) = polity_net::start(config, NetMetrics::default()).unwrap();
+    net
+}
 
-    // The node runs a one-member dev federation of itself: its epoch comes from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_refuses_a_plan_its_task_policy_or_registry_does_not_allow() {
+    let dir = tempfile::tempdir().unwrap();
+    let genesis = genesis(dir.path());
+    let node = TestNode::start(
+        &dir.path().join("member"),
+        &[
+            "--region",
+            "local",
+            "--continent",
+            "local",
+            "--genesis",
+            genesis.to_str().unwrap(),
+        ],
+    );
+    let node_peer: PeerId = node.endpoints.peer_id.parse().unwrap();
+    let node_key = hex::decode(&node.endpoints.public_key).unwrap();
+    let bootstrap: Vec<Multiaddr> = node
+        .endpoints
+        .p2p
+        .iter()
+        .map(|address| address.parse().unwrap())
+        .collect();
+    let net = peer(HOSTILE, bootstrap.clone());
+    let stranger_net = peer(STRANGER, bootstrap);
+
+    // The node's epoch, as it serves it.
     let chain = node
         .client()
         .await
@@ -109,35 +174,34 @@ async fn a_member_refuses_a_plan_its_task_policy_or_registry_does_not_allow() {
         weight: 1,
     };
     let stranger = Member {
-        public_key: ed25519_dalek::SigningKey::from_bytes(&[0x66; 32])
-            .verifying_key()
-            .to_bytes()
-            .to_vec(),
+        public_key: key(0x99).to_vec(),
         weight: 1_000_000,
     };
-    let ask = |path, registry_digest: &[u8], members: Vec<Member>| {
-        let net = net.clone();
-        let bytes = assign(Hostile {
-            path,
-            registry_digest: registry_digest.to_vec(),
-            members,
-        });
-        async move {
-            let started = Instant::now();
-            loop {
-                match net
-                    .request(node_peer, AppProtocol::Task, bytes.clone())
-                    .await
-                {
-                    Ok(reply) => return Ack::decode(reply.as_slice()).unwrap(),
-                    Err(error) => {
-                        assert!(started.elapsed() < WAIT, "no answer: {error}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+    let ask_as =
+        |net: polity_net::NetHandle, path, registry_digest: &[u8], members: Vec<Member>| {
+            let bytes = assign(Hostile {
+                path,
+                registry_digest: registry_digest.to_vec(),
+                members,
+            });
+            async move {
+                let started = Instant::now();
+                loop {
+                    match net
+                        .request(node_peer, AppProtocol::Task, bytes.clone())
+                        .await
+                    {
+                        Ok(reply) => return Ack::decode(reply.as_slice()).unwrap(),
+                        Err(error) => {
+                            assert!(started.elapsed() < WAIT, "no answer: {error}");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
                     }
                 }
             }
-        }
-    };
+        };
+    let ask =
+        |path, registry_digest: &[u8], members| ask_as(net.clone(), path, registry_digest, members);
     let refused = ask(ConsensusPath::Stake, &digest, vec![me.clone()]).await;
     assert!(!refused.accepted, "a stake seat on a bft task was taken");
     assert!(
@@ -174,6 +238,16 @@ async fn a_member_refuses_a_plan_its_task_policy_or_registry_does_not_allow() {
             )
             .await,
             "the registry gives it stake 1",
+        ),
+        (
+            ask_as(
+                stranger_net.clone(),
+                ConsensusPath::Bft,
+                &digest,
+                vec![me.clone()],
+            )
+            .await,
+            "only members may assign work",
         ),
     ];
     for (ack, reason) in refusals {

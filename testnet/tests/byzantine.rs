@@ -152,7 +152,10 @@ async fn forged_and_replayed_statements_are_refused_and_cost_trust() {
         trust_after.push(trust_of(&mut honest, &liar.endpoints.peer_id).await);
     }
     assert!(
-        trust_after.iter().zip(&trust_before).any(|(after, before)| after < before),
+        trust_after
+            .iter()
+            .zip(&trust_before)
+            .any(|(after, before)| after < before),
         "trust fell somewhere: {trust_before:?} -> {trust_after:?}"
     );
 }

@@ -643,6 +643,11 @@ impl Federation {
             Aggregation::try_from(plan.aggregation).map_err(|_| "unknown aggregation")?;
         check_plan_policy(&spec, path, aggregation).map_err(|refusal| refusal.to_string())?;
         let epoch = self.registry.current();
+        if epoch.member(&entry).is_none() {
+            return Err(format!(
+                "{entry} is not a registry member: only members may assign work"
+            ));
+        }
         if plan.registry_digest != epoch.digest() {
             return Err(format!(
                 "the plan is drawn from registry {}, this member is at epoch {} ({})",
