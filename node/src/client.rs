@@ -270,11 +270,30 @@ pub async fn submit(connection: &Connection, args: &SubmitArgs) -> anyhow::Resul
     let request = args.request()?;
     let mut client = connection.connect().await?;
     let record = client
-        .submit_task(request)
+        .submit_task(request.clone())
         .await
         .map_err(status_error)?
         .into_inner();
+    if let Some(certificate) = &record.certificate {
+        check_task_is_mine(&request, &certificate.task)?;
+    }
     show_record(&record, &args.output)
+}
+
+/// The certificate answers the task this client asked for, not one an entry node
+/// put in its place: capability, payload, nonce and policy are the request's (the
+/// node may only fill in defaults).
+fn check_task_is_mine(request: &SubmitTaskRequest, task: &[u8]) -> anyhow::Result<()> {
+    let spec = polity_proto::TaskSpec::decode(task).context("the certificate's task")?;
+    let same = spec.capability == request.capability
+        && spec.payload == request.payload
+        && spec.nonce == request.nonce
+        && (request.policy.is_none() || spec.policy == request.policy)
+        && (request.replication == 0 || spec.replication == request.replication);
+    if !same {
+        bail!("the entry node certified another task than the one submitted; do not trust it");
+    }
+    Ok(())
 }
 
 pub fn parse_task_id(text: &str) -> anyhow::Result<TaskId> {
@@ -1016,5 +1035,34 @@ pub fn faults_summary(plan: &polity_proto::Faults) -> String {
         "none".to_string()
     } else {
         format!("{} (seed {})", on.join(", "), plan.seed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_substituted_task_is_refused_and_filled_defaults_are_not() {
+        let request = SubmitTaskRequest {
+            capability: "sha256".into(),
+            payload: b"mine".to_vec(),
+            nonce: 7,
+            ..SubmitTaskRequest::default()
+        };
+        let spec = |payload: &[u8]| {
+            polity_proto::TaskSpec {
+                capability: "sha256".into(),
+                payload: payload.to_vec(),
+                nonce: 7,
+                replication: 1,
+                deadline_ms: 30_000,
+                ..polity_proto::TaskSpec::default()
+            }
+            .encode_to_vec()
+        };
+        check_task_is_mine(&request, &spec(b"mine")).unwrap();
+        let error = check_task_is_mine(&request, &spec(b"theirs")).unwrap_err();
+        assert!(error.to_string().contains("another task"), "{error}");
     }
 }
