@@ -33,6 +33,10 @@
 //! tokio and a disk, so they live in the `polity-raft` crate (`consensus/raft/`), which
 //! depends on this one and never the other way round.
 
+// Production code handles its errors; `unwrap` is for tests (`expect` with a reason
+// is allowed where a failure would be a bug).
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 pub mod aggregate;
 pub mod binding;
 pub mod certificate;

@@ -23,6 +23,10 @@
 //! - [`breaker`]: the per-peer circuit breaker.
 //! - [`metrics`]: counters of dropped and rejected input.
 
+// Production code handles its errors; `unwrap` is for tests (`expect` with a reason
+// is allowed where a failure would be a bug).
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 pub mod announce;
 mod behaviour;
 pub mod breaker;

@@ -32,6 +32,10 @@
 //! - [`config`]: flags + TOML file, merged into one [`config::NodeConfig`].
 //! - [`client`]: the CLI's gRPC client, a library `polity-testnet` uses too.
 
+// Production code handles its errors; `unwrap` is for tests (`expect` with a reason
+// is allowed where a failure would be a bug).
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 pub mod api;
 pub mod chaos;
 pub mod client;

@@ -1,5 +1,9 @@
 //! `polity`: run a federation node, or talk to one.
 
+// Production code handles its errors; `unwrap` is for tests (`expect` with a reason
+// is allowed where a failure would be a bug).
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

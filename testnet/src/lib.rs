@@ -29,6 +29,10 @@
 //! here; `load` on `rpc`; `cluster` on `process` and `rpc`; `demo`, `bench` and
 //! `chaos` on those below them. Nothing depends on `chaos`, `bench` or `demo`.
 
+// Production code handles its errors; `unwrap` is for tests (`expect` with a reason
+// is allowed where a failure would be a bug).
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 pub mod bench;
 pub mod chaos;
 pub mod cluster;

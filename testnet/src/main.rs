@@ -1,5 +1,9 @@
 //! `polity-testnet`: local Polity clusters and demos.
 
+// Production code handles its errors; `unwrap` is for tests (`expect` with a reason
+// is allowed where a failure would be a bug).
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};

@@ -36,6 +36,10 @@
 //! [`RAFT_MESSAGE_BYTES_MAX`] for the node's codec. Groups: [`RAFT_MEMBERS_MAX`],
 //! [`GROUP_NAME_BYTES_MAX`].
 
+// Production code handles its errors; `unwrap` is for tests (`expect` with a reason
+// is allowed where a failure would be a bug).
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 pub mod codec;
 pub mod group;
 pub mod memory;
