@@ -70,6 +70,10 @@ pub struct ApiConfig {
     pub payload_bytes_max: usize,
     /// Concurrent requests per connection.
     pub concurrency_per_connection_max: usize,
+    /// Open gRPC connections at once; more are closed at once and counted.
+    pub grpc_connections_max: usize,
+    /// Open HTTP (/metrics, /health, /ready) connections at once.
+    pub http_connections_max: usize,
 }
 
 /// The compatibility rule for choosing peers (the seed's defaults).
@@ -180,6 +184,8 @@ impl Default for ApiConfig {
             rate_limit_burst: 2_000,
             payload_bytes_max: 1024 * 1024,
             concurrency_per_connection_max: 256,
+            grpc_connections_max: 1024,
+            http_connections_max: 256,
         }
     }
 }
@@ -441,6 +447,9 @@ impl NodeConfig {
             if !(0.0..=1.0).contains(&value) {
                 bail!("{what} must be in [0,1], got {value}");
             }
+        }
+        if self.api.grpc_connections_max == 0 || self.api.http_connections_max == 0 {
+            bail!("api.grpc_connections_max and api.http_connections_max must be at least 1");
         }
         if self.api.rate_limit_per_second == 0 || self.api.rate_limit_burst == 0 {
             bail!("rate limits must be at least 1");

@@ -375,3 +375,52 @@ async fn tls_and_mutual_tls() {
     client.get_node_info(GetNodeInfoRequest {}).await.unwrap();
     node.stop();
 }
+
+/// Past `http_connections_max` open connections, a new one is closed at once (and
+/// counted); when one of the held connections closes, the next is served again.
+#[tokio::test]
+async fn connections_past_the_cap_are_closed_and_counted() {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, "[api]\nhttp_connections_max = 2\n").unwrap();
+    let node = TestNode::start(
+        &dir.path().join("node"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let host = node
+        .endpoints
+        .http
+        .trim_start_matches("http://")
+        .to_string();
+    let held: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| std::net::TcpStream::connect(&host).unwrap())
+        .collect();
+    // Give the server time to accept both before the third arrives.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut third = std::net::TcpStream::connect(&host).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = write!(
+        third,
+        "GET /health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    );
+    let mut answer = Vec::new();
+    let read = third.read_to_end(&mut answer);
+    assert!(
+        read.is_err() || answer.is_empty(),
+        "a connection past the cap was served: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    drop(held);
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, metrics) = node.http_get("/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("reason=\"connection_cap\"}"),
+        "the refusal is counted:\n{metrics}"
+    );
+    node.stop();
+}

@@ -23,7 +23,6 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{
     Certificate as TlsCertificate, Identity as TlsIdentity, Server, ServerTlsConfig,
@@ -33,6 +32,7 @@ use tonic_health::server::HealthReporter;
 use std::collections::BTreeMap;
 
 use crate::api::admin::AdminApi;
+use crate::api::connections::CappedListener;
 use crate::api::federation::{Api, Gate};
 use crate::api::http::{HttpState, router};
 use crate::chaos::Faults;
@@ -129,11 +129,20 @@ pub async fn run_until(config: NodeConfig, mut stop: watch::Receiver<bool>) -> a
         ),
         gate,
     };
+    let grpc_listener = CappedListener::new(
+        grpc_listener,
+        config.api.grpc_connections_max,
+        Arc::clone(&metrics),
+    );
     let (grpc, health_reporter) =
         grpc_server(&config, tls, grpc_listener, services, stop.clone()).await?;
     let listeners_bound = Arc::new(AtomicBool::new(false));
     let http = http_server(
-        http_listener,
+        CappedListener::new(
+            http_listener,
+            config.api.http_connections_max,
+            Arc::clone(&metrics),
+        ),
         HttpState {
             metrics: Arc::clone(&metrics),
             store: Arc::clone(&opened.store),
@@ -448,7 +457,7 @@ struct GrpcServices {
 async fn grpc_server(
     config: &NodeConfig,
     tls: Option<ServerTlsConfig>,
-    listener: TcpListener,
+    listener: CappedListener,
     services: GrpcServices,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<(
@@ -485,13 +494,13 @@ async fn grpc_server(
         .add_service(reflection)
         .add_service(federation)
         .add_service(admin)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), wait_until_true(stop));
+        .serve_with_incoming_shutdown(listener.into_stream(), wait_until_true(stop));
     Ok((grpc, health_reporter))
 }
 
 /// The HTTP server (`/metrics`, health, ledger), ready to serve until `stop`.
 fn http_server(
-    listener: TcpListener,
+    listener: CappedListener,
     state: HttpState,
     stop: watch::Receiver<bool>,
 ) -> impl Future<Output = std::io::Result<()>> + Send + 'static {
