@@ -400,7 +400,8 @@ impl Federation {
         }
     }
 
-    fn refuse(&self, reason: &str, detail: &str) -> Vec<u8> {
+    /// A refusal `Ack` for a peer, counted as a dropped message with `reason`.
+    pub(crate) fn refuse(&self, reason: &str, detail: &str) -> Vec<u8> {
         self.count_dropped(reason);
         Ack {
             accepted: false,

@@ -45,6 +45,7 @@ use crate::peers::{Compatibility, Peers};
 use crate::raft::RaftGroups;
 use crate::registry::{DevMember, RegistryState};
 use crate::runtime::identity::Identity;
+use crate::runtime::inbound;
 use crate::runtime::storage::{SledStore, Store};
 use crate::telemetry::metrics::Metrics;
 use polity_net::{LocalInfo, Multiaddr, NetConfig, NetEvent, NetHandle};
@@ -102,12 +103,9 @@ pub async fn run_until(config: NodeConfig, mut stop: watch::Receiver<bool>) -> a
     let (gate, token_configured) = start_gate(&config, &metrics, &stop)?;
     let network = start_network(&config, &opened, &metrics, &capabilities, &listeners).await?;
     let parts = build_parts(&config, &opened, &metrics, &network, executors, &stop).await?;
-    let (requests_tx, requests_rx) = mpsc::channel(PEER_REQUESTS_QUEUED_MAX);
+    let (requests_tx, requests_rx) = mpsc::channel(inbound::QUEUED_MAX);
     let peers_task = tokio::spawn(network.peers.clone().run(network.events, requests_tx));
-    let requests_task = tokio::spawn(serve_peer_requests(
-        Arc::clone(&parts.federation),
-        requests_rx,
-    ));
+    let requests_task = tokio::spawn(inbound::serve(Arc::clone(&parts.federation), requests_rx));
     let Listeners {
         grpc: grpc_listener,
         http: http_listener,
@@ -624,36 +622,6 @@ async fn sync_epochs(federation: Arc<Federation>, mut stop: watch::Receiver<bool
             _ = stop.changed() => return,
         }
         federation.pull_epochs().await;
-    }
-}
-
-/// Peer requests waiting for a handler, and handled at once, at most.
-const PEER_REQUESTS_QUEUED_MAX: usize = 1_024;
-const PEER_REQUESTS_CONCURRENT_MAX: usize = 512;
-
-/// Answers peers' task and consensus requests, at most
-/// [`PEER_REQUESTS_CONCURRENT_MAX`] at once; the bounded queue in front pushes back.
-async fn serve_peer_requests(federation: Arc<Federation>, mut requests: mpsc::Receiver<NetEvent>) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(PEER_REQUESTS_CONCURRENT_MAX));
-    while let Some(event) = requests.recv().await {
-        let NetEvent::Request {
-            peer,
-            protocol,
-            bytes,
-            responder,
-        } = event
-        else {
-            continue;
-        };
-        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-            return;
-        };
-        let federation = Arc::clone(&federation);
-        tokio::spawn(async move {
-            let reply = federation.handle_request(peer, protocol, bytes).await;
-            responder.respond(reply);
-            drop(permit);
-        });
     }
 }
 
