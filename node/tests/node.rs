@@ -656,3 +656,70 @@ fn reliability_prints_the_binomial_figures() {
     let output = polity(&["reliability", "--epsilon", "1.5"]);
     assert!(!output.status.success());
 }
+
+/// SIGTERM while tasks run: the node refuses nothing already accepted silently. Tasks
+/// that finish within the drain grace are stored DECIDED; one that cannot is
+/// recorded as interrupted by the shutdown (not left RUNNING for the next start).
+#[tokio::test]
+async fn sigterm_drains_tasks_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("node");
+    // Budgets long enough that the stuck task is still running when the drain's
+    // grace (5 s) ends.
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        "[tasks]\nregion_timeout_ms = 30000\n[executor]\ntimeout_ms = 30000\n",
+    )
+    .unwrap();
+    let capabilities = [
+        "--config",
+        config.to_str().unwrap(),
+        "--capability",
+        "quick=exec:sleep 1; cat",
+        "--capability",
+        "stuck=exec:sleep 30; cat",
+    ];
+    let node = TestNode::start(&data_dir, &capabilities);
+    let mut client = node.client().await;
+    let mut ids = Vec::new();
+    for (capability, nonce) in [("quick", 1), ("quick", 2), ("stuck", 3)] {
+        let record = client
+            .submit_task(SubmitTaskRequest {
+                capability: capability.into(),
+                payload: b"x".to_vec(),
+                nonce,
+                deadline_ms: 60_000,
+                wait: false,
+                ..SubmitTaskRequest::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(state(&record), TaskState::Running);
+        ids.push((capability, record.task_id));
+    }
+    drop(client);
+    node.stop();
+
+    let node = TestNode::start(&data_dir, &capabilities);
+    let mut client = node.client().await;
+    for (capability, id) in ids {
+        let record = client
+            .get_task(GetTaskRequest { task_id: id })
+            .await
+            .unwrap()
+            .into_inner();
+        match capability {
+            "quick" => {
+                assert_eq!(state(&record), TaskState::Decided, "{record:?}");
+                assert_eq!(record.value, b"x");
+            }
+            _ => {
+                assert_eq!(state(&record), TaskState::Failed, "{record:?}");
+                assert!(record.error.contains("shut down"), "{}", record.error);
+            }
+        }
+    }
+    node.stop();
+}

@@ -102,6 +102,7 @@ impl Federation for Api {
                     self.metrics.reject("overloaded");
                     Status::resource_exhausted(error.to_string())
                 }
+                SubmitError::ShuttingDown => Status::unavailable(error.to_string()),
                 SubmitError::Store(error) => internal(error),
             })?;
         let record = match submission {

@@ -18,6 +18,7 @@ mod engine;
 pub mod plan;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use polity_consensus::registry::{Epoch, REGISTRY_CAPABILITY};
@@ -50,6 +51,8 @@ pub enum SubmitError {
     FailedPrecondition(String),
     #[error("{0} tasks are already being decided on this node; retry later")]
     Overloaded(usize),
+    #[error("this node is shutting down; submit to another node")]
+    ShuttingDown,
     #[error("storage: {0}")]
     Store(#[from] StoreError),
 }
@@ -77,6 +80,9 @@ pub enum Watch {
 struct InFlight {
     events: broadcast::Sender<TaskEvent>,
     done: watch::Receiver<Option<TaskRecord>>,
+    /// Set by whoever writes the final record: the task's own finish, or a drain
+    /// that gave up waiting. The first one wins; the other writes nothing.
+    claimed: Arc<AtomicBool>,
 }
 
 pub struct TaskEngine {
@@ -88,6 +94,8 @@ pub struct TaskEngine {
     /// Shared flushes for finished records.
     commit: GroupCommit,
     inflight: Mutex<HashMap<TaskId, InFlight>>,
+    /// Set by [`TaskEngine::drain`]: new submissions are refused.
+    closing: AtomicBool,
 }
 
 impl TaskEngine {
@@ -107,6 +115,7 @@ impl TaskEngine {
             federation,
             config,
             inflight: Mutex::new(HashMap::new()),
+            closing: AtomicBool::new(false),
         })
     }
 
@@ -147,6 +156,9 @@ impl TaskEngine {
         self: &Arc<Self>,
         request: SubmitTaskRequest,
     ) -> Result<Submission, SubmitError> {
+        if self.closing.load(Ordering::Acquire) {
+            return Err(SubmitError::ShuttingDown);
+        }
         let (epoch, seats) = self.seats(&request.capability).await;
         let plan = match plan::plan(request, &self.config, &epoch, seats, &self.capabilities()) {
             Ok(plan) => plan,
@@ -177,6 +189,7 @@ impl TaskEngine {
                 InFlight {
                     events: events.clone(),
                     done: done_rx.clone(),
+                    claimed: Arc::new(AtomicBool::new(false)),
                 },
             );
             (events, done_tx, done_rx)
@@ -290,6 +303,57 @@ impl TaskEngine {
         });
     }
 
+    /// Claims the right to write task `id`'s final record; `false` when someone
+    /// else (its finish, or a drain) has.
+    fn claim(&self, id: &TaskId) -> bool {
+        self.inflight
+            .lock()
+            .expect("inflight lock")
+            .get(id)
+            .is_some_and(|running| !running.claimed.swap(true, Ordering::AcqRel))
+    }
+
+    /// Drain before stop: refuses new submissions, waits up to `grace` for the tasks
+    /// in flight to finish (and store their records), then records each one still
+    /// running as FAILED ("interrupted by shutdown") so that none is left RUNNING.
+    /// A record a task stored first is never overwritten. Returns (finished while
+    /// draining, interrupted).
+    pub async fn drain(&self, grace: std::time::Duration) -> (usize, usize) {
+        self.closing.store(true, Ordering::Release);
+        let running = self.inflight.lock().expect("inflight lock").len();
+        let deadline = tokio::time::Instant::now() + grace;
+        while tokio::time::Instant::now() < deadline
+            && !self.inflight.lock().expect("inflight lock").is_empty()
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let left: Vec<TaskId> = self
+            .inflight
+            .lock()
+            .expect("inflight lock")
+            .keys()
+            .copied()
+            .collect();
+        let mut interrupted = 0;
+        for id in left {
+            if !self.claim(&id) {
+                continue;
+            }
+            if let Ok(Some(mut record)) = self.store.task(&id)
+                && record.state == TaskState::Running as i32
+            {
+                record.state = TaskState::Failed as i32;
+                record.error = "interrupted: the entry node shut down before a decision".into();
+                record.finished_at_ms = unix_ms();
+                if self.store.put_task(&record).is_ok() {
+                    interrupted += 1;
+                }
+            }
+        }
+        let _ = self.store.flush();
+        (running.saturating_sub(interrupted), interrupted)
+    }
+
     /// A decided registry task moves this node's registry to the next epoch, and
     /// every connected peer is told; a decision that does not prove the change (it
     /// must, by construction) says why in the record.
@@ -323,6 +387,9 @@ impl TaskEngine {
         events: &broadcast::Sender<TaskEvent>,
         done: watch::Sender<Option<TaskRecord>>,
     ) {
+        if !self.claim(&id) {
+            return; // a drain gave up on it and recorded it already
+        }
         record.finished_at_ms = unix_ms();
         let path = record
             .certificate

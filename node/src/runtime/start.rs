@@ -165,7 +165,7 @@ pub async fn run_until(config: NodeConfig, mut stop: watch::Receiver<bool>) -> a
     };
     let _ = stop.wait_for(|stopped| *stopped).await;
     started
-        .shut_down(&parts.raft, network.task, &opened.store, &config.data_dir)
+        .shut_down(&parts, network.task, &opened.store, &config.data_dir)
         .await
 }
 
@@ -542,13 +542,15 @@ struct Started {
 }
 
 impl Started {
-    /// Stops the node in order: reports not serving, lets the gRPC and HTTP servers
-    /// drain for up to [`SHUTDOWN_GRACE`], then stops peer requests, the raft groups, the
-    /// network and the peer table, flushes the store and removes `endpoints.json`.
+    /// Stops the node in order: reports not serving, drains the tasks in flight (new
+    /// submissions refused; up to [`SHUTDOWN_GRACE`] to finish, the rest recorded as
+    /// interrupted), lets the gRPC and HTTP servers drain for up to
+    /// [`SHUTDOWN_GRACE`], then stops peer requests, the raft groups, the network and
+    /// the peer table, flushes the store and removes `endpoints.json`.
     /// Raft stops after the servers because in-flight requests may still commit.
     async fn shut_down(
         self,
-        raft: &RaftGroups,
+        parts: &Parts,
         net_task: JoinHandle<()>,
         store: &Arc<dyn Store>,
         data_dir: &Path,
@@ -556,6 +558,8 @@ impl Started {
         self.health_reporter
             .set_not_serving::<FederationServer<Api>>()
             .await;
+        let (finished, interrupted) = parts.engine.drain(SHUTDOWN_GRACE).await;
+        tracing::info!(finished, interrupted, "tasks in flight drained");
         let grpc_task = self.grpc_task;
         let http_task = self.http_task;
         let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
@@ -575,7 +579,7 @@ impl Started {
         }
         // Dropping the last handles stops the network's event loop.
         self.requests_task.abort();
-        raft.shutdown().await;
+        parts.raft.shutdown().await;
         net_task.abort();
         self.peers_task.abort();
         store.flush()?;
