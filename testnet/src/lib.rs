@@ -22,6 +22,8 @@
 //! - [`show`]: printing certificate chains for people.
 //! - [`demo`]: the `polity-testnet demo` walk-through.
 //! - [`bench`]: `polity-testnet bench`, a gRPC load generator.
+//! - [`flood`]: `polity-testnet flood`, hostile peers against one node, with an
+//!   honest probe and the node's peak memory.
 //! - [`chaos`]: `polity-testnet chaos`, fault injection, crash and partition
 //!   schedules, measured reliability, a self-spawning supervisor.
 //!
@@ -37,6 +39,7 @@ pub mod bench;
 pub mod chaos;
 pub mod cluster;
 pub mod demo;
+pub mod flood;
 pub mod genesis;
 pub mod load;
 pub mod process;

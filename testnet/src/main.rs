@@ -37,6 +37,9 @@ enum Command {
     /// Load a running cluster with tasks over gRPC and report throughput, latency
     /// percentiles and outcomes.
     Bench(BenchArgs),
+    /// Flood one node of a detached testnet with hostile peers; report its peak
+    /// memory and honest tasks' latency under flood.
+    Flood(polity_testnet::flood::FloodArgs),
     /// Fault injection against a fresh cluster: measured reliability, crash and
     /// partition schedules, a self-spawning supervisor.
     Chaos(chaos::ChaosArgs),
@@ -51,6 +54,7 @@ async fn main() -> ExitCode {
         Command::Status(args) => cluster::status(args).await,
         Command::Down(args) => cluster::down(args).await,
         Command::Bench(args) => bench::cli(args).await,
+        Command::Flood(args) => polity_testnet::flood::cli(args).await,
         Command::Chaos(command) => chaos::cli(command).await,
     };
     match result {
