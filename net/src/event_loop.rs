@@ -84,7 +84,14 @@ pub(crate) struct EventLoop {
     pub(crate) announce: AnnounceSchedule,
     /// The origin of the loop's `now_ms` clock.
     pub(crate) started: Instant,
+    /// Peers blocked by fault injection (a partition), as last set.
+    injected_blocks: HashSet<PeerId>,
+    /// Banned peers and when each ban ends (`now_ms`); at most [`BANS_MAX`].
+    bans: HashMap<PeerId, u64>,
 }
+
+/// Bans held at once; a new ban past this replaces the one ending soonest.
+const BANS_MAX: usize = 4_096;
 
 impl EventLoop {
     pub(crate) fn new(
@@ -112,6 +119,8 @@ impl EventLoop {
             breakers: HashMap::new(),
             announce: AnnounceSchedule::new(0),
             started: Instant::now(),
+            injected_blocks: HashSet::new(),
+            bans: HashMap::new(),
         }
     }
 
@@ -135,7 +144,12 @@ impl EventLoop {
                 }
                 _ = &mut announce => self.announce(),
                 _ = provide.tick() => self.provide(),
-                _ = redial.tick() => self.redial_bootstrap(),
+                _ = redial.tick() => {
+                    self.redial_bootstrap();
+                    if !self.bans.is_empty() {
+                        self.apply_blocks();
+                    }
+                }
             }
             // Any arm may have moved the next announcement (a newcomer, a publish).
             let due = self.announce_due();
@@ -190,9 +204,33 @@ impl EventLoop {
                 let _ = reply.send(self.swarm.listeners().cloned().collect());
             }
             Command::SetBlocked(peers) => {
-                link_faults::set_blocked(&mut self.swarm.behaviour_mut().blocked, peers);
+                self.injected_blocks = peers;
+                self.apply_blocks();
+            }
+            Command::Ban { peer, for_ms } => {
+                if self.bans.len() >= BANS_MAX
+                    && let Some(soonest) = self.bans.iter().min_by_key(|(_, until)| **until)
+                {
+                    let soonest = *soonest.0;
+                    self.bans.remove(&soonest);
+                }
+                let until = self.now_ms().saturating_add(for_ms);
+                self.bans.insert(peer, until);
+                self.metrics.peers_banned.inc();
+                tracing::warn!(%peer, for_ms, "banned a peer that kept breaking the protocol");
+                self.apply_blocks();
             }
         }
+    }
+
+    /// Blocks the injected partition and the bans still running (blocking closes a
+    /// peer's connections and refuses new ones); ended bans are dropped.
+    fn apply_blocks(&mut self) {
+        let now_ms = self.now_ms();
+        self.bans.retain(|_, until| *until > now_ms);
+        let mut blocked = self.injected_blocks.clone();
+        blocked.extend(self.bans.keys().copied());
+        link_faults::set_blocked(&mut self.swarm.behaviour_mut().blocked, blocked);
     }
 
     /// The peer table, with each peer's breaker state.

@@ -36,6 +36,10 @@ pub(crate) enum Command {
     PublishEvidence(Vec<u8>),
     ListenAddresses(oneshot::Sender<Vec<Multiaddr>>),
     SetBlocked(HashSet<PeerId>),
+    Ban {
+        peer: PeerId,
+        for_ms: u64,
+    },
 }
 
 /// A cloneable handle on the event loop.
@@ -133,5 +137,13 @@ impl NetHandle {
     /// ones) and unblock everyone else: one side of a partition.
     pub async fn set_blocked(&self, peers: HashSet<PeerId>) -> Result<(), NetError> {
         self.send(Command::SetBlocked(peers)).await
+    }
+
+    /// Disconnects `peer` and refuses its connections for `duration` (a peer that
+    /// keeps breaking the protocol). Independent of [`Self::set_blocked`]: both sets
+    /// are blocked, and a ban ends by itself.
+    pub async fn ban(&self, peer: PeerId, duration: std::time::Duration) -> Result<(), NetError> {
+        let for_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        self.send(Command::Ban { peer, for_ms }).await
     }
 }

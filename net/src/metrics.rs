@@ -16,6 +16,8 @@ pub struct NetMetrics {
     /// Events the node was too busy to take.
     pub events_dropped: Counter,
     pub connected_peers: Gauge,
+    /// Peers banned for breaking the protocol again and again.
+    pub peers_banned: Counter,
 }
 
 impl NetMetrics {
@@ -44,6 +46,11 @@ impl NetMetrics {
             "polity_p2p_connected_peers",
             "Peers with an open connection",
             self.connected_peers.clone(),
+        );
+        registry.register(
+            "polity_p2p_peers_banned",
+            "Peers disconnected and refused for a while after repeated protocol violations",
+            self.peers_banned.clone(),
         );
     }
 }

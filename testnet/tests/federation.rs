@@ -407,36 +407,55 @@ async fn members_that_crashed_are_replaced_by_spare_seats_at_once() {
         .await
         .expect("testnet starts and converges");
     let mut client = nodes[0].client().await.unwrap();
-    // The two peers node-0 ranks first would sit in its next group of three.
-    let ranked: Vec<String> = client
-        .list_peers(polity_proto::ListPeersRequest {
-            capability: "sha256".into(),
-            compatible_only: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .peers
-        .into_iter()
-        .map(|peer| peer.peer_id)
-        .collect();
-    assert_eq!(ranked.len(), 4, "{ranked:?}");
-    let doomed: Vec<&NodeProcess> = ranked[..2]
-        .iter()
-        .map(|peer_id| {
-            nodes
-                .iter()
-                .find(|node| &node.endpoints.peer_id == peer_id)
-                .unwrap()
-        })
-        .collect();
-    for node in &doomed {
-        polity_testnet::process::kill(node.endpoints.pid);
-    }
+    // The task, with every field as the entry node canonicalizes it, so that its id
+    // (and so the seat rule's draw) is known before it is submitted.
     let payload = "two members crashed";
     let mut task = request("sha256", payload, Level::Region, ConsensusPath::Bft);
     task.replication = 3;
+    task.aggregation = polity_proto::Aggregation::Majority as i32;
+    task.deadline_ms = 20_000;
+    task.scope = Some(Scope {
+        level: Level::Region as i32,
+        name: nodes[0].spec.region.clone(),
+    });
+    let spec = polity_proto::TaskSpec {
+        capability: task.capability.clone(),
+        payload: task.payload.clone(),
+        scope: task.scope.clone(),
+        replication: task.replication,
+        aggregation: task.aggregation,
+        policy: task.policy,
+        deadline_ms: task.deadline_ms,
+        nonce: task.nonce,
+    };
+    let id = polity_consensus::task_id(&polity_consensus::encode_task(&spec));
+    let chain = client
+        .get_epoch_chain(polity_proto::GetEpochChainRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let anchor = polity_consensus::Anchor::from_chain(chain).unwrap();
+    let drawn = anchor
+        .current()
+        .seat_order(&id, "sha256", &nodes[0].spec.region);
+    // The two members the seat rule draws first (other than the entry node itself)
+    // sit in the first group of three.
+    let doomed: Vec<&NodeProcess> = drawn
+        .iter()
+        .map(|key| key.to_string())
+        .filter(|key| *key != nodes[0].endpoints.public_key)
+        .take(2)
+        .map(|key| {
+            nodes
+                .iter()
+                .find(|node| node.endpoints.public_key == key)
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(doomed.len(), 2);
+    for node in &doomed {
+        polity_testnet::process::kill(node.endpoints.pid);
+    }
     let record = submit(&mut client, task).await;
     assert_eq!(state(&record), TaskState::Decided, "{record:?}");
     let truth = hex::encode(sha2::Sha256::digest(payload.as_bytes())).into_bytes();

@@ -257,7 +257,7 @@ impl RoundDriver {
 
     fn on_rejected(&self, from: PublicKey, reason: &str) {
         tracing::info!(%from, reason, "a peer sent an invalid round message");
-        self.federation.count_dropped("invalid statement");
+        self.federation.violation(from, "invalid statement");
         if let Err(error) = self
             .federation
             .peers

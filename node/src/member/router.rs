@@ -291,6 +291,24 @@ pub struct Federation {
     registry: Arc<RegistryState>,
     /// One pushed epoch chain is checked at a time; more are dropped and counted.
     epoch_push: Arc<Semaphore>,
+    /// Protocol violations per peer in the current window (see [`Federation::violation`]).
+    strikes: Mutex<HashMap<PublicKey, Strikes>>,
+}
+
+/// Violations a peer may commit within [`STRIKE_WINDOW`] before it is banned.
+pub const STRIKES_MAX: u32 = 32;
+/// The window violations are counted in.
+pub const STRIKE_WINDOW: Duration = Duration::from_secs(60);
+/// How long a banned peer stays disconnected.
+pub const BAN_DURATION: Duration = Duration::from_secs(60);
+/// Peers whose strikes are tracked at once; past it the table is cleared.
+const STRIKERS_MAX: usize = 4_096;
+
+/// One peer's violations in its current window.
+#[derive(Debug, Clone, Copy)]
+struct Strikes {
+    count: u32,
+    window_started_ms: u64,
 }
 
 impl Federation {
@@ -327,7 +345,49 @@ impl Federation {
             workers,
             registry,
             epoch_push: Arc::new(Semaphore::new(1)),
+            strikes: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// A peer broke the protocol (undecodable requests, malformed round messages,
+    /// forged or invalid statements, epoch pushes that do not verify): counted as a
+    /// dropped message under `reason`, and a strike. [`STRIKES_MAX`] strikes within
+    /// [`STRIKE_WINDOW`] ban the peer for [`BAN_DURATION`]: disconnected, its
+    /// connections refused. Budget refusals are not violations (an honest peer under
+    /// load meets them).
+    pub(crate) fn violation(&self, from: PublicKey, reason: &str) {
+        self.count_dropped(reason);
+        let now_ms = crate::monotonic_ms();
+        let ban = {
+            let mut strikes = self.strikes.lock().expect("strikes lock");
+            if strikes.len() >= STRIKERS_MAX && !strikes.contains_key(&from) {
+                strikes.clear();
+            }
+            let entry = strikes.entry(from).or_insert(Strikes {
+                count: 0,
+                window_started_ms: now_ms,
+            });
+            if now_ms.saturating_sub(entry.window_started_ms) > STRIKE_WINDOW.as_millis() as u64 {
+                *entry = Strikes {
+                    count: 0,
+                    window_started_ms: now_ms,
+                };
+            }
+            entry.count += 1;
+            let ban = entry.count >= STRIKES_MAX;
+            if ban {
+                strikes.remove(&from);
+            }
+            ban
+        };
+        if ban && let Ok(peer) = peer_id_of(&from.0) {
+            let net = self.net.clone();
+            tokio::spawn(async move {
+                if let Err(error) = net.ban(peer, BAN_DURATION).await {
+                    tracing::warn!(%error, "could not ban a peer");
+                }
+            });
+        }
     }
 
     /// The federation registry this node follows.
@@ -384,7 +444,10 @@ impl Federation {
                     request: Some(request),
                 }) => self.handle_task(from, request).encode_to_vec(),
                 Ok(_) => self.refuse("empty", "empty task request"),
-                Err(error) => self.refuse("undecodable", &format!("task request: {error}")),
+                Err(error) => {
+                    self.violation(from, "undecodable");
+                    refused(&format!("task request: {error}")).encode_to_vec()
+                }
             },
             AppProtocol::Consensus => match ConsensusRequest::decode(bytes.as_slice()) {
                 Ok(ConsensusRequest {
@@ -395,7 +458,10 @@ impl Federation {
                     Some(reply) => reply,
                     None => self.refuse("empty", "empty consensus request"),
                 },
-                Err(error) => self.refuse("undecodable", &format!("consensus request: {error}")),
+                Err(error) => {
+                    self.violation(from, "undecodable");
+                    refused(&format!("consensus request: {error}")).encode_to_vec()
+                }
             },
         }
     }
@@ -478,11 +544,11 @@ impl Federation {
             return refused("too many epoch changes in one push");
         }
         let registry = Arc::clone(&self.registry);
-        let metrics = Arc::clone(&self.metrics);
+        let federation = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             if let Err(error) = registry.apply(chain.changes) {
-                metrics.peer_message_dropped("epochs invalid");
+                federation.violation(from, "epochs invalid");
                 tracing::warn!(%from, %error, "refused a pushed epoch change");
             }
         });
@@ -778,19 +844,19 @@ impl Federation {
 
     fn on_round(self: &Arc<Self>, from: PublicKey, envelope: RoundEnvelope) -> Ack {
         let Ok(task) = TaskId::from_slice(envelope.task_id.as_slice()) else {
-            self.count_dropped("invalid round message");
+            self.violation(from, "invalid round message");
             return refused("task_id must be 32 bytes");
         };
         let Ok(level) = Level::try_from(envelope.level) else {
-            self.count_dropped("invalid round message");
+            self.violation(from, "invalid round message");
             return refused("unknown level");
         };
         if envelope.group.len() > GROUP_BYTES_MAX {
-            self.count_dropped("invalid round message");
+            self.violation(from, "invalid round message");
             return refused("group name too long");
         }
         let Some(wire) = envelope.message.filter(|wire| wire.message.is_some()) else {
-            self.count_dropped("invalid round message");
+            self.violation(from, "invalid round message");
             return refused("empty round message");
         };
         let key = SlotKey {

@@ -23,9 +23,9 @@ pub const REQUESTS_MAX: usize = 4_096;
 /// Requests one peer may have in flight.
 pub const PER_PEER_REQUESTS_MAX: usize = 128;
 /// Request bytes one peer may have in flight.
-pub const PER_PEER_BYTES_MAX: usize = 32 << 20;
+pub const PER_PEER_BYTES_MAX: usize = 16 << 20;
 /// Request bytes in flight from all peers.
-pub const BYTES_MAX: usize = 256 << 20;
+pub const BYTES_MAX: usize = 128 << 20;
 
 /// Why a request was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
