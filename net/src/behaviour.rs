@@ -2,6 +2,7 @@
 //! behaviours and their limits, and [`start`], which hands the built swarm to the
 //! event loop and the node a [`NetHandle`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
@@ -15,7 +16,7 @@ use libp2p::swarm::{NetworkBehaviour, behaviour::toggle::Toggle};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identify, mdns, noise, ping, tcp, yamux};
 use tokio::sync::mpsc;
 
-use crate::codec::FrameCodec;
+use crate::codec::{FrameCodec, INBOUND_READING_BYTES_MAX, ReadingBudget};
 use crate::event_loop::EventLoop;
 use crate::handle::NetHandle;
 use crate::metrics::NetMetrics;
@@ -78,6 +79,8 @@ impl Behaviour {
         } else {
             None
         };
+        // One reading budget for the node's three request-response protocols.
+        let reading = ReadingBudget::new(INBOUND_READING_BYTES_MAX);
         Ok(Behaviour {
             limits: connection_limits(),
             blocked: allow_block_list::Behaviour::default(),
@@ -86,9 +89,9 @@ impl Behaviour {
             kademlia: kademlia(local_peer_id),
             mdns: Toggle::from(mdns),
             gossipsub: gossipsub(key)?,
-            info: rpc_behaviour(INFO_PROTOCOL),
-            task: rpc_behaviour(TASK_PROTOCOL),
-            consensus: rpc_behaviour(CONSENSUS_PROTOCOL),
+            info: rpc_behaviour(INFO_PROTOCOL, &reading),
+            task: rpc_behaviour(TASK_PROTOCOL, &reading),
+            consensus: rpc_behaviour(CONSENSUS_PROTOCOL, &reading),
         })
     }
 }
@@ -136,9 +139,12 @@ fn gossipsub(key: &Keypair) -> Result<gossipsub::Behaviour, BuildError> {
     )?)
 }
 
-fn rpc_behaviour(protocol: StreamProtocol) -> request_response::Behaviour<FrameCodec> {
+fn rpc_behaviour(
+    protocol: StreamProtocol,
+    reading: &Arc<ReadingBudget>,
+) -> request_response::Behaviour<FrameCodec> {
     request_response::Behaviour::with_codec(
-        FrameCodec,
+        FrameCodec::new(Arc::clone(reading)),
         [(protocol, ProtocolSupport::Full)],
         request_response::Config::default()
             .with_request_timeout(REQUEST_TIMEOUT)

@@ -7,8 +7,16 @@
 //! holds only its bytes, not its announced length; a frame that
 //! breaks the rule is an `InvalidData` error, which request-response reports as a
 //! failure that the event loop counts.
+//!
+//! Inbound requests being read share one byte budget per node
+//! ([`INBOUND_READING_BYTES_MAX`]): a request whose announced length does not fit
+//! what is left is refused before its payload is read. Many streams of many peers
+//! cannot together make the node read (and hold) more than that at once; what the
+//! node keeps after reading is its own budgets' business.
 
 use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::StreamProtocol;
@@ -26,11 +34,98 @@ const READ_CHUNK_BYTES: usize = 16 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Frame(pub Vec<u8>);
 
-/// Length-prefixed frames, bounded by [`FRAME_BYTES_MAX`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct FrameCodec;
+/// Bytes of inbound requests a node reads at once, across all streams and peers.
+pub const INBOUND_READING_BYTES_MAX: usize = 48 << 20;
+
+/// Length-prefixed frames, bounded by [`FRAME_BYTES_MAX`]; the codecs of one node
+/// share their inbound reading budget.
+#[derive(Debug, Clone)]
+pub struct FrameCodec {
+    reading: Arc<ReadingBudget>,
+}
+
+/// The bytes of inbound requests being read now, out of a limit.
+#[derive(Debug)]
+pub struct ReadingBudget {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl ReadingBudget {
+    pub fn new(limit: usize) -> Arc<ReadingBudget> {
+        Arc::new(ReadingBudget {
+            used: AtomicUsize::new(0),
+            limit,
+        })
+    }
+
+    /// Reserves `bytes`, or `None` when they do not fit.
+    fn reserve(self: &Arc<Self>, bytes: usize) -> Option<Reserved> {
+        let mut used = self.used.load(Ordering::Acquire);
+        loop {
+            if used + bytes > self.limit {
+                return None;
+            }
+            match self.used.compare_exchange_weak(
+                used,
+                used + bytes,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    return Some(Reserved {
+                        budget: Arc::clone(self),
+                        bytes,
+                    });
+                }
+                Err(now) => used = now,
+            }
+        }
+    }
+}
+
+/// Bytes reserved while one request is read; given back when dropped.
+struct Reserved {
+    budget: Arc<ReadingBudget>,
+    bytes: usize,
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+impl FrameCodec {
+    /// A codec reading requests within `reading` (share one per node).
+    pub fn new(reading: Arc<ReadingBudget>) -> FrameCodec {
+        FrameCodec { reading }
+    }
+}
+
+/// Reads a request frame within `budget`: the announced length is reserved before
+/// the payload is read, and a length that does not fit is refused.
+async fn read_request_frame<T: AsyncRead + Unpin + Send>(
+    io: &mut T,
+    budget: &Arc<ReadingBudget>,
+) -> io::Result<Frame> {
+    let length = read_length(io).await?;
+    let Some(_reserved) = budget.reserve(length) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the node is reading its budget of inbound requests; {length} bytes refused"),
+        ));
+    };
+    read_body(io, length).await.map(Frame)
+}
 
 pub async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Frame> {
+    let length = read_length(io).await?;
+    read_body(io, length).await.map(Frame)
+}
+
+/// A frame's varint length, checked against [`FRAME_BYTES_MAX`].
+async fn read_length<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<usize> {
     let mut length: u64 = 0;
     for index in 0..VARINT_BYTES_MAX {
         let mut byte = [0u8; 1];
@@ -43,7 +138,7 @@ pub async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<F
                     format!("frame of {length} bytes is over the limit of {FRAME_BYTES_MAX}"),
                 ));
             }
-            return read_body(io, length as usize).await.map(Frame);
+            return Ok(length as usize);
         }
     }
     Err(io::Error::new(
@@ -115,7 +210,7 @@ impl libp2p::request_response::Codec for FrameCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io).await
+        read_request_frame(io, &self.reading).await
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Frame>
@@ -159,6 +254,29 @@ mod tests {
 
     fn check(bytes: &[u8]) -> io::Result<Frame> {
         futures::executor::block_on(read_frame(&mut Cursor::new(bytes.to_vec())))
+    }
+
+    #[test]
+    fn requests_over_the_reading_budget_are_refused_and_the_budget_comes_back() {
+        let budget = ReadingBudget::new(100);
+        let frame = |length: usize| {
+            let mut buffer = Cursor::new(Vec::new());
+            futures::executor::block_on(write_frame(&mut buffer, &Frame(vec![1; length]))).unwrap();
+            buffer.into_inner()
+        };
+        let held = budget.reserve(60).unwrap();
+        let read = |length| {
+            futures::executor::block_on(read_request_frame(
+                &mut Cursor::new(frame(length)),
+                &budget,
+            ))
+        };
+        let error = read(50).unwrap_err();
+        assert!(error.to_string().contains("budget"), "{error}");
+        assert_eq!(read(40).unwrap().0.len(), 40);
+        drop(held);
+        assert_eq!(read(100).unwrap().0.len(), 100);
+        assert_eq!(budget.used.load(Ordering::Acquire), 0);
     }
 
     #[test]

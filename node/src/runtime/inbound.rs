@@ -25,7 +25,7 @@ pub const PER_PEER_REQUESTS_MAX: usize = 128;
 /// Request bytes one peer may have in flight.
 pub const PER_PEER_BYTES_MAX: usize = 16 << 20;
 /// Request bytes in flight from all peers.
-pub const BYTES_MAX: usize = 128 << 20;
+pub const BYTES_MAX: usize = 96 << 20;
 
 /// Why a request was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
