@@ -23,6 +23,11 @@
 //!   timeout)` on whichever member wants the decision committed.
 //! - At shutdown: `groups.shutdown().await`.
 //!
+//! Every call may run concurrently with every other: starting or stopping one group
+//! never delays the inbound RPCs, commits or `ensure` calls of another (see Locking).
+//! Inbound RPCs for a group that is still starting are refused ("does not run here");
+//! the sender's raft retries.
+//!
 //! # Formation
 //!
 //! Every member calls [`RaftGroups::ensure`] with the same members. The member with the
@@ -55,11 +60,34 @@
 //!
 //! # Bounds
 //!
-//! At most [`RAFT_GROUPS_MAX`] groups run at once; when full, [`RaftGroups::ensure`]
-//! shuts down the least recently used idle group (its state stays in sled and a later
-//! `ensure` restarts it). Inbound proposals in flight are limited to
-//! [`INBOUND_PROPOSALS_MAX`]; a commit makes at most [`COMMIT_ATTEMPTS_MAX`] attempts
-//! within its timeout. One metrics watcher task runs per running group.
+//! At most [`RAFT_GROUPS_MAX`] groups run or are starting at once (a start reserves
+//! its slot before it begins, so concurrent starts cannot overshoot); when full,
+//! [`RaftGroups::ensure`] shuts down the least recently used idle group (idle: nothing
+//! but the map holds it, `Arc::strong_count == 1`, and nobody holds its gate; its state
+//! stays in sled and a later `ensure` restarts it). When none is idle but starts are in
+//! flight, `ensure` waits for one to end and looks again; when none is idle and none is
+//! in flight, it fails with [`RaftNetError::TooManyGroups`]. Inbound proposals in flight
+//! are limited to [`INBOUND_PROPOSALS_MAX`]; a commit makes at most
+//! [`COMMIT_ATTEMPTS_MAX`] attempts within its timeout. One metrics watcher task runs
+//! per running group. One gate exists per group being started, stopped or waited for,
+//! and is dropped with its last user.
+//!
+//! # Locking
+//!
+//! - **`inner`** (a `std::sync::Mutex`: the map of running groups, the gates, the
+//!   `starting` count, the clock) is locked for map operations only and **never held
+//!   across an `.await`** (clippy's `await_holding_lock` denies it, and the futures
+//!   would not be `Send`). Raft I/O (start, initialize, shutdown) happens outside it.
+//! - **A group's gate** (a `tokio::sync::Mutex<()>`) is held by whoever starts or stops
+//!   that group, so its sled trees are never reopened by a new raft before the old one
+//!   stopped. `ensure` takes the gate of the group it starts and re-checks the map under
+//!   it (another caller may have started the group meanwhile); eviction takes the
+//!   victim out of the map under `inner`, with the victim's gate (only if free, so no
+//!   caller ever waits for a gate while holding one), and stops it after releasing
+//!   `inner`. A gate is only waited for with `inner` released.
+//! - **Shutdown** drains the map under `inner`, stops the groups after releasing it,
+//!   then waits for the gates in use: a start that ends after shutdown stops the group
+//!   it started instead of adding it, so no raft runs once `shutdown` returns.
 //!
 //! # Layout
 //!
