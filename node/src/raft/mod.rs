@@ -23,6 +23,11 @@
 //!   timeout)` on whichever member wants the decision committed.
 //! - At shutdown: `groups.shutdown().await`.
 //!
+//! Every call may run concurrently with every other: starting or stopping one group
+//! never delays the inbound RPCs, commits or `ensure` calls of another (see Locking).
+//! Inbound RPCs for a group that is still starting are refused ("does not run here");
+//! the sender's raft retries.
+//!
 //! # Formation
 //!
 //! Every member calls [`RaftGroups::ensure`] with the same members. The member with the
@@ -55,11 +60,34 @@
 //!
 //! # Bounds
 //!
-//! At most [`RAFT_GROUPS_MAX`] groups run at once; when full, [`RaftGroups::ensure`]
-//! shuts down the least recently used idle group (its state stays in sled and a later
-//! `ensure` restarts it). Inbound proposals in flight are limited to
-//! [`INBOUND_PROPOSALS_MAX`]; a commit makes at most [`COMMIT_ATTEMPTS_MAX`] attempts
-//! within its timeout. One metrics watcher task runs per running group.
+//! At most [`RAFT_GROUPS_MAX`] groups run or are starting at once (a start reserves
+//! its slot before it begins, so concurrent starts cannot overshoot); when full,
+//! [`RaftGroups::ensure`] shuts down the least recently used idle group (idle: nothing
+//! but the map holds it, `Arc::strong_count == 1`, and nobody holds its gate; its state
+//! stays in sled and a later `ensure` restarts it). When none is idle but starts are in
+//! flight, `ensure` waits for one to end and looks again; when none is idle and none is
+//! in flight, it fails with [`RaftNetError::TooManyGroups`]. Inbound proposals in flight
+//! are limited to [`INBOUND_PROPOSALS_MAX`]; a commit makes at most
+//! [`COMMIT_ATTEMPTS_MAX`] attempts within its timeout. One metrics watcher task runs
+//! per running group. One gate exists per group being started, stopped or waited for,
+//! and is dropped with its last user.
+//!
+//! # Locking
+//!
+//! - **`inner`** (a `std::sync::Mutex`: the map of running groups, the gates, the
+//!   `starting` count, the clock) is locked for map operations only and **never held
+//!   across an `.await`** (clippy's `await_holding_lock` denies it, and the futures
+//!   would not be `Send`). Raft I/O (start, initialize, shutdown) happens outside it.
+//! - **A group's gate** (a `tokio::sync::Mutex<()>`) is held by whoever starts or stops
+//!   that group, so its sled trees are never reopened by a new raft before the old one
+//!   stopped. `ensure` takes the gate of the group it starts and re-checks the map under
+//!   it (another caller may have started the group meanwhile); eviction takes the
+//!   victim out of the map under `inner`, with the victim's gate (only if free, so no
+//!   caller ever waits for a gate while holding one), and stops it after releasing
+//!   `inner`. A gate is only waited for with `inner` released.
+//! - **Shutdown** drains the map under `inner`, stops the groups after releasing it,
+//!   then waits for the gates in use: a start that ends after shutdown stops the group
+//!   it started instead of adding it, so no raft runs once `shutdown` returns.
 //!
 //! # Layout
 //!
@@ -70,7 +98,7 @@
 //! [`handle_propose`]: RaftGroups::handle_propose
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use openraft::Config;
@@ -86,7 +114,7 @@ use polity_raft::{
 };
 use prost::Message;
 use sha2::{Digest, Sha256};
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::{Notify, OwnedMutexGuard, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::telemetry::metrics::{Metrics, RaftGroupLabels};
@@ -197,10 +225,147 @@ struct Running {
     watcher: JoinHandle<()>,
 }
 
+/// The groups' map and counters, behind a synchronous lock that is never held across
+/// an `.await` (module doc, Locking).
 struct Inner {
     running: HashMap<GroupName, Running>,
+    /// One gate per group being started, stopped or waited for; pruned when unused.
+    gates: HashMap<GroupName, GateEntry>,
+    /// Start slots reserved by starts in flight: `running.len() + starting` is at most
+    /// `RaftGroups::groups_max`.
+    starting: usize,
     clock: u64,
     shut_down: bool,
+}
+
+/// A group's gate and how many callers hold it or wait for it.
+#[derive(Default)]
+struct GateEntry {
+    lock: Arc<tokio::sync::Mutex<()>>,
+    users: usize,
+}
+
+/// One group's gate, held (or waited for, while `guard` is `None`): while it is held,
+/// nobody else starts or stops the group. Dropping it releases the gate and the start
+/// slot its holder reserved, and wakes callers waiting for a slot. Its drop locks
+/// `inner`, so it is never dropped (nor made) while `inner` is locked.
+struct Gate<'a> {
+    groups: &'a RaftGroups,
+    name: GroupName,
+    guard: Option<OwnedMutexGuard<()>>,
+    /// Whether the holder reserved a start slot (counted in `Inner::starting`).
+    reserved: bool,
+}
+
+impl Drop for Gate<'_> {
+    fn drop(&mut self) {
+        {
+            let mut inner = self.groups.lock();
+            drop(self.guard.take());
+            if self.reserved {
+                inner.starting -= 1;
+            }
+            if let Some(entry) = inner.gates.get_mut(&self.name) {
+                entry.users -= 1;
+                if entry.users == 0 {
+                    inner.gates.remove(&self.name);
+                }
+            }
+        }
+        self.groups.changed.notify_waiters();
+    }
+}
+
+/// What [`Inner::take_slot`] found.
+enum Slot {
+    /// A slot was free; it is reserved.
+    Free,
+    /// The least recently used idle group was taken out of `running` (its gate held) to
+    /// free a slot, which is reserved; it is to be stopped before the start.
+    Evicted(GroupName, Running, OwnedMutexGuard<()>),
+    /// No slot now, but starts or stops are in flight: one may free one.
+    Wait,
+    /// Every slot is taken by a group in use.
+    Full,
+}
+
+/// What [`RaftGroups::reserve`] found.
+enum Reserved<'a> {
+    /// The group runs (another caller started it).
+    Running,
+    /// A start slot is reserved; the evicted group, if any, is to be stopped first.
+    Slot(Option<Evicted<'a>>),
+}
+
+/// A group evicted for a start: out of the map, not yet stopped, its gate held.
+struct Evicted<'a> {
+    name: GroupName,
+    running: Running,
+    gate: Gate<'a>,
+}
+
+impl Inner {
+    /// Whether `name` runs with the members `wanted` (then marked used). Fails after a
+    /// shutdown, or when it runs with other members.
+    fn touch(
+        &mut self,
+        name: &GroupName,
+        wanted: &HashMap<NodeId, RaftMember>,
+    ) -> Result<bool, RaftNetError> {
+        if self.shut_down {
+            return Err(RaftNetError::ShutDown);
+        }
+        self.clock += 1;
+        let now = self.clock;
+        let Some(running) = self.running.get_mut(name) else {
+            return Ok(false);
+        };
+        if running.members.keys().collect::<BTreeSet<_>>() != wanted.keys().collect() {
+            return Err(RaftNetError::MembersMismatch(name.clone()));
+        }
+        running.last_used = now;
+        Ok(true)
+    }
+
+    /// Reserves a start slot, evicting the least recently used idle group (idle: only
+    /// the map holds it, and nobody holds its gate) when `groups_max` are running or
+    /// starting.
+    fn take_slot(&mut self, groups_max: usize) -> Slot {
+        if self.running.len() + self.starting < groups_max {
+            self.starting += 1;
+            return Slot::Free;
+        }
+        let mut idle: Vec<(u64, GroupName)> = self
+            .running
+            .iter()
+            .filter(|(_, running)| Arc::strong_count(&running.group) == 1)
+            .map(|(name, running)| (running.last_used, name.clone()))
+            .collect();
+        idle.sort_unstable();
+        let mut wait = self.starting > 0;
+        for (_, name) in idle {
+            let lock = self
+                .gates
+                .get(&name)
+                .map(|entry| Arc::clone(&entry.lock))
+                .unwrap_or_default();
+            let Ok(guard) = Arc::clone(&lock).try_lock_owned() else {
+                // Its gate is held for a moment (a caller finding it running).
+                wait = true;
+                continue;
+            };
+            let Some(running) = self.running.remove(&name) else {
+                continue;
+            };
+            self.gates
+                .entry(name.clone())
+                .or_insert(GateEntry { lock, users: 0 })
+                .users += 1;
+            self.starting += 1;
+            return Slot::Evicted(name, running, guard);
+        }
+        if wait { Slot::Wait } else { Slot::Full }
+    }
 }
 
 /// This node's raft groups. One per node, shared behind an `Arc`.
@@ -211,8 +376,15 @@ pub struct RaftGroups {
     net: NetHandle,
     metrics: Arc<Metrics>,
     config: Arc<Config>,
+    /// [`RAFT_GROUPS_MAX`] but in tests.
+    groups_max: usize,
     inner: Mutex<Inner>,
+    /// Notified when a gate is released or the groups shut down (a slot may be free).
+    changed: Notify,
     inbound_proposals: Semaphore,
+    /// Test seam: when set, each raft start waits here first.
+    #[cfg(test)]
+    start_pause: Mutex<Option<Arc<tests::StartPause>>>,
 }
 
 impl std::fmt::Debug for RaftGroups {
@@ -241,6 +413,17 @@ impl RaftGroups {
         net: NetHandle,
         metrics: Arc<Metrics>,
     ) -> Arc<RaftGroups> {
+        RaftGroups::with_limit(key, db, net, metrics, RAFT_GROUPS_MAX)
+    }
+
+    /// [`Self::new`] with at most `groups_max` groups running at once.
+    fn with_limit(
+        key: PublicKey,
+        db: sled::Db,
+        net: NetHandle,
+        metrics: Arc<Metrics>,
+        groups_max: usize,
+    ) -> Arc<RaftGroups> {
         #[allow(clippy::expect_used, reason = "constant config, checked by tests")]
         let config = node_raft_config().expect("the node's raft config is valid");
         Arc::new(RaftGroups {
@@ -250,12 +433,18 @@ impl RaftGroups {
             net,
             metrics,
             config: Arc::new(config),
+            groups_max,
             inner: Mutex::new(Inner {
                 running: HashMap::new(),
+                gates: HashMap::new(),
+                starting: 0,
                 clock: 0,
                 shut_down: false,
             }),
+            changed: Notify::new(),
             inbound_proposals: Semaphore::new(INBOUND_PROPOSALS_MAX),
+            #[cfg(test)]
+            start_pause: Mutex::new(None),
         })
     }
 
@@ -312,8 +501,10 @@ impl RaftGroups {
     /// Gets or starts this node's member of raft group `name` with `members` (all of
     /// them, this node included). On a fresh group, the member with the smallest raft
     /// node id initializes it; the others wait to hear from the leader. Restarts a group
-    /// that was evicted (its state is in sled). When [`RAFT_GROUPS_MAX`] groups run,
-    /// shuts down the least recently used idle one first.
+    /// that was evicted (its state is in sled). When [`RAFT_GROUPS_MAX`] groups run or
+    /// are starting, shuts down the least recently used idle one first (when none is
+    /// idle but a start is in flight, waits for it). Holds no lock that other groups
+    /// need while it starts or stops a group (module doc, Locking).
     pub async fn ensure(&self, name: &GroupName, members: &[Member]) -> Result<(), RaftNetError> {
         let raft_members = raft_members(members)?;
         let wanted: HashMap<NodeId, RaftMember> =
@@ -321,37 +512,84 @@ impl RaftGroups {
         if !wanted.contains_key(&self.node_id) {
             return Err(RaftNetError::NotAMember(name.clone()));
         }
-        let mut inner = self.inner.lock().await;
-        if inner.shut_down {
-            return Err(RaftNetError::ShutDown);
-        }
-        inner.clock += 1;
-        let now = inner.clock;
-        if let Some(running) = inner.running.get_mut(name) {
-            if running.members.keys().collect::<BTreeSet<_>>()
-                != wanted.keys().collect::<BTreeSet<_>>()
-            {
-                return Err(RaftNetError::MembersMismatch(name.clone()));
-            }
-            running.last_used = now;
+        if self.lock().touch(name, &wanted)? {
             return Ok(());
         }
-        if inner.running.len() >= RAFT_GROUPS_MAX {
-            let idle = inner
-                .running
-                .iter()
-                .filter(|(_, running)| Arc::strong_count(&running.group) == 1)
-                .min_by_key(|(_, running)| running.last_used)
-                .map(|(name, _)| name.clone());
-            let Some(idle) = idle else {
-                return Err(RaftNetError::TooManyGroups);
+        let mut gate = self.gate(name).await;
+        let evicted = match self.reserve(name, &wanted, &mut gate).await? {
+            // Another caller started the group while this one waited for the gate.
+            Reserved::Running => return Ok(()),
+            Reserved::Slot(evicted) => evicted,
+        };
+        if let Some(evicted) = evicted {
+            // Under the victim's gate: its trees are not reopened before it stopped.
+            self.stop(&evicted.name, evicted.running).await;
+            drop(evicted.gate);
+        }
+        let (group, initialized) = self.start_group(name, &wanted, raft_members).await?;
+        self.insert(name, group, wanted, &mut gate).await?;
+        tracing::info!(group = %name, initialized, "raft group started");
+        Ok(())
+    }
+
+    /// Under `name`'s gate (`gate`): re-checks that the group does not run, then reserves
+    /// a start slot, evicting the least recently used idle group when every slot is
+    /// taken. When none is idle but starts or stops are in flight, waits for one to end.
+    async fn reserve<'a>(
+        &'a self,
+        name: &GroupName,
+        wanted: &HashMap<NodeId, RaftMember>,
+        gate: &mut Gate<'a>,
+    ) -> Result<Reserved<'a>, RaftNetError> {
+        loop {
+            // Registered before the check, so that no change after it goes unnoticed.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let slot = {
+                let mut inner = self.lock();
+                if inner.touch(name, wanted)? {
+                    return Ok(Reserved::Running);
+                }
+                let slot = inner.take_slot(self.groups_max);
+                debug_assert!(inner.running.len() + inner.starting <= self.groups_max);
+                slot
             };
-            if let Some(evicted) = inner.running.remove(&idle) {
-                // Under the lock: the group's trees must not be reopened by a new raft
-                // before this one has stopped.
-                self.stop(&idle, evicted).await;
+            match slot {
+                Slot::Free => {
+                    gate.reserved = true;
+                    return Ok(Reserved::Slot(None));
+                }
+                Slot::Evicted(victim, running, guard) => {
+                    gate.reserved = true;
+                    let victim_gate = Gate {
+                        groups: self,
+                        name: victim.clone(),
+                        guard: Some(guard),
+                        reserved: false,
+                    };
+                    return Ok(Reserved::Slot(Some(Evicted {
+                        name: victim,
+                        running,
+                        gate: victim_gate,
+                    })));
+                }
+                Slot::Wait => changed.await,
+                Slot::Full => return Err(RaftNetError::TooManyGroups),
             }
         }
+    }
+
+    /// Starts this member's raft of `name` and initializes the group when this node has
+    /// the smallest raft id and the raft never was; whether it did is the `bool`.
+    async fn start_group(
+        &self,
+        name: &GroupName,
+        wanted: &HashMap<NodeId, RaftMember>,
+        raft_members: polity_raft::Members,
+    ) -> Result<(RaftGroup, bool), RaftNetError> {
+        #[cfg(test)]
+        self.pause_start().await;
         let transport = Libp2pTransport {
             group: name.clone(),
             net: self.net.clone(),
@@ -375,18 +613,85 @@ impl RaftGroups {
             let _ = group.shutdown().await;
             return Err(error.into());
         }
-        let watcher = self.watch_metrics(name, &group);
-        inner.running.insert(
-            name.clone(),
-            Running {
-                group: Arc::new(group),
-                members: wanted,
-                last_used: now,
-                watcher,
-            },
-        );
-        tracing::info!(group = %name, initialized = initialize, "raft group started");
-        Ok(())
+        Ok((group, initialize))
+    }
+
+    /// Adds the started `group` to the running ones, in place of the start slot `gate`
+    /// reserved; after [`Self::shutdown`], stops it instead.
+    async fn insert(
+        &self,
+        name: &GroupName,
+        group: RaftGroup,
+        members: HashMap<NodeId, RaftMember>,
+        gate: &mut Gate<'_>,
+    ) -> Result<(), RaftNetError> {
+        let refused = {
+            let mut inner = self.lock();
+            if inner.shut_down {
+                Some(group)
+            } else {
+                inner.clock += 1;
+                let running = Running {
+                    watcher: self.watch_metrics(name, &group),
+                    group: Arc::new(group),
+                    members,
+                    last_used: inner.clock,
+                };
+                inner.running.insert(name.clone(), running);
+                inner.starting -= 1;
+                gate.reserved = false;
+                None
+            }
+        };
+        let Some(group) = refused else {
+            return Ok(());
+        };
+        if let Err(error) = group.shutdown().await {
+            tracing::warn!(group = %name, %error, "raft group did not shut down cleanly");
+        }
+        Err(RaftNetError::ShutDown)
+    }
+
+    /// Waits for `name`'s gate (module doc, Locking).
+    async fn gate(&self, name: &GroupName) -> Gate<'_> {
+        let lock = {
+            let mut inner = self.lock();
+            let entry = inner.gates.entry(name.clone()).or_default();
+            entry.users += 1;
+            Arc::clone(&entry.lock)
+        };
+        // Counted as a user from here on: dropped while waiting, it is uncounted.
+        let mut gate = Gate {
+            groups: self,
+            name: name.clone(),
+            guard: None,
+            reserved: false,
+        };
+        gate.guard = Some(lock.lock_owned().await);
+        gate
+    }
+
+    /// The map and counters, for a map operation: never held across an `.await`.
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    #[cfg(test)]
+    async fn pause_start(&self) {
+        let pause = self.lock_pause().clone();
+        if let Some(pause) = pause {
+            pause.entered.add_permits(1);
+            if let Ok(permit) = pause.release.acquire().await {
+                permit.forget();
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn lock_pause(&self) -> MutexGuard<'_, Option<Arc<tests::StartPause>>> {
+        self.start_pause
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Commits `entry` through group `name`: proposes it here when this node leads, else
@@ -434,7 +739,7 @@ impl RaftGroups {
 
     /// One attempt of [`Self::commit`].
     async fn commit_once(&self, name: &GroupName, entry: &LedgerEntry) -> Attempt {
-        let group = match self.group(name).await {
+        let group = match self.group(name) {
             Ok(group) => group,
             Err(error) => return Attempt::Done(Err(error)),
         };
@@ -579,7 +884,7 @@ impl RaftGroups {
             Ok(name) => name,
             Err(error) => return RaftReply::Refused(format!("bad group name: {error}")),
         };
-        let group = match self.member_group(&name, &from).await {
+        let group = match self.member_group(&name, &from) {
             Ok(group) => group,
             Err(reason) => return RaftReply::Refused(reason),
         };
@@ -606,7 +911,7 @@ impl RaftGroups {
             Ok(name) => name,
             Err(error) => return refused(format!("bad group name: {error}")),
         };
-        let group = match self.member_group(&name, &from).await {
+        let group = match self.member_group(&name, &from) {
             Ok(group) => group,
             Err(reason) => return refused(reason),
         };
@@ -683,7 +988,7 @@ impl RaftGroups {
     /// The key of the member this node believes leads `name`, if the group runs here and
     /// has a leader.
     pub async fn leader(&self, name: &GroupName) -> Option<PublicKey> {
-        let group = self.group(name).await.ok()?;
+        let group = self.group(name).ok()?;
         let leader = group.current_leader()?;
         member_of(&group, leader).map(|member| member.public_key)
     }
@@ -695,23 +1000,33 @@ impl RaftGroups {
         name: &GroupName,
         task_id: &polity_consensus::TaskId,
     ) -> Result<Option<LedgerEntry>, RaftNetError> {
-        let group = self.group(name).await?;
+        let group = self.group(name)?;
         Ok(group.ledger().get(task_id).map_err(RaftGroupError::from)?)
     }
 
     /// The names of the groups running here.
     pub async fn running(&self) -> Vec<GroupName> {
-        self.inner.lock().await.running.keys().cloned().collect()
+        self.lock().running.keys().cloned().collect()
     }
 
     /// Shuts every group down (their state stays in sled); later calls to
-    /// [`Self::ensure`] fail with [`RaftNetError::ShutDown`].
+    /// [`Self::ensure`] fail with [`RaftNetError::ShutDown`]. Returns once no raft of
+    /// this node runs: a start in flight stops the group it started.
     pub async fn shutdown(&self) {
-        let mut inner = self.inner.lock().await;
-        inner.shut_down = true;
-        let running: Vec<(GroupName, Running)> = inner.running.drain().collect();
+        let (running, gates) = {
+            let mut inner = self.lock();
+            inner.shut_down = true;
+            let running: Vec<(GroupName, Running)> = inner.running.drain().collect();
+            let gates: Vec<GroupName> = inner.gates.keys().cloned().collect();
+            (running, gates)
+        };
+        self.changed.notify_waiters();
         for (name, group) in running {
             self.stop(&name, group).await;
+        }
+        // Starts and evictions in flight hold their groups' gates; wait for them to end.
+        for name in gates {
+            drop(self.gate(&name).await);
         }
     }
 
@@ -730,8 +1045,8 @@ impl RaftGroups {
     }
 
     /// The running group `name`, marked used.
-    async fn group(&self, name: &GroupName) -> Result<Arc<RaftGroup>, RaftNetError> {
-        let mut inner = self.inner.lock().await;
+    fn group(&self, name: &GroupName) -> Result<Arc<RaftGroup>, RaftNetError> {
+        let mut inner = self.lock();
         inner.clock += 1;
         let now = inner.clock;
         let running = inner
@@ -744,16 +1059,12 @@ impl RaftGroups {
 
     /// The running group `name`, if `from` is one of its members: in the raft's current
     /// membership, or (while the raft has none yet) among the members `ensure` was given.
-    async fn member_group(
-        &self,
-        name: &GroupName,
-        from: &PeerId,
-    ) -> Result<Arc<RaftGroup>, String> {
+    fn member_group(&self, name: &GroupName, from: &PeerId) -> Result<Arc<RaftGroup>, String> {
         let key = polity_net::public_key_of(from)
             .map_err(|_| format!("sender {from} has no ed25519 key"))?;
         let key = PublicKey(key);
         let id = node_id(&key);
-        let inner = self.inner.lock().await;
+        let inner = self.lock();
         let running = inner
             .running
             .get(name)
@@ -868,6 +1179,217 @@ fn check_entry(entry: &LedgerEntry) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Failure detector of the locking tests: generous (two busy cores), and only ever
+    /// reached when a call waits on a lock it should not need.
+    const PROMPT: Duration = Duration::from_secs(20);
+
+    /// The test seam of [`RaftGroups::start_group`]: each start adds a permit to
+    /// `entered`, then waits for one of `release`.
+    pub(super) struct StartPause {
+        pub(super) entered: Semaphore,
+        pub(super) release: Semaphore,
+    }
+
+    fn key(seed: u8) -> PublicKey {
+        PublicKey(
+            ed25519_dalek::SigningKey::from_bytes(&[seed; 32])
+                .verifying_key()
+                .to_bytes(),
+        )
+    }
+
+    fn peer(seed: u8) -> PeerId {
+        polity_net::peer_id_of(&key(seed).0).unwrap()
+    }
+
+    /// The raft groups of a node with key `seed`, on a loopback libp2p node that is
+    /// connected to nobody, at most `groups_max` running.
+    fn groups(seed: u8, groups_max: usize) -> Arc<RaftGroups> {
+        let config = polity_net::NetConfig {
+            secret_key: [seed; 32],
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            bootstrap: vec![],
+            mdns: false,
+            local: polity_net::LocalInfo::default(),
+        };
+        let (net, _events, _task) =
+            polity_net::start(config, polity_net::NetMetrics::default()).unwrap();
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        RaftGroups::with_limit(key(seed), db, net, Arc::new(Metrics::new()), groups_max)
+    }
+
+    /// Pauses every later raft start of `groups`.
+    fn pause(groups: &RaftGroups) -> Arc<StartPause> {
+        let pause = Arc::new(StartPause {
+            entered: Semaphore::new(0),
+            release: Semaphore::new(0),
+        });
+        *groups.lock_pause() = Some(Arc::clone(&pause));
+        pause
+    }
+
+    fn vote(name: &GroupName, seed: u8) -> RaftEnvelope {
+        let rpc = RaftRpc::Vote(openraft::raft::VoteRequest::new(
+            openraft::Vote::new(1, node_id(&key(seed))),
+            None,
+        ));
+        RaftEnvelope {
+            raft_group: name.to_string(),
+            rpc: serde_json::to_vec(&rpc).unwrap(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_start_in_flight_stalls_no_other_group() {
+        let node = groups(41, RAFT_GROUPS_MAX);
+        let members_a = [member(41), member(42), member(43)];
+        let a = RaftGroups::name_for(Level::Region, "a", &members_a);
+        node.ensure(&a, &members_a).await.unwrap();
+
+        // Group b's start is held at the seam (after its gate, before its raft starts).
+        let pause = pause(&node);
+        let members_b = [member(41), member(44)];
+        let b = RaftGroups::name_for(Level::Region, "b", &members_b);
+        let start_b = tokio::spawn({
+            let (node, b, members_b) = (Arc::clone(&node), b.clone(), members_b.clone());
+            async move { node.ensure(&b, &members_b).await }
+        });
+        pause.entered.acquire().await.unwrap().forget();
+        // A second caller for b waits for b's gate, and then finds b running.
+        let again_b = tokio::spawn({
+            let (node, b, members_b) = (Arc::clone(&node), b.clone(), members_b.clone());
+            async move { node.ensure(&b, &members_b).await }
+        });
+
+        // Meanwhile group a serves: an inbound raft RPC, a lookup, ensure, the list.
+        let reply = tokio::time::timeout(PROMPT, node.handle_raft(peer(42), vote(&a, 42)))
+            .await
+            .expect("an inbound raft RPC of another group is not stalled by a start");
+        let reply: RaftReply = serde_json::from_slice(&reply).unwrap();
+        assert!(!matches!(reply, RaftReply::Refused(_)), "{reply:?}");
+        tokio::time::timeout(
+            PROMPT,
+            node.ledger_get(&a, &polity_consensus::TaskId([1; 32])),
+        )
+        .await
+        .expect("a lookup is not stalled by a start")
+        .unwrap();
+        tokio::time::timeout(PROMPT, node.ensure(&a, &members_a))
+            .await
+            .expect("ensuring a running group is not stalled by a start")
+            .unwrap();
+        let running = tokio::time::timeout(PROMPT, node.running())
+            .await
+            .expect("the list is not stalled by a start");
+        assert_eq!(running, vec![a.clone()]);
+        assert!(!start_b.is_finished() && !again_b.is_finished());
+
+        pause.release.add_permits(1);
+        let started = async { (start_b.await, again_b.await) };
+        let (start_b, again_b) = tokio::time::timeout(PROMPT, started)
+            .await
+            .expect("b starts once released, and only once");
+        start_b.unwrap().unwrap();
+        again_b.unwrap().unwrap();
+        let mut running = node.running().await;
+        running.sort();
+        let mut expected = vec![a, b];
+        expected.sort();
+        assert_eq!(running, expected);
+        assert_eq!(pause.entered.available_permits(), 0, "b started once");
+        node.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_starts_never_exceed_the_bound() {
+        const MAX: usize = 3;
+        let node = groups(51, MAX);
+        let members = [member(51)];
+        let names: Vec<GroupName> = (0..4 * MAX)
+            .map(|i| RaftGroups::name_for(Level::Region, &format!("solo-{i}"), &members))
+            .collect();
+        let starts: Vec<_> = names
+            .iter()
+            .map(|name| {
+                let (node, name, members) = (Arc::clone(&node), name.clone(), members.clone());
+                tokio::spawn(async move { node.ensure(&name, &members).await })
+            })
+            .collect();
+        while !starts.iter().all(|start| start.is_finished()) {
+            {
+                let inner = node.lock();
+                assert!(
+                    inner.running.len() + inner.starting <= MAX,
+                    "{} running, {} starting",
+                    inner.running.len(),
+                    inner.starting
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        for start in starts {
+            start.await.unwrap().unwrap();
+        }
+        assert_eq!(node.running().await.len(), MAX);
+        {
+            let inner = node.lock();
+            assert_eq!(inner.starting, 0);
+            assert!(inner.gates.is_empty(), "the gates are pruned");
+        }
+        node.shutdown().await;
+        assert!(matches!(
+            node.ensure(&names[0], &members).await,
+            Err(RaftNetError::ShutDown)
+        ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_start_that_ends_after_shutdown_stops_its_group() {
+        let node = groups(61, RAFT_GROUPS_MAX);
+        let members = [member(61)];
+        let a = RaftGroups::name_for(Level::Region, "a", &members);
+        node.ensure(&a, &members).await.unwrap();
+        let pause = pause(&node);
+        let b = RaftGroups::name_for(Level::Region, "b", &members);
+        let start_b = tokio::spawn({
+            let (node, b, members) = (Arc::clone(&node), b.clone(), members.clone());
+            async move { node.ensure(&b, &members).await }
+        });
+        pause.entered.acquire().await.unwrap().forget();
+
+        let mut shutdown = tokio::spawn({
+            let node = Arc::clone(&node);
+            async move { node.shutdown().await }
+        });
+        // Shutdown stops a at once, but returns only after b's start ended.
+        let started = std::time::Instant::now();
+        while !node.running().await.is_empty() {
+            assert!(started.elapsed() < PROMPT, "shutdown did not stop a");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), &mut shutdown)
+                .await
+                .is_err(),
+            "shutdown waits for the start in flight"
+        );
+        assert!(matches!(
+            node.ensure(&a, &members).await,
+            Err(RaftNetError::ShutDown)
+        ));
+        pause.release.add_permits(1);
+        assert!(matches!(
+            start_b.await.unwrap(),
+            Err(RaftNetError::ShutDown)
+        ));
+        tokio::time::timeout(PROMPT, shutdown)
+            .await
+            .expect("shutdown ends once the start did")
+            .unwrap();
+        assert!(node.running().await.is_empty());
+        assert!(node.lock().gates.is_empty());
+    }
 
     fn member(fill: u8) -> Member {
         let key = ed25519_dalek::SigningKey::from_bytes(&[fill; 32]).verifying_key();
