@@ -12,6 +12,9 @@
 //! statement (or genesis) whose signer is one of those keys, so that mutated bodies
 //! reach the checks behind the signature.
 
+// The targets must return on any input: a panic is a finding, never a shortcut.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 use std::sync::OnceLock;
 
 use ed25519_dalek::{Signer, SigningKey};
@@ -29,8 +32,11 @@ use prost::Message;
 
 pub mod seeds;
 
+/// A fuzz target: returns on any input.
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name of its corpus directory (`corpus/<name>/`).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("frame", frame),
     ("statement", statement),
     ("certificate", certificate),
