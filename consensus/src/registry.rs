@@ -23,7 +23,7 @@ use polity_proto::{Admission, Genesis, Level, Registry, RegistryMember};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
-use crate::certificate::VerifyError;
+use crate::certificate::{MEMBERS_MAX, VerifyError};
 use crate::ids::{PublicKey, TaskId};
 use crate::statement::verify_signature;
 
@@ -366,6 +366,16 @@ fn check_registry(
                 ),
             ));
         }
+    }
+    let mut per_region: BTreeMap<&str, usize> = BTreeMap::new();
+    for member in &registry.members {
+        *per_region.entry(member.region.as_str()).or_default() += 1;
+    }
+    if let Some((region, count)) = per_region.iter().find(|(_, count)| **count > MEMBERS_MAX) {
+        return Err(invalid(
+            "regions",
+            format!("region {region:?} has {count} members; a group holds at most {MEMBERS_MAX}"),
+        ));
     }
     Ok((index, regions))
 }

@@ -41,6 +41,9 @@ pub struct RegistryState {
     apply: Mutex<()>,
     /// The operator's ballots by proposed registry digest, oldest first.
     ballots: Mutex<VecDeque<([u8; 32], bool)>>,
+    /// The next registry this member approved, if any: it approves no other for
+    /// the same epoch, so two changes of one epoch cannot both gather its stake.
+    approved: Mutex<Option<(u64, [u8; 32])>>,
 }
 
 /// Who this node is in a one-member dev federation.
@@ -90,6 +93,7 @@ impl RegistryState {
             path,
             apply: Mutex::new(()),
             ballots: Mutex::new(VecDeque::new()),
+            approved: Mutex::new(None),
         };
         state.persist()?;
         Ok(state)
@@ -130,9 +134,11 @@ impl RegistryState {
     }
 
     /// The changes after epoch `epoch`, oldest first.
+    /// At most [`PUSH_CHANGES_MAX`] of them.
     pub fn changes_after(&self, epoch: u64) -> Vec<EpochChange> {
         let anchor = self.anchor.read().expect("registry lock");
-        anchor.changes_after(epoch).to_vec()
+        let changes = anchor.changes_after(epoch);
+        changes[..changes.len().min(PUSH_CHANGES_MAX)].to_vec()
     }
 
     /// Applies every change that moves past the current epoch, in order; changes
@@ -202,7 +208,10 @@ impl RegistryState {
             .find(|(digest, _)| digest == next.digest())
             .map(|(_, approve)| *approve);
         match ballot {
-            Some(true) => return Ok(approve),
+            Some(true) => {
+                self.lock_approval(next.number(), next.digest())?;
+                return Ok(approve);
+            }
             Some(false) => return Err("this member's operator voted against".into()),
             None if current.admission() != Admission::Open => {
                 return Err("admission is by operator vote; this member has no ballot".into());
@@ -210,7 +219,26 @@ impl RegistryState {
             None => {}
         }
         open_admission(&current, &change, proposal)?;
+        self.lock_approval(next.number(), next.digest())?;
         Ok(approve)
+    }
+
+    /// One approval per epoch: a member that approved registry `digest` as epoch
+    /// `epoch` refuses any other registry for that epoch (else two concurrent
+    /// proposals could each gather more than 2/3 of the stake and fork the
+    /// federation). Held in memory: a restart forgets it (see ARCHITECTURE.md).
+    fn lock_approval(&self, epoch: u64, digest: &[u8; 32]) -> Result<(), String> {
+        let mut approved = self.approved.lock().expect("approval lock");
+        match *approved {
+            Some((locked, held)) if locked == epoch && held != *digest => Err(format!(
+                "this member approved another registry for epoch {epoch} ({})",
+                hex::encode(held)
+            )),
+            _ => {
+                *approved = Some((epoch, *digest));
+                Ok(())
+            }
+        }
     }
 }
 
@@ -364,7 +392,9 @@ mod tests {
         );
 
         // A leave of member 5 that it did not sign is refused, unless the operator
-        // approves it.
+        // approves it (on another node: this one approved the join for epoch 1).
+        let other = tempfile::tempdir().unwrap();
+        let state = super::tests::state(other.path(), Admission::Open);
         let leave = next(&state, &SigningKey::from_bytes(&[5; 32]));
         let unsigned = polity_proto::Proposal {
             registry: leave.encode_to_vec(),
@@ -393,6 +423,20 @@ mod tests {
         // The operators can still let it in.
         state.vote(registry_digest(&greedy.encode_to_vec()), true);
         assert!(state.judge(&proposal).is_ok());
+    }
+
+    #[test]
+    fn a_member_approves_one_registry_per_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path(), Admission::Open);
+        let first = SigningKey::from_bytes(&[3; 32]);
+        let second = SigningKey::from_bytes(&[4; 32]);
+        let a = sign_proposal(&next(&state, &first), &first).encode_to_vec();
+        let b = sign_proposal(&next(&state, &second), &second).encode_to_vec();
+        assert!(state.judge(&a).is_ok());
+        assert!(state.judge(&a).is_ok(), "the same registry again is fine");
+        let error = state.judge(&b).unwrap_err();
+        assert!(error.contains("approved another registry"), "{error}");
     }
 
     #[test]

@@ -176,11 +176,17 @@ fn validate(request: SubmitTaskRequest, config: &NodeConfig) -> Result<TaskSpec,
             request.payload.len()
         )));
     }
+    // A registry task seats every member of the largest region (at most
+    // MEMBERS_MAX, which the registry's own rules keep per region).
+    let replication_max = match request.capability.as_str() {
+        REGISTRY_CAPABILITY => polity_consensus::certificate::MEMBERS_MAX as u32,
+        _ => REPLICATION_MAX,
+    };
     let replication = match request.replication {
         0 => 1,
-        n if n > REPLICATION_MAX => {
+        n if n > replication_max => {
             return Err(invalid(format!(
-                "replication {n} is above the limit {REPLICATION_MAX}"
+                "replication {n} is above the limit {replication_max}"
             )));
         }
         n => n,

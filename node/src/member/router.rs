@@ -492,11 +492,10 @@ impl Federation {
     /// A peer behind us asks for the changes after its epoch: pushed back to it
     /// alone, at most [`crate::registry::PUSH_CHANGES_MAX`] of them.
     fn on_epochs_after(self: &Arc<Self>, from: PublicKey, epoch: u64) -> Ack {
-        let mut changes = self.registry.changes_after(epoch);
+        let changes = self.registry.changes_after(epoch);
         if changes.is_empty() {
             return refused("no newer registry epoch here");
         }
-        changes.truncate(crate::registry::PUSH_CHANGES_MAX);
         let federation = Arc::clone(self);
         tokio::spawn(async move {
             let chain = EpochChain {
@@ -518,11 +517,13 @@ impl Federation {
         let Ok(candidates) = self.peers.find_local("").await else {
             return;
         };
+        // A registry member that is ahead: a stranger's claim of a newer epoch
+        // costs nothing to make.
+        let epoch = self.registry.current();
         let ahead = candidates.into_iter().find_map(|candidate| {
             let info = candidate.view.info?;
-            (info.registry_epoch > mine)
-                .then(|| PublicKey::from_slice(&info.public_key).ok())
-                .flatten()
+            let key = PublicKey::from_slice(&info.public_key).ok()?;
+            (info.registry_epoch > mine && epoch.member(&key).is_some()).then_some(key)
         });
         if let Some(peer) = ahead {
             let request = task_request::Request::EpochsAfter(mine);
@@ -548,7 +549,9 @@ impl Federation {
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
             if let Err(error) = registry.apply(chain.changes) {
-                federation.violation(from, "epochs invalid");
+                // Not a strike: a gap (we are more than a push behind) or a fork
+                // fails here too, and the honest pusher is not to blame.
+                federation.count_dropped("epochs invalid");
                 tracing::warn!(%from, %error, "refused a pushed epoch change");
             }
         });
