@@ -222,7 +222,8 @@ fn word(name: &str, prefix: &str) -> String {
         .replace('_', "-")
 }
 
-fn level_word(level: Level) -> &'static str {
+/// A level's name, for messages.
+pub(crate) fn level_word(level: Level) -> &'static str {
     match level {
         Level::Region => "region",
         Level::Continent => "continent",

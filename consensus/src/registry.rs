@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use ed25519_dalek::{Signature, Signer, SigningKey};
-use polity_proto::{Admission, Genesis, Level, Registry, RegistryMember};
+use polity_proto::{Admission, Genesis, Registry, RegistryMember};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
@@ -504,16 +504,6 @@ pub use change::{
     Anchor, Change, check_proposal, proposal_request, registry_task, sign_proposal, verify_change,
 };
 pub use membership::{check_membership, check_seats, verify_in};
-
-/// A level's name, for messages.
-fn level_word(level: Level) -> &'static str {
-    match level {
-        Level::Region => "region",
-        Level::Continent => "continent",
-        Level::Global => "global",
-        Level::Unspecified => "unspecified",
-    }
-}
 
 #[cfg(test)]
 mod tests;

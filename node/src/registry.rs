@@ -145,14 +145,26 @@ impl RegistryState {
     /// this node has already are skipped. Returns the epochs gained.
     pub fn apply(&self, changes: Vec<EpochChange>) -> anyhow::Result<u64> {
         let _serial = self.apply.lock().expect("registry apply lock");
+        let proposed_epoch = |change: &EpochChange| {
+            polity_proto::Proposal::decode(change.proposal.as_slice())
+                .ok()
+                .and_then(|p| Registry::decode(p.registry.as_slice()).ok())
+                .map_or(0, |registry| registry.epoch)
+        };
+        // Nothing newer than ours (a repeated or stale push): done before the anchor
+        // is copied, so such pushes cost a decode, not a chain.
+        let mine = self.current().number();
+        let changes: Vec<EpochChange> = changes
+            .into_iter()
+            .filter(|change| proposed_epoch(change) > mine)
+            .collect();
+        if changes.is_empty() {
+            return Ok(0);
+        }
         let mut anchor = self.anchor.read().expect("registry lock").clone();
         let before = anchor.current().number();
         for change in changes {
-            let proposed = polity_proto::Proposal::decode(change.proposal.as_slice())
-                .ok()
-                .and_then(|p| Registry::decode(p.registry.as_slice()).ok())
-                .map_or(0, |registry| registry.epoch);
-            if proposed <= anchor.current().number() {
+            if proposed_epoch(&change) <= anchor.current().number() {
                 continue;
             }
             anchor.apply(change)?;

@@ -1,13 +1,15 @@
 //! Membership: a verified chain's members against the registry epoch it names.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 
 use polity_proto::{Certificate, Level, Observation, TaskSpec};
 use prost::Message;
 
-use super::{Anchor, Epoch, MembershipError, REGISTRY_CAPABILITY, level_word, seats_allowed};
+use super::{Anchor, Epoch, MembershipError, REGISTRY_CAPABILITY, seats_allowed};
 use crate::AnswerVerifier;
-use crate::binding::{GLOBAL_GROUP, place_of, verify_task_chain};
+use crate::binding::{GLOBAL_GROUP, level_word, place_of, verify_task_chain};
 use crate::certificate::{ChainSummary, LEVELS_MAX, VerifyError};
 use crate::ids::{PublicKey, TaskId};
 use crate::task::task_id;
@@ -30,12 +32,37 @@ pub fn verify_in<'a>(
     Ok((summary, epoch))
 }
 
-/// What every group of one task is checked with.
+/// What every group of one task is checked with. A region's seat order is computed
+/// once per task (a chain may carry many certificates of one region).
 struct TaskSeats<'a> {
     epoch: &'a Epoch,
     task: TaskId,
     capability: String,
     replication: usize,
+    orders: RefCell<BTreeMap<String, Rc<Vec<PublicKey>>>>,
+}
+
+impl<'a> TaskSeats<'a> {
+    fn new(epoch: &'a Epoch, task: &[u8]) -> Result<TaskSeats<'a>, MembershipError> {
+        let spec =
+            TaskSpec::decode(task).map_err(|e| MembershipError::Malformed(format!("task: {e}")))?;
+        Ok(TaskSeats {
+            epoch,
+            task: task_id(task),
+            capability: spec.capability,
+            replication: spec.replication.max(1) as usize,
+            orders: RefCell::new(BTreeMap::new()),
+        })
+    }
+
+    /// `region`'s seat order for this task.
+    fn order(&self, region: &str) -> Rc<Vec<PublicKey>> {
+        let mut orders = self.orders.borrow_mut();
+        let order = orders.entry(region.to_string()).or_insert_with(|| {
+            Rc::new(self.epoch.seat_order(&self.task, &self.capability, region))
+        });
+        Rc::clone(order)
+    }
 }
 
 /// Checks that a chain which passed [`verify_task_chain`] sat only the members its
@@ -47,15 +74,7 @@ pub fn check_membership(root: &Certificate, epoch: &Epoch) -> Result<(), Members
             digest: hex::encode(&root.registry_digest),
         });
     }
-    let spec = TaskSpec::decode(root.task.as_slice())
-        .map_err(|e| MembershipError::Malformed(format!("task: {e}")))?;
-    let seats = TaskSeats {
-        epoch,
-        task: task_id(&root.task),
-        capability: spec.capability,
-        replication: spec.replication.max(1) as usize,
-    };
-    check_group(&seats, root, 0)
+    check_group(&TaskSeats::new(epoch, &root.task)?, root, 0)
 }
 
 /// What a member checks before it takes a seat in a group `plan` of `task`: every
@@ -70,36 +89,12 @@ pub fn check_seats(
     group: &str,
     members: &[polity_proto::Member],
 ) -> Result<(), MembershipError> {
-    let spec =
-        TaskSpec::decode(task).map_err(|e| MembershipError::Malformed(format!("task: {e}")))?;
-    let seats = TaskSeats {
-        epoch,
-        task: task_id(task),
-        capability: spec.capability,
-        replication: spec.replication.max(1) as usize,
-    };
+    let seats = TaskSeats::new(epoch, task)?;
     let place = place_of(group).map_err(|e| MembershipError::Malformed(e.to_string()))?;
-    let shell = Certificate {
-        members: members.to_vec(),
-        ..Certificate::default()
-    };
-    let keys = registered_members(epoch, &shell, group)?;
+    let keys = registered_members(epoch, members, group)?;
     match level {
         Level::Region => check_region(&seats, group, place, &keys),
-        Level::Continent => {
-            for key in &keys {
-                let registered = epoch.member(key).expect("registered_members checked");
-                if registered.continent != place {
-                    return Err(MembershipError::WrongPlace {
-                        group: group.to_string(),
-                        key: *key,
-                        expected: format!("continent {place:?}"),
-                        found: format!("continent {:?}", registered.continent),
-                    });
-                }
-            }
-            Ok(())
-        }
+        Level::Continent => in_continent(epoch, group, place, &keys),
         Level::Global if place == GLOBAL_GROUP => Ok(()),
         _ => Err(MembershipError::Malformed(format!(
             "no {} group is named {group:?}",
@@ -124,7 +119,7 @@ fn check_group(
     let place = place_of(&group)
         .map_err(|e| MembershipError::Malformed(e.to_string()))?
         .to_string();
-    let members = registered_members(seats.epoch, certificate, &group)?;
+    let members = registered_members(seats.epoch, &certificate.members, &group)?;
     match Level::try_from(slot.level).unwrap_or(Level::Unspecified) {
         Level::Region => check_region(seats, &group, &place, &members),
         level @ (Level::Continent | Level::Global) => {
@@ -143,11 +138,10 @@ fn check_group(
 /// The members' keys, each a registry member whose weight is its registered stake.
 fn registered_members(
     epoch: &Epoch,
-    certificate: &Certificate,
+    members: &[polity_proto::Member],
     group: &str,
 ) -> Result<Vec<PublicKey>, MembershipError> {
-    certificate
-        .members
+    members
         .iter()
         .map(|member| {
             let key = PublicKey::from_slice(&member.public_key)
@@ -180,9 +174,7 @@ fn check_region(
     region: &str,
     members: &[PublicKey],
 ) -> Result<(), MembershipError> {
-    let order = seats
-        .epoch
-        .seat_order(&seats.task, &seats.capability, region);
+    let order = seats.order(region);
     let allowed = seats_allowed(seats.replication);
     for key in members {
         let registered = seats.epoch.member(key).expect("registered_members checked");
@@ -267,13 +259,26 @@ fn check_parent(
             });
         }
     }
+    match level {
+        Level::Continent => in_continent(epoch, group, place, members),
+        _ => Ok(()),
+    }
+}
+
+/// Every member of a continent group sits in that continent.
+fn in_continent(
+    epoch: &Epoch,
+    group: &str,
+    continent: &str,
+    members: &[PublicKey],
+) -> Result<(), MembershipError> {
     for key in members {
         let registered = epoch.member(key).expect("registered_members checked");
-        if level == Level::Continent && registered.continent != place {
+        if registered.continent != continent {
             return Err(MembershipError::WrongPlace {
                 group: group.to_string(),
                 key: *key,
-                expected: format!("continent {place:?}"),
+                expected: format!("continent {continent:?}"),
                 found: format!("continent {:?}", registered.continent),
             });
         }

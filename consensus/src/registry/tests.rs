@@ -1,4 +1,5 @@
 use ed25519_dalek::SigningKey;
+use polity_proto::Level;
 use polity_proto::{
     Admission, Certificate, ConsensusPath, EpochChange, Proposal, Registry, RegistryMember,
     TaskSpec,
