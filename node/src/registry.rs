@@ -208,9 +208,9 @@ impl RegistryState {
     /// to approve, or why not. The operator's ballot decides when there is one
     /// (`polity vote`). Without one, `open` admission approves what
     /// [`open_admission`] allows; `vote` admission refuses.
-    pub(crate) fn judge(&self, proposal: &[u8]) -> Result<Vec<u8>, String> {
+    pub(crate) fn judge(&self, proposal: &[u8]) -> Result<Vec<u8>, Refusal> {
         let current = self.current();
-        let (next, change) = check_proposal(&current, proposal).map_err(|e| e.to_string())?;
+        let (next, change) = check_proposal(&current, proposal)?;
         let approve = hex::encode(next.digest()).into_bytes();
         let ballot = self
             .ballots
@@ -224,10 +224,8 @@ impl RegistryState {
                 self.lock_approval(next.number(), next.digest())?;
                 return Ok(approve);
             }
-            Some(false) => return Err("this member's operator voted against".into()),
-            None if current.admission() != Admission::Open => {
-                return Err("admission is by operator vote; this member has no ballot".into());
-            }
+            Some(false) => return Err(Refusal::VotedAgainst),
+            None if current.admission() != Admission::Open => return Err(Refusal::NoBallot),
             None => {}
         }
         open_admission(&current, &change, proposal)?;
@@ -239,13 +237,15 @@ impl RegistryState {
     /// `epoch` refuses any other registry for that epoch (else two concurrent
     /// proposals could each gather more than 2/3 of the stake and fork the
     /// federation). Held in memory: a restart forgets it (see ARCHITECTURE.md).
-    fn lock_approval(&self, epoch: u64, digest: &[u8; 32]) -> Result<(), String> {
+    fn lock_approval(&self, epoch: u64, digest: &[u8; 32]) -> Result<(), Refusal> {
         let mut approved = self.approved.lock().expect("approval lock");
         match *approved {
-            Some((locked, held)) if locked == epoch && held != *digest => Err(format!(
-                "this member approved another registry for epoch {epoch} ({})",
-                hex::encode(held)
-            )),
+            Some((locked, held)) if locked == epoch && held != *digest => {
+                Err(Refusal::ApprovedAnother {
+                    epoch,
+                    digest: hex::encode(held),
+                })
+            }
             _ => {
                 *approved = Some((epoch, *digest));
                 Ok(())
@@ -254,28 +254,50 @@ impl RegistryState {
     }
 }
 
+/// Why this member does not approve a registry proposal (its observation's error).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("{0}")]
+    Proposal(#[from] polity_consensus::registry::RegistryError),
+    #[error("this member's operator voted against")]
+    VotedAgainst,
+    #[error("admission is by operator vote; this member has no ballot")]
+    NoBallot,
+    #[error(
+        "a join asking stake {asked} (more than the smallest stake, {smallest}) needs the operators' ballots"
+    )]
+    JoinStake { asked: u64, smallest: u64 },
+    #[error("raising a stake ({from} to {to}) needs the operators' ballots")]
+    StakeRaise { from: u64, to: u64 },
+    #[error("a leave the leaving member did not sign is not approved")]
+    UnsignedLeave,
+    #[error("this member approved another registry for epoch {epoch} ({digest})")]
+    ApprovedAnother { epoch: u64, digest: String },
+}
+
 /// What `open` admission approves without a ballot: a join whose stake is at most
 /// the smallest stake of the epoch (a newcomer cannot buy the federation), an update
 /// that does not raise the member's stake, and a leave the leaving member signed.
-fn open_admission(current: &Epoch, change: &Change, proposal: &[u8]) -> Result<(), String> {
+fn open_admission(current: &Epoch, change: &Change, proposal: &[u8]) -> Result<(), Refusal> {
     let smallest = current.members().iter().map(|m| m.stake).min().unwrap_or(1);
     match change {
-        Change::Join(member) if member.stake > smallest => Err(format!(
-            "a join asking stake {} (more than the smallest stake, {smallest}) needs \
-             the operators' ballots",
-            member.stake
-        )),
-        Change::Update { before, after } if after.stake > before.stake => Err(format!(
-            "raising a stake ({} to {}) needs the operators' ballots",
-            before.stake, after.stake
-        )),
+        Change::Join(member) if member.stake > smallest => Err(Refusal::JoinStake {
+            asked: member.stake,
+            smallest,
+        }),
+        Change::Update { before, after } if after.stake > before.stake => {
+            Err(Refusal::StakeRaise {
+                from: before.stake,
+                to: after.stake,
+            })
+        }
         Change::Leave(_) => {
             let signed = polity_proto::Proposal::decode(proposal)
                 .map(|p| !p.subject_signature.is_empty())
                 .unwrap_or(false);
             match signed {
                 true => Ok(()),
-                false => Err("a leave the leaving member did not sign is not approved".into()),
+                false => Err(Refusal::UnsignedLeave),
             }
         }
         _ => Ok(()),
@@ -394,12 +416,19 @@ mod tests {
         assert_eq!(state.judge(&proposal), Ok(hex::encode(digest).into_bytes()));
         // Signed by someone else: not a proposal at all.
         let forged = sign_proposal(&join, &SigningKey::from_bytes(&[4; 32])).encode_to_vec();
-        assert!(state.judge(&forged).unwrap_err().contains("did not sign"));
+        assert!(
+            state
+                .judge(&forged)
+                .unwrap_err()
+                .to_string()
+                .contains("did not sign")
+        );
         state.vote(digest, false);
         assert!(
             state
                 .judge(&proposal)
                 .unwrap_err()
+                .to_string()
                 .contains("voted against")
         );
 
@@ -413,7 +442,13 @@ mod tests {
             subject_signature: Vec::new(),
         }
         .encode_to_vec();
-        assert!(state.judge(&unsigned).unwrap_err().contains("did not sign"));
+        assert!(
+            state
+                .judge(&unsigned)
+                .unwrap_err()
+                .to_string()
+                .contains("did not sign")
+        );
         state.vote(registry_digest(&leave.encode_to_vec()), true);
         assert!(state.judge(&unsigned).is_ok());
     }
@@ -430,7 +465,7 @@ mod tests {
             }
         }
         let proposal = sign_proposal(&greedy, &joiner).encode_to_vec();
-        let error = state.judge(&proposal).unwrap_err();
+        let error = state.judge(&proposal).unwrap_err().to_string();
         assert!(error.contains("needs the operators' ballots"), "{error}");
         // The operators can still let it in.
         state.vote(registry_digest(&greedy.encode_to_vec()), true);
@@ -447,7 +482,7 @@ mod tests {
         let b = sign_proposal(&next(&state, &second), &second).encode_to_vec();
         assert!(state.judge(&a).is_ok());
         assert!(state.judge(&a).is_ok(), "the same registry again is fine");
-        let error = state.judge(&b).unwrap_err();
+        let error = state.judge(&b).unwrap_err().to_string();
         assert!(error.contains("approved another registry"), "{error}");
     }
 
@@ -458,7 +493,13 @@ mod tests {
         let joiner = SigningKey::from_bytes(&[3; 32]);
         let join = next(&state, &joiner);
         let proposal = sign_proposal(&join, &joiner).encode_to_vec();
-        assert!(state.judge(&proposal).unwrap_err().contains("no ballot"));
+        assert!(
+            state
+                .judge(&proposal)
+                .unwrap_err()
+                .to_string()
+                .contains("no ballot")
+        );
         state.vote(registry_digest(&join.encode_to_vec()), true);
         assert!(state.judge(&proposal).is_ok());
     }

@@ -779,7 +779,8 @@ impl Federation {
     /// and the level below.
     fn work_for(&self, key: &SlotKey, spec: TaskSpec, child: Vec<u8>) -> Result<Work, String> {
         if key.level == Level::Region && spec.capability == REGISTRY_CAPABILITY {
-            return Ok(Work::Judged(self.registry.judge(&spec.payload)));
+            let ballot = self.registry.judge(&spec.payload);
+            return Ok(Work::Judged(ballot.map_err(|refusal| refusal.to_string())));
         }
         if key.level == Level::Region {
             let executor = self
