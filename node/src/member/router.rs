@@ -806,6 +806,12 @@ impl Federation {
         check_task_policy(&certificate, &spec).map_err(|e| format!("child certificate: {e}"))?;
         check_membership(&certificate, &self.registry.current())
             .map_err(|e| format!("child certificate: {e}"))?;
+        // A member represents only a group it sat in (SIGNING.md, membership rule 5):
+        // an entry node cannot make it vouch for someone else's child.
+        let me = self.me();
+        if !certificate.members.iter().any(|m| m.public_key == me.0) {
+            return Err("this member did not sit in the child it is asked to represent".into());
+        }
         let slot = certificate
             .slot
             .as_ref()
