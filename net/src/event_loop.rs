@@ -75,7 +75,8 @@ pub(crate) struct EventLoop {
     pub(crate) peers: PeerTable,
     /// Outbound node-protocol requests, keyed by protocol too: each behaviour counts
     /// its own request ids.
-    pending_requests: HashMap<(AppProtocol, OutboundRequestId), (PeerId, Reply)>,
+    /// Requests in flight: the peer, the caller, and whether the breaker counts it.
+    pending_requests: HashMap<(AppProtocol, OutboundRequestId), (PeerId, Reply, bool)>,
     /// Outbound info requests (answered here, not by the node).
     pub(crate) pending_info: HashSet<OutboundRequestId>,
     pending_queries: HashMap<QueryId, PendingQuery>,
@@ -183,8 +184,9 @@ impl EventLoop {
                 peer,
                 protocol,
                 bytes,
+                guarded,
                 reply,
-            } => self.send_request(peer, protocol, bytes, reply),
+            } => self.send_request(peer, protocol, bytes, guarded, reply),
             Command::FindProviders { key, reply } => self.find_providers(key, reply),
             Command::Dial { address, reply } => {
                 let result = self
@@ -245,7 +247,14 @@ impl EventLoop {
         views
     }
 
-    fn send_request(&mut self, peer: PeerId, protocol: AppProtocol, bytes: Vec<u8>, reply: Reply) {
+    fn send_request(
+        &mut self,
+        peer: PeerId,
+        protocol: AppProtocol,
+        bytes: Vec<u8>,
+        guarded: bool,
+        reply: Reply,
+    ) {
         // Busy first: a request refused here must not use up the breaker's
         // half-open probe, or the breaker would wait for an outcome forever.
         if self.pending_requests.len() >= PENDING_REQUESTS_MAX {
@@ -253,7 +262,7 @@ impl EventLoop {
             return;
         }
         let now_ms = self.now_ms();
-        if !self.breakers.entry(peer).or_default().allow(now_ms) {
+        if guarded && !self.breakers.entry(peer).or_default().allow(now_ms) {
             let _ = reply.send(Err(NetError::CircuitOpen(peer)));
             return;
         }
@@ -261,7 +270,8 @@ impl EventLoop {
         let id = self
             .rpc(protocol)
             .send_request_with_addresses(&peer, Frame(bytes), addresses);
-        self.pending_requests.insert((protocol, id), (peer, reply));
+        self.pending_requests
+            .insert((protocol, id), (peer, reply, guarded));
     }
 
     fn find_providers(&mut self, key: String, reply: oneshot::Sender<Vec<PeerId>>) {
@@ -486,7 +496,9 @@ impl EventLoop {
                     },
                 ..
             } => {
-                if let Some((peer, reply)) = self.pending_requests.remove(&(protocol, request_id)) {
+                if let Some((peer, reply, _)) =
+                    self.pending_requests.remove(&(protocol, request_id))
+                {
                     self.breakers.entry(peer).or_default().record_success();
                     let _ = reply.send(Ok(response.0));
                 }
@@ -528,16 +540,19 @@ impl EventLoop {
         now_ms: u64,
     ) {
         self.count_failure(&reason);
-        if let Some((peer, reply)) = self.pending_requests.remove(&(protocol, request_id)) {
-            self.breakers
-                .entry(peer)
-                .or_default()
-                .record_failure(now_ms);
+        if let Some((peer, reply, guarded)) = self.pending_requests.remove(&(protocol, request_id))
+        {
             let _ = reply.send(Err(NetError::Request {
                 peer,
                 reason: reason.clone(),
             }));
-            self.emit(NetEvent::RequestFailed { peer, reason });
+            if guarded {
+                self.breakers
+                    .entry(peer)
+                    .or_default()
+                    .record_failure(now_ms);
+                self.emit(NetEvent::RequestFailed { peer, reason });
+            }
         }
     }
 

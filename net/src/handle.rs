@@ -23,6 +23,9 @@ pub(crate) enum Command {
         peer: PeerId,
         protocol: AppProtocol,
         bytes: Vec<u8>,
+        /// Whether the peer's circuit breaker gates the request and counts its failure
+        /// (a success always closes the breaker: the peer answered).
+        guarded: bool,
         reply: oneshot::Sender<Result<Vec<u8>, NetError>>,
     },
     FindProviders {
@@ -97,11 +100,37 @@ impl NetHandle {
         protocol: AppProtocol,
         bytes: Vec<u8>,
     ) -> Result<Vec<u8>, NetError> {
+        self.send_request(peer, protocol, bytes, true).await
+    }
+
+    /// [`Self::request`] outside the peer's circuit breaker: sent even while it is
+    /// open, and a failure neither counts against the peer nor is reported as
+    /// [`crate::NetEvent::RequestFailed`] (a success still closes the breaker). For
+    /// traffic with its own retry and backoff that keeps probing peers which may be
+    /// down, such as raft heartbeats: counted, it would keep a recovered peer's breaker
+    /// open long after it is back.
+    pub async fn request_unguarded(
+        &self,
+        peer: PeerId,
+        protocol: AppProtocol,
+        bytes: Vec<u8>,
+    ) -> Result<Vec<u8>, NetError> {
+        self.send_request(peer, protocol, bytes, false).await
+    }
+
+    async fn send_request(
+        &self,
+        peer: PeerId,
+        protocol: AppProtocol,
+        bytes: Vec<u8>,
+        guarded: bool,
+    ) -> Result<Vec<u8>, NetError> {
         self.link.before_request(peer).await?;
         self.call(|reply| Command::Request {
             peer,
             protocol,
             bytes,
+            guarded,
             reply,
         })
         .await?

@@ -54,9 +54,12 @@ impl Libp2pTransport {
                 bytes.len()
             )));
         }
+        // Outside the peer's breaker: raft retries and backs off on its own, and its
+        // heartbeats to a member that is down (or cut off) would otherwise keep that
+        // member's breaker open, and so its seats closed, long after it is back.
         let reply = self
             .net
-            .request(peer, AppProtocol::Consensus, bytes)
+            .request_unguarded(peer, AppProtocol::Consensus, bytes)
             .await
             .map_err(|error| match error {
                 NetError::Request { .. } => TransportError::Network(error.to_string()),
