@@ -585,6 +585,17 @@ def check_membership(certificate: Message, registry: Optional[Epoch]) -> None:
             )
     keys = [member.public_key for member in certificate.members]
     level = certificate.slot.level
+    if certificate.raft_commit is not None:
+        # The raft commit is signed by the leader of the place's raft group, whose
+        # voters are the place's registry members.
+        signer = epoch.members.get(certificate.raft_commit.signer)
+        in_place = signer is not None and (
+            (level == REGION and signer.region == place)
+            or (level == CONTINENT and signer.continent == place)
+            or (level == GLOBAL and place == GLOBAL_GROUP)
+        )
+        if not in_place:
+            raise Invalid(f"{group}: the raft commit is signed by {certificate.raft_commit.signer.hex()}, not a registry member of {place}")
     if level == REGION:
         order = epoch.seat_order(task_id(certificate.task), spec.capability, place)
         allowed = seats_allowed(replication)
@@ -911,8 +922,10 @@ def check_header(certificate: Message, encoded_size: int, depth: int) -> Header:
     return Header(members, index_of, slot, slot.level, certificate.path, certificate.registry_digest)
 
 
-def signer_index(what: str, statement: Message, kind: int, header: Header) -> int:
-    """Shape, kind and membership of one statement, then its signature."""
+def signer_index(what: str, statement: Message, kind: int, header: Header, outsider_may_sign: bool = False) -> Optional[int]:
+    """Shape, kind and membership of one statement, then its signature. The raft
+    commit (`outsider_may_sign`) is the place's raft leader's: its signer need not be
+    a member (None then); the registry decides whether it may sign."""
     if statement.kind != kind:
         raise Invalid(f"{what}: expected kind {kind}, got {statement.kind}")
     limit(f"{what} body", len(statement.body), STATEMENT_BODY_BYTES_MAX)
@@ -920,7 +933,11 @@ def signer_index(what: str, statement: Message, kind: int, header: Header) -> in
         raise Invalid(f"{what}: signer must be 32 bytes and signature 64")
     index = header.index_of.get(statement.signer)
     if index is None:
-        raise Invalid(f"{what} signed by a non-member {statement.signer.hex()}")
+        problem = key_problem(statement.signer)
+        if problem:
+            raise Invalid(f"{what}: {problem}")
+        if not outsider_may_sign:
+            raise Invalid(f"{what} signed by a non-member {statement.signer.hex()}")
     if not signature_ok(statement.signer, DOMAIN_TAGS[kind] + statement.body, statement.signature):
         raise Invalid(f"{what}: bad signature")
     return index
@@ -943,7 +960,7 @@ def verify_signatures(certificate: Message, header: Header) -> Signers:
     attestations = [signer_index("attestation", s, ATTESTATION, header) for s in certificate.attestations]
     count = 1 + len(observations) + len(attestations)
     if certificate.raft_commit is not None:
-        signer_index("raft_commit", certificate.raft_commit, RAFT_COMMIT, header)
+        signer_index("raft_commit", certificate.raft_commit, RAFT_COMMIT, header, outsider_may_sign=True)
         count += 1
     return Signers(report, observations, attestations, count)
 
@@ -1026,6 +1043,8 @@ def check_quorum(
             raise Invalid("raft_commit is for another slot")
         if commit.report_digest != digest:
             raise Invalid("raft_commit names another report")
+        if commit.term == 0 or commit.commit_index == 0:
+            raise Invalid(f"invalid raft_commit term and index: term {commit.term}, index {commit.commit_index}")
         if not is_quorum(path, members, observed):
             raise Invalid(f"no quorum: {len(observed)} observations of {len(members)} members on raft")
         return

@@ -237,6 +237,12 @@ enum Mode {
 }
 
 /// The signed statements of one certificate, shape-checked, waiting for one batch.
+/// Who signed a queued statement.
+enum Signer {
+    Member(usize),
+    Outsider(PublicKey),
+}
+
 struct Batch<'a> {
     members: &'a BTreeMap<PublicKey, usize>,
     keys: &'a [VerifyingKey],
@@ -253,6 +259,30 @@ impl Batch<'_> {
         statement: &SignedStatement,
         kind: StatementKind,
     ) -> Result<usize, VerifyError> {
+        match self.queue(what, statement, kind, false)? {
+            Signer::Member(index) => Ok(index),
+            Signer::Outsider(signer) => Err(VerifyError::NotMember { what, signer }),
+        }
+    }
+
+    /// Queues a statement whose signer need not be a member (the raft commit, signed by
+    /// the place's raft leader); an outsider's key is checked as a member's would be.
+    fn add_any_signer(
+        &mut self,
+        what: &'static str,
+        statement: &SignedStatement,
+        kind: StatementKind,
+    ) -> Result<(), VerifyError> {
+        self.queue(what, statement, kind, true).map(|_| ())
+    }
+
+    fn queue(
+        &mut self,
+        what: &'static str,
+        statement: &SignedStatement,
+        kind: StatementKind,
+        outsider_may_sign: bool,
+    ) -> Result<Signer, VerifyError> {
         if statement.kind != kind as i32 {
             return Err(VerifyError::Statement {
                 what,
@@ -267,16 +297,22 @@ impl Batch<'_> {
         // A member's key was decompressed and checked (valid, not weak) by
         // `member_keys`; only a non-member's key is checked here, so the error is the
         // one `check_shape` would give (a bad key before "not a member").
-        let Some(&index) = self.members.get(&signer) else {
-            signer
-                .to_verifying_key()
-                .map_err(|error| statement_error(error.into()))?;
-            return Err(VerifyError::NotMember { what, signer });
+        let (signer, key) = match self.members.get(&signer) {
+            Some(&index) => (Signer::Member(index), self.keys[index]),
+            None => {
+                let key = signer
+                    .to_verifying_key()
+                    .map_err(|error| statement_error(error.into()))?;
+                if !outsider_may_sign {
+                    return Ok(Signer::Outsider(signer));
+                }
+                (Signer::Outsider(signer), key)
+            }
         };
         self.messages.push(signed_message(kind, &statement.body));
         self.signatures.push(signature);
-        self.verifying_keys.push(self.keys[index]);
-        Ok(index)
+        self.verifying_keys.push(key);
+        Ok(signer)
     }
 
     fn verify(self) -> Result<u32, VerifyError> {
@@ -520,7 +556,9 @@ struct Signers {
 }
 
 /// Verifies every signature of the certificate (report, observations, attestations,
-/// raft commit) in one batch; every signer must be a member.
+/// raft commit) in one batch; every signer must be a member, but the raft commit's: the
+/// place's raft leader signs it, and whether it may is a registry question
+/// (`registry::check_membership`).
 fn verify_signatures(
     certificate: &Certificate,
     report_statement: &SignedStatement,
@@ -545,7 +583,7 @@ fn verify_signatures(
         .map(|statement| batch.add("attestation", statement, StatementKind::Attestation))
         .collect::<Result<Vec<usize>, VerifyError>>()?;
     if let Some(commit) = &certificate.raft_commit {
-        batch.add("raft_commit", commit, StatementKind::RaftCommit)?;
+        batch.add_any_signer("raft_commit", commit, StatementKind::RaftCommit)?;
     }
     let signatures = batch.verify()?;
     Ok(Signers {
@@ -806,6 +844,13 @@ fn check_raft_quorum(
     if commit.report_digest != digest {
         return Err(VerifyError::ReportDigestMismatch {
             what: "raft_commit",
+        });
+    }
+    if commit.term == 0 || commit.commit_index == 0 {
+        // Raft's first term is 1, and index 0 is before the first entry.
+        return Err(VerifyError::Invalid {
+            what: "raft_commit term and index",
+            value: format!("term {}, index {}", commit.term, commit.commit_index),
         });
     }
     if !rule.is_quorum(observed) {

@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use ed25519_dalek::{Signature, Signer, SigningKey};
-use polity_proto::{Admission, Genesis, Registry, RegistryMember};
+use polity_proto::{Admission, Genesis, Level, Registry, RegistryMember};
 use prost::Message;
 use sha2::{Digest, Sha256};
 
@@ -159,6 +159,12 @@ pub enum MembershipError {
         child: String,
         level: &'static str,
     },
+    #[error("{group}: the raft commit is signed by {key}, not a registry member of {place}")]
+    RaftSigner {
+        group: String,
+        place: String,
+        key: PublicKey,
+    },
     #[error("{0}")]
     Malformed(String),
 }
@@ -277,6 +283,27 @@ impl Epoch {
 
     pub fn member(&self, key: &PublicKey) -> Option<&RegistryMember> {
         self.index.get(key).map(|&i| &self.registry.members[i])
+    }
+
+    /// Whether `member` stands for `place` at `level`: its region, its continent, or
+    /// (global) any member. A place's raft group has exactly these voters, and its
+    /// leader, who signs a raft commit, is one of them.
+    pub fn in_place(member: &RegistryMember, level: Level, place: &str) -> bool {
+        match level {
+            Level::Region => member.region == place,
+            Level::Continent => member.continent == place,
+            Level::Global => place == crate::binding::GLOBAL_GROUP,
+            Level::Unspecified => false,
+        }
+    }
+
+    /// The members that stand for `place` at `level` ([`Self::in_place`]), in registry
+    /// order.
+    pub fn place_members(&self, level: Level, place: &str) -> Vec<&RegistryMember> {
+        self.members()
+            .iter()
+            .filter(|member| Epoch::in_place(member, level, place))
+            .collect()
     }
 
     /// The continent a region belongs to, if the registry has the region.

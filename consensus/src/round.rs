@@ -28,8 +28,8 @@
 //!    [`crate::verify_chain`] before adopting it.
 //! 6. **Raft.** On the raft path the collector, holding a majority of observations,
 //!    emits [`Action::Commit`]; the node writes the report to the group's openraft log
-//!    and, once it is committed, feeds [`Input::Committed`]. The round then signs a
-//!    `RaftCommit` and the certificate is final. The group's raft state machine must
+//!    and, once it is committed, feeds [`Input::Committed`] with the `RaftCommit` the
+//!    place's raft leader signed; the certificate carries it and is final. The group's raft state machine must
 //!    keep only the first report committed per (task, level, group) and feed
 //!    `Committed` only for that one.
 //! 7. **Time.** Round `r` runs over `[start + r·T, start + (r+1)·T)` with
@@ -191,12 +191,11 @@ pub enum Input {
         from: PublicKey,
         certificate: Box<Certificate>,
     },
-    /// Raft path: the report with this digest is committed in the group's log.
-    Committed {
-        report_digest: [u8; 32],
-        term: u64,
-        commit_index: u64,
-    },
+    /// Raft path: the place's raft leader says the report is committed in its log: a
+    /// `RaftCommit` it signed. The driver checks that the signer led the term of the
+    /// entry (by its own copy of the log); the round checks the signature, the slot and
+    /// the report digest.
+    Committed { commit: SignedStatement },
     /// Time passes; the round compares `now_ms` to its deadlines.
     Tick,
 }
@@ -519,6 +518,13 @@ impl Round {
             .saturating_add(u64::from(round).saturating_mul(self.config.round_timeout_ms))
     }
 
+    /// The slot of the round that proposed the report with `digest` (tests: a leader
+    /// signs a commit for it).
+    #[cfg(test)]
+    pub(crate) fn slot_of(&self, digest: &[u8; 32]) -> Slot {
+        self.slot(self.proposed.get(digest).copied().unwrap_or(self.round))
+    }
+
     fn slot(&self, round: u32) -> Slot {
         Slot {
             task_id: self.task_id.0.to_vec(),
@@ -558,11 +564,7 @@ impl Round {
             Input::Certificate { from, certificate } => {
                 self.on_certificate(from, *certificate, &mut actions)
             }
-            Input::Committed {
-                report_digest,
-                term,
-                commit_index,
-            } => self.on_committed(report_digest, term, commit_index, &mut actions),
+            Input::Committed { commit } => self.on_committed(commit, &mut actions),
             Input::Tick => {}
         }
         self.progress(now_ms, &mut actions);
@@ -882,13 +884,15 @@ impl Round {
         Ok(())
     }
 
-    fn on_committed(
-        &mut self,
-        digest: [u8; 32],
-        term: u64,
-        commit_index: u64,
-        actions: &mut Vec<Action>,
-    ) {
+    fn on_committed(&mut self, statement: SignedStatement, actions: &mut Vec<Action>) {
+        let Ok((_leader, commit)) =
+            crate::statement::open::<RaftCommit>(&statement, StatementKind::RaftCommit)
+        else {
+            return;
+        };
+        let Ok(digest) = <[u8; 32]>::try_from(commit.report_digest.as_slice()) else {
+            return;
+        };
         let Some(&round) = self.proposed.get(&digest) else {
             return;
         };
@@ -896,14 +900,13 @@ impl Round {
             return;
         };
         debug_assert_eq!(own.report.digest, digest);
-        let commit = RaftCommit {
-            slot: Some(self.slot(round)),
-            report_digest: digest.to_vec(),
-            term,
-            commit_index,
-        };
-        let raft_commit = sign_message(&self.key, StatementKind::RaftCommit, &commit);
-        let certificate = self.certificate(own, Vec::new(), Some(raft_commit));
+        if commit.slot.as_ref() != Some(&self.slot(round))
+            || commit.term == 0
+            || commit.commit_index == 0
+        {
+            return;
+        }
+        let certificate = self.certificate(own, Vec::new(), Some(statement));
         self.decide(certificate, true, actions);
     }
 

@@ -12,8 +12,9 @@ use std::collections::{BTreeSet, BinaryHeap};
 use ed25519_dalek::SigningKey;
 use polity_proto::{
     Aggregation, Attestation, Certificate, ConsensusPath, Evidence, Level, Member, Observation,
-    Report, SignedStatement, StatementKind,
+    RaftCommit, Report, SignedStatement, StatementKind,
 };
+use prost::Message;
 use rand::Rng;
 
 use crate::certificate::verify_chain;
@@ -156,8 +157,8 @@ enum Event {
     },
     Committed {
         to: usize,
-        report_digest: [u8; 32],
-        commit_index: u64,
+        /// The leader's signed `RaftCommit`, encoded (events are ordered).
+        commit: Vec<u8>,
     },
 }
 
@@ -334,17 +335,10 @@ impl<'a> World<'a> {
                 self.outcome.delivered += 1;
                 self.deliver(now_ms, to, from, message, rng)
             }
-            Event::Committed {
-                to,
-                report_digest,
-                commit_index,
-            } => {
-                let input = Input::Committed {
-                    report_digest,
-                    term: 1,
-                    commit_index,
-                };
-                self.step(now_ms, to, input, rng)
+            Event::Committed { to, commit } => {
+                let commit = SignedStatement::decode(commit.as_slice())
+                    .map_err(|error| self.error(now_ms, format!("commit: {error}")))?;
+                self.step(now_ms, to, Input::Committed { commit }, rng)
             }
         }
     }
@@ -552,8 +546,11 @@ impl World<'_> {
                     .ok_or_else(|| self.error(now_ms, format!("send to non-member {key}")))?;
                 self.send_as(now_ms, index, to, message, rng);
             }
-            Action::Commit { report_digest, .. } => {
-                self.commit(now_ms, index, report_digest, rng);
+            Action::Commit {
+                report,
+                report_digest,
+            } => {
+                self.commit(now_ms, index, &report, report_digest, rng);
             }
             Action::Decided(certificate) => {
                 let value = self.check_certificate(now_ms, &certificate)?;
@@ -585,24 +582,35 @@ impl World<'_> {
         Ok(())
     }
 
-    /// A raft commit of `report_digest` proposed by member `index`: the group's raft
-    /// ledger keeps the first committed report only, and tells the proposer after a
-    /// network delay.
-    fn commit<R: Rng>(&mut self, now_ms: u64, index: usize, report_digest: [u8; 32], rng: &mut R) {
-        if self.committed.is_none() {
-            self.committed = Some(report_digest);
-            self.commit_index += 1;
-            let delay_ms = rng.random_range(1..=self.scenario.network.delay_ms_max.max(1));
-            let commit_index = self.commit_index;
-            self.push(
-                now_ms + delay_ms,
-                Event::Committed {
-                    to: index,
-                    report_digest,
-                    commit_index,
-                },
-            );
+    /// A raft commit of `report` (digest `report_digest`) proposed by member `index`:
+    /// the group's raft ledger keeps the first committed report only, and its leader
+    /// (member 0 here) tells the proposer after a network delay, with a signed commit.
+    fn commit<R: Rng>(
+        &mut self,
+        now_ms: u64,
+        index: usize,
+        report: &SignedStatement,
+        report_digest: [u8; 32],
+        rng: &mut R,
+    ) {
+        if self.committed.is_some() {
+            return;
         }
+        let Ok(slot) = decode_body::<Report>(&report.body).map(|report| report.slot) else {
+            return;
+        };
+        self.committed = Some(report_digest);
+        self.commit_index += 1;
+        let commit = RaftCommit {
+            slot,
+            report_digest: report_digest.to_vec(),
+            term: 1,
+            commit_index: self.commit_index,
+        };
+        let commit =
+            sign_message(&self.keys[0], StatementKind::RaftCommit, &commit).encode_to_vec();
+        let delay_ms = rng.random_range(1..=self.scenario.network.delay_ms_max.max(1));
+        self.push(now_ms + delay_ms, Event::Committed { to: index, commit });
     }
 
     /// Evidence must verify and name a member who really equivocated.

@@ -192,14 +192,21 @@ fn decide(config: &RoundConfig, seats: &[Seat]) -> Certificate {
                         let other = publics.iter().position(|p| *p == public).unwrap();
                         queue.push_back((other, message.into_input(publics[to])));
                     }
-                    Action::Commit { report_digest, .. } if !committed => {
+                    Action::Commit {
+                        report,
+                        report_digest,
+                    } if !committed => {
+                        // The proposer plays the place's raft leader and signs the commit.
                         committed = true;
-                        let input = Input::Committed {
-                            report_digest,
+                        let commit = RaftCommit {
+                            slot: decoded::<Report>(&report).slot,
+                            report_digest: report_digest.to_vec(),
                             term: 2,
                             commit_index: 5,
                         };
-                        queue.push_back((to, input));
+                        let commit =
+                            sign_message(&key(seats[to].seed), StatementKind::RaftCommit, &commit);
+                        queue.push_back((to, Input::Committed { commit }));
                     }
                     Action::Decided(certificate) => return *certificate,
                     _ => {}
@@ -622,6 +629,15 @@ fn forged_raft_and_global(raft: &Certificate, global: &Certificate) -> Vec<Case>
             edited(raft, |c| c.raft_commit = None),
         ),
         forged(
+            "raft commit at term 0",
+            edited(raft, |c| {
+                let commit = c.raft_commit.as_mut().unwrap();
+                let mut body: RaftCommit = decoded(commit);
+                body.term = 0;
+                *commit = sign_message(&key_of(&commit.signer), StatementKind::RaftCommit, &body);
+            }),
+        ),
+        forged(
             "a child whose bytes do not match its digest",
             edited(global, |c| c.children[0] = tampered_child.encode_to_vec()),
         ),
@@ -924,6 +940,10 @@ fn federation_file(genesis: &Genesis, changes: Vec<EpochChange>) -> Vec<u8> {
 /// members a bft group decides only when all observe, so a parent carries a child for
 /// every representative (`check_membership` wants every member of a parent in a carried child).
 fn echo_task(level: Level, name: &str, replication: u32) -> Vec<u8> {
+    echo_task_on(level, name, replication, ConsensusPath::Bft)
+}
+
+fn echo_task_on(level: Level, name: &str, replication: u32, path: ConsensusPath) -> Vec<u8> {
     encode_task(&TaskSpec {
         capability: "echo".into(),
         payload: b"ping".to_vec(),
@@ -934,7 +954,7 @@ fn echo_task(level: Level, name: &str, replication: u32) -> Vec<u8> {
         replication,
         aggregation: Aggregation::Majority as i32,
         policy: Some(RiskPolicy {
-            path_override: ConsensusPath::Bft as i32,
+            path_override: path as i32,
             ..RiskPolicy::default()
         }),
         deadline_ms: 60_000,
@@ -1203,6 +1223,27 @@ fn anchored_cases() -> Vec<AnchoredCase> {
         decide_in(digest, &global_task, Level::Global, "global", bft, &seats)
     };
 
+    // A raft region: its commit is the word of eu-west's raft leader, any eu-west
+    // member (seated or not), never a member of another region nor a stranger.
+    let raft_task = echo_task_on(Level::Region, "eu-west", 2, ConsensusPath::Raft);
+    let raft_order = drawn_seeds(&epoch, &raft_task, "echo", "eu-west");
+    let raft_region = decide_in(
+        digest,
+        &raft_task,
+        Level::Region,
+        "eu-west",
+        ConsensusPath::Raft,
+        &staked_seats(&epoch, &raft_order[..2], "v"),
+    );
+    let led_by = |seed: u8| {
+        edited(&raft_region, |c| {
+            let commit = c.raft_commit.as_mut().unwrap();
+            let body: RaftCommit = decoded(commit);
+            *commit = sign_message(&key(seed), StatementKind::RaftCommit, &body);
+        })
+    };
+    let america_seed = drawn_seeds(&epoch, &raft_task, "echo", "us-east")[0];
+
     let mut broken_genesis = genesis.clone();
     broken_genesis.signatures[0][5] ^= 1;
 
@@ -1252,6 +1293,24 @@ fn anchored_cases() -> Vec<AnchoredCase> {
             region_of(&[order[0], order[4]]),
         ),
         anchored("continent of two regions", &file, good_continent.clone()),
+        anchored("raft region", &file, raft_region.clone()),
+        anchored(
+            "raft region led by an unseated member of the region",
+            &file,
+            led_by(raft_order[5]),
+        ),
+        refused(
+            "raft commit by a member of another region",
+            &file,
+            led_by(america_seed),
+            "not a registry member of eu-west",
+        ),
+        refused(
+            "raft commit by a stranger",
+            &file,
+            led_by(STRANGER),
+            "not a registry member of eu-west",
+        ),
         anchored("global chain", &file, global_chain.clone()),
         anchored(
             "epoch-0 region after a good join",

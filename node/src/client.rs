@@ -679,7 +679,7 @@ fn verify_file(
 
 /// One line per certificate of a chain, root first: level, group, path,
 /// aggregation, and members with their weights (and regions, when the epoch is
-/// known).
+/// known), and on the raft path the commit's leader, term and index.
 fn describe_chain(certificate: &Certificate, epoch: Option<&Epoch>, depth: usize) {
     let Some(slot) = certificate.slot.as_ref() else {
         return;
@@ -719,6 +719,17 @@ fn describe_chain(certificate: &Certificate, epoch: Option<&Epoch>, depth: usize
             "  ".repeat(depth),
             short(&key),
             member.weight
+        );
+    }
+    if let Some(statement) = &certificate.raft_commit
+        && let Ok(commit) = polity_proto::RaftCommit::decode(statement.body.as_slice())
+    {
+        println!(
+            "{}  raft commit by leader {}, term {}, index {}",
+            "  ".repeat(depth),
+            short(&hex::encode(&statement.signer)),
+            commit.term,
+            commit.commit_index
         );
     }
     if depth + 1 < polity_consensus::certificate::LEVELS_MAX {

@@ -17,7 +17,9 @@ use polity_consensus::registry::{
 use polity_proto::{Admission, EpochChain, EpochChange, Registry, RegistryMember};
 use prost::Message;
 
+use crate::raft::PlaceGroup;
 use crate::runtime::identity::Identity;
+use polity_consensus::PublicKey;
 
 /// The file in the data directory that holds the verified epoch chain.
 pub const CHAIN_FILE: &str = "federation.pb";
@@ -102,6 +104,19 @@ impl RegistryState {
     /// The epoch seats are drawn from now.
     pub fn current(&self) -> Arc<Epoch> {
         Arc::clone(&self.current.read().expect("registry lock"))
+    }
+
+    /// The raft group of `place` at `level` in the current epoch
+    /// ([`crate::raft::place::place_group`]).
+    pub fn place_group(&self, level: polity_proto::Level, place: &str) -> Option<PlaceGroup> {
+        let anchor = self.anchor.read().expect("registry lock");
+        crate::raft::place::place_group(&anchor, level, place)
+    }
+
+    /// The place groups `key` belongs to in the current epoch.
+    pub fn own_place_groups(&self, key: &PublicKey) -> Vec<PlaceGroup> {
+        let anchor = self.anchor.read().expect("registry lock");
+        crate::raft::place::own_place_groups(&anchor, key)
     }
 
     /// The (epoch, digest) cell NodeInfo reads.

@@ -1,6 +1,8 @@
-//! `RaftGroups` on real libp2p nodes on loopback: a group of three forms, commits an
-//! entry proposed on a follower (forwarded to the leader), and replicates it; raft
-//! traffic from outside the group is refused.
+//! `RaftGroups` on real libp2p nodes on loopback: a place's group of three forms,
+//! commits an entry proposed on a follower (forwarded to the leader, whose signed word
+//! comes back), replicates it, and follows its place's members as they change (a
+//! fourth joins as a voter, one leaves); raft traffic from outside the group is
+//! refused.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -8,9 +10,11 @@ use std::time::{Duration, Instant};
 use ed25519_dalek::SigningKey;
 use polity_consensus::{PublicKey, TaskId};
 use polity_net::{AppProtocol, LocalInfo, Multiaddr, NetConfig, NetEvent, NetHandle, NetMetrics};
-use polity_node::raft::{PROPOSE_REFUSED, RaftGroups, RaftNetError};
+use polity_node::raft::{PROPOSE_REFUSED, PlaceGroup, RaftGroups, RaftNetError};
 use polity_node::telemetry::metrics::{Metrics, RaftGroupLabels};
-use polity_proto::{ConsensusRequest, Level, Member, RaftEnvelope, RaftPropose};
+use polity_proto::{
+    ConsensusRequest, Level, RaftCommit, RaftEnvelope, RaftPropose, Report, Slot, StatementKind,
+};
 use polity_raft::{GroupName, LedgerEntry, RaftReply, RaftRpc, node_id};
 use prost::Message;
 
@@ -33,11 +37,42 @@ fn public_key(seed: u8) -> PublicKey {
     )
 }
 
-fn member(seed: u8) -> Member {
-    Member {
-        public_key: public_key(seed).0.to_vec(),
-        weight: 1,
+/// The place group `region-<label>-e0` founded by `founders`, now with `members`.
+fn place(label: &str, founders: &[u8], members: &[u8]) -> PlaceGroup {
+    PlaceGroup {
+        name: GroupName::new(format!("region-{label}-e0")).unwrap(),
+        founders: founders.iter().map(|&seed| public_key(seed)).collect(),
+        members: members.iter().map(|&seed| public_key(seed)).collect(),
     }
+}
+
+/// A ledger entry for task `[fill; 32]` carrying a signed report of `value`.
+fn report_entry(fill: u8, value: &[u8]) -> LedgerEntry {
+    let task = TaskId([fill; 32]);
+    let report = Report {
+        slot: Some(Slot {
+            task_id: task.as_bytes().to_vec(),
+            level: Level::Region as i32,
+            group: "eu-west".into(),
+            round: 0,
+        }),
+        value: value.to_vec(),
+        ..Report::default()
+    };
+    let statement = polity_consensus::sign_message(
+        &SigningKey::from_bytes(&[1; 32]),
+        StatementKind::Report,
+        &report,
+    );
+    LedgerEntry::new(task, statement.encode_to_vec(), None).unwrap()
+}
+
+/// The voters of `name` in `node`'s metrics.
+fn voters(node: &Node, name: &GroupName) -> i64 {
+    let labels = RaftGroupLabels {
+        group: name.to_string(),
+    };
+    node.metrics.raft_voters.get_or_create(&labels).get()
 }
 
 /// Starts a libp2p node (loopback TCP, no mDNS) with its raft groups, and routes its
@@ -75,7 +110,12 @@ async fn start(seed: u8, bootstrap: Vec<Multiaddr>) -> Node {
     let db = sled::Config::new().temporary(true).open().unwrap();
     let metrics = Arc::new(Metrics::new());
     let key = public_key(seed);
-    let groups = RaftGroups::new(key, db, net.clone(), metrics.clone());
+    let groups = RaftGroups::new(
+        SigningKey::from_bytes(&[seed; 32]),
+        db,
+        net.clone(),
+        metrics.clone(),
+    );
     let router = groups.clone();
     tokio::spawn(async move {
         while let Some(event) = events.recv().await {
@@ -183,12 +223,12 @@ async fn three_nodes_commit_an_entry_forwarded_by_a_follower() {
     wait_connected(&c, &[&a, &b]).await;
     let nodes = [a, b, c];
 
-    let members = [member(13), member(11), member(12)];
-    let name = RaftGroups::name_for(Level::Region, "eu-west", &members);
+    let eu_west = place("eu-west", &[13, 11, 12], &[13, 11, 12]);
+    let name = eu_west.name.clone();
     for node in &nodes {
-        node.groups.ensure(&name, &members).await.unwrap();
+        node.groups.ensure(&eu_west).await.unwrap();
         // Idempotent.
-        node.groups.ensure(&name, &members).await.unwrap();
+        node.groups.ensure(&eu_west).await.unwrap();
     }
     let leader = wait_for_leader(&nodes, &name).await;
     let followers: Vec<&Node> = nodes.iter().filter(|node| node.key != leader).collect();
@@ -199,13 +239,21 @@ async fn three_nodes_commit_an_entry_forwarded_by_a_follower() {
     );
 
     // A follower commits: its proposal is forwarded to the leader.
-    let entry = LedgerEntry::new(TaskId([9; 32]), b"report-nine".to_vec(), None).unwrap();
+    let entry = report_entry(9, b"nine");
     let committed = followers[0]
         .groups
         .commit(&name, entry.clone(), WAIT)
         .await
         .expect("the forwarded commit succeeds");
     assert!(committed.term >= 1, "{committed:?}");
+    // The leader's word: signed by the leader, for this report, term and index.
+    let (signer, commit): (PublicKey, RaftCommit) =
+        polity_consensus::statement::open(&committed.commit, StatementKind::RaftCommit).unwrap();
+    assert_eq!(signer, leader);
+    assert_eq!(
+        (commit.term, commit.commit_index),
+        (committed.term, committed.commit_index)
+    );
     // Index 1 is the initial membership, and a new leader appends a blank entry first.
     assert!(committed.commit_index >= 2, "{committed:?}");
     for node in &nodes {
@@ -228,7 +276,7 @@ async fn three_nodes_commit_an_entry_forwarded_by_a_follower() {
         .expect("a certificate attaches");
 
     // Another report for the same task conflicts, and the stored entry comes back.
-    let other = LedgerEntry::new(entry.task_id, b"another-report".to_vec(), None).unwrap();
+    let other = report_entry(9, b"another");
     match followers[0].groups.commit(&name, other, WAIT).await {
         Err(RaftNetError::Conflict { stored, .. }) => {
             assert_eq!(stored.as_deref(), Some(&certified));
@@ -269,11 +317,52 @@ async fn three_nodes_commit_an_entry_forwarded_by_a_follower() {
     let text = nodes[0].metrics.encode_prometheus();
     assert!(text.contains("federation_raft_leader{group="), "{text}");
 
-    for node in &nodes {
+    // The place gains a member: following it, the leader adds the fourth as a learner,
+    // then as a voter; the newcomer catches up and commits through the group.
+    let addresses: Vec<Multiaddr> = nodes.iter().map(|node| node.address.clone()).collect();
+    let d = start(14, addresses).await;
+    wait_connected(&d, &nodes.iter().collect::<Vec<_>>()).await;
+    let grown = place("eu-west", &[13, 11, 12], &[13, 11, 12, 14]);
+    let started = Instant::now();
+    while voters(&d, &name) != 4 || nodes.iter().any(|node| voters(node, &name) != 4) {
+        for node in nodes.iter().chain([&d]) {
+            node.groups.follow(std::slice::from_ref(&grown)).await;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "the fourth member never became a voter"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_for_entry(&d, &name, &certified).await;
+    let tenth = report_entry(10, b"ten");
+    d.groups
+        .commit(&name, tenth.clone(), WAIT)
+        .await
+        .expect("the new voter commits through the group");
+
+    // A founder leaves the place: the voters shrink to the other three.
+    let shrunk = place("eu-west", &[13, 11, 12], &[11, 12, 14]);
+    let started = Instant::now();
+    while [&nodes[0], &nodes[1], &d]
+        .iter()
+        .any(|node| voters(node, &name) != 3)
+    {
+        for node in nodes.iter().chain([&d]) {
+            node.groups.follow(std::slice::from_ref(&shrunk)).await;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "the leaving member stayed a voter"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    for node in nodes.iter().chain([&d]) {
         node.groups.shutdown().await;
     }
     assert!(matches!(
-        nodes[0].groups.ensure(&name, &members).await,
+        nodes[0].groups.ensure(&eu_west).await,
         Err(RaftNetError::ShutDown)
     ));
 }
@@ -281,9 +370,9 @@ async fn three_nodes_commit_an_entry_forwarded_by_a_follower() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raft_traffic_from_outside_the_group_is_refused() {
     let node = start(21, vec![]).await;
-    let members = [member(21), member(22), member(23)];
-    let name = RaftGroups::name_for(Level::Region, "eu-west", &members);
-    node.groups.ensure(&name, &members).await.unwrap();
+    let eu_west = place("eu-west", &[21, 22, 23], &[21, 22, 23]);
+    let name = eu_west.name.clone();
+    node.groups.ensure(&eu_west).await.unwrap();
 
     let peer = |seed: u8| polity_net::peer_id_of(&public_key(seed).0).unwrap();
     let vote = |seed: u8| {
@@ -343,7 +432,7 @@ async fn raft_traffic_from_outside_the_group_is_refused() {
     assert_eq!(refused(reply), None, "a member's vote is served");
 
     // A stranger's proposal is refused for good.
-    let entry = LedgerEntry::new(TaskId([1; 32]), b"r".to_vec(), None).unwrap();
+    let entry = report_entry(1, b"r");
     let reply = node
         .groups
         .handle_propose(
@@ -372,10 +461,9 @@ async fn raft_traffic_from_outside_the_group_is_refused() {
     assert!(reply.error.starts_with(PROPOSE_REFUSED), "{reply:?}");
 
     // A group this node is not in cannot be ensured.
-    let outside = [member(22), member(23)];
-    let other = RaftGroups::name_for(Level::Region, "eu-west", &outside);
+    let outside = place("elsewhere", &[22, 23], &[22, 23]);
     assert!(matches!(
-        node.groups.ensure(&other, &outside).await,
+        node.groups.ensure(&outside).await,
         Err(RaftNetError::NotAMember(_))
     ));
     node.groups.shutdown().await;
@@ -386,26 +474,23 @@ async fn the_least_recently_used_idle_group_is_evicted_and_restarts_from_sled() 
     use polity_node::raft::RAFT_GROUPS_MAX;
 
     let node = start(31, vec![]).await;
-    let members = [member(31)];
-    let names: Vec<GroupName> = (0..=RAFT_GROUPS_MAX)
-        .map(|i| RaftGroups::name_for(Level::Region, &format!("solo-{i}"), &members))
+    let places: Vec<PlaceGroup> = (0..=RAFT_GROUPS_MAX)
+        .map(|i| place(&format!("solo-{i}"), &[31], &[31]))
         .collect();
-    node.groups.ensure(&names[0], &members).await.unwrap();
-    let entry = LedgerEntry::new(TaskId([3; 32]), b"solo".to_vec(), None).unwrap();
+    let names: Vec<GroupName> = places.iter().map(|place| place.name.clone()).collect();
+    node.groups.ensure(&places[0]).await.unwrap();
+    let entry = report_entry(3, b"solo");
     node.groups
         .commit(&names[0], entry.clone(), WAIT)
         .await
         .expect("a one-member group commits");
-    for name in &names[1..RAFT_GROUPS_MAX] {
-        node.groups.ensure(name, &members).await.unwrap();
+    for place in &places[1..RAFT_GROUPS_MAX] {
+        node.groups.ensure(place).await.unwrap();
     }
     assert_eq!(node.groups.running().await.len(), RAFT_GROUPS_MAX);
 
     // One more: the least recently used (the first) is shut down.
-    node.groups
-        .ensure(&names[RAFT_GROUPS_MAX], &members)
-        .await
-        .unwrap();
+    node.groups.ensure(&places[RAFT_GROUPS_MAX]).await.unwrap();
     let running = node.groups.running().await;
     assert_eq!(running.len(), RAFT_GROUPS_MAX);
     assert!(!running.contains(&names[0]), "the first group was evicted");
@@ -415,7 +500,7 @@ async fn the_least_recently_used_idle_group_is_evicted_and_restarts_from_sled() 
     ));
 
     // Ensured again, it restarts from its state in sled (evicting the next one).
-    node.groups.ensure(&names[0], &members).await.unwrap();
+    node.groups.ensure(&places[0]).await.unwrap();
     assert_eq!(
         node.groups
             .ledger_get(&names[0], &entry.task_id)

@@ -57,30 +57,6 @@ fn truth(payload: &str) -> Vec<u8> {
     hex::encode(sha2::Sha256::digest(payload.as_bytes())).into_bytes()
 }
 
-async fn metric(node: &NodeProcess, line_prefix: &str) -> f64 {
-    let text = reqwest_text(&format!("{}/metrics", node.endpoints.http)).await;
-    text.lines()
-        .filter(|line| line.starts_with(line_prefix))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// A plain HTTP GET over a TCP socket (the node's /metrics), without an HTTP client
-/// dependency.
-async fn reqwest_text(url: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_once('/').unwrap();
-    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
-    stream
-        .write_all(format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.unwrap();
-    body
-}
-
 async fn trust_of(client: &mut FederationClient<Channel>, peer_id: &str) -> f64 {
     client
         .get_trust(GetTrustRequest {
@@ -128,7 +104,7 @@ async fn forged_and_replayed_statements_are_refused_and_cost_trust() {
     // node the liar's statements reached refused them.
     let mut refused = 0.0;
     for node in &nodes[..NODES - 1] {
-        refused += metric(
+        refused += support::metric(
             node,
             "federation_peer_messages_dropped_total{reason=\"invalid statement\"}",
         )
@@ -138,7 +114,7 @@ async fn forged_and_replayed_statements_are_refused_and_cost_trust() {
         refused >= 1.0,
         "the liar's statements were refused: {refused}"
     );
-    let forged = metric(
+    let forged = support::metric(
         liar,
         "polity_faults_injected_total{kind=\"forged_signature\"}",
     )
@@ -182,7 +158,7 @@ async fn a_withholding_collector_does_not_stop_the_group() {
             "task {index}: {record:?}"
         );
         assert_eq!(record.value, truth(&payload), "task {index}");
-        withheld = metric(
+        withheld = support::metric(
             withholder,
             "polity_faults_injected_total{kind=\"withheld\"}",
         )

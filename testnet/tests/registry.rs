@@ -6,6 +6,8 @@
 //! every node moves to epoch 1 (the one that was down pulls it when it is back), and
 //! certificates of epoch 0 still verify against the epoch chain.
 
+mod support;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -265,4 +267,159 @@ async fn the_registry_decides_who_sits_and_moves_only_by_proposals() {
         code, 2,
         "an epoch-1 certificate against the genesis alone: {text}"
     );
+}
+
+fn raft_task(nonce: u64) -> SubmitTaskRequest {
+    let mut request = stake_task(nonce);
+    request.replication = 2;
+    request.policy = Some(RiskPolicy {
+        path_override: ConsensusPath::Raft as i32,
+        ..RiskPolicy::default()
+    });
+    request
+}
+
+/// The raft path commits through the region's long-lived raft group, and that group's
+/// voters follow the registry: after a member joins and an original member stops,
+/// the region's raft still has a majority (2 of 3) only if the joined member became a
+/// voter (without the change, the task never decides). Every raft commit is signed by
+/// a registry member of the region.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_groups_follow_the_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = UpArgs {
+        nodes: 2,
+        regions: 1,
+        continents: 1,
+        capabilities: Vec::new(),
+        dir: dir.path().to_path_buf(),
+        detach: false,
+        measure: false,
+        timeout_s: 120,
+        node_args: Vec::new(),
+    };
+    let Launched { mut nodes, .. } = launch(&args, &default_capabilities()).await.unwrap();
+    let genesis = dir.path().join("genesis.pb").display().to_string();
+    let truth = hex::encode(Sha256::digest(b"who may vote")).into_bytes();
+    let key_of = |node: &NodeProcess| hex::decode(&node.endpoints.public_key).unwrap();
+    let mut client = nodes[0].client().await.unwrap();
+
+    let record = client.submit_task(raft_task(0)).await.unwrap().into_inner();
+    assert_eq!(record.state, TaskState::Decided as i32, "{record:?}");
+    assert_eq!(record.value, truth);
+    let certificate = record.certificate.unwrap();
+    let signer = certificate.raft_commit.as_ref().unwrap().signer.clone();
+    assert!(nodes.iter().any(|node| key_of(node) == signer));
+    let file = write(&dir.path().join("raft-0.pb"), &certificate.encode_to_vec());
+    let (code, text) = polity(&["verify", &file, "--federation", &genesis]);
+    assert_eq!(code, 0, "{text}");
+
+    // A third member joins region-0 (admission open: both members approve).
+    let mut extra_args = vec![
+        "--genesis".to_string(),
+        genesis.clone(),
+        "--bootstrap".into(),
+        nodes[0].endpoints.p2p[0].clone(),
+    ];
+    for capability in default_capabilities() {
+        extra_args.extend(["--capability".to_string(), capability]);
+    }
+    let joiner = NodeProcess::start(
+        &polity_binary().unwrap(),
+        NodeSpec {
+            name: "joiner".into(),
+            data_dir: dir.path().join("joiner"),
+            region: "region-0".into(),
+            continent: "continent-0".into(),
+            extra_args,
+        },
+    )
+    .unwrap();
+    let joiner_dir = dir.path().join("joiner").display().to_string();
+    let (code, text) = polity(&[
+        "propose",
+        "join",
+        "--addr",
+        &nodes[0].endpoints.grpc.clone(),
+        "--data-dir",
+        &joiner_dir,
+        "--region",
+        "region-0",
+        "--continent",
+        "continent-0",
+        "--capability",
+        "sha256",
+    ]);
+    assert_eq!(code, 0, "{text}");
+    let started = Instant::now();
+    for node in nodes.iter().chain([&joiner]) {
+        while epoch_of(node).await < 1 {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "epoch 1 not pushed"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    // The region's raft group moves to three voters (a membership change needs the
+    // old majority, so node-1 stays up until it is done) ...
+    let started = Instant::now();
+    while support::metric(
+        &nodes[0],
+        "federation_raft_voters{group=\"region-region-0-e0\"}",
+    )
+    .await
+        < 3.0
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the region's raft group did not follow epoch 1"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // ... then node-1 stops: the region's raft keeps a majority only with the joiner
+    // as a voter.
+    nodes.pop().unwrap().stop().unwrap();
+    let joiner_key = key_of(&joiner);
+    let started = Instant::now();
+    let mut nonce = 1;
+    let certificate = loop {
+        let record = client
+            .submit_task(raft_task(nonce))
+            .await
+            .unwrap()
+            .into_inner();
+        if record.state == TaskState::Decided as i32 {
+            break record.certificate.unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no raft decision after the joiner became a member: {record:?}"
+        );
+        nonce += 1;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert!(
+        certificate
+            .members
+            .iter()
+            .any(|m| m.public_key == joiner_key)
+    );
+    let signer = &certificate.raft_commit.as_ref().unwrap().signer;
+    assert!(*signer == key_of(&nodes[0]) || *signer == joiner_key);
+    let chain = dir.path().join("chain.pb").display().to_string();
+    let (code, text) = polity(&[
+        "genesis",
+        "export",
+        "--addr",
+        &nodes[0].endpoints.grpc.clone(),
+        "--out",
+        &chain,
+    ]);
+    assert_eq!(code, 0, "{text}");
+    let file = write(&dir.path().join("raft-1.pb"), &certificate.encode_to_vec());
+    let (code, text) = polity(&["verify", &file, "--federation", &chain]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("raft commit by leader"), "{text}");
 }

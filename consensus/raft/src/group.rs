@@ -5,10 +5,12 @@
 use std::sync::Arc;
 
 use openraft::error::RaftError;
-use openraft::{Config, Raft, SnapshotPolicy};
+use std::collections::{BTreeMap, BTreeSet};
+
+use openraft::{ChangeMembers, Config, Raft, SnapshotPolicy};
 
 use crate::network::{RaftTransport, SNAPSHOT_CHUNK_BYTES_MAX, TransportNetworkFactory};
-use crate::store::{ENTRIES_PER_APPEND_MAX, LedgerReader, StoreError, open_group};
+use crate::store::{ENTRIES_PER_APPEND_MAX, LedgerReader, SledLogStore, StoreError, open_group};
 use crate::types::{
     GroupName, LedgerEntry, LedgerEntryError, LedgerResponse, Members, NodeId, RaftMember,
     TypeConfig, node_id,
@@ -94,8 +96,29 @@ pub struct Proposed {
     pub response: LedgerResponse,
     /// The term of the leader that appended the entry.
     pub term: u64,
+    /// The raft id of that leader (this member: only the leader accepts proposals).
+    pub leader: NodeId,
     /// The log (commit) index of the entry.
     pub index: u64,
+}
+
+/// Who appended a log entry: the leader's term and raft id (openraft's committed leader
+/// id, which names the node).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendedBy {
+    pub term: u64,
+    pub leader: NodeId,
+}
+
+/// Whether the group's current configuration is a joint one (a change half done).
+fn membership_is_joint(raft: &Raft<TypeConfig>) -> bool {
+    raft.metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .get_joint_config()
+        .len()
+        > 1
 }
 
 /// One raft group this node is a member of. The node owns it (one owner per raft
@@ -106,6 +129,8 @@ pub struct RaftGroup {
     group: GroupName,
     raft: Raft<TypeConfig>,
     ledger: LedgerReader,
+    /// A reader of this member's log (the store itself is the raft's).
+    log: SledLogStore,
 }
 
 impl RaftGroup {
@@ -121,6 +146,7 @@ impl RaftGroup {
         let node_id = node_id(public_key);
         let (log_store, state_machine) = open_group(db, &group)?;
         let ledger = state_machine.ledger();
+        let log = log_store.clone();
         let network = TransportNetworkFactory::new(node_id, transport);
         let raft = Raft::new(node_id, config, network, log_store, state_machine)
             .await
@@ -130,6 +156,7 @@ impl RaftGroup {
             group,
             raft,
             ledger,
+            log,
         })
     }
 
@@ -159,6 +186,7 @@ impl RaftGroup {
         debug_assert_eq!(written.data.applied_index, written.log_id.index);
         Ok(Proposed {
             term: written.log_id.leader_id.term,
+            leader: written.log_id.leader_id.node_id,
             index: written.log_id.index,
             response: written.data,
         })
@@ -173,6 +201,65 @@ impl RaftGroup {
             .await
             .map_err(RaftGroupError::from)?;
         Ok(self.ledger.get(task_id)?)
+    }
+
+    /// Who appended the entry at `index` of this member's log, once this member has
+    /// applied it (waiting up to `wait`); `None` when it did not apply it in time or the
+    /// entry was purged behind a snapshot. Members check a leader's word against it.
+    pub async fn appended_by(
+        &self,
+        index: u64,
+        wait: std::time::Duration,
+    ) -> Result<Option<AppendedBy>, RaftGroupError> {
+        let applied = self
+            .raft
+            .wait(Some(wait))
+            .applied_index_at_least(Some(index), "the entry to check")
+            .await;
+        if applied.is_err() {
+            return Ok(None);
+        }
+        Ok(self.log.log_id_at(index)?.map(|log_id| AppendedBy {
+            term: log_id.leader_id.term,
+            leader: log_id.leader_id.node_id,
+        }))
+    }
+
+    /// On the leader: makes the group's voters exactly `members` (adds the missing ones as
+    /// learners first, then replaces the voter set through a joint configuration; voters
+    /// not in `members` are removed). Returns whether anything changed. Elsewhere this is
+    /// [`RaftGroupError::ForwardToLeader`].
+    pub async fn reconfigure(&self, members: &Members) -> Result<bool, RaftGroupError> {
+        let wanted: BTreeSet<NodeId> = members.as_map().keys().copied().collect();
+        let (voters, known): (BTreeSet<NodeId>, BTreeSet<NodeId>) = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            let membership = metrics.membership_config.membership();
+            (
+                membership.voter_ids().collect(),
+                membership.nodes().map(|(id, _)| *id).collect(),
+            )
+        };
+        if voters == wanted && !membership_is_joint(&self.raft) {
+            return Ok(false);
+        }
+        let missing: BTreeMap<NodeId, RaftMember> = members
+            .as_map()
+            .iter()
+            .filter(|(id, _)| !known.contains(id))
+            .map(|(id, member)| (*id, member.clone()))
+            .collect();
+        if !missing.is_empty() {
+            self.raft
+                .change_membership(ChangeMembers::AddNodes(missing), true)
+                .await
+                .map_err(RaftGroupError::from)?;
+        }
+        self.raft
+            .change_membership(ChangeMembers::ReplaceAllVoters(wanted), false)
+            .await
+            .map_err(RaftGroupError::from)?;
+        Ok(true)
     }
 
     /// The local ledger (what this member has applied; may lag the group).

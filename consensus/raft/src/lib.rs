@@ -51,7 +51,7 @@ pub mod types;
 mod tests;
 
 pub use codec::{LEDGER_BYTES_MAX, LEDGER_ENTRIES_MAX, SNAPSHOT_BYTES_MAX};
-pub use group::{Proposed, RaftGroup, RaftGroupError, raft_config};
+pub use group::{AppendedBy, Proposed, RaftGroup, RaftGroupError, raft_config};
 pub use memory::MemoryRouter;
 pub use network::{
     RAFT_MESSAGE_BYTES_MAX, RaftReply, RaftRpc, RaftTransport, SNAPSHOT_CHUNK_BYTES_MAX,

@@ -223,6 +223,21 @@ impl SledLogStore {
         Ok(entries)
     }
 
+    /// The log id of the entry at `index`, if this member's log still holds it (not yet
+    /// purged behind a snapshot). Its leader id names the leader that appended it.
+    pub fn log_id_at(&self, index: u64) -> Result<Option<LogId<NodeId>>, StoreError> {
+        let Some(value) = self.log.get(index.to_be_bytes())? else {
+            return Ok(None);
+        };
+        let entry = decode_log_entry(&index.to_be_bytes(), &value).map_err(|error| {
+            StoreError::Corrupt {
+                what: "log entry",
+                detail: error.to_string(),
+            }
+        })?;
+        Ok(Some(entry.log_id))
+    }
+
     fn remove_range(&self, range: impl RangeBounds<[u8; 8]>) -> StorageResult<()> {
         let mut batch = Batch::default();
         for key in self.log.range(range).keys() {

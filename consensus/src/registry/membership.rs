@@ -120,7 +120,9 @@ fn check_group(
         .map_err(|e| MembershipError::Malformed(e.to_string()))?
         .to_string();
     let members = registered_members(seats.epoch, &certificate.members, &group)?;
-    match Level::try_from(slot.level).unwrap_or(Level::Unspecified) {
+    let level = Level::try_from(slot.level).unwrap_or(Level::Unspecified);
+    check_raft_signer(seats.epoch, certificate, level, &group, &place)?;
+    match level {
         Level::Region => check_region(seats, &group, &place, &members),
         level @ (Level::Continent | Level::Global) => {
             let children = decode_children(certificate)?;
@@ -132,6 +134,30 @@ fn check_group(
             Ok(())
         }
         Level::Unspecified => Err(MembershipError::Malformed("unspecified level".into())),
+    }
+}
+
+/// A raft commit is signed by the leader of the place's raft group, whose voters are
+/// the place's registry members: the signer must be one of them.
+fn check_raft_signer(
+    epoch: &Epoch,
+    certificate: &Certificate,
+    level: Level,
+    group: &str,
+    place: &str,
+) -> Result<(), MembershipError> {
+    let Some(commit) = &certificate.raft_commit else {
+        return Ok(());
+    };
+    let key = PublicKey::from_slice(&commit.signer)
+        .map_err(|e| MembershipError::Malformed(format!("raft commit signer: {e}")))?;
+    match epoch.member(&key) {
+        Some(member) if Epoch::in_place(member, level, place) => Ok(()),
+        _ => Err(MembershipError::RaftSigner {
+            group: group.to_string(),
+            place: place.to_string(),
+            key,
+        }),
     }
 }
 

@@ -210,10 +210,15 @@ fn check(
         if let Some(&(index, report_digest)) = proposals.first()
             && !group.rounds[index].is_finished()
         {
-            let input = Input::Committed {
-                report_digest,
+            let commit = RaftCommit {
+                slot: Some(group.rounds[index].slot_of(&report_digest)),
+                report_digest: report_digest.to_vec(),
                 term: 2,
                 commit_index: 5,
+            };
+            let leader = SigningKey::from_bytes(&[99; 32]);
+            let input = Input::Committed {
+                commit: crate::statement::sign_message(&leader, StatementKind::RaftCommit, &commit),
             };
             group.step(index, now_ms, input);
         }

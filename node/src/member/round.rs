@@ -14,6 +14,8 @@ use polity_proto::{
     GroupOutcome, RoundEnvelope, SignedStatement, StatementKind, group_outcome, task_request,
 };
 use polity_raft::LedgerEntry;
+
+use crate::raft::PlaceGroup;
 use prost::Message;
 use tokio::sync::mpsc;
 
@@ -45,8 +47,8 @@ pub(super) struct RoundDriver {
     key: SlotKey,
     entry: PublicKey,
     members: Vec<PublicKey>,
-    member_plan: Vec<polity_proto::Member>,
-    raft_group: Option<polity_raft::GroupName>,
+    /// Raft path: the raft group of the slot's place, which commits the report.
+    raft_group: Option<PlaceGroup>,
     /// The round's own inbox, for the executor's answer and raft commits.
     inbox: mpsc::Sender<Input>,
     own_observation: Option<SignedStatement>,
@@ -63,7 +65,7 @@ impl RoundDriver {
         key: SlotKey,
         entry: PublicKey,
         member_plan: Vec<polity_proto::Member>,
-        raft_group: Option<polity_raft::GroupName>,
+        raft_group: Option<PlaceGroup>,
         inbox: mpsc::Sender<Input>,
     ) -> RoundDriver {
         let members = member_plan
@@ -75,7 +77,6 @@ impl RoundDriver {
             key,
             entry,
             members,
-            member_plan,
             raft_group,
             inbox,
             own_observation: None,
@@ -91,12 +92,11 @@ impl RoundDriver {
         mut receiver: mpsc::Receiver<Input>,
         tick: Duration,
     ) {
-        if let Some(name) = self.raft_group.clone() {
+        if let Some(place) = self.raft_group.clone() {
             let raft = Arc::clone(&self.federation.raft);
-            let members = self.member_plan.clone();
             tokio::spawn(async move {
-                if let Err(error) = raft.ensure(&name, &members).await {
-                    tracing::warn!(group = %name, %error, "could not start a raft group");
+                if let Err(error) = raft.ensure(&place).await {
+                    tracing::warn!(group = %place.name, %error, "could not start a raft group");
                 }
             });
         }
@@ -317,7 +317,7 @@ impl RoundDriver {
     /// Raft path: commits the report through the group's log in the background and
     /// feeds `Committed` back into the round.
     fn commit(&self, report: SignedStatement, report_digest: [u8; 32]) {
-        let Some(name) = self.raft_group.clone() else {
+        let Some(place) = self.raft_group.clone() else {
             return;
         };
         let entry = match LedgerEntry::new(self.key.task, report.encode_to_vec(), None) {
@@ -328,25 +328,30 @@ impl RoundDriver {
             }
         };
         let raft = Arc::clone(&self.federation.raft);
-        let members = self.member_plan.clone();
         let inbox = self.inbox.clone();
         let budget = Duration::from_secs(10);
         tokio::spawn(async move {
-            if let Err(error) = raft.ensure(&name, &members).await {
-                tracing::warn!(group = %name, %error, "raft group unavailable");
+            if let Err(error) = raft.ensure(&place).await {
+                tracing::warn!(group = %place.name, %error, "raft group unavailable");
                 return;
             }
-            match raft.commit(&name, entry, budget).await {
+            match raft.commit(&place.name, entry, budget).await {
                 Ok(committed) => {
+                    debug_assert_eq!(
+                        polity_consensus::statement::open::<polity_proto::RaftCommit>(
+                            &committed.commit,
+                            polity_proto::StatementKind::RaftCommit
+                        )
+                        .map(|(_, commit)| commit.report_digest),
+                        Ok(report_digest.to_vec())
+                    );
                     let _ = inbox
                         .send(Input::Committed {
-                            report_digest,
-                            term: committed.term,
-                            commit_index: committed.commit_index,
+                            commit: committed.commit,
                         })
                         .await;
                 }
-                Err(error) => tracing::info!(group = %name, %error, "report not committed"),
+                Err(error) => tracing::info!(group = %place.name, %error, "report not committed"),
             }
         });
     }

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use polity_consensus::aggregate::normalize;
+use polity_consensus::binding::place_of;
 use polity_consensus::certificate::GROUP_BYTES_MAX;
 use polity_consensus::registry::{REGISTRY_CAPABILITY, check_membership, check_seats};
 use polity_consensus::{
@@ -43,7 +44,7 @@ use crate::chaos::Faults;
 use crate::member::executor::{Executor, RunLimits};
 use crate::member::workers::Workers;
 use crate::peers::Peers;
-use crate::raft::RaftGroups;
+use crate::raft::{PlaceGroup, RaftGroups};
 use crate::registry::RegistryState;
 use crate::runtime::identity::Identity;
 use crate::telemetry::metrics::Metrics;
@@ -697,6 +698,23 @@ impl Federation {
         }
     }
 
+    /// On the raft path, the raft group of the group's place, which commits the report.
+    fn raft_place(
+        &self,
+        path: ConsensusPath,
+        level: Level,
+        group: &str,
+    ) -> Result<Option<PlaceGroup>, String> {
+        if path != ConsensusPath::Raft {
+            return Ok(None);
+        }
+        let place = place_of(group).map_err(|e| e.to_string())?;
+        self.registry
+            .place_group(level, place)
+            .map(Some)
+            .ok_or_else(|| format!("{place} has no raft group in this registry epoch"))
+    }
+
     /// Checks an assignment and starts this member's round for its slot. A repeated
     /// assignment of a slot that runs or ran here is accepted and changes nothing.
     fn start_round(self: &Arc<Self>, entry: PublicKey, assign: Assign) -> Result<(), String> {
@@ -734,8 +752,7 @@ impl Federation {
             group: plan.group.clone(),
         };
         let work = self.work_for(&key, spec, assign.child_certificate)?;
-        let raft_group = (path == ConsensusPath::Raft)
-            .then(|| RaftGroups::name_for(level, &plan.group, &plan.members));
+        let raft_group = self.raft_place(path, level, &plan.group)?;
         let config = RoundConfig {
             task: assign.task,
             level,

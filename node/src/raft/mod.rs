@@ -17,10 +17,13 @@
 //!   Handle each request in its own task (spawned, bounded by the caller): a propose
 //!   waits for a quorum, and a raft RPC may wait on disk. **Always respond**, even with
 //!   a refusal: a dropped responder counts as a failure in the sender's circuit breaker.
-//! - Before committing a task group's decision: `let name = RaftGroups::name_for(level,
-//!   group, members)`, `groups.ensure(&name, members)` on every member (each member's
-//!   node does it when it is assigned the task), then `groups.commit(&name, entry,
-//!   timeout)` on whichever member wants the decision committed.
+//! - Every second, and so soon after each registry epoch change: `groups.follow(&own)`
+//!   with this node's place groups ([`place::own_place_groups`]): starts them, and the
+//!   leader of each moves its voters to the place's current registry members.
+//! - Before committing a task group's decision: `groups.ensure(&place)` with the task
+//!   group's place ([`place::place_group`]), then `groups.commit(&place.name, entry,
+//!   timeout)` on whichever member wants the decision committed. What comes back is the
+//!   leader's signed `RaftCommit`, checked against this member's own log.
 //! - At shutdown: `groups.shutdown().await`.
 //!
 //! Every call may run concurrently with every other: starting or stopping one group
@@ -30,11 +33,22 @@
 //!
 //! # Formation
 //!
-//! Every member calls [`RaftGroups::ensure`] with the same members. The member with the
-//! smallest raft node id initializes the group (once: only when its raft has never been
-//! initialized); the others start empty and learn the membership from the leader's
-//! first `AppendEntries`. Until then, their current membership is empty, so inbound
-//! traffic is checked against the members they were given in `ensure`.
+//! One group per place (a region, a continent, the global level), named and founded
+//! as [`place`] says. Every member calls [`RaftGroups::ensure`] with the same
+//! [`PlaceGroup`]. The founder with the smallest raft node id initializes the group
+//! with the founders (once: only when its raft has never been initialized); the others
+//! start empty and learn the membership from the leader's first `AppendEntries`. Until
+//! then, their current membership is empty, so inbound traffic is checked against the
+//! founders and current members they were given. Later epochs change the voters with
+//! openraft's joint consensus, run by whoever leads ([`RaftGroups::follow`]).
+//!
+//! # The leader's word
+//!
+//! The leader that appends a report signs a `RaftCommit` (slot, report digest, term,
+//! index) and returns it with the commit; a member that forwarded the entry accepts it
+//! only when its own log holds the entry at that index, appended in that term by the
+//! signer (openraft's committed leader id names the node). The certificate carries it;
+//! verifiers with the registry check that the signer is a registry member of the place.
 //!
 //! # Frame size (why the node lowers the raft config)
 //!
@@ -97,30 +111,33 @@
 //! [`commit`]: RaftGroups::commit
 //! [`handle_propose`]: RaftGroups::handle_propose
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use ed25519_dalek::SigningKey;
 use openraft::Config;
 use polity_consensus::PublicKey;
 use polity_net::codec::FRAME_BYTES_MAX;
 use polity_net::{AppProtocol, NetHandle, PeerId};
 use polity_proto::consensus_request::Request as ConsensusRequestKind;
-use polity_proto::{ConsensusRequest, Level, Member, ProposeReply, RaftEnvelope, RaftPropose};
+use polity_proto::{ConsensusRequest, ProposeReply, RaftEnvelope, RaftPropose};
+use polity_proto::{RaftCommit, Report, SignedStatement, StatementKind};
 use polity_raft::network::check_rpc;
 use polity_raft::{
     GroupName, LedgerEntry, LedgerOutcome, NodeId, RaftGroup, RaftGroupError, RaftMember,
     RaftReply, RaftRpc, node_id, raft_config, serve,
 };
 use prost::Message;
-use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, OwnedMutexGuard, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::telemetry::metrics::{Metrics, RaftGroupLabels};
 use crate::telemetry::recovery::RAFT_LEADER;
 
+pub mod place;
 mod transport;
+pub use place::PlaceGroup;
 use transport::Libp2pTransport;
 
 /// Most raft groups running on one node at once.
@@ -146,8 +163,9 @@ const MESSAGE_OVERHEAD_BYTES: usize = 64 << 10;
 /// Prefix of a `ProposeReply::error` that retrying cannot fix (not a member, unknown
 /// group, invalid entry, or the ledger refused the committed entry).
 pub const PROPOSE_REFUSED: &str = "refused: ";
-/// Domain separation for [`RaftGroups::name_for`]'s digest.
-const NAME_DOMAIN: &[u8] = b"polity/raft-group-name/1";
+/// How long a member that forwarded an entry waits to apply it itself before it checks
+/// the leader's word against its own log.
+const LEADER_CHECK_WAIT: Duration = Duration::from_secs(2);
 
 // One entry as JSON (hex doubles its bytes) fits a frame, as an append or a proposal.
 const _: () = assert!(2 * NODE_LEDGER_ENTRY_BYTES_MAX + MESSAGE_OVERHEAD_BYTES <= FRAME_BYTES_MAX);
@@ -165,10 +183,6 @@ pub enum RaftNetError {
     /// This node is not among the group's members.
     #[error("this node is not a member of raft group {0}")]
     NotAMember(GroupName),
-    /// The group already runs here with other members (a name collision or a caller
-    /// bug: names from [`RaftGroups::name_for`] cover the members).
-    #[error("raft group {0} already runs here with other members")]
-    MembersMismatch(GroupName),
     /// [`RAFT_GROUPS_MAX`] groups run and every one is in use.
     #[error("{RAFT_GROUPS_MAX} raft groups run and none is idle")]
     TooManyGroups,
@@ -199,25 +213,32 @@ pub enum RaftNetError {
     /// The local raft failed (storage, stopped).
     #[error("raft: {0}")]
     Raft(#[from] RaftGroupError),
+    /// The leader's signed commit does not match this member's own log (not signed by
+    /// the leader that appended the entry, or not for this entry): not used.
+    #[error("the leader's commit does not hold: {0}")]
+    LeaderWord(String),
     /// [`RaftGroups::shutdown`] was called.
     #[error("raft groups are shut down")]
     ShutDown,
 }
 
-/// Where a committed entry sits in the group's log.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Where a committed entry sits in the group's log, in the word of the leader that
+/// appended it.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Committed {
     /// The term of the leader that appended the entry.
     pub term: u64,
     /// The log index of the entry (the raft commit index of the decision).
     pub commit_index: u64,
+    /// The leader's signed `RaftCommit` for the entry's report.
+    pub commit: SignedStatement,
 }
 
 /// One running group.
 struct Running {
     group: Arc<RaftGroup>,
-    /// The members `ensure` was given, by node id; used to check senders until the raft
-    /// knows its membership.
+    /// The founders and current members `ensure` was last given, by node id; used to
+    /// check senders until the raft knows its membership.
     members: HashMap<NodeId, RaftMember>,
     /// Logical time of the last use, for least-recently-used eviction.
     last_used: u64,
@@ -305,12 +326,12 @@ struct Evicted<'a> {
 }
 
 impl Inner {
-    /// Whether `name` runs with the members `wanted` (then marked used). Fails after a
-    /// shutdown, or when it runs with other members.
+    /// Whether `name` runs (then marked used, and its known members set to `known`).
+    /// Fails after a shutdown.
     fn touch(
         &mut self,
         name: &GroupName,
-        wanted: &HashMap<NodeId, RaftMember>,
+        known: &HashMap<NodeId, RaftMember>,
     ) -> Result<bool, RaftNetError> {
         if self.shut_down {
             return Err(RaftNetError::ShutDown);
@@ -320,8 +341,10 @@ impl Inner {
         let Some(running) = self.running.get_mut(name) else {
             return Ok(false);
         };
-        if running.members.keys().collect::<BTreeSet<_>>() != wanted.keys().collect() {
-            return Err(RaftNetError::MembersMismatch(name.clone()));
+        if running.members.len() != known.len()
+            || known.keys().any(|id| !running.members.contains_key(id))
+        {
+            running.members = known.clone();
         }
         running.last_used = now;
         Ok(true)
@@ -371,6 +394,8 @@ impl Inner {
 /// This node's raft groups. One per node, shared behind an `Arc`.
 pub struct RaftGroups {
     key: PublicKey,
+    /// Signs the `RaftCommit`s of the entries this node appends as leader.
+    signing_key: SigningKey,
     node_id: NodeId,
     db: sled::Db,
     net: NetHandle,
@@ -405,20 +430,21 @@ pub fn node_raft_config() -> Result<Config, openraft::ConfigError> {
 }
 
 impl RaftGroups {
-    /// This node's raft groups: `key` is the node's identity key (its raft id derives from
-    /// it), `db` the node's sled database (groups use trees `raft/<group>/…`).
+    /// This node's raft groups: `signing_key` is the node's identity key (its raft id
+    /// derives from it; it signs the commits this node appends as leader), `db` the
+    /// node's sled database (groups use trees `raft/<group>/…`).
     pub fn new(
-        key: PublicKey,
+        signing_key: SigningKey,
         db: sled::Db,
         net: NetHandle,
         metrics: Arc<Metrics>,
     ) -> Arc<RaftGroups> {
-        RaftGroups::with_limit(key, db, net, metrics, RAFT_GROUPS_MAX)
+        RaftGroups::with_limit(signing_key, db, net, metrics, RAFT_GROUPS_MAX)
     }
 
     /// [`Self::new`] with at most `groups_max` groups running at once.
     fn with_limit(
-        key: PublicKey,
+        signing_key: SigningKey,
         db: sled::Db,
         net: NetHandle,
         metrics: Arc<Metrics>,
@@ -426,8 +452,10 @@ impl RaftGroups {
     ) -> Arc<RaftGroups> {
         #[allow(clippy::expect_used, reason = "constant config, checked by tests")]
         let config = node_raft_config().expect("the node's raft config is valid");
+        let key = PublicKey(signing_key.verifying_key().to_bytes());
         Arc::new(RaftGroups {
             key,
+            signing_key,
             node_id: node_id(&key),
             db,
             net,
@@ -448,75 +476,32 @@ impl RaftGroups {
         })
     }
 
-    /// The raft group name of a task group: `<level>-<group>-<16 hex>`, the hex being the
-    /// first 8 bytes of a SHA-256 over the level, the group name and the sorted member
-    /// keys. Every member computes the same name; another membership gives another name
-    /// (so a group never changes members). Characters of `group` that a [`GroupName`]
-    /// does not allow become `_` and the group part is cut to 64 bytes; the digest covers
-    /// the original name, so that never merges two groups.
-    pub fn name_for(level: Level, group: &str, members: &[Member]) -> GroupName {
-        let level_name = match level {
-            Level::Region => "region",
-            Level::Continent => "continent",
-            Level::Global => "global",
-            Level::Unspecified => "unspecified",
-        };
-        let mut keys: Vec<&[u8]> = members.iter().map(|m| m.public_key.as_slice()).collect();
-        keys.sort_unstable();
-        let mut hasher = Sha256::new();
-        hasher.update(NAME_DOMAIN);
-        hasher.update([level as i32 as u8]);
-        hasher.update((group.len() as u64).to_be_bytes());
-        hasher.update(group.as_bytes());
-        hasher.update((keys.len() as u64).to_be_bytes());
-        for key in keys {
-            hasher.update((key.len() as u64).to_be_bytes());
-            hasher.update(key);
-        }
-        let digest = hasher.finalize();
-        let group_part: String = group
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':') {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .take(64)
+    /// Gets or starts this node's member of the place group `place` (this node must be
+    /// a founder or a current member). On a fresh group, the founder with the smallest
+    /// raft node id initializes it with the founders; the others wait to hear from the
+    /// leader. Restarts a group that was evicted (its state is in sled). When
+    /// [`RAFT_GROUPS_MAX`] groups run or are starting, shuts down the least recently
+    /// used idle one first (when none is idle but a start is in flight, waits for it).
+    /// Holds no lock that other groups need while it starts or stops a group (module
+    /// doc, Locking).
+    pub async fn ensure(&self, place: &PlaceGroup) -> Result<(), RaftNetError> {
+        let name = &place.name;
+        let founders = raft_members(&place.founders)?;
+        let current = raft_members(&place.members)?;
+        let known: HashMap<NodeId, RaftMember> = founders
+            .as_map()
+            .iter()
+            .chain(current.as_map())
+            .map(|(id, member)| (*id, member.clone()))
             .collect();
-        let name = if group_part.is_empty() {
-            format!("{level_name}-{}", hex::encode(&digest[..8]))
-        } else {
-            format!("{level_name}-{group_part}-{}", hex::encode(&digest[..8]))
-        };
-        // At most 9 + 1 + 64 + 1 + 16 ASCII bytes of allowed characters.
-        GroupName::new(name).unwrap_or_else(|_| {
-            // Unreachable by construction; fall back to the digest alone.
-            #[allow(clippy::expect_used, reason = "hex digits are a valid group name")]
-            GroupName::new(hex::encode(&digest[..8])).expect("hex is a valid group name")
-        })
-    }
-
-    /// Gets or starts this node's member of raft group `name` with `members` (all of
-    /// them, this node included). On a fresh group, the member with the smallest raft
-    /// node id initializes it; the others wait to hear from the leader. Restarts a group
-    /// that was evicted (its state is in sled). When [`RAFT_GROUPS_MAX`] groups run or
-    /// are starting, shuts down the least recently used idle one first (when none is
-    /// idle but a start is in flight, waits for it). Holds no lock that other groups
-    /// need while it starts or stops a group (module doc, Locking).
-    pub async fn ensure(&self, name: &GroupName, members: &[Member]) -> Result<(), RaftNetError> {
-        let raft_members = raft_members(members)?;
-        let wanted: HashMap<NodeId, RaftMember> =
-            raft_members.as_map().clone().into_iter().collect();
-        if !wanted.contains_key(&self.node_id) {
+        if !known.contains_key(&self.node_id) {
             return Err(RaftNetError::NotAMember(name.clone()));
         }
-        if self.lock().touch(name, &wanted)? {
+        if self.lock().touch(name, &known)? {
             return Ok(());
         }
         let mut gate = self.gate(name).await;
-        let evicted = match self.reserve(name, &wanted, &mut gate).await? {
+        let evicted = match self.reserve(name, &known, &mut gate).await? {
             // Another caller started the group while this one waited for the gate.
             Reserved::Running => return Ok(()),
             Reserved::Slot(evicted) => evicted,
@@ -526,10 +511,76 @@ impl RaftGroups {
             self.stop(&evicted.name, evicted.running).await;
             drop(evicted.gate);
         }
-        let (group, initialized) = self.start_group(name, &wanted, raft_members).await?;
-        self.insert(name, group, wanted, &mut gate).await?;
+        let (group, initialized) = self.start_group(name, founders).await?;
+        self.insert(name, group, known, &mut gate).await?;
         tracing::info!(group = %name, initialized, "raft group started");
         Ok(())
+    }
+
+    /// Keeps this node's place groups in step with the registry: starts each of
+    /// `places` that does not run, and where this node leads one whose voters are not
+    /// the place's current members, changes them (joint consensus: the new members are
+    /// added as learners, then the voter set is replaced). Returns how many groups it
+    /// reconfigured. Called periodically, so a leader elected halfway through a change
+    /// finishes it.
+    /// A group that does not run here yet is started only once a majority of the
+    /// place's members (this node counted) are connected: a raft that starts before
+    /// its peers are reachable only fails dials, and every failure counts against the
+    /// peer in the network's circuit breaker. (A raft task's `Assign` starts the group
+    /// whatever the connections.)
+    pub async fn follow(&self, places: &[PlaceGroup]) -> usize {
+        let connected: std::collections::HashSet<PeerId> = match self.net.peers().await {
+            Ok(peers) => peers
+                .into_iter()
+                .filter(|peer| peer.connected)
+                .map(|peer| peer.peer_id)
+                .collect(),
+            Err(_) => return 0,
+        };
+        let mut changed = 0;
+        for place in places {
+            let running = self.lock().running.contains_key(&place.name);
+            let reachable = place
+                .members
+                .iter()
+                .filter(|key| {
+                    **key == self.key
+                        || polity_net::peer_id_of(key.as_bytes())
+                            .is_ok_and(|peer| connected.contains(&peer))
+                })
+                .count();
+            if !running && reachable * 2 <= place.members.len() {
+                continue;
+            }
+            if let Err(error) = self.ensure(place).await {
+                tracing::warn!(group = %place.name, %error, "could not start a place's raft group");
+                continue;
+            }
+            let Ok(group) = self.group(&place.name) else {
+                continue;
+            };
+            if group.current_leader() != Some(self.node_id) {
+                continue;
+            }
+            let members = match raft_members(&place.members) {
+                Ok(members) => members,
+                Err(error) => {
+                    tracing::warn!(group = %place.name, %error, "place members make no raft membership");
+                    continue;
+                }
+            };
+            match group.reconfigure(&members).await {
+                Ok(true) => {
+                    changed += 1;
+                    tracing::info!(group = %place.name, voters = place.members.len(), "raft group follows the registry");
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::info!(group = %place.name, %error, "raft membership change not done yet");
+                }
+            }
+        }
+        changed
     }
 
     /// Under `name`'s gate (`gate`): re-checks that the group does not run, then reserves
@@ -538,7 +589,7 @@ impl RaftGroups {
     async fn reserve<'a>(
         &'a self,
         name: &GroupName,
-        wanted: &HashMap<NodeId, RaftMember>,
+        known: &HashMap<NodeId, RaftMember>,
         gate: &mut Gate<'a>,
     ) -> Result<Reserved<'a>, RaftNetError> {
         loop {
@@ -548,7 +599,7 @@ impl RaftGroups {
             changed.as_mut().enable();
             let slot = {
                 let mut inner = self.lock();
-                if inner.touch(name, wanted)? {
+                if inner.touch(name, known)? {
                     return Ok(Reserved::Running);
                 }
                 let slot = inner.take_slot(self.groups_max);
@@ -580,13 +631,13 @@ impl RaftGroups {
         }
     }
 
-    /// Starts this member's raft of `name` and initializes the group when this node has
-    /// the smallest raft id and the raft never was; whether it did is the `bool`.
+    /// Starts this member's raft of `name` and initializes the group with `founders`
+    /// when this node is the founder with the smallest raft id and the raft never was;
+    /// whether it did is the `bool`.
     async fn start_group(
         &self,
         name: &GroupName,
-        wanted: &HashMap<NodeId, RaftMember>,
-        raft_members: polity_raft::Members,
+        founders: polity_raft::Members,
     ) -> Result<(RaftGroup, bool), RaftNetError> {
         #[cfg(test)]
         self.pause_start().await;
@@ -602,14 +653,14 @@ impl RaftGroups {
             transport,
         )
         .await?;
-        let smallest = wanted.keys().min().copied();
+        let smallest = founders.as_map().keys().min().copied();
         let initialize = smallest == Some(self.node_id)
             && !group
                 .raft()
                 .is_initialized()
                 .await
                 .map_err(|fatal| RaftGroupError::Stopped(fatal.to_string()))?;
-        if initialize && let Err(error) = group.initialize(raft_members).await {
+        if initialize && let Err(error) = group.initialize(founders).await {
             let _ = group.shutdown().await;
             return Err(error.into());
         }
@@ -745,23 +796,19 @@ impl RaftGroups {
         };
         let leader = match group.propose(entry.clone()).await {
             Ok(proposed) => {
-                let committed = Committed {
-                    term: proposed.term,
-                    commit_index: proposed.index,
-                };
                 let outcome = proposed.response.outcome;
                 if outcome.is_accepted() {
-                    return Attempt::Done(Ok(committed));
+                    return Attempt::Done(self.sign_commit(entry, proposed.term, proposed.index));
                 }
                 if outcome == LedgerOutcome::Conflict {
                     return Attempt::Done(Err(RaftNetError::Conflict {
-                        term: committed.term,
-                        commit_index: committed.commit_index,
+                        term: proposed.term,
+                        commit_index: proposed.index,
                         stored: proposed.response.previous.map(Box::new),
                     }));
                 }
                 return Attempt::Done(Err(RaftNetError::Rejected {
-                    commit_index: committed.commit_index,
+                    commit_index: proposed.index,
                     reason: format!("{outcome:?}"),
                 }));
             }
@@ -815,10 +862,7 @@ impl RaftGroups {
             Err(error) => return Attempt::Retry(format!("undecodable propose reply: {error}")),
         };
         if reply.accepted {
-            return Attempt::Done(Ok(Committed {
-                term: reply.term,
-                commit_index: reply.commit_index,
-            }));
+            return Attempt::Done(check_leader_word(group, entry, &reply).await);
         }
         if reply.commit_index > 0 {
             // Committed but not accepted: the ledger kept another report, or refused.
@@ -940,23 +984,36 @@ impl RaftGroups {
                 ..ProposeReply::default()
             };
         };
-        match tokio::time::timeout(PROPOSE_SERVE_TIMEOUT, group.propose(entry)).await {
+        match tokio::time::timeout(PROPOSE_SERVE_TIMEOUT, group.propose(entry.clone())).await {
             Err(_elapsed) => ProposeReply {
                 error: "unavailable: no commit in time".to_string(),
                 ..ProposeReply::default()
             },
             Ok(Ok(proposed)) => {
                 let outcome = proposed.response.outcome;
-                ProposeReply {
-                    accepted: outcome.is_accepted(),
-                    term: proposed.term,
-                    commit_index: proposed.index,
-                    error: if outcome.is_accepted() {
-                        String::new()
-                    } else {
-                        format!("{PROPOSE_REFUSED}ledger outcome {outcome:?}")
+                let signed = outcome
+                    .is_accepted()
+                    .then(|| self.sign_commit(&entry, proposed.term, proposed.index));
+                match signed {
+                    Some(Err(error)) => ProposeReply {
+                        term: proposed.term,
+                        commit_index: proposed.index,
+                        error: format!("{PROPOSE_REFUSED}{error}"),
+                        ..ProposeReply::default()
                     },
-                    leader: String::new(),
+                    Some(Ok(committed)) => ProposeReply {
+                        accepted: true,
+                        term: proposed.term,
+                        commit_index: proposed.index,
+                        commit: committed.commit.encode_to_vec(),
+                        ..ProposeReply::default()
+                    },
+                    None => ProposeReply {
+                        term: proposed.term,
+                        commit_index: proposed.index,
+                        error: format!("{PROPOSE_REFUSED}ledger outcome {outcome:?}"),
+                        ..ProposeReply::default()
+                    },
                 }
             }
             Ok(Err(RaftGroupError::ForwardToLeader { leader_id, .. })) => leader_reply(leader_id),
@@ -983,6 +1040,33 @@ impl RaftGroups {
             }
             ConsensusRequestKind::Round(_) => None,
         }
+    }
+
+    /// As the leader that appended `entry` at (`term`, `index`): its signed
+    /// `RaftCommit`. The entry's report is a signed report statement; its slot and
+    /// digest are what the commit names.
+    fn sign_commit(
+        &self,
+        entry: &LedgerEntry,
+        term: u64,
+        index: u64,
+    ) -> Result<Committed, RaftNetError> {
+        let (slot, digest) = report_of(entry)?;
+        let commit = RaftCommit {
+            slot: Some(slot),
+            report_digest: digest.to_vec(),
+            term,
+            commit_index: index,
+        };
+        Ok(Committed {
+            term,
+            commit_index: index,
+            commit: polity_consensus::sign_message(
+                &self.signing_key,
+                StatementKind::RaftCommit,
+                &commit,
+            ),
+        })
     }
 
     /// The key of the member this node believes leads `name`, if the group runs here and
@@ -1041,6 +1125,7 @@ impl RaftGroups {
         };
         self.metrics.raft_leader.remove(&labels);
         self.metrics.raft_term.remove(&labels);
+        self.metrics.raft_voters.remove(&labels);
         tracing::info!(group = %name, "raft group stopped");
     }
 
@@ -1100,6 +1185,7 @@ impl RaftGroups {
         };
         let leader_gauge = self.metrics.raft_leader.get_or_create(&labels).clone();
         let term_gauge = self.metrics.raft_term.get_or_create(&labels).clone();
+        let voters_gauge = self.metrics.raft_voters.get_or_create(&labels).clone();
         let mut receiver = group.raft().metrics();
         let own = self.node_id;
         let node_metrics = Arc::clone(&self.metrics);
@@ -1111,6 +1197,8 @@ impl RaftGroups {
                     let metrics = receiver.borrow_and_update();
                     leader_gauge.set(i64::from(metrics.current_leader == Some(own)));
                     term_gauge.set(i64::try_from(metrics.current_term).unwrap_or(i64::MAX));
+                    let voters = metrics.membership_config.membership().voter_ids().count();
+                    voters_gauge.set(i64::try_from(voters).unwrap_or(i64::MAX));
                     metrics.current_leader.is_some()
                 };
                 // Recovery learning: a group that had a leader and lost it has
@@ -1127,6 +1215,103 @@ impl RaftGroups {
                 }
             }
         })
+    }
+}
+
+/// The slot and digest of the report an entry carries (a signed report statement).
+fn report_of(entry: &LedgerEntry) -> Result<(polity_proto::Slot, [u8; 32]), RaftNetError> {
+    let statement = SignedStatement::decode(entry.report.as_slice())
+        .map_err(|error| RaftNetError::InvalidEntry(format!("report statement: {error}")))?;
+    let report = Report::decode(statement.body.as_slice())
+        .map_err(|error| RaftNetError::InvalidEntry(format!("report: {error}")))?;
+    let slot = report
+        .slot
+        .ok_or_else(|| RaftNetError::InvalidEntry("report without a slot".into()))?;
+    Ok((slot, polity_consensus::report_digest(&statement.body)))
+}
+
+/// A forwarded entry's commit, as the leader's `reply` tells it, checked against this
+/// member's own copy of the log: the signed `RaftCommit` is for this entry's report at
+/// the reply's term and index, and the signer is the member whose leadership appended
+/// the entry at that index here. Anything else is [`RaftNetError::LeaderWord`].
+async fn check_leader_word(
+    group: &RaftGroup,
+    entry: &LedgerEntry,
+    reply: &ProposeReply,
+) -> Result<Committed, RaftNetError> {
+    let refuse = |reason: String| Err(RaftNetError::LeaderWord(reason));
+    let statement = match SignedStatement::decode(reply.commit.as_slice()) {
+        Ok(statement) => statement,
+        Err(error) => return refuse(format!("undecodable commit: {error}")),
+    };
+    let (signer, commit) = match polity_consensus::statement::open::<RaftCommit>(
+        &statement,
+        StatementKind::RaftCommit,
+    ) {
+        Ok(opened) => opened,
+        Err(error) => return refuse(format!("bad commit statement: {error}")),
+    };
+    let (slot, digest) = report_of(entry)?;
+    if commit.slot.as_ref() != Some(&slot)
+        || commit.report_digest != digest
+        || commit.term != reply.term
+        || commit.commit_index != reply.commit_index
+    {
+        return refuse("the commit names another report, term or index".into());
+    }
+    let appended = group
+        .appended_by(commit.commit_index, LEADER_CHECK_WAIT)
+        .await?;
+    let Some(appended) = appended else {
+        return refuse(format!(
+            "this member has not applied index {} in time",
+            commit.commit_index
+        ));
+    };
+    if appended.term != commit.term || appended.leader != node_id(&signer) {
+        return refuse(format!(
+            "index {} was appended in term {} by raft node {}, the commit is signed by {signer} for term {}",
+            commit.commit_index, appended.term, appended.leader, commit.term
+        ));
+    }
+    let stored = group
+        .ledger()
+        .get(&entry.task_id)
+        .map_err(RaftGroupError::from)?;
+    if stored.map(|stored| stored.report).as_ref() != Some(&entry.report) {
+        return refuse("this member's ledger holds another report for the task".into());
+    }
+    Ok(Committed {
+        term: commit.term,
+        commit_index: commit.commit_index,
+        commit: statement,
+    })
+}
+
+/// How often a node brings its place groups in step with the registry
+/// ([`RaftGroups::follow`]).
+pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Runs [`RaftGroups::follow`] for `key`'s place groups every [`FOLLOW_INTERVAL`] (the
+/// first at once) until `stop` changes: the groups start with the node, and an epoch
+/// change reaches the raft groups within a second of reaching the registry.
+pub async fn follow_registry(
+    groups: Arc<RaftGroups>,
+    registry: Arc<crate::registry::RegistryState>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut every = tokio::time::interval(FOLLOW_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let places = registry.own_place_groups(&groups.key);
+        tokio::select! {
+            _ = groups.follow(&places) => {}
+            _ = stop.changed() => return,
+        }
     }
 }
 
@@ -1147,13 +1332,11 @@ fn member_of(group: &RaftGroup, id: NodeId) -> Option<RaftMember> {
         .cloned()
 }
 
-/// The raft membership of a task group's members: each key's peer id, collision-checked.
-fn raft_members(members: &[Member]) -> Result<polity_raft::Members, RaftNetError> {
-    let records = members
+/// The raft membership of these keys: each key's peer id, collision-checked.
+fn raft_members(keys: &[PublicKey]) -> Result<polity_raft::Members, RaftNetError> {
+    let records = keys
         .iter()
-        .map(|member| {
-            let key = PublicKey::from_slice(&member.public_key)
-                .map_err(|error| RaftNetError::InvalidMembers(error.to_string()))?;
+        .map(|&key| {
             let peer = polity_net::peer_id_of(key.as_bytes())
                 .map_err(|error| RaftNetError::InvalidMembers(format!("{key}: {error}")))?;
             RaftMember::new(key, peer.to_string())
@@ -1164,9 +1347,11 @@ fn raft_members(members: &[Member]) -> Result<polity_raft::Members, RaftNetError
         .map_err(|error| RaftNetError::InvalidMembers(error.to_string()))
 }
 
-/// The consensus crate's entry checks plus the node's size limit.
+/// The consensus crate's entry checks, the node's size limit, and a report the leader
+/// can sign a commit for (a signed report statement with a slot).
 fn check_entry(entry: &LedgerEntry) -> Result<(), String> {
     entry.check().map_err(|error| error.to_string())?;
+    report_of(entry).map_err(|error| error.to_string())?;
     if entry.payload_bytes() > NODE_LEDGER_ENTRY_BYTES_MAX {
         return Err(format!(
             "entry of {} bytes exceeds the node's {NODE_LEDGER_ENTRY_BYTES_MAX}",
@@ -1216,7 +1401,8 @@ mod tests {
         let (net, _events, _task) =
             polity_net::start(config, polity_net::NetMetrics::default()).unwrap();
         let db = sled::Config::new().temporary(true).open().unwrap();
-        RaftGroups::with_limit(key(seed), db, net, Arc::new(Metrics::new()), groups_max)
+        let signing_key = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
+        RaftGroups::with_limit(signing_key, db, net, Arc::new(Metrics::new()), groups_max)
     }
 
     /// Pauses every later raft start of `groups`.
@@ -1243,23 +1429,23 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_start_in_flight_stalls_no_other_group() {
         let node = groups(41, RAFT_GROUPS_MAX);
-        let members_a = [member(41), member(42), member(43)];
-        let a = RaftGroups::name_for(Level::Region, "a", &members_a);
-        node.ensure(&a, &members_a).await.unwrap();
+        let place_a = place("a", &[41, 42, 43]);
+        let a = place_a.name.clone();
+        node.ensure(&place_a).await.unwrap();
 
         // Group b's start is held at the seam (after its gate, before its raft starts).
         let pause = pause(&node);
-        let members_b = [member(41), member(44)];
-        let b = RaftGroups::name_for(Level::Region, "b", &members_b);
+        let place_b = place("b", &[41, 44]);
+        let b = place_b.name.clone();
         let start_b = tokio::spawn({
-            let (node, b, members_b) = (Arc::clone(&node), b.clone(), members_b.clone());
-            async move { node.ensure(&b, &members_b).await }
+            let (node, place_b) = (Arc::clone(&node), place_b.clone());
+            async move { node.ensure(&place_b).await }
         });
         pause.entered.acquire().await.unwrap().forget();
         // A second caller for b waits for b's gate, and then finds b running.
         let again_b = tokio::spawn({
-            let (node, b, members_b) = (Arc::clone(&node), b.clone(), members_b.clone());
-            async move { node.ensure(&b, &members_b).await }
+            let (node, place_b) = (Arc::clone(&node), place_b.clone());
+            async move { node.ensure(&place_b).await }
         });
 
         // Meanwhile group a serves: an inbound raft RPC, a lookup, ensure, the list.
@@ -1275,7 +1461,7 @@ mod tests {
         .await
         .expect("a lookup is not stalled by a start")
         .unwrap();
-        tokio::time::timeout(PROMPT, node.ensure(&a, &members_a))
+        tokio::time::timeout(PROMPT, node.ensure(&place_a))
             .await
             .expect("ensuring a running group is not stalled by a start")
             .unwrap();
@@ -1305,15 +1491,14 @@ mod tests {
     async fn concurrent_starts_never_exceed_the_bound() {
         const MAX: usize = 3;
         let node = groups(51, MAX);
-        let members = [member(51)];
-        let names: Vec<GroupName> = (0..4 * MAX)
-            .map(|i| RaftGroups::name_for(Level::Region, &format!("solo-{i}"), &members))
+        let places: Vec<PlaceGroup> = (0..4 * MAX)
+            .map(|i| place(&format!("solo-{i}"), &[51]))
             .collect();
-        let starts: Vec<_> = names
+        let starts: Vec<_> = places
             .iter()
-            .map(|name| {
-                let (node, name, members) = (Arc::clone(&node), name.clone(), members.clone());
-                tokio::spawn(async move { node.ensure(&name, &members).await })
+            .map(|place| {
+                let (node, place) = (Arc::clone(&node), place.clone());
+                tokio::spawn(async move { node.ensure(&place).await })
             })
             .collect();
         while !starts.iter().all(|start| start.is_finished()) {
@@ -1339,7 +1524,7 @@ mod tests {
         }
         node.shutdown().await;
         assert!(matches!(
-            node.ensure(&names[0], &members).await,
+            node.ensure(&places[0]).await,
             Err(RaftNetError::ShutDown)
         ));
     }
@@ -1347,14 +1532,13 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_start_that_ends_after_shutdown_stops_its_group() {
         let node = groups(61, RAFT_GROUPS_MAX);
-        let members = [member(61)];
-        let a = RaftGroups::name_for(Level::Region, "a", &members);
-        node.ensure(&a, &members).await.unwrap();
+        let place_a = place("a", &[61]);
+        node.ensure(&place_a).await.unwrap();
         let pause = pause(&node);
-        let b = RaftGroups::name_for(Level::Region, "b", &members);
+        let place_b = place("b", &[61]);
         let start_b = tokio::spawn({
-            let (node, b, members) = (Arc::clone(&node), b.clone(), members.clone());
-            async move { node.ensure(&b, &members).await }
+            let (node, place_b) = (Arc::clone(&node), place_b.clone());
+            async move { node.ensure(&place_b).await }
         });
         pause.entered.acquire().await.unwrap().forget();
 
@@ -1375,7 +1559,7 @@ mod tests {
             "shutdown waits for the start in flight"
         );
         assert!(matches!(
-            node.ensure(&a, &members).await,
+            node.ensure(&place_a).await,
             Err(RaftNetError::ShutDown)
         ));
         pause.release.add_permits(1);
@@ -1391,43 +1575,92 @@ mod tests {
         assert!(node.lock().gates.is_empty());
     }
 
-    fn member(fill: u8) -> Member {
-        let key = ed25519_dalek::SigningKey::from_bytes(&[fill; 32]).verifying_key();
-        Member {
-            public_key: key.to_bytes().to_vec(),
-            weight: 1,
+    /// A place group named `region-<label>-e0` of the keys of `seeds`, founded by them.
+    fn place(label: &str, seeds: &[u8]) -> PlaceGroup {
+        let keys: Vec<PublicKey> = seeds.iter().map(|&seed| key(seed)).collect();
+        PlaceGroup {
+            name: GroupName::new(format!("region-{label}-e0")).unwrap(),
+            founders: keys.clone(),
+            members: keys,
         }
     }
 
-    #[test]
-    fn names_are_deterministic_valid_and_cover_the_members() {
-        let members = [member(1), member(2), member(3)];
-        let reversed = [member(3), member(2), member(1)];
-        let name = RaftGroups::name_for(Level::Region, "eu-west", &members);
+    /// A ledger entry for task `[fill; 32]` whose report is signed by `seed`'s key.
+    fn report_entry(fill: u8, seed: u8) -> LedgerEntry {
+        let task = polity_consensus::TaskId([fill; 32]);
+        let report = Report {
+            slot: Some(polity_proto::Slot {
+                task_id: task.as_bytes().to_vec(),
+                level: polity_proto::Level::Region as i32,
+                group: "a".into(),
+                round: 0,
+            }),
+            value: b"v".to_vec(),
+            ..Report::default()
+        };
+        let signer = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
+        let statement = polity_consensus::sign_message(&signer, StatementKind::Report, &report);
+        LedgerEntry::new(task, statement.encode_to_vec(), None).unwrap()
+    }
+
+    /// A member takes a forwarded commit only on the word of the leader that appended
+    /// the entry in its own log: the same commit signed by another key, or naming
+    /// another index or report, is refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_the_appending_leader_s_word_is_taken() {
+        let node = groups(71, RAFT_GROUPS_MAX);
+        let place = place("a", &[71]);
+        node.ensure(&place).await.unwrap();
+        let entry = report_entry(1, 71);
+        let committed = node
+            .commit(&place.name, entry.clone(), PROMPT)
+            .await
+            .unwrap();
+        let (signer, body): (PublicKey, RaftCommit) =
+            polity_consensus::statement::open(&committed.commit, StatementKind::RaftCommit)
+                .unwrap();
+        assert_eq!(signer, key(71), "the leader signs");
         assert_eq!(
-            name,
-            RaftGroups::name_for(Level::Region, "eu-west", &reversed)
+            (body.term, body.commit_index),
+            (committed.term, committed.commit_index)
         );
-        assert!(name.as_str().starts_with("region-eu-west-"), "{name}");
-        assert_ne!(
-            name,
-            RaftGroups::name_for(Level::Region, "eu-west", &members[..2])
-        );
-        assert_ne!(
-            name,
-            RaftGroups::name_for(Level::Continent, "eu-west", &members)
-        );
-        let odd = RaftGroups::name_for(Level::Global, &"ü~/".repeat(100), &members);
-        assert!(odd.as_str().starts_with("global-___"), "{odd}");
-        assert_ne!(
-            odd,
-            RaftGroups::name_for(Level::Global, &"ü~/".repeat(99), &members)
-        );
+        let group = node.group(&place.name).unwrap();
+        let reply = |commit: &SignedStatement| ProposeReply {
+            accepted: true,
+            term: committed.term,
+            commit_index: committed.commit_index,
+            commit: commit.encode_to_vec(),
+            ..ProposeReply::default()
+        };
+        let taken = check_leader_word(&group, &entry, &reply(&committed.commit))
+            .await
+            .unwrap();
+        assert_eq!(taken.commit, committed.commit);
+
+        let impostor = ed25519_dalek::SigningKey::from_bytes(&[72; 32]);
+        let forged = polity_consensus::sign_message(&impostor, StatementKind::RaftCommit, &body);
+        let refused = check_leader_word(&group, &entry, &reply(&forged)).await;
         assert!(
-            RaftGroups::name_for(Level::Unspecified, "", &[])
-                .as_str()
-                .starts_with("unspecified-")
+            matches!(&refused, Err(RaftNetError::LeaderWord(reason)) if reason.contains("appended")),
+            "{refused:?}"
         );
+        let mut later = body.clone();
+        later.commit_index += 1;
+        let own_key = ed25519_dalek::SigningKey::from_bytes(&[71; 32]);
+        let moved = polity_consensus::sign_message(&own_key, StatementKind::RaftCommit, &later);
+        let refused = check_leader_word(&group, &entry, &reply(&moved)).await;
+        assert!(
+            matches!(refused, Err(RaftNetError::LeaderWord(_))),
+            "{refused:?}"
+        );
+        let other_report = report_entry(2, 71);
+        let refused = check_leader_word(&group, &other_report, &reply(&committed.commit)).await;
+        assert!(
+            matches!(refused, Err(RaftNetError::LeaderWord(_))),
+            "{refused:?}"
+        );
+        drop(group);
+        node.shutdown().await;
     }
 
     #[test]
@@ -1449,6 +1682,7 @@ mod tests {
         .unwrap();
         assert!(check_entry(&entry).is_err());
         let entry = LedgerEntry::new(polity_consensus::TaskId([1; 32]), vec![1; 10], None).unwrap();
-        assert!(check_entry(&entry).is_ok());
+        assert!(check_entry(&entry).is_err(), "not a signed report");
+        assert!(check_entry(&report_entry(1, 9)).is_ok());
     }
 }

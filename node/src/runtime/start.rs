@@ -392,7 +392,7 @@ async fn build_parts(
     let identity = &opened.identity;
     let net = &network.net;
     let raft = RaftGroups::new(
-        identity.public_key(),
+        identity.signing_key().clone(),
         opened.db.clone(),
         net.clone(),
         Arc::clone(metrics),
@@ -420,6 +420,11 @@ async fn build_parts(
         Arc::clone(&opened.registry),
     );
     tokio::spawn(sync_epochs(Arc::clone(&federation), stop.clone()));
+    tokio::spawn(crate::raft::follow_registry(
+        Arc::clone(&raft),
+        Arc::clone(&opened.registry),
+        stop.clone(),
+    ));
     let engine = TaskEngine::new(
         identity.clone(),
         Arc::clone(&opened.store),

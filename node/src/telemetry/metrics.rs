@@ -76,6 +76,9 @@ pub struct Metrics {
     pub raft_leader: Family<RaftGroupLabels, Gauge>,
     /// The current raft term of each running group on this node.
     pub raft_term: Family<RaftGroupLabels, Gauge>,
+    /// Voters of each running group's current membership, as this node knows it (a
+    /// place group's voters follow the registry).
+    pub raft_voters: Family<RaftGroupLabels, Gauge>,
     /// The network layer's counters (malformed frames, rejected infos, ...).
     pub net: polity_net::NetMetrics,
     /// Faults injected on purpose, by kind (see `crate::chaos`).
@@ -133,6 +136,7 @@ impl Metrics {
         let RaftMetrics {
             raft_leader,
             raft_term,
+            raft_voters,
         } = RaftMetrics::register(&mut registry);
         let net = polity_net::NetMetrics::default();
         net.register(&mut registry);
@@ -179,6 +183,7 @@ impl Metrics {
             peer_messages_dropped,
             raft_leader,
             raft_term,
+            raft_voters,
         }
     }
 
@@ -363,6 +368,7 @@ impl RoundMetrics {
 struct RaftMetrics {
     raft_leader: Family<RaftGroupLabels, Gauge>,
     raft_term: Family<RaftGroupLabels, Gauge>,
+    raft_voters: Family<RaftGroupLabels, Gauge>,
 }
 
 impl RaftMetrics {
@@ -378,6 +384,12 @@ impl RaftMetrics {
                 registry,
                 "federation_raft_term",
                 "The current raft term of the group on this node",
+                Family::default(),
+            ),
+            raft_voters: registered(
+                registry,
+                "federation_raft_voters",
+                "Voters in the raft group's current membership, as this node knows it",
                 Family::default(),
             ),
         }

@@ -1,4 +1,6 @@
 //! Helpers shared by the process tests.
+// Each test crate uses a part of these helpers.
+#![allow(dead_code)]
 
 use std::path::Path;
 use std::time::Duration;
@@ -68,4 +70,30 @@ pub async fn start_region(
         "{} nodes did not all see each other as compatible within a minute",
         nodes.len()
     );
+}
+
+/// The sum of the values of the `/metrics` lines of `node` that start with
+/// `line_prefix`.
+pub async fn metric(node: &NodeProcess, line_prefix: &str) -> f64 {
+    let text = reqwest_text(&format!("{}/metrics", node.endpoints.http)).await;
+    text.lines()
+        .filter(|line| line.starts_with(line_prefix))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A plain HTTP GET over a TCP socket (the node's /metrics), without an HTTP client
+/// dependency.
+pub async fn reqwest_text(url: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    stream
+        .write_all(format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.unwrap();
+    body
 }
