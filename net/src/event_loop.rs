@@ -496,10 +496,12 @@ impl EventLoop {
                     },
                 ..
             } => {
-                if let Some((peer, reply, _)) =
+                if let Some((peer, reply, guarded)) =
                     self.pending_requests.remove(&(protocol, request_id))
                 {
-                    self.breakers.entry(peer).or_default().record_success();
+                    if guarded {
+                        self.breakers.entry(peer).or_default().record_success();
+                    }
                     let _ = reply.send(Ok(response.0));
                 }
             }

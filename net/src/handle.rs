@@ -23,8 +23,7 @@ pub(crate) enum Command {
         peer: PeerId,
         protocol: AppProtocol,
         bytes: Vec<u8>,
-        /// Whether the peer's circuit breaker gates the request and counts its failure
-        /// (a success always closes the breaker: the peer answered).
+        /// Whether the peer's circuit breaker gates the request and counts its outcome.
         guarded: bool,
         reply: oneshot::Sender<Result<Vec<u8>, NetError>>,
     },
@@ -104,8 +103,9 @@ impl NetHandle {
     }
 
     /// [`Self::request`] outside the peer's circuit breaker: sent even while it is
-    /// open, and a failure neither counts against the peer nor is reported as
-    /// [`crate::NetEvent::RequestFailed`] (a success still closes the breaker). For
+    /// open, and its outcome neither counts for or against the peer nor is reported as
+    /// [`crate::NetEvent::RequestFailed`] (a peer that answers raft but drops task
+    /// traffic must still trip its breaker). For
     /// traffic with its own retry and backoff that keeps probing peers which may be
     /// down, such as raft heartbeats: counted, it would keep a recovered peer's breaker
     /// open long after it is back.

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
-use polity_consensus::{PublicKey, TaskId};
+use polity_consensus::PublicKey;
 use polity_net::{AppProtocol, LocalInfo, Multiaddr, NetConfig, NetEvent, NetHandle, NetMetrics};
-use polity_node::raft::{PROPOSE_REFUSED, PlaceGroup, RaftGroups, RaftNetError};
+use polity_node::raft::{PROPOSE_REFUSED, PlaceGroup, RaftGroups, RaftNetError, ledger_key};
 use polity_node::telemetry::metrics::{Metrics, RaftGroupLabels};
 use polity_proto::{
     ConsensusRequest, Level, RaftCommit, RaftEnvelope, RaftPropose, Report, Slot, StatementKind,
@@ -41,30 +41,33 @@ fn public_key(seed: u8) -> PublicKey {
 fn place(label: &str, founders: &[u8], members: &[u8]) -> PlaceGroup {
     PlaceGroup {
         name: GroupName::new(format!("region-{label}-e0")).unwrap(),
+        level: Level::Region,
+        place: label.to_string(),
         founders: founders.iter().map(|&seed| public_key(seed)).collect(),
         members: members.iter().map(|&seed| public_key(seed)).collect(),
     }
 }
 
-/// A ledger entry for task `[fill; 32]` carrying a signed report of `value`.
-fn report_entry(fill: u8, value: &[u8]) -> LedgerEntry {
-    let task = TaskId([fill; 32]);
+/// A ledger entry for task `[fill; 32]`'s group in region `place`, carrying a report
+/// of `value` signed by member `signer`, under its slot's ledger key.
+fn report_entry(place: &str, signer: u8, fill: u8, value: &[u8]) -> LedgerEntry {
+    let slot = Slot {
+        task_id: vec![fill; 32],
+        level: Level::Region as i32,
+        group: place.into(),
+        round: 0,
+    };
     let report = Report {
-        slot: Some(Slot {
-            task_id: task.as_bytes().to_vec(),
-            level: Level::Region as i32,
-            group: "eu-west".into(),
-            round: 0,
-        }),
+        slot: Some(slot.clone()),
         value: value.to_vec(),
         ..Report::default()
     };
     let statement = polity_consensus::sign_message(
-        &SigningKey::from_bytes(&[1; 32]),
+        &SigningKey::from_bytes(&[signer; 32]),
         StatementKind::Report,
         &report,
     );
-    LedgerEntry::new(task, statement.encode_to_vec(), None).unwrap()
+    LedgerEntry::new(ledger_key(&slot), statement.encode_to_vec(), None).unwrap()
 }
 
 /// The voters of `name` in `node`'s metrics.
@@ -239,7 +242,7 @@ async fn three_nodes_commit_an_entry_forwarded_by_a_follower() {
     );
 
     // A follower commits: its proposal is forwarded to the leader.
-    let entry = report_entry(9, b"nine");
+    let entry = report_entry("eu-west", 11, 9, b"nine");
     let committed = followers[0]
         .groups
         .commit(&name, entry.clone(), WAIT)
@@ -276,7 +279,7 @@ async fn three_nodes_commit_an_entry_forwarded_by_a_follower() {
         .expect("a certificate attaches");
 
     // Another report for the same task conflicts, and the stored entry comes back.
-    let other = report_entry(9, b"another");
+    let other = report_entry("eu-west", 12, 9, b"another");
     match followers[0].groups.commit(&name, other, WAIT).await {
         Err(RaftNetError::Conflict { stored, .. }) => {
             assert_eq!(stored.as_deref(), Some(&certified));
@@ -335,7 +338,7 @@ async fn three_nodes_commit_an_entry_forwarded_by_a_follower() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     wait_for_entry(&d, &name, &certified).await;
-    let tenth = report_entry(10, b"ten");
+    let tenth = report_entry("eu-west", 14, 10, b"ten");
     d.groups
         .commit(&name, tenth.clone(), WAIT)
         .await
@@ -432,7 +435,7 @@ async fn raft_traffic_from_outside_the_group_is_refused() {
     assert_eq!(refused(reply), None, "a member's vote is served");
 
     // A stranger's proposal is refused for good.
-    let entry = report_entry(1, b"r");
+    let entry = report_entry("eu-west", 22, 1, b"r");
     let reply = node
         .groups
         .handle_propose(
@@ -479,7 +482,7 @@ async fn the_least_recently_used_idle_group_is_evicted_and_restarts_from_sled() 
         .collect();
     let names: Vec<GroupName> = places.iter().map(|place| place.name.clone()).collect();
     node.groups.ensure(&places[0]).await.unwrap();
-    let entry = report_entry(3, b"solo");
+    let entry = report_entry("solo-0", 31, 3, b"solo");
     node.groups
         .commit(&names[0], entry.clone(), WAIT)
         .await

@@ -28,6 +28,9 @@ pub const ELECTION_TIMEOUT_MS_MAX: u64 = 1_000;
 pub const SNAPSHOT_CHUNK_TIMEOUT_MS: u64 = 5_000;
 /// A snapshot is built once this many entries were applied since the last one.
 pub const SNAPSHOT_LOGS_SINCE_LAST: u64 = 1_024;
+/// A learner within this many entries of the leader's log counts as caught up: it may
+/// become a voter ([`RaftGroup::reconfigure`]).
+pub const LEARNER_LAG_MAX: u64 = 64;
 /// Entries kept in the log behind a snapshot, so slow followers catch up from the log.
 pub const LOGS_KEPT_AFTER_SNAPSHOT: u64 = 256;
 
@@ -108,17 +111,6 @@ pub struct Proposed {
 pub struct AppendedBy {
     pub term: u64,
     pub leader: NodeId,
-}
-
-/// Whether the group's current configuration is a joint one (a change half done).
-fn membership_is_joint(raft: &Raft<TypeConfig>) -> bool {
-    raft.metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .get_joint_config()
-        .len()
-        > 1
 }
 
 /// One raft group this node is a member of. The node owns it (one owner per raft
@@ -225,41 +217,85 @@ impl RaftGroup {
         }))
     }
 
-    /// On the leader: makes the group's voters exactly `members` (adds the missing ones as
-    /// learners first, then replaces the voter set through a joint configuration; voters
-    /// not in `members` are removed). Returns whether anything changed. Elsewhere this is
-    /// [`RaftGroupError::ForwardToLeader`].
+    /// On the leader: moves the group's voters towards `members`. Members not yet in
+    /// the group are added as learners first, and become voters only once they have
+    /// caught up (within [`LEARNER_LAG_MAX`] entries of the leader's log), so a member
+    /// that never runs the group cannot stall a joint configuration; voters not in
+    /// `members` are removed (the leader's own removal included: it steps down once the
+    /// change commits), then nodes not in `members` are dropped from the membership.
+    /// Returns whether it changed anything. Call it again later for learners still
+    /// catching up. Elsewhere this is [`RaftGroupError::ForwardToLeader`].
     pub async fn reconfigure(&self, members: &Members) -> Result<bool, RaftGroupError> {
         let wanted: BTreeSet<NodeId> = members.as_map().keys().copied().collect();
-        let (voters, known): (BTreeSet<NodeId>, BTreeSet<NodeId>) = {
+        let (voters, known, caught_up, joint) = {
             let metrics = self.raft.metrics();
             let metrics = metrics.borrow();
             let membership = metrics.membership_config.membership();
+            let last = metrics.last_log_index.unwrap_or(0);
+            let caught_up: BTreeSet<NodeId> = metrics
+                .replication
+                .iter()
+                .flatten()
+                .filter(|(_, matched)| {
+                    matched.is_some_and(|log_id| log_id.index + LEARNER_LAG_MAX >= last)
+                })
+                .map(|(id, _)| *id)
+                .collect();
             (
-                membership.voter_ids().collect(),
-                membership.nodes().map(|(id, _)| *id).collect(),
+                membership.voter_ids().collect::<BTreeSet<NodeId>>(),
+                membership
+                    .nodes()
+                    .map(|(id, _)| *id)
+                    .collect::<BTreeSet<NodeId>>(),
+                caught_up,
+                membership.get_joint_config().len() > 1,
             )
         };
-        if voters == wanted && !membership_is_joint(&self.raft) {
-            return Ok(false);
-        }
         let missing: BTreeMap<NodeId, RaftMember> = members
             .as_map()
             .iter()
             .filter(|(id, _)| !known.contains(id))
             .map(|(id, member)| (*id, member.clone()))
             .collect();
+        let mut changed = false;
         if !missing.is_empty() {
-            self.raft
-                .change_membership(ChangeMembers::AddNodes(missing), true)
-                .await
-                .map_err(RaftGroupError::from)?;
+            self.change(ChangeMembers::AddNodes(missing)).await?;
+            changed = true;
         }
+        // The next voters: the wanted ones that vote already or have caught up.
+        let next: BTreeSet<NodeId> = wanted
+            .iter()
+            .filter(|id| voters.contains(id) || caught_up.contains(id))
+            .copied()
+            .collect();
+        if !next.is_empty() && (next != voters || joint) {
+            self.change(ChangeMembers::ReplaceAllVoters(next.clone()))
+                .await?;
+            changed = true;
+        }
+        // Learners no longer wanted (a voter removed above is already gone: retain is
+        // off).
+        let stale: BTreeSet<NodeId> = known
+            .iter()
+            .filter(|id| !wanted.contains(id) && !voters.contains(id))
+            .copied()
+            .collect();
+        if !stale.is_empty() && !next.is_empty() {
+            self.change(ChangeMembers::RemoveNodes(stale)).await?;
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    async fn change(
+        &self,
+        change: ChangeMembers<NodeId, RaftMember>,
+    ) -> Result<(), RaftGroupError> {
         self.raft
-            .change_membership(ChangeMembers::ReplaceAllVoters(wanted), false)
+            .change_membership(change, false)
             .await
-            .map_err(RaftGroupError::from)?;
-        Ok(true)
+            .map(|_| ())
+            .map_err(RaftGroupError::from)
     }
 
     /// The local ledger (what this member has applied; may lag the group).

@@ -320,7 +320,14 @@ impl RoundDriver {
         let Some(place) = self.raft_group.clone() else {
             return;
         };
-        let entry = match LedgerEntry::new(self.key.task, report.encode_to_vec(), None) {
+        let Some(slot) = polity_proto::Report::decode(report.body.as_slice())
+            .ok()
+            .and_then(|report| report.slot)
+        else {
+            return;
+        };
+        let key = crate::raft::ledger_key(&slot);
+        let entry = match LedgerEntry::new(key, report.encode_to_vec(), None) {
             Ok(entry) => entry,
             Err(error) => {
                 tracing::warn!(%error, "report does not fit the ledger");

@@ -164,8 +164,13 @@ const MESSAGE_OVERHEAD_BYTES: usize = 64 << 10;
 /// group, invalid entry, or the ledger refused the committed entry).
 pub const PROPOSE_REFUSED: &str = "refused: ";
 /// How long a member that forwarded an entry waits to apply it itself before it checks
-/// the leader's word against its own log.
+/// the leader's word against its own log (and retries the commit when it has not).
 const LEADER_CHECK_WAIT: Duration = Duration::from_secs(2);
+/// How [`RaftNetError::LeaderWord`] starts when this member has not applied the entry
+/// yet (retryable).
+const NOT_APPLIED: &str = "this member has not applied";
+/// Domain separation of [`ledger_key`].
+const LEDGER_KEY_DOMAIN: &[u8] = b"polity/raft-ledger-key/1";
 
 // One entry as JSON (hex doubles its bytes) fits a frame, as an append or a proposal.
 const _: () = assert!(2 * NODE_LEDGER_ENTRY_BYTES_MAX + MESSAGE_OVERHEAD_BYTES <= FRAME_BYTES_MAX);
@@ -237,6 +242,9 @@ pub struct Committed {
 /// One running group.
 struct Running {
     group: Arc<RaftGroup>,
+    /// The place the group stands for: only its reports are committed through it.
+    level: polity_proto::Level,
+    place: String,
     /// The founders and current members `ensure` was last given, by node id; used to
     /// check senders until the raft knows its membership.
     members: HashMap<NodeId, RaftMember>,
@@ -512,7 +520,7 @@ impl RaftGroups {
             drop(evicted.gate);
         }
         let (group, initialized) = self.start_group(name, founders).await?;
-        self.insert(name, group, known, &mut gate).await?;
+        self.insert(place, group, known, &mut gate).await?;
         tracing::info!(group = %name, initialized, "raft group started");
         Ok(())
     }
@@ -540,47 +548,67 @@ impl RaftGroups {
         let mut changed = 0;
         for place in places {
             let running = self.lock().running.contains_key(&place.name);
-            let reachable = place
-                .members
-                .iter()
-                .filter(|key| {
-                    **key == self.key
-                        || polity_net::peer_id_of(key.as_bytes())
-                            .is_ok_and(|peer| connected.contains(&peer))
-                })
-                .count();
-            if !running && reachable * 2 <= place.members.len() {
-                continue;
-            }
-            if let Err(error) = self.ensure(place).await {
-                tracing::warn!(group = %place.name, %error, "could not start a place's raft group");
-                continue;
-            }
-            let Ok(group) = self.group(&place.name) else {
-                continue;
-            };
-            if group.current_leader() != Some(self.node_id) {
-                continue;
-            }
-            let members = match raft_members(&place.members) {
-                Ok(members) => members,
-                Err(error) => {
-                    tracing::warn!(group = %place.name, %error, "place members make no raft membership");
+            if !running {
+                let reachable = place
+                    .members
+                    .iter()
+                    .filter(|key| {
+                        **key == self.key
+                            || polity_net::peer_id_of(key.as_bytes())
+                                .is_ok_and(|peer| connected.contains(&peer))
+                    })
+                    .count();
+                if reachable * 2 <= place.members.len() {
                     continue;
                 }
-            };
-            match group.reconfigure(&members).await {
-                Ok(true) => {
-                    changed += 1;
-                    tracing::info!(group = %place.name, voters = place.members.len(), "raft group follows the registry");
+                if let Err(error) = self.ensure(place).await {
+                    tracing::warn!(group = %place.name, %error, "could not start a place's raft group");
+                    continue;
                 }
-                Ok(false) => {}
-                Err(error) => {
-                    tracing::info!(group = %place.name, %error, "raft membership change not done yet");
-                }
+            }
+            if self.reconfigure_if_leading(place).await {
+                changed += 1;
             }
         }
         changed
+    }
+
+    /// Where this node leads `place`'s group, moves its voters to the place's members
+    /// (this node's own removal included: a leader that left the place hands over).
+    async fn reconfigure_if_leading(&self, place: &PlaceGroup) -> bool {
+        let Ok(group) = self.group(&place.name) else {
+            return false;
+        };
+        if group.current_leader() != Some(self.node_id) {
+            return false;
+        }
+        let members = match raft_members(&place.members) {
+            Ok(members) => members,
+            Err(error) => {
+                tracing::warn!(group = %place.name, %error, "place members make no raft membership");
+                return false;
+            }
+        };
+        match group.reconfigure(&members).await {
+            Ok(true) => {
+                tracing::info!(group = %place.name, voters = place.members.len(), "raft group follows the registry");
+                true
+            }
+            Ok(false) => false,
+            Err(error) => {
+                tracing::info!(group = %place.name, %error, "raft membership change not done yet");
+                false
+            }
+        }
+    }
+
+    /// The places of the groups running here.
+    pub fn running_places(&self) -> Vec<(polity_proto::Level, String)> {
+        self.lock()
+            .running
+            .values()
+            .map(|running| (running.level, running.place.clone()))
+            .collect()
     }
 
     /// Under `name`'s gate (`gate`): re-checks that the group does not run, then reserves
@@ -671,11 +699,12 @@ impl RaftGroups {
     /// reserved; after [`Self::shutdown`], stops it instead.
     async fn insert(
         &self,
-        name: &GroupName,
+        place: &PlaceGroup,
         group: RaftGroup,
         members: HashMap<NodeId, RaftMember>,
         gate: &mut Gate<'_>,
     ) -> Result<(), RaftNetError> {
+        let name = &place.name;
         let refused = {
             let mut inner = self.lock();
             if inner.shut_down {
@@ -685,6 +714,8 @@ impl RaftGroups {
                 let running = Running {
                     watcher: self.watch_metrics(name, &group),
                     group: Arc::new(group),
+                    level: place.level,
+                    place: place.place.clone(),
                     members,
                     last_used: inner.clock,
                 };
@@ -757,7 +788,8 @@ impl RaftGroups {
         entry: LedgerEntry,
         timeout: Duration,
     ) -> Result<Committed, RaftNetError> {
-        check_entry(&entry).map_err(RaftNetError::InvalidEntry)?;
+        self.check_entry_here(name, &entry)
+            .map_err(RaftNetError::InvalidEntry)?;
         let mut attempts = 0;
         let mut last = String::from("timed out before the first attempt");
         let attempt_loop = async {
@@ -862,7 +894,12 @@ impl RaftGroups {
             Err(error) => return Attempt::Retry(format!("undecodable propose reply: {error}")),
         };
         if reply.accepted {
-            return Attempt::Done(check_leader_word(group, entry, &reply).await);
+            return match check_leader_word(group, entry, &reply).await {
+                Err(RaftNetError::LeaderWord(reason)) if reason.starts_with(NOT_APPLIED) => {
+                    Attempt::Retry(reason)
+                }
+                result => Attempt::Done(result),
+            };
         }
         if reply.commit_index > 0 {
             // Committed but not accepted: the ledger kept another report, or refused.
@@ -963,7 +1000,7 @@ impl RaftGroups {
             Ok(entry) => entry,
             Err(error) => return refused(format!("undecodable ledger entry: {error}")),
         };
-        if let Err(reason) = check_entry(&entry) {
+        if let Err(reason) = self.check_entry_here(&name, &entry) {
             return refused(reason);
         }
         let leader_reply = |leader: Option<NodeId>| ProposeReply {
@@ -1040,6 +1077,31 @@ impl RaftGroups {
             }
             ConsensusRequestKind::Round(_) => None,
         }
+    }
+
+    /// [`check_entry_for`] against group `name` as it runs here: its place, its
+    /// members (the raft's membership, or the ones `ensure` was given).
+    fn check_entry_here(&self, name: &GroupName, entry: &LedgerEntry) -> Result<(), String> {
+        let (group, level, place, known) = {
+            let inner = self.lock();
+            let running = inner
+                .running
+                .get(name)
+                .ok_or_else(|| format!("raft group {name} does not run here"))?;
+            (
+                Arc::clone(&running.group),
+                running.level,
+                running.place.clone(),
+                running.members.clone(),
+            )
+        };
+        check_entry_for(entry, level, &place, |key| {
+            let id = node_id(key);
+            member_of(&group, id).is_some_and(|member| member.public_key == *key)
+                || known
+                    .get(&id)
+                    .is_some_and(|member| member.public_key == *key)
+        })
     }
 
     /// As the leader that appended `entry` at (`term`, `index`): its signed
@@ -1263,12 +1325,10 @@ async fn check_leader_word(
         .appended_by(commit.commit_index, LEADER_CHECK_WAIT)
         .await?;
     let Some(appended) = appended else {
-        return refuse(format!(
-            "this member has not applied index {} in time",
-            commit.commit_index
-        ));
+        return refuse(format!("{NOT_APPLIED} index {}", commit.commit_index));
     };
-    if appended.term != commit.term || appended.leader != node_id(&signer) {
+    let appender = member_of(group, appended.leader).map(|member| member.public_key);
+    if appended.term != commit.term || appender != Some(signer) {
         return refuse(format!(
             "index {} was appended in term {} by raft node {}, the commit is signed by {signer} for term {}",
             commit.commit_index, appended.term, appended.leader, commit.term
@@ -1307,7 +1367,16 @@ pub async fn follow_registry(
             _ = every.tick() => {}
             _ = stop.changed() => return,
         }
-        let places = registry.own_place_groups(&groups.key);
+        // This node's places, and the places of groups it still runs but may have
+        // left (as their leader it hands over by moving the voters without itself).
+        let mut places = registry.own_place_groups(&groups.key);
+        for (level, place) in groups.running_places() {
+            if let Some(group) = registry.place_group(level, &place)
+                && !places.iter().any(|known| known.name == group.name)
+            {
+                places.push(group);
+            }
+        }
         tokio::select! {
             _ = groups.follow(&places) => {}
             _ = stop.changed() => return,
@@ -1345,6 +1414,57 @@ fn raft_members(keys: &[PublicKey]) -> Result<polity_raft::Members, RaftNetError
         .collect::<Result<Vec<_>, _>>()?;
     polity_raft::Members::new(records)
         .map_err(|error| RaftNetError::InvalidMembers(error.to_string()))
+}
+
+/// The key a report is kept under in its place's ledger: one per task group (task,
+/// level and group name, the attempt included), so each attempt of a place commits
+/// once and the first report committed for it wins.
+pub fn ledger_key(slot: &polity_proto::Slot) -> polity_consensus::TaskId {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(LEDGER_KEY_DOMAIN);
+    hasher.update(&slot.task_id);
+    hasher.update(slot.level.to_be_bytes());
+    hasher.update((slot.group.len() as u64).to_be_bytes());
+    hasher.update(slot.group.as_bytes());
+    polity_consensus::TaskId(hasher.finalize().into())
+}
+
+/// What a group commits, checked where the entry enters it (the proposer, and the
+/// leader for a forwarded one): [`check_entry`], and a report signed by a member of
+/// the group, for a slot of the group's place at its level, kept under that slot's
+/// [`ledger_key`]. So a member cannot get the leader's signed word for a report of
+/// another place, a forged report, or a report filed under another key.
+fn check_entry_for(
+    entry: &LedgerEntry,
+    level: polity_proto::Level,
+    place: &str,
+    is_member: impl Fn(&PublicKey) -> bool,
+) -> Result<(), String> {
+    check_entry(entry)?;
+    let statement = SignedStatement::decode(entry.report.as_slice())
+        .map_err(|error| format!("report statement: {error}"))?;
+    let (signer, report) =
+        polity_consensus::statement::open::<Report>(&statement, StatementKind::Report)
+            .map_err(|error| format!("report: {error}"))?;
+    let slot = report.slot.ok_or("report without a slot")?;
+    let slot_place =
+        polity_consensus::binding::place_of(&slot.group).map_err(|error| error.to_string())?;
+    if slot.level != level as i32 || slot_place != place {
+        return Err(format!(
+            "a report for {:?} at level {} is not for this group's place {place:?}",
+            slot.group, slot.level
+        ));
+    }
+    if entry.task_id != ledger_key(&slot) {
+        return Err("the entry's key is not its report's slot".into());
+    }
+    if !is_member(&signer) {
+        return Err(format!(
+            "the report is signed by {signer}, not a member of the group"
+        ));
+    }
+    Ok(())
 }
 
 /// The consensus crate's entry checks, the node's size limit, and a report the leader
@@ -1580,27 +1700,56 @@ mod tests {
         let keys: Vec<PublicKey> = seeds.iter().map(|&seed| key(seed)).collect();
         PlaceGroup {
             name: GroupName::new(format!("region-{label}-e0")).unwrap(),
+            level: polity_proto::Level::Region,
+            place: label.to_string(),
             founders: keys.clone(),
             members: keys,
         }
     }
 
-    /// A ledger entry for task `[fill; 32]` whose report is signed by `seed`'s key.
+    /// A ledger entry for task `[fill; 32]`'s region group "a" whose report is signed
+    /// by `seed`'s key, under its slot's ledger key.
     fn report_entry(fill: u8, seed: u8) -> LedgerEntry {
-        let task = polity_consensus::TaskId([fill; 32]);
+        let slot = polity_proto::Slot {
+            task_id: vec![fill; 32],
+            level: polity_proto::Level::Region as i32,
+            group: "a".into(),
+            round: 0,
+        };
         let report = Report {
-            slot: Some(polity_proto::Slot {
-                task_id: task.as_bytes().to_vec(),
-                level: polity_proto::Level::Region as i32,
-                group: "a".into(),
-                round: 0,
-            }),
+            slot: Some(slot.clone()),
             value: b"v".to_vec(),
             ..Report::default()
         };
         let signer = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
         let statement = polity_consensus::sign_message(&signer, StatementKind::Report, &report);
-        LedgerEntry::new(task, statement.encode_to_vec(), None).unwrap()
+        LedgerEntry::new(ledger_key(&slot), statement.encode_to_vec(), None).unwrap()
+    }
+
+    /// The leader signs its word only for a report of its place, signed by a member,
+    /// under the report's own ledger key.
+    #[test]
+    fn entries_are_checked_against_the_group_s_place() {
+        let member = |key: &PublicKey| *key == self::key(9);
+        let good = report_entry(1, 9);
+        check_entry_for(&good, polity_proto::Level::Region, "a", member).unwrap();
+        let other_place = check_entry_for(&good, polity_proto::Level::Region, "b", member);
+        assert!(other_place.unwrap_err().contains("place"));
+        let other_level = check_entry_for(&good, polity_proto::Level::Continent, "a", member);
+        assert!(other_level.is_err());
+        let stranger = report_entry(1, 8);
+        let refused = check_entry_for(&stranger, polity_proto::Level::Region, "a", member);
+        assert!(refused.unwrap_err().contains("not a member"));
+        let mut rekeyed = good.clone();
+        rekeyed.task_id = polity_consensus::TaskId([1; 32]);
+        let refused = check_entry_for(&rekeyed, polity_proto::Level::Region, "a", member);
+        assert!(refused.unwrap_err().contains("key"));
+        let mut forged = good;
+        let mut statement = SignedStatement::decode(forged.report.as_slice()).unwrap();
+        statement.signature[0] ^= 1;
+        forged.report = statement.encode_to_vec();
+        let refused = check_entry_for(&forged, polity_proto::Level::Region, "a", member);
+        assert!(refused.unwrap_err().contains("report"));
     }
 
     /// A member takes a forwarded commit only on the word of the leader that appended

@@ -20,6 +20,10 @@ use polity_raft::GroupName;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlaceGroup {
     pub name: GroupName,
+    /// The place: a region at [`Level::Region`], a continent at [`Level::Continent`],
+    /// `global` at [`Level::Global`].
+    pub level: Level,
+    pub place: String,
     /// The founding epoch's members of the place: the group's first membership.
     pub founders: Vec<PublicKey>,
     /// The current epoch's members of the place: the voters the group moves to.
@@ -64,6 +68,8 @@ pub fn place_group(anchor: &Anchor, level: Level, place: &str) -> Option<PlaceGr
     let name = GroupName::new(format!("{level_word}-{place}-e{}", founding.number())).ok()?;
     Some(PlaceGroup {
         name,
+        level,
+        place: place.to_string(),
         founders: keys(founding),
         members,
     })

@@ -4,7 +4,7 @@
 //! frame limit; the group logic above it only sees [`RaftTransport`].
 
 use polity_net::codec::FRAME_BYTES_MAX;
-use polity_net::{AppProtocol, NetError, NetHandle};
+use polity_net::{AppProtocol, NetHandle};
 use polity_proto::consensus_request::Request as ConsensusRequestKind;
 use polity_proto::{ConsensusRequest, RaftEnvelope};
 use polity_raft::{
@@ -61,10 +61,9 @@ impl Libp2pTransport {
             .net
             .request_unguarded(peer, AppProtocol::Consensus, bytes)
             .await
-            .map_err(|error| match error {
-                NetError::Request { .. } => TransportError::Network(error.to_string()),
-                other => TransportError::Unreachable(other.to_string()),
-            })?;
+            // Every failure to get a reply counts as unreachable, so openraft backs off
+            // (500 ms) instead of redialing a dead member at every heartbeat.
+            .map_err(|error| TransportError::Unreachable(error.to_string()))?;
         serde_json::from_slice(&reply)
             .map_err(|error| TransportError::Network(format!("undecodable raft reply: {error}")))
     }
