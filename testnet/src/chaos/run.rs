@@ -73,6 +73,9 @@ const SAMPLES_MAX: usize = 5;
 /// How long a client pauses after an error, so a dead or refusing node is not
 /// hammered.
 const ERROR_PAUSE: Duration = Duration::from_millis(50);
+/// The window after a heal the report counts on its own: does the cluster recover
+/// at once?
+const HEAL_WINDOW_MS: u64 = 5_000;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
@@ -316,10 +319,16 @@ pub struct Tally {
     pub degraded: u64,
     pub failed: u64,
     pub errors: u64,
+    /// Errors by kind: the gRPC code (`FailedPrecondition`, `Unavailable`, `Unknown`
+    /// for a transport error…) or "no reply" when the client gave up.
+    pub errors_by_kind: BTreeMap<String, u64>,
+    /// The longest a client waited for an error (a refusal at once is fast; a
+    /// client held to its deadline is not).
+    pub error_ms_max: u64,
 }
 
 impl Tally {
-    fn add(&mut self, outcome: &Result<Finished, String>) {
+    fn add(&mut self, outcome: &Result<Finished, String>, latency_ms: u64) {
         self.submitted += 1;
         match outcome {
             Ok(finished) => match finished.state {
@@ -327,8 +336,19 @@ impl Tally {
                 TaskState::Degraded => self.degraded += 1,
                 _ => self.failed += 1,
             },
-            Err(_) => self.errors += 1,
+            Err(error) => {
+                self.errors += 1;
+                *self.errors_by_kind.entry(error_kind(error)).or_default() += 1;
+                self.error_ms_max = self.error_ms_max.max(latency_ms);
+            }
         }
+    }
+
+    fn add_log(&mut self, log: &TaskLog) {
+        self.add(
+            &log.outcome,
+            log.finished_ms.saturating_sub(log.submitted_ms),
+        );
     }
 
     /// Tasks that got a certificate.
@@ -338,11 +358,30 @@ impl Tally {
 
     /// The counts as one line of the report's table.
     fn line(&self) -> String {
-        format!(
+        let mut line = format!(
             "submitted {:>5}  decided {:>5}  degraded {:>4}  failed {:>4}  errors {:>4}",
             self.submitted, self.decided, self.degraded, self.failed, self.errors
-        )
+        );
+        if self.errors > 0 {
+            let kinds: Vec<String> = self
+                .errors_by_kind
+                .iter()
+                .map(|(kind, n)| format!("{kind} {n}"))
+                .collect();
+            line += &format!(" ({}; slowest {} ms)", kinds.join(", "), self.error_ms_max);
+        }
+        line
     }
+}
+
+/// An error's kind for the report: the gRPC code before the first ':' of
+/// `"Code: message"`, or "no reply" when the client gave up waiting.
+fn error_kind(error: &str) -> String {
+    if error.starts_with("no reply") {
+        return "no reply".into();
+    }
+    let kind = error.split(':').next().unwrap_or(error);
+    kind.chars().take(40).collect()
 }
 
 impl PartitionReport {
@@ -359,6 +398,15 @@ impl PartitionReport {
         out += &format!("  majority side  {}\n", self.majority_entered.line());
         out += &format!("  minority, healed {}\n", self.minority_after_heal.line());
         out += &format!("  majority, healed {}\n", self.majority_after_heal.line());
+        out += &format!(
+            "  first {} s after the heal {}\n",
+            HEAL_WINDOW_MS / 1_000,
+            self.first_after_heal.line()
+        );
+        out += &format!(
+            "  first decided after the heal: minority {:?} ms, majority {:?} ms\n",
+            self.minority_first_decided_after_heal_ms, self.majority_first_decided_after_heal_ms
+        );
         out += &format!(
             "  certificates with members on both sides: {}\n",
             self.mixed_certificates
@@ -379,6 +427,12 @@ pub struct PartitionReport {
     /// Tasks entered on each side after the heal.
     pub minority_after_heal: Tally,
     pub majority_after_heal: Tally,
+    /// Tasks submitted within [`HEAL_WINDOW_MS`] of the heal, both sides.
+    pub first_after_heal: Tally,
+    /// When the first task entered on each side after the heal was decided (ms
+    /// after every block was cleared).
+    pub minority_first_decided_after_heal_ms: Option<u64>,
+    pub majority_first_decided_after_heal_ms: Option<u64>,
     /// Certificates of the partition phase whose decided groups had members on
     /// both sides (must be 0).
     pub mixed_certificates: u64,
@@ -1558,8 +1612,8 @@ impl LogSummary {
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default();
-        self.phases.entry(name).or_default().add(&log.outcome);
-        self.total.add(&log.outcome);
+        self.phases.entry(name).or_default().add_log(log);
+        self.total.add_log(log);
         let sample = match &log.outcome {
             Ok(finished) => {
                 if finished.certificate.is_some() {
@@ -1619,11 +1673,26 @@ impl<'a> Sides<'a> {
     fn add(&mut self, log: &TaskLog, phase: Phase) {
         let report = &mut self.report;
         match (phase, self.minority.contains(&log.entry)) {
-            (Phase::Partition, true) => report.minority_entered.add(&log.outcome),
-            (Phase::Partition, false) => report.majority_entered.add(&log.outcome),
-            (Phase::Healed, true) => report.minority_after_heal.add(&log.outcome),
-            (Phase::Healed, false) => report.majority_after_heal.add(&log.outcome),
+            (Phase::Partition, true) => report.minority_entered.add_log(log),
+            (Phase::Partition, false) => report.majority_entered.add_log(log),
+            (Phase::Healed, true) => report.minority_after_heal.add_log(log),
+            (Phase::Healed, false) => report.majority_after_heal.add_log(log),
             _ => {}
+        }
+        if phase == Phase::Healed
+            && let Some(healed_ms) = report.times.healed_ms
+        {
+            if log.submitted_ms < healed_ms + HEAL_WINDOW_MS {
+                report.first_after_heal.add_log(log);
+            }
+            if matches!(&log.outcome, Ok(f) if f.state == TaskState::Decided) {
+                let after_ms = log.finished_ms.saturating_sub(healed_ms);
+                let first = match self.minority.contains(&log.entry) {
+                    true => &mut report.minority_first_decided_after_heal_ms,
+                    false => &mut report.majority_first_decided_after_heal_ms,
+                };
+                *first = Some(first.map_or(after_ms, |ms| ms.min(after_ms)));
+            }
         }
         if phase == Phase::Partition
             && let Ok(finished) = &log.outcome
@@ -1968,18 +2037,23 @@ mod tests {
                 error: String::new(),
             })
         };
-        tally.add(&done(TaskState::Decided));
-        tally.add(&done(TaskState::Degraded));
-        tally.add(&done(TaskState::Failed));
-        tally.add(&Err("gone".into()));
+        tally.add(&done(TaskState::Decided), 10);
+        tally.add(&done(TaskState::Degraded), 10);
+        tally.add(&done(TaskState::Failed), 10);
+        tally.add(&Err("Unavailable: no quorum reachable".into()), 7);
+        tally.add(&Err("no reply within 15s".into()), 15_000);
         assert_eq!(
             tally,
             Tally {
-                submitted: 4,
+                submitted: 5,
                 decided: 1,
                 degraded: 1,
                 failed: 1,
-                errors: 1
+                errors: 2,
+                errors_by_kind: [("Unavailable".to_string(), 1), ("no reply".to_string(), 1)]
+                    .into_iter()
+                    .collect(),
+                error_ms_max: 15_000,
             }
         );
         assert_eq!(tally.certified(), 2);
