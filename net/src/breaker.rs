@@ -4,13 +4,23 @@
 //! requests fail fast until the cool-down passes, then one probe is let through
 //! (half-open). A successful probe closes the breaker; a failed one opens it again
 //! with twice the cool-down, up to [`COOL_DOWN_MS_MAX`].
+//!
+//! A peer that cannot be reached at all (a dial refused or failed) opens the
+//! breaker at once ([`Breaker::record_unreachable`]): a refused connection is not
+//! a flaky request, and counting to five would seat a dead or partitioned peer in
+//! five more groups. New evidence that the peer is back (a connection, a cleared
+//! block) makes the probe due at once ([`Breaker::reachable_again`]). The probe is
+//! the event loop's own (it dials, then asks for the peer's NodeInfo), not a task's
+//! request: a peer whose breaker is open gets no seat, so no task would probe it.
 
 /// Consecutive failures that open a closed breaker.
 pub const FAILURES_TO_OPEN: u32 = 5;
 /// First cool-down after opening.
 pub const COOL_DOWN_MS_MIN: u64 = 2_000;
-/// Longest cool-down.
-pub const COOL_DOWN_MS_MAX: u64 = 60_000;
+/// Longest cool-down: a peer that stays unreachable is probed (one dial, or one
+/// NodeInfo request) this often, so a partition that heals without anyone noticing
+/// is found within this long.
+pub const COOL_DOWN_MS_MAX: u64 = 8_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BreakerState {
@@ -63,6 +73,42 @@ impl Breaker {
             }
             BreakerState::Open { .. } | BreakerState::HalfOpen { .. } => false,
         }
+    }
+
+    /// Is the cool-down over, with no probe out yet?
+    pub fn probe_due(&self, now_ms: u64) -> bool {
+        matches!(self.state, BreakerState::Open { until_ms, .. } if now_ms >= until_ms)
+    }
+
+    /// Takes the probe when it is due (the breaker turns half-open), as [`allow`]
+    /// does for a request; `false` when it is not due.
+    ///
+    /// [`allow`]: Breaker::allow
+    pub fn start_probe(&mut self, now_ms: u64) -> bool {
+        self.probe_due(now_ms) && self.allow(now_ms)
+    }
+
+    /// The peer is back (a new connection, a cleared block): an open breaker's probe
+    /// is due now, and a failure after it starts again from the shortest cool-down.
+    /// A probe already out is left to report.
+    pub fn reachable_again(&mut self, now_ms: u64) {
+        if let BreakerState::Open { .. } = self.state {
+            self.state = BreakerState::Open {
+                until_ms: now_ms,
+                cool_down_ms: COOL_DOWN_MS_MIN,
+            };
+        }
+    }
+
+    /// The peer could not be reached at all: open at once (a closed breaker does
+    /// not count to [`FAILURES_TO_OPEN`]); an open or probing one fails as usual.
+    pub fn record_unreachable(&mut self, now_ms: u64) {
+        if let BreakerState::Closed { .. } = self.state {
+            self.state = BreakerState::Closed {
+                failures: FAILURES_TO_OPEN - 1,
+            };
+        }
+        self.record_failure(now_ms);
     }
 
     pub fn record_success(&mut self) {
@@ -130,6 +176,46 @@ mod tests {
         breaker.record_success();
         breaker.record_failure(0);
         assert!(breaker.allow(0));
+    }
+
+    #[test]
+    fn an_unreachable_peer_opens_it_at_once_and_a_reconnection_makes_the_probe_due() {
+        let mut breaker = Breaker::default();
+        breaker.record_unreachable(100);
+        assert!(breaker.is_open(), "no counting to five for a refused dial");
+        assert!(!breaker.probe_due(101));
+        // Probes keep failing while the partition lasts: the cool-down grows.
+        let mut now_ms = 100 + COOL_DOWN_MS_MIN;
+        for _ in 0..10 {
+            assert!(breaker.start_probe(now_ms));
+            assert!(!breaker.start_probe(now_ms), "one probe at a time");
+            breaker.record_unreachable(now_ms);
+            now_ms += COOL_DOWN_MS_MAX;
+        }
+        assert!(matches!(
+            breaker.state(),
+            BreakerState::Open {
+                cool_down_ms: COOL_DOWN_MS_MAX,
+                ..
+            }
+        ));
+        // The heal: the next probe is due at once, not after the long cool-down.
+        let healed_ms = now_ms - COOL_DOWN_MS_MAX + 1;
+        assert!(!breaker.probe_due(healed_ms));
+        breaker.reachable_again(healed_ms);
+        assert!(breaker.start_probe(healed_ms));
+        breaker.reachable_again(healed_ms); // a probe in flight is left alone
+        assert_eq!(
+            breaker.state(),
+            BreakerState::HalfOpen {
+                cool_down_ms: COOL_DOWN_MS_MIN
+            }
+        );
+        breaker.record_success();
+        assert!(!breaker.is_open());
+        // A closed breaker is not touched by a reconnection.
+        breaker.reachable_again(healed_ms);
+        assert_eq!(breaker.state(), BreakerState::Closed { failures: 0 });
     }
 
     #[test]

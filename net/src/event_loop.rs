@@ -17,13 +17,13 @@ use libp2p::core::ConnectedPoint;
 use libp2p::gossipsub::{self, IdentTopic};
 use libp2p::kad::{self, GetProvidersOk, QueryId, QueryResult, RecordKey};
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
-use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::{DialError, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, mdns, ping};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::announce::AnnounceSchedule;
 use crate::behaviour::{Behaviour, BehaviourEvent, GOSSIP_BYTES_MAX};
-use crate::breaker::Breaker;
+use crate::breaker::{Breaker, BreakerState};
 use crate::codec::{Frame, FrameCodec};
 use crate::handle::Command;
 use crate::link_faults;
@@ -46,6 +46,10 @@ const PROVIDERS_PER_QUERY_MAX: usize = 1_024;
 const PROVIDE_INTERVAL: Duration = Duration::from_secs(60);
 /// How often a node with no connection redials its bootstrap peers.
 const BOOTSTRAP_REDIAL_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the loop looks for open breakers whose probe is due.
+const PROBE_INTERVAL: Duration = Duration::from_millis(250);
+/// Breaker probes (dials and NodeInfo requests) out at once at most.
+const PROBES_MAX: usize = 256;
 
 /// A node's answer to an inbound request, on its way back to the swarm.
 type PendingResponse = BoxFuture<'static, (AppProtocol, ResponseChannel<Frame>, Option<Vec<u8>>)>;
@@ -81,7 +85,10 @@ pub(crate) struct EventLoop {
     pub(crate) pending_info: HashSet<OutboundRequestId>,
     pending_queries: HashMap<QueryId, PendingQuery>,
     pending_responses: FuturesUnordered<PendingResponse>,
-    breakers: HashMap<PeerId, Breaker>,
+    pub(crate) breakers: HashMap<PeerId, Breaker>,
+    /// The loop's own breaker probes out: NodeInfo requests, whose answer closes
+    /// the peer's breaker (at most [`PROBES_MAX`]).
+    pub(crate) probes: HashMap<OutboundRequestId, PeerId>,
     pub(crate) announce: AnnounceSchedule,
     /// The origin of the loop's `now_ms` clock.
     pub(crate) started: Instant,
@@ -118,6 +125,7 @@ impl EventLoop {
             pending_queries: HashMap::new(),
             pending_responses: FuturesUnordered::new(),
             breakers: HashMap::new(),
+            probes: HashMap::new(),
             announce: AnnounceSchedule::new(0),
             started: Instant::now(),
             injected_blocks: HashSet::new(),
@@ -130,6 +138,8 @@ impl EventLoop {
         tokio::pin!(announce);
         let mut provide = tokio::time::interval(PROVIDE_INTERVAL);
         let mut redial = tokio::time::interval(BOOTSTRAP_REDIAL_INTERVAL);
+        let mut probe = tokio::time::interval(PROBE_INTERVAL);
+        probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
@@ -145,6 +155,7 @@ impl EventLoop {
                 }
                 _ = &mut announce => self.announce(),
                 _ = provide.tick() => self.provide(),
+                _ = probe.tick() => self.probe_breakers(),
                 _ = redial.tick() => {
                     self.redial_bootstrap();
                     if !self.bans.is_empty() {
@@ -206,8 +217,11 @@ impl EventLoop {
                 let _ = reply.send(self.swarm.listeners().cloned().collect());
             }
             Command::SetBlocked(peers) => {
+                let unblocked: Vec<PeerId> =
+                    self.injected_blocks.difference(&peers).copied().collect();
                 self.injected_blocks = peers;
                 self.apply_blocks();
+                self.reach_again(&unblocked);
             }
             Command::Ban { peer, for_ms } => {
                 if self.bans.len() >= BANS_MAX
@@ -233,6 +247,87 @@ impl EventLoop {
         let mut blocked = self.injected_blocks.clone();
         blocked.extend(self.bans.keys().copied());
         link_faults::set_blocked(&mut self.swarm.behaviour_mut().blocked, blocked);
+    }
+
+    /// Peers whose block was just cleared (a healed partition): their breakers'
+    /// probes are due now and they are dialed at once, instead of waiting out a
+    /// cool-down that grew while the partition lasted.
+    fn reach_again(&mut self, peers: &[PeerId]) {
+        let now_ms = self.now_ms();
+        for peer in peers {
+            if let Some(breaker) = self.breakers.get_mut(peer) {
+                breaker.reachable_again(now_ms);
+            }
+            self.dial_known(*peer);
+        }
+        self.probe_breakers();
+    }
+
+    /// Probes every open breaker whose cool-down is over: a connected peer is asked
+    /// for its NodeInfo (an answer closes the breaker), another one is dialed (a
+    /// connection makes the NodeInfo probe due; a failed dial opens it again, with
+    /// a longer cool-down). Without this, a peer whose breaker opened would get no
+    /// seat, so no request, so no probe: it would stay out until someone else's
+    /// task happened to send it a message.
+    pub(crate) fn probe_breakers(&mut self) {
+        let now_ms = self.now_ms();
+        let due: Vec<PeerId> = self
+            .breakers
+            .iter()
+            .filter(|(_, breaker)| breaker.probe_due(now_ms))
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in due {
+            if self.probes.len() >= PROBES_MAX {
+                return;
+            }
+            if self.swarm.is_connected(&peer) {
+                self.send_probe(peer, now_ms);
+                continue;
+            }
+            let Some(breaker) = self.breakers.get_mut(&peer) else {
+                continue;
+            };
+            breaker.start_probe(now_ms);
+            if !self.dial_known(peer) {
+                // Refused before any packet left (blocked, or no address).
+                self.breakers
+                    .entry(peer)
+                    .or_default()
+                    .record_unreachable(now_ms);
+            }
+        }
+    }
+
+    /// Sends the breaker's probe to a connected peer: a NodeInfo request.
+    fn send_probe(&mut self, peer: PeerId, now_ms: u64) {
+        if self.probes.values().any(|probed| *probed == peer) {
+            return; // one probe per peer
+        }
+        let breaker = self.breakers.entry(peer).or_default();
+        if !breaker.start_probe(now_ms) && !matches!(breaker.state(), BreakerState::HalfOpen { .. })
+        {
+            return;
+        }
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .info
+            .send_request(&peer, Frame::default());
+        self.probes.insert(id, peer);
+    }
+
+    /// A probe's answer: an answer closes the breaker, a failure opens it again.
+    pub(crate) fn on_probe_result(&mut self, id: &OutboundRequestId, ok: bool) {
+        let Some(peer) = self.probes.remove(id) else {
+            return;
+        };
+        let now_ms = self.now_ms();
+        let breaker = self.breakers.entry(peer).or_default();
+        match ok {
+            true => breaker.record_success(),
+            false => breaker.record_failure(now_ms),
+        }
     }
 
     /// The peer table, with each peer's breaker state.
@@ -340,13 +435,25 @@ impl EventLoop {
             SwarmEvent::ConnectionClosed {
                 peer_id,
                 num_established,
+                cause,
                 ..
             } => {
                 self.peers.entry(peer_id, now_ms).connections = num_established;
                 self.metrics
                     .connected_peers
                     .set(self.peers.connected_count() as i64);
+                // Closed by an error (a crashed or partitioned peer, not an idle
+                // close): dial it back at once. A refusal opens its breaker now,
+                // before a task seats it; a connection costs nothing.
+                if num_established == 0 && cause.is_some() {
+                    self.dial_known(peer_id);
+                }
             }
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => self.on_dial_failure(peer, &error, now_ms),
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event, now_ms),
             _ => {}
         }
@@ -361,6 +468,13 @@ impl EventLoop {
     ) {
         let first_connection = self.peers.connected_count() == 0;
         self.peers.entry(peer, now_ms).connections = connections;
+        // The peer is back: an open breaker is probed now, not after its cool-down.
+        if let Some(breaker) = self.breakers.get_mut(&peer)
+            && breaker.is_open()
+        {
+            breaker.reachable_again(now_ms);
+            self.send_probe(peer, now_ms);
+        }
         if endpoint.is_dialer() {
             let address = endpoint.get_remote_address().clone();
             self.learn_address(peer, address, now_ms);
@@ -507,7 +621,7 @@ impl EventLoop {
             }
             Event::OutboundFailure {
                 request_id, error, ..
-            } => self.on_outbound_failure(protocol, request_id, error.to_string(), now_ms),
+            } => self.on_outbound_failure(protocol, request_id, &error, now_ms),
             Event::InboundFailure { error, .. } => self.count_failure(&error.to_string()),
             Event::ResponseSent { .. } => {}
         }
@@ -538,9 +652,10 @@ impl EventLoop {
         &mut self,
         protocol: AppProtocol,
         request_id: OutboundRequestId,
-        reason: String,
+        error: &request_response::OutboundFailure,
         now_ms: u64,
     ) {
+        let reason = error.to_string();
         self.count_failure(&reason);
         if let Some((peer, reply, guarded)) = self.pending_requests.remove(&(protocol, request_id))
         {
@@ -549,10 +664,17 @@ impl EventLoop {
                 reason: reason.clone(),
             }));
             if guarded {
-                self.breakers
-                    .entry(peer)
-                    .or_default()
-                    .record_failure(now_ms);
+                let breaker = self.breakers.entry(peer).or_default();
+                match error {
+                    // Not reachable at all: open at once (an open breaker is left to
+                    // its probe, which a dial failure also reports).
+                    request_response::OutboundFailure::DialFailure => {
+                        if !breaker.is_open() {
+                            breaker.record_unreachable(now_ms);
+                        }
+                    }
+                    _ => breaker.record_failure(now_ms),
+                }
                 self.emit(NetEvent::RequestFailed { peer, reason });
             }
         }
@@ -581,6 +703,49 @@ impl EventLoop {
             .behaviour_mut()
             .kademlia
             .add_address(&peer, address);
+    }
+
+    /// A dial that failed for a reason about the peer (not "already dialing"): a
+    /// probe's dial failed, or a peer whose breaker was closed is not reachable
+    /// (its breaker opens at once).
+    fn on_dial_failure(&mut self, peer: PeerId, error: &DialError, now_ms: u64) {
+        let about_the_peer = matches!(
+            error,
+            DialError::Transport(_)
+                | DialError::NoAddresses
+                | DialError::WrongPeerId { .. }
+                | DialError::Denied { .. }
+        );
+        if !about_the_peer || self.swarm.is_connected(&peer) {
+            return;
+        }
+        let breaker = self.breakers.entry(peer).or_default();
+        match breaker.state() {
+            BreakerState::Open { .. } => {}
+            BreakerState::HalfOpen { .. } | BreakerState::Closed { .. } => {
+                breaker.record_unreachable(now_ms)
+            }
+        }
+    }
+
+    /// Dials a peer we know addresses of, unless connected or dialing already;
+    /// `false` when the dial was refused at once (blocked, no address).
+    fn dial_known(&mut self, peer: PeerId) -> bool {
+        if peer == *self.swarm.local_peer_id() || self.swarm.is_connected(&peer) {
+            return true;
+        }
+        let addresses = self.peers.addresses(&peer);
+        if addresses.is_empty() {
+            return false;
+        }
+        let options = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+            .addresses(addresses)
+            .condition(libp2p::swarm::dial_opts::PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        match self.swarm.dial(options) {
+            Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => true,
+            Err(_) => false,
+        }
     }
 
     /// Dials a known peer we are not connected to, while under [`DIAL_TARGET`]: ping

@@ -175,6 +175,7 @@ impl EventLoop {
                         self.accept_info(Some(peer), statement)
                             .map_err(|e| e.to_string())
                     });
+                self.on_probe_result(&request_id, result.is_ok());
                 if let Err(reason) = result {
                     self.metrics.infos_rejected.inc();
                     self.emit(NetEvent::InvalidInfo { peer, reason });
@@ -189,6 +190,7 @@ impl EventLoop {
                 self.count_failure(&error.to_string());
                 self.pending_info.remove(&request_id);
                 self.peers.entry(peer, now_ms).info_requested = false;
+                self.on_probe_result(&request_id, false);
             }
             Event::InboundFailure { error, .. } => self.count_failure(&error.to_string()),
             Event::ResponseSent { .. } => {}
