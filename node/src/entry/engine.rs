@@ -28,10 +28,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use polity_consensus::binding::ATTEMPTS_MAX;
+use polity_consensus::quorum::QuorumRule;
 use polity_consensus::{PublicKey, TrustEvent, check_binding, check_task_policy, verify_chain};
 use polity_proto::{
-    Assign, Certificate, GroupOutcome, GroupPlan, GroupStats, Level, Member, Report, StatementKind,
-    TaskEvent, TaskEventKind, TaskRecord, TaskState, group_outcome,
+    Assign, Certificate, ConsensusPath, GroupOutcome, GroupPlan, GroupStats, Level, Member, Report,
+    StatementKind, TaskEvent, TaskEventKind, TaskRecord, TaskState, group_outcome,
 };
 use prost::Message;
 
@@ -201,6 +202,9 @@ struct GroupState {
     /// Given up at once because a member was lost and a spare seat can take its
     /// place: the others are not blamed for silence.
     replace: bool,
+    /// Given up at once because the members not lost cannot form a quorum and no
+    /// spare seat can take their place: the others are not blamed for silence.
+    cut_short: bool,
 }
 
 /// A decided group and its certificate: a child of the next level's group.
@@ -330,6 +334,7 @@ impl LevelEngine {
                 answered: BTreeSet::new(),
                 acked: BTreeSet::new(),
                 replace: false,
+                cut_short: false,
             });
         }
         self.run = Some(LevelRun {
@@ -393,7 +398,7 @@ impl LevelEngine {
             Err(reason) => {
                 state.lost.insert(member, bounded(reason));
                 state.replace_if_possible(plan, replacements_max);
-                state.check_all_out();
+                state.check_all_out(plan.path);
             }
         }
     }
@@ -463,7 +468,7 @@ impl LevelEngine {
             }
             Some(group_outcome::Outcome::Degraded(reason)) => {
                 state.gave_up.insert(from, bounded(reason));
-                state.check_all_out();
+                state.check_all_out(plan.path);
             }
             None => {}
         }
@@ -510,6 +515,7 @@ impl LevelEngine {
                 }
             }
             state.replace_if_possible(plan, replacements_max);
+            state.check_all_out(plan.path);
         }
     }
 
@@ -522,7 +528,7 @@ impl LevelEngine {
             // Out of time: every unresolved group degrades in `advance`.
             for state in &mut run.states {
                 if state.resolution.is_none() {
-                    state.resolution = Some(Resolution::Degraded(state.summary()));
+                    state.resolution = Some(Resolution::Degraded(state.summary(false)));
                 }
             }
             return;
@@ -677,7 +683,7 @@ impl LevelEngine {
     ) -> (GroupState, String) {
         let latency_ms = now_ms.saturating_sub(started_ms);
         let level = state.group.level;
-        let summary = state.summary();
+        let summary = state.summary(false);
         let resolution = state
             .resolution
             .take()
@@ -685,7 +691,7 @@ impl LevelEngine {
         let votes = self.votes(&state, &resolution);
         let stats = self.group_stats(&state, &resolution, &votes, latency_ms);
         let decided = matches!(resolution, Resolution::Decided(_));
-        self.move_trust(&votes, decided, commands);
+        self.move_trust(&votes, decided, &state.lost, commands);
         commands.push(Command::GroupEnded(GroupEnd {
             level,
             place: state.group.name.place.clone(),
@@ -726,9 +732,11 @@ impl LevelEngine {
                     .members
                     .iter()
                     .filter(|seat| !state.answered.contains(&seat.key))
-                    // Given up early to replace a lost member: only the lost one is
-                    // to blame; the others had no chance to answer.
-                    .filter(|seat| !state.replace || state.lost.contains_key(&seat.key))
+                    // Given up early to replace a lost member: the lost one did not
+                    // answer; the others had no chance to.
+                    .filter(|seat| {
+                        !(state.replace || state.cut_short) || state.lost.contains_key(&seat.key)
+                    })
                     .map(|seat| seat.key)
                     .collect(),
                 ..Votes::default()
@@ -770,16 +778,32 @@ impl LevelEngine {
     /// Trust follows outcomes: agreeing with the decision, disagreeing, or silence.
     /// A member left out of a decided certificate is not blamed: the fast path
     /// decides on the first quorum, and the rest may simply have been slower. Only
-    /// silence in a group that could not decide counts as a timeout.
-    fn move_trust(&self, votes: &Votes, decided: bool, commands: &mut Vec<Command>) {
-        let silent: &[PublicKey] = match decided {
-            true => &[],
-            false => &votes.timed_out,
+    /// silence in a group that could not decide counts as a timeout, and only from
+    /// a member that was there to answer: a *lost* member (unreachable, its
+    /// connection closed, refused, never acknowledged) is not blamed. Being cut off
+    /// by a partition or a crash is not lying; the breaker keeps an unreachable peer
+    /// out of seats while it lasts, and trust would otherwise keep it out (below
+    /// the floor after two timeouts from the prior) for over half an hour after the heal.
+    fn move_trust(
+        &self,
+        votes: &Votes,
+        decided: bool,
+        lost: &BTreeMap<PublicKey, String>,
+        commands: &mut Vec<Command>,
+    ) {
+        let silent: Vec<PublicKey> = match decided {
+            true => Vec::new(),
+            false => votes
+                .timed_out
+                .iter()
+                .filter(|key| !lost.contains_key(key))
+                .copied()
+                .collect(),
         };
         let moves = [
             (votes.agreed.as_slice(), TrustEvent::Agreement),
             (votes.disagreed.as_slice(), TrustEvent::Disagreement),
-            (silent, TrustEvent::Timeout),
+            (silent.as_slice(), TrustEvent::Timeout),
         ];
         for (keys, event) in moves {
             for key in keys.iter().filter(|key| **key != self.me) {
@@ -856,25 +880,46 @@ impl GroupState {
         let spare = !self.group.spare_seats(plan, &lost).is_empty();
         if self.group.name.attempt < replacements_max && spare {
             self.replace = true;
-            self.resolution = Some(Resolution::Degraded(self.summary()));
+            self.resolution = Some(Resolution::Degraded(self.summary(true)));
         }
     }
 
-    /// Degrades the group once no member can still decide it.
-    fn check_all_out(&mut self) {
+    /// Degrades the group once no member can still decide it: every member lost or
+    /// given up, or the members not lost cannot form a quorum of the path. Waiting
+    /// out the level for a decision that cannot come holds the client to its
+    /// deadline (a bft group of three that lost a member during a partition, with
+    /// no spare seat on its side). Members that gave up are not counted out early:
+    /// when all of them answered, disagreement earns the group one more replica.
+    fn check_all_out(&mut self, path: ConsensusPath) {
         if self.resolution.is_some() {
             return;
         }
-        let out =
+        let all_out =
             self.group.members.iter().all(|seat| {
                 self.lost.contains_key(&seat.key) || self.gave_up.contains_key(&seat.key)
             });
-        if out {
-            self.resolution = Some(Resolution::Degraded(self.summary()));
+        let reachable: Vec<usize> = (self.group.members.iter().enumerate())
+            .filter(|(_, seat)| !self.lost.contains_key(&seat.key))
+            .map(|(index, _)| index)
+            .collect();
+        let rule = QuorumRule::new(path, &self.group.member_protos());
+        if all_out {
+            self.resolution = Some(Resolution::Degraded(self.summary(true)));
+        } else if !rule.is_quorum(&reachable) {
+            let reason = format!(
+                "{}; the {} not lost cannot form a quorum of {}",
+                self.summary(true),
+                reachable.len(),
+                self.group.members.len()
+            );
+            self.cut_short = true;
+            self.resolution = Some(Resolution::Degraded(reason));
         }
     }
 
-    fn summary(&self) -> String {
+    /// Why the group did not decide; `early` when it is given up before the level's
+    /// time is up (its silent members had not answered *yet*).
+    fn summary(&self, early: bool) -> String {
         let mut parts = Vec::new();
         if let Some((_, reason)) = self.gave_up.iter().next() {
             parts.push(format!(
@@ -895,7 +940,7 @@ impl GroupState {
             .iter()
             .filter(|seat| !self.answered.contains(&seat.key) && !self.lost.contains_key(&seat.key))
             .count();
-        if silent > 0 && self.replace {
+        if silent > 0 && early {
             parts.push(format!("{silent} had not answered yet"));
         } else if silent > 0 {
             parts.push(format!("{silent} silent until the level's time ran out"));

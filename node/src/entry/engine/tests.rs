@@ -576,7 +576,7 @@ fn a_disagreeing_group_gets_one_more_replica_then_decides() {
 }
 
 #[test]
-fn a_crashed_member_is_replaced_by_a_spare_and_only_it_is_blamed() {
+fn a_crashed_member_is_replaced_by_a_spare_and_nobody_is_blamed() {
     let spec = [
         ("r1", "c1", Crashed),
         ("r1", "c1", Honest),
@@ -590,10 +590,42 @@ fn a_crashed_member_is_replaced_by_a_spare_and_only_it_is_blamed() {
     assert_eq!(root.slot.as_ref().unwrap().group, "r1~1");
     let crashed = world.key_of(Crashed);
     assert!(!root.members.iter().any(|m| m.public_key == crashed.0));
-    assert_eq!(
-        world.trust_moves(TrustEvent::Timeout),
-        BTreeSet::from([crashed])
+    // Unreachable is not lying: the crashed member's trust does not move, and the
+    // others had no chance to answer before the group was re-formed.
+    assert_eq!(world.trust_moves(TrustEvent::Timeout), BTreeSet::new());
+    assert!(
+        !world
+            .trust_moves(TrustEvent::Disagreement)
+            .contains(&crashed)
     );
+}
+
+#[test]
+fn a_group_that_lost_its_quorum_with_no_spare_gives_up_at_once_and_blames_nobody() {
+    // A bft group of three needs all three; the crashed one has no spare to replace
+    // it (as on the majority side of a partition with one node down).
+    let spec = [
+        ("r1", "c1", Crashed),
+        ("r1", "c1", Honest),
+        ("r1", "c1", Honest),
+    ];
+    let world = check(&spec, Level::Region, 3);
+    let record = world.record();
+    assert_eq!(record.state, TaskState::Failed as i32);
+    assert!(
+        record.error.contains("1 unreachable or refused")
+            && record
+                .error
+                .contains("the 2 not lost cannot form a quorum of 3"),
+        "{}",
+        record.error
+    );
+    assert!(
+        !record.error.contains("level's time ran out"),
+        "given up before the deadline: {}",
+        record.error
+    );
+    assert_eq!(world.trust_moves(TrustEvent::Timeout), BTreeSet::new());
 }
 
 #[test]
@@ -930,8 +962,18 @@ fn ticks_ask_for_connections_only_while_region_members_are_silent() {
     );
     let connected = BTreeSet::new(); // everyone's connection closed
     let commands = engine.step(260, Event::Connections { connected });
-    // No spare seat: the group is not replaced, it waits for its deadline.
-    assert!(commands.is_empty(), "{commands:?}");
+    // No spare seat, and no quorum left: the group gives up at once instead of
+    // holding the client to the level's deadline; nobody is blamed.
+    let Some(Command::Finish(record)) = commands.last() else {
+        panic!("no finish: {commands:?}")
+    };
+    assert_eq!(record.state, TaskState::Failed as i32);
+    assert!(
+        record.error.contains("3 unreachable or refused"),
+        "{}",
+        record.error
+    );
+    assert!(!commands.iter().any(|c| matches!(c, Command::Trust { .. })));
 }
 
 // ---- seeded simulation ---------------------------------------------------------------
