@@ -182,18 +182,37 @@ impl Peers {
     /// and whose circuit is closed, ranked best first; from the local peer table only
     /// (no DHT query), so it is cheap enough for every task.
     pub async fn find_local(&self, capability: &str) -> anyhow::Result<Vec<Candidate>> {
+        Ok(self.seat_candidates(capability).await?.0)
+    }
+
+    /// [`find_local`](Peers::find_local)'s peers, and apart from them the peers
+    /// serving `capability` left out for their trust alone (at or below the floor,
+    /// reachable or not): a refusal can then tell "distrusted" (out for long) from
+    /// "unreachable" (out while a partition or crash lasts).
+    pub async fn seat_candidates(
+        &self,
+        capability: &str,
+    ) -> anyhow::Result<(Vec<Candidate>, Vec<Candidate>)> {
         let wanted: Vec<String> = if capability.is_empty() {
             Vec::new()
         } else {
             vec![capability.to_string()]
         };
-        let candidates = self
-            .candidates()
-            .await?
+        let candidates = self.candidates().await?;
+        let distrusted = candidates
+            .iter()
+            .filter(|candidate| {
+                candidate.view.info.is_some()
+                    && candidate.overlap(&wanted) > self.rule.overlap_min
+                    && candidate.trust <= self.rule.trust_min
+            })
+            .cloned()
+            .collect();
+        let reachable = candidates
             .into_iter()
             .filter(|candidate| !candidate.view.circuit_open)
             .collect();
-        Ok(rank(candidates, &wanted, &self.rule))
+        Ok((rank(reachable, &wanted, &self.rule), distrusted))
     }
 
     /// ListPeers: filtered, and ranked when `compatible_only`.
@@ -338,8 +357,14 @@ impl Peers {
                 self.record(&peer, TrustEvent::InvalidSignature)
             }
             NetEvent::RequestFailed { peer, reason } => {
+                // Not a trust event: a request that could not be delivered or was not
+                // answered says the peer is unreachable (crashed, partitioned away,
+                // overloaded), not that it lied. Reachability is the circuit
+                // breaker's business (it keeps the peer out of seats while open);
+                // trust moves only on what a peer did: its outcomes, signatures,
+                // and silence in a group it had taken.
                 tracing::debug!(%peer, reason, "request to peer failed");
-                self.record(&peer, TrustEvent::Timeout)
+                Ok(())
             }
             NetEvent::Evidence { source, bytes } => {
                 let verdict = Evidence::decode(bytes.as_slice())
@@ -366,11 +391,8 @@ impl Peers {
 mod tests {
     use super::*;
 
-    /// Many tasks move one peer's trust at once while one of them convicts it of
-    /// equivocation: the conviction is final whatever the interleaving.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_trust_moves_never_undo_an_equivocation() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A peers service over a fresh store and a network nobody joins.
+    fn test_peers(dir: &tempfile::TempDir) -> Peers {
         let store: Arc<dyn Store> =
             Arc::new(crate::runtime::storage::SledStore::open(dir.path()).unwrap());
         let metrics = Arc::new(Metrics::new());
@@ -389,13 +411,21 @@ mod tests {
             },
         };
         let (net, _events, _task) = polity_net::start(config, metrics.net.clone()).unwrap();
-        let peers = Peers::new(
+        Peers::new(
             net,
             store,
             metrics,
             Compatibility::default(),
             NodeInfo::default(),
-        );
+        )
+    }
+
+    /// Many tasks move one peer's trust at once while one of them convicts it of
+    /// equivocation: the conviction is final whatever the interleaving.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_trust_moves_never_undo_an_equivocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let peers = test_peers(&dir);
         // Ten peers, one after another: a lost update needs an unlucky interleaving,
         // and ten chances catch one nearly always when the writes race.
         for peer in 0..10u8 {
@@ -420,6 +450,43 @@ mod tests {
             let score = peers.store.trust(&key).unwrap().unwrap();
             assert_eq!(score.score, 0.0, "a late agreement undid the conviction");
         }
+    }
+
+    /// Requests that fail (a partitioned, crashed or unreachable peer) do not lower
+    /// its trust: unreachable is not lying, and two timeouts from the prior would
+    /// put it below the floor, out of every group for over half an hour after the
+    /// heal. What it *does* still costs trust.
+    #[tokio::test]
+    async fn an_unreachable_peer_keeps_its_trust() {
+        let dir = tempfile::tempdir().unwrap();
+        let peers = test_peers(&dir);
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32])
+            .verifying_key()
+            .to_bytes();
+        let peer = polity_net::peer_id_of(&key).unwrap();
+        for reason in [
+            "Failed to dial the requested peer",
+            "Timeout",
+            "Connection closed",
+        ] {
+            for _ in 0..10 {
+                let event = NetEvent::RequestFailed {
+                    peer,
+                    reason: reason.into(),
+                };
+                peers.on_event(event).unwrap();
+            }
+        }
+        let trust = peers.trust_of(&peer, unix_ms()).unwrap();
+        assert_eq!(trust, TRUST_PRIOR, "an unreachable peer lost trust");
+        assert!(peers.store.trust(&PublicKey(key)).unwrap().is_none());
+        // A forged NodeInfo is a lie, and still costs trust.
+        let event = NetEvent::InvalidInfo {
+            peer,
+            reason: "bad signature".into(),
+        };
+        peers.on_event(event).unwrap();
+        assert!(peers.trust_of(&peer, unix_ms()).unwrap() < TRUST_PRIOR);
     }
 
     fn candidate(trust: f64, rtt_ms: Option<u64>, capabilities: &[&str]) -> Candidate {

@@ -170,7 +170,7 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
                 ..submit("echo", b"x")
             },
             Code::FailedPrecondition,
-            "no known node in region \"mars\"",
+            "no trusted registry member in region \"mars\"",
         ),
         (
             SubmitTaskRequest {

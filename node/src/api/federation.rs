@@ -98,6 +98,7 @@ impl Federation for Api {
             .map_err(|error| match error {
                 SubmitError::InvalidArgument(reason) => self.invalid(reason),
                 SubmitError::FailedPrecondition(reason) => Status::failed_precondition(reason),
+                SubmitError::NoQuorumReachable { .. } => Status::unavailable(error.to_string()),
                 SubmitError::Overloaded(_) => {
                     self.metrics.reject("overloaded");
                     Status::resource_exhausted(error.to_string())

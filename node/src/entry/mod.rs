@@ -17,7 +17,7 @@ mod driver;
 mod engine;
 pub mod plan;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -49,6 +49,22 @@ pub enum SubmitError {
     InvalidArgument(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The registry has enough members, but too few can be reached from this node
+    /// now (partitioned away, down, or behind an open circuit breaker): refused at
+    /// once rather than seating members that cannot answer. UNAVAILABLE on the
+    /// wire: it passes, and another node may reach them.
+    #[error(
+        "no quorum reachable in region {region:?}: {reachable} of the {eligible} registry \
+         members that may sit can be reached from this node, and replication needs \
+         {needed}; the others are partitioned away, down, or behind an open circuit \
+         breaker (retry later, or at a node that reaches them)"
+    )]
+    NoQuorumReachable {
+        region: String,
+        reachable: usize,
+        eligible: usize,
+        needed: usize,
+    },
     #[error("{0} tasks are already being decided on this node; retry later")]
     Overloaded(usize),
     #[error("this node is shutting down; submit to another node")]
@@ -159,13 +175,17 @@ impl TaskEngine {
         if self.closing.load(Ordering::Acquire) {
             return Err(SubmitError::ShuttingDown);
         }
-        let (epoch, seats) = self.seats(&request.capability).await;
-        let plan = match plan::plan(request, &self.config, &epoch, seats, &self.capabilities()) {
+        let (epoch, seats, distrusted) = self.seats(&request.capability).await;
+        let serves = self.capabilities();
+        let plan = match plan::plan(request, &self.config, &epoch, seats, &distrusted, &serves) {
             Ok(plan) => plan,
             Err(error) => {
                 // A task refused for want of nodes is a task this node could not
                 // serve: it counts against its reliability (and scale signal).
-                if matches!(error, SubmitError::FailedPrecondition(_)) {
+                if matches!(
+                    error,
+                    SubmitError::FailedPrecondition(_) | SubmitError::NoQuorumReachable { .. }
+                ) {
                     self.federation.workers().task_finished(false);
                 }
                 return Err(error);
@@ -243,10 +263,11 @@ impl TaskEngine {
 
     /// The current registry epoch and its members that may sit for `capability`
     /// and can be reached: this node when it serves it, and the peers that pass the
-    /// compatibility rule and whose circuit is closed. Region, continent and stake
-    /// come from the registry, never from what a peer announces; a peer outside the
-    /// registry gets no seat.
-    async fn seats(&self, capability: &str) -> (Arc<Epoch>, Vec<Seat>) {
+    /// compatibility rule, whose circuit is closed and that are not blocked (an
+    /// injected partition). Region, continent and stake come from the registry,
+    /// never from what a peer announces; a peer outside the registry gets no seat.
+    /// Also the peers left out for their trust alone (for the refusal's wording).
+    async fn seats(&self, capability: &str) -> (Arc<Epoch>, Vec<Seat>, BTreeSet<PublicKey>) {
         let epoch = self.federation.registry().current();
         let mut reachable: HashMap<PublicKey, f64> = HashMap::new();
         if self.federation.serves(capability) {
@@ -258,8 +279,12 @@ impl TaskEngine {
         } else {
             capability
         };
-        match self.federation.peers().find_local(wanted).await {
-            Ok(candidates) => {
+        let mut distrusted = BTreeSet::new();
+        match self.federation.peers().seat_candidates(wanted).await {
+            Ok((candidates, untrusted)) => {
+                distrusted.extend(untrusted.into_iter().filter_map(|candidate| {
+                    PublicKey::from_slice(&candidate.view.info?.public_key).ok()
+                }));
                 for candidate in candidates {
                     let Some(info) = candidate.view.info else {
                         continue;
@@ -291,7 +316,7 @@ impl TaskEngine {
                 })
             })
             .collect();
-        (epoch, seats)
+        (epoch, seats, distrusted)
     }
 
     pub(crate) fn emit(&self, events: &broadcast::Sender<TaskEvent>, id: TaskId, event: TaskEvent) {

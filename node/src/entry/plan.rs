@@ -1,7 +1,7 @@
 //! From a client's request to a [`Plan`]: validation, scope, and the seats that may
 //! sit in each region group. Pure: the caller hands in the seats it knows of.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use polity_consensus::binding::ATTEMPT_SEPARATOR;
@@ -86,13 +86,15 @@ impl fmt::Display for GroupName {
 
 /// Validates a submission against the node's limits and turns it into a plan over
 /// `seats` (the registry members of `epoch` that serve the capability and can be
-/// reached). `serves` is what this node serves, for the error message of an unknown
-/// capability.
+/// reached). `distrusted` are members this node will not seat for their trust (at
+/// or below the floor): out for long, not merely unreachable. `serves` is what this
+/// node serves, for the error message of an unknown capability.
 pub(crate) fn plan(
     request: SubmitTaskRequest,
     config: &NodeConfig,
     epoch: &Epoch,
     seats: Vec<Seat>,
+    distrusted: &BTreeSet<PublicKey>,
     serves: &[String],
 ) -> Result<Plan, SubmitError> {
     let spec = validate(request, config)?;
@@ -101,9 +103,13 @@ pub(crate) fn plan(
     if spec.capability == REGISTRY_CAPABILITY {
         check_registry_task(&spec, epoch)?;
     }
-    if seats.is_empty() {
+    let registered = epoch
+        .members()
+        .iter()
+        .any(|member| Epoch::serves(member, &spec.capability));
+    if seats.is_empty() && !registered {
         return Err(SubmitError::InvalidArgument(format!(
-            "unknown capability {:?}: no reachable registry member serves it (this node serves {})",
+            "unknown capability {:?}: no registry member serves it (this node serves {})",
             spec.capability,
             serves.join(", ")
         )));
@@ -112,7 +118,8 @@ pub(crate) fn plan(
     let spec_bytes = encode_task(&spec);
     let id = task_id(&spec_bytes);
     let drawn = draw(epoch, &id, &spec, seats);
-    let regions = regions_in_scope(&spec, top, &scope, drawn)?;
+    let eligible = eligible_in_scope(epoch, &spec, top, &scope, distrusted);
+    let regions = regions_in_scope(&spec, top, &scope, drawn, &eligible)?;
     Ok(Plan {
         id,
         spec,
@@ -225,12 +232,59 @@ fn validate(request: SubmitTaskRequest, config: &NodeConfig) -> Result<TaskSpec,
     })
 }
 
+/// The registry members in scope that may sit for a task, reachable or not: what
+/// the registry promises, against which the reachable seats are judged.
+#[derive(Debug, Default)]
+struct Eligible {
+    /// Per region: members serving the capability and not distrusted, at most the
+    /// seat rule's allowed prefix.
+    regions: BTreeMap<String, usize>,
+    /// Members in scope serving the capability that this node distrusts.
+    distrusted: usize,
+}
+
+fn eligible_in_scope(
+    epoch: &Epoch,
+    spec: &TaskSpec,
+    top: Level,
+    scope: &Scope,
+    distrusted: &BTreeSet<PublicKey>,
+) -> Eligible {
+    let allowed = seats_allowed(spec.replication as usize);
+    let mut eligible = Eligible::default();
+    for member in epoch.members() {
+        let in_scope = match top {
+            Level::Region => member.region == scope.name,
+            Level::Continent => member.continent == scope.name,
+            _ => true,
+        };
+        if !in_scope || !Epoch::serves(member, &spec.capability) {
+            continue;
+        }
+        if PublicKey::from_slice(&member.public_key).is_ok_and(|key| distrusted.contains(&key)) {
+            eligible.distrusted += 1;
+            continue;
+        }
+        let count = eligible.regions.entry(member.region.clone()).or_default();
+        *count = (*count + 1).min(allowed);
+    }
+    eligible
+}
+
 /// The seats in scope, by region; regions that cannot field a full group stay out.
+///
+/// Two refusals: the registry itself has no region in scope with enough members
+/// (FAILED_PRECONDITION: nothing changes until the registry does), or it has, but
+/// too few of them can be reached from here now (UNAVAILABLE, "no quorum
+/// reachable": a partition, crashed members or open circuit breakers; it passes,
+/// and another node may reach them). Refused at once, so a client on the minority
+/// side of a partition is not held to its deadline.
 fn regions_in_scope(
     spec: &TaskSpec,
     top: Level,
     scope: &Scope,
     seats: Vec<Seat>,
+    eligible: &Eligible,
 ) -> Result<BTreeMap<String, Vec<Seat>>, SubmitError> {
     let in_scope = |seat: &Seat| match top {
         Level::Region => seat.region == scope.name,
@@ -241,29 +295,57 @@ fn regions_in_scope(
     for seat in seats.into_iter().filter(in_scope) {
         regions.entry(seat.region.clone()).or_default().push(seat);
     }
+    let place = format!("{} {:?}", level_name(top), scope.name);
+    let distrusted = match eligible.distrusted {
+        0 => String::new(),
+        n => format!(" ({n} more distrusted: trust at or below the floor)"),
+    };
+    if eligible.regions.is_empty() {
+        return Err(SubmitError::FailedPrecondition(format!(
+            "no trusted registry member in {place} serves {:?}{distrusted}",
+            spec.capability
+        )));
+    }
+    // The registry task asks every reachable member of every region (the change
+    // needs more than 2/3 of the stake, not a full house); others need `replication`
+    // in one region.
+    let needed = match spec.capability == REGISTRY_CAPABILITY {
+        true => 1,
+        false => spec.replication as usize,
+    };
+    let registered = eligible.regions.values().copied().max().unwrap_or(0);
+    if needed > registered {
+        return Err(SubmitError::FailedPrecondition(format!(
+            "replication {needed} needs {needed} trusted registry members serving {:?} in a \
+             region; the best region in {place} has {registered}{distrusted}",
+            spec.capability
+        )));
+    }
+    let reachable: BTreeMap<String, usize> = regions
+        .iter()
+        .map(|(region, seats)| (region.clone(), seats.len()))
+        .collect();
+    regions.retain(|_, seats| seats.len() >= needed);
     if regions.is_empty() {
-        return Err(SubmitError::FailedPrecondition(format!(
-            "no known node in {} {:?} serves {:?}",
-            level_name(top),
-            scope.name,
-            spec.capability
-        )));
+        // Name the region that came closest: most reachable, then most eligible.
+        let (region, eligible, reachable) = eligible
+            .regions
+            .iter()
+            .filter(|(_, count)| **count >= needed)
+            .map(|(region, count)| (region, *count, reachable.get(region).copied().unwrap_or(0)))
+            .max_by_key(|(region, eligible, reachable)| {
+                (*reachable, *eligible, std::cmp::Reverse(*region))
+            })
+            .map_or((String::new(), 0, 0), |(region, eligible, reachable)| {
+                (region.clone(), eligible, reachable)
+            });
+        return Err(SubmitError::NoQuorumReachable {
+            region,
+            reachable,
+            eligible,
+            needed,
+        });
     }
-    let replication = spec.replication as usize;
-    if spec.capability == REGISTRY_CAPABILITY {
-        // Every reachable member of every region is asked; the change needs the
-        // approval of more than 2/3 of the stake, not a full house.
-        return Ok(regions);
-    }
-    let largest = regions.values().map(Vec::len).max().unwrap_or(0);
-    if replication > largest {
-        return Err(SubmitError::FailedPrecondition(format!(
-            "replication {replication} needs {replication} nodes serving {:?} in a region; \
-             the best region in scope has {largest}",
-            spec.capability
-        )));
-    }
-    regions.retain(|_, seats| seats.len() >= replication);
     Ok(regions)
 }
 
@@ -391,20 +473,36 @@ mod tests {
         request: SubmitTaskRequest,
         seats: Vec<Seat>,
     ) -> Result<BTreeMap<String, usize>, String> {
+        let epoch = epoch_of(&seats);
+        check_in(&epoch, request, seats, &BTreeSet::new()).map_err(|error| error.to_string())
+    }
+
+    /// Plans `request` over `epoch` with only `seats` reachable.
+    fn check_in(
+        epoch: &Epoch,
+        request: SubmitTaskRequest,
+        seats: Vec<Seat>,
+        distrusted: &BTreeSet<PublicKey>,
+    ) -> Result<BTreeMap<String, usize>, SubmitError> {
         let config = NodeConfig {
             region: "r1".into(),
             continent: "c1".into(),
             ..NodeConfig::default()
         };
-        let epoch = epoch_of(&seats);
-        plan(request, &config, &epoch, seats, &["sha256".to_string()])
-            .map(|plan| {
-                plan.regions
-                    .into_iter()
-                    .map(|(region, seats)| (region, seats.len()))
-                    .collect()
-            })
-            .map_err(|error| error.to_string())
+        plan(
+            request,
+            &config,
+            epoch,
+            seats,
+            distrusted,
+            &["sha256".to_string()],
+        )
+        .map(|plan| {
+            plan.regions
+                .into_iter()
+                .map(|(region, seats)| (region, seats.len()))
+                .collect()
+        })
     }
 
     #[test]
@@ -442,11 +540,52 @@ mod tests {
         assert_eq!(regions, BTreeMap::from([("r1".into(), 2)]));
     }
 
+    /// Enough registry members, too few reachable: refused at once as UNAVAILABLE
+    /// with the numbers; too few registered (or trusted): FAILED_PRECONDITION.
+    #[test]
+    fn too_few_reachable_members_is_no_quorum_reachable() {
+        let registry: Vec<Seat> = (1..=5).map(|n| seat(n, "r1", "c1")).collect();
+        let epoch = epoch_of(&registry);
+        let none = BTreeSet::new();
+        // The minority side of a 2 | 3 partition: this node and one peer.
+        let minority = registry[..2].to_vec();
+        let error = check_in(&epoch, request(3, None), minority.clone(), &none).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                SubmitError::NoQuorumReachable {
+                    reachable: 2,
+                    eligible: 5,
+                    needed: 3,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        let message = error.to_string();
+        assert!(
+            message.starts_with("no quorum reachable in region \"r1\": 2 of the 5"),
+            "{message}"
+        );
+        // The majority side decides.
+        let majority = registry[2..].to_vec();
+        let regions = check_in(&epoch, request(3, None), majority, &none).unwrap();
+        assert_eq!(regions, BTreeMap::from([("r1".into(), 3)]));
+        // Three of five distrusted: not a passing partition, a precondition.
+        let distrusted: BTreeSet<PublicKey> = registry[2..].iter().map(|s| s.key).collect();
+        let error = check_in(&epoch, request(3, None), minority, &distrusted).unwrap_err();
+        assert!(
+            matches!(&error, SubmitError::FailedPrecondition(reason)
+                if reason.contains("has 2 (3 more distrusted")),
+            "{error:?}"
+        );
+    }
+
     #[test]
     fn refusals_say_why() {
         let seats = vec![seat(1, "r1", "c1")];
         let error = check(request(2, None), seats.clone()).unwrap_err();
-        assert!(error.contains("replication 2 needs 2 nodes"), "{error}");
+        assert!(error.contains("replication 2 needs 2 trusted"), "{error}");
         let error = check(request(REPLICATION_MAX + 1, None), seats.clone()).unwrap_err();
         assert!(error.contains("above the limit"), "{error}");
         let error = check(request(1, None), Vec::new()).unwrap_err();
@@ -456,7 +595,10 @@ mod tests {
             name: "r9".into(),
         });
         let error = check(request(1, elsewhere), seats.clone()).unwrap_err();
-        assert!(error.contains("no known node in region \"r9\""), "{error}");
+        assert!(
+            error.contains("no trusted registry member in region \"r9\""),
+            "{error}"
+        );
         let named_global = Some(Scope {
             level: Level::Global as i32,
             name: "earth".into(),
