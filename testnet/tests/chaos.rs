@@ -4,6 +4,7 @@
 //! asserted. The tests take turns (one cluster at a time), so a 2-core machine runs
 //! each at the pace the others would slow down.
 
+use polity_consensus::TRUST_PRIOR;
 use polity_consensus::verify_chain;
 use polity_proto::{
     ConsensusPath, Faults, GetTrustRequest, Level, ListPeersRequest, RiskPolicy, Scope,
@@ -12,6 +13,7 @@ use polity_proto::{
 use polity_testnet::chaos::run::{RunArgs, run};
 use polity_testnet::chaos::sha256_hex;
 use polity_testnet::cluster::{Launched, UpArgs, default_capabilities, launch};
+use polity_testnet::process::NodeProcess;
 use polity_testnet::rpc::{Token, federation};
 
 /// One cluster at a time (an async lock: held across awaits, shared by the
@@ -227,6 +229,210 @@ async fn a_minority_decides_nothing_while_split_and_both_sides_decide_after_the_
     assert!(partition.majority_after_heal.decided > 0, "{summary}");
     assert_eq!(report.ledger.served, report.ledger.certified, "{summary}");
     assert!(report.ok, "{summary}");
+}
+
+/// A sha256 task for the entry node's region, replication 3, waiting for the end.
+fn region_task(payload: &str) -> SubmitTaskRequest {
+    SubmitTaskRequest {
+        capability: "sha256".into(),
+        payload: payload.as_bytes().to_vec(),
+        scope: Some(Scope {
+            level: Level::Region as i32,
+            name: String::new(),
+        }),
+        replication: 3,
+        wait: true,
+        ..SubmitTaskRequest::default()
+    }
+}
+
+/// Launches `nodes` nodes in one region with the test's API token.
+async fn one_region(nodes: usize, dir: &std::path::Path) -> (Token, Vec<NodeProcess>) {
+    let token = Token::create(dir).unwrap();
+    let up = UpArgs {
+        nodes,
+        regions: 1,
+        continents: 1,
+        capabilities: Vec::new(),
+        dir: dir.to_path_buf(),
+        detach: false,
+        measure: false,
+        timeout_s: 120,
+        node_args: vec![token.node_arg()],
+    };
+    let Launched { nodes, .. } = launch(&up, &default_capabilities())
+        .await
+        .expect("the nodes start and converge");
+    (token, nodes)
+}
+
+/// Submits region tasks at `entry` until one gets `wanted` (at most `tries`, a
+/// pause between them); returns what each try gave, the last one first.
+async fn submit_until(
+    entry: &NodeProcess,
+    token: &Token,
+    label: &str,
+    tries: usize,
+    wanted: impl Fn(&Result<TaskState, tonic::Status>) -> bool,
+) -> Vec<Result<TaskState, tonic::Status>> {
+    let mut seen = Vec::new();
+    for attempt in 0..tries {
+        let mut client = federation(&entry.endpoints.grpc, Some(&token.value))
+            .await
+            .unwrap();
+        let payload = format!("{label} {attempt}");
+        let outcome = match client.submit_task(region_task(&payload)).await {
+            Ok(record) => {
+                let record = record.into_inner();
+                if record.certificate.is_some() {
+                    assert_eq!(record.value, sha256_hex(payload.as_bytes()).as_bytes());
+                }
+                Ok(TaskState::try_from(record.state).unwrap())
+            }
+            Err(status) => Err(status),
+        };
+        let done = wanted(&outcome);
+        seen.insert(0, outcome);
+        if done {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    seen
+}
+
+fn no_quorum_reachable(outcome: &Result<TaskState, tonic::Status>) -> bool {
+    matches!(outcome, Err(status) if status.code() == tonic::Code::Unavailable)
+}
+
+fn decided(outcome: &Result<TaskState, tonic::Status>) -> bool {
+    matches!(outcome, Ok(TaskState::Decided))
+}
+
+/// The refusal's code and words: UNAVAILABLE, "no quorum reachable", and how many
+/// members it reaches of how many.
+fn check_refusal(seen: &[Result<TaskState, tonic::Status>], reachable_of: &str) {
+    let Some(Err(status)) = seen.first() else {
+        panic!("never refused: {seen:?}")
+    };
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+    assert!(
+        status.message().starts_with("no quorum reachable")
+            && status.message().contains(reachable_of),
+        "{status}"
+    );
+}
+
+/// A 2 | 3 partition with replication 3: an entry node on the minority side
+/// refuses at once (UNAVAILABLE, "no quorum reachable", 2 of the 5) instead of
+/// running a task that cannot decide; the majority decides; after the heal the
+/// minority's entry node decides again (its breakers probe and close).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minority_entry_node_refuses_at_once_and_decides_again_after_the_heal() {
+    let _turn = TURN.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (token, nodes) = one_region(5, dir.path()).await;
+    let key = |node: &NodeProcess| hex::decode(&node.endpoints.public_key).unwrap();
+    let (minority, majority) = nodes.split_at(2);
+    let block = |mine: &[NodeProcess], theirs: &[NodeProcess]| {
+        let blocked: Vec<Vec<u8>> = theirs.iter().map(key).collect();
+        let grpcs: Vec<String> = mine.iter().map(|n| n.endpoints.grpc.clone()).collect();
+        (grpcs, blocked)
+    };
+    for (grpcs, blocked) in [block(minority, majority), block(majority, minority)] {
+        for grpc in grpcs {
+            let faults = Faults {
+                blocked_peers: blocked.clone(),
+                ..Faults::default()
+            };
+            polity_testnet::rpc::set_faults(&grpc, &token, faults)
+                .await
+                .expect("the partition is in force");
+        }
+    }
+    let seen = submit_until(&minority[0], &token, "minority", 1, |_| true).await;
+    check_refusal(&seen, "2 of the 5");
+    let seen = submit_until(&majority[0], &token, "majority", 20, decided).await;
+    assert!(decided(&seen[0]), "the majority did not decide: {seen:?}");
+    // The heal: every block cleared.
+    for node in &nodes {
+        polity_testnet::rpc::set_faults(&node.endpoints.grpc, &token, Faults::default())
+            .await
+            .expect("the heal is in force");
+    }
+    for (index, node) in nodes.iter().enumerate() {
+        let seen = submit_until(node, &token, &format!("healed {index}"), 40, decided).await;
+        assert!(
+            decided(&seen[0]),
+            "{} after the heal: {seen:?}",
+            node.spec.name
+        );
+    }
+    for node in nodes {
+        node.stop().unwrap();
+    }
+}
+
+/// Not only blocked peers: peers that are down. Of three nodes, two are stopped;
+/// the third refuses (UNAVAILABLE, "no quorum reachable", 1 of the 3) once it has
+/// found them gone, rather than seating them or blaming them; restarted, they are
+/// seated again (breakers probed and closed on the new connections) and tasks
+/// decide. Their trust is untouched by having been unreachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_node_that_cannot_reach_a_quorum_refuses_and_decides_once_they_are_back() {
+    let _turn = TURN.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (token, mut nodes) = one_region(3, dir.path()).await;
+    let seen = submit_until(&nodes[0], &token, "before", 20, decided).await;
+    assert!(decided(&seen[0]), "{seen:?}");
+    let trust_before = trust_table(&nodes[0], &token).await;
+    let stopped: Vec<NodeProcess> = nodes.drain(1..).collect();
+    let specs: Vec<_> = stopped.iter().map(|node| node.spec.clone()).collect();
+    for node in stopped {
+        node.stop().unwrap();
+    }
+    let seen = submit_until(&nodes[0], &token, "down", 40, no_quorum_reachable).await;
+    check_refusal(&seen, "1 of the 3");
+    let binary = polity_testnet::process::polity_binary().unwrap();
+    for spec in specs {
+        let node = tokio::task::spawn_blocking({
+            let binary = binary.clone();
+            move || NodeProcess::start(&binary, spec)
+        })
+        .await
+        .unwrap()
+        .expect("the node starts again");
+        nodes.push(node);
+    }
+    let seen = submit_until(&nodes[0], &token, "back", 80, decided).await;
+    assert!(decided(&seen[0]), "never decided again: {seen:?}");
+    // Being unreachable cost no trust: no score fell below where it stood.
+    let trust_after = trust_table(&nodes[0], &token).await;
+    for (peer, before) in &trust_before {
+        let after = trust_after.get(peer).copied().unwrap_or(TRUST_PRIOR);
+        assert!(after >= *before - 1e-9, "{peer}: trust {before} -> {after}");
+    }
+    for node in nodes {
+        node.stop().unwrap();
+    }
+}
+
+/// A node's trust table: peer id to score.
+async fn trust_table(node: &NodeProcess, token: &Token) -> std::collections::BTreeMap<String, f64> {
+    let mut client = federation(&node.endpoints.grpc, Some(&token.value))
+        .await
+        .unwrap();
+    client
+        .get_trust(GetTrustRequest {
+            peer_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries
+        .into_iter()
+        .map(|entry| (entry.peer_id, entry.score))
+        .collect()
 }
 
 #[test]
