@@ -17,6 +17,11 @@
 pub const FAILURES_TO_OPEN: u32 = 5;
 /// First cool-down after opening.
 pub const COOL_DOWN_MS_MIN: u64 = 2_000;
+/// How soon an open breaker is probed once a request for its peer was refused:
+/// someone wants the peer (a round's member messaging another that was down), so
+/// find out now rather than after a cool-down that grew while it was gone. Bounds
+/// the probes of a peer that stays unreachable under demand to two a second.
+pub const PROBE_ON_DEMAND_MS: u64 = 500;
 /// Longest cool-down: a peer that stays unreachable is probed (one dial, or one
 /// NodeInfo request) this often, so a partition that heals without anyone noticing
 /// is found within this long.
@@ -96,6 +101,21 @@ impl Breaker {
             self.state = BreakerState::Open {
                 until_ms: now_ms,
                 cool_down_ms: COOL_DOWN_MS_MIN,
+            };
+        }
+    }
+
+    /// A request for the peer was refused by the open breaker: the probe is due
+    /// within [`PROBE_ON_DEMAND_MS`] (never later than it was).
+    pub fn wanted(&mut self, now_ms: u64) {
+        if let BreakerState::Open {
+            until_ms,
+            cool_down_ms,
+        } = self.state
+        {
+            self.state = BreakerState::Open {
+                until_ms: until_ms.min(now_ms + PROBE_ON_DEMAND_MS),
+                cool_down_ms,
             };
         }
     }
@@ -216,6 +236,24 @@ mod tests {
         // A closed breaker is not touched by a reconnection.
         breaker.reachable_again(healed_ms);
         assert_eq!(breaker.state(), BreakerState::Closed { failures: 0 });
+    }
+
+    #[test]
+    fn a_refused_request_brings_the_probe_forward_but_keeps_the_cool_down() {
+        let mut breaker = Breaker::default();
+        breaker.record_unreachable(0);
+        breaker.allow(COOL_DOWN_MS_MIN);
+        breaker.record_failure(COOL_DOWN_MS_MIN); // cool-down 4 s, due at 6 s
+        breaker.wanted(COOL_DOWN_MS_MIN + 100);
+        assert_eq!(
+            breaker.state(),
+            BreakerState::Open {
+                until_ms: COOL_DOWN_MS_MIN + 100 + PROBE_ON_DEMAND_MS,
+                cool_down_ms: 2 * COOL_DOWN_MS_MIN
+            }
+        );
+        breaker.wanted(COOL_DOWN_MS_MIN + 300); // never later than it was
+        assert!(breaker.probe_due(COOL_DOWN_MS_MIN + 100 + PROBE_ON_DEMAND_MS));
     }
 
     #[test]

@@ -357,7 +357,10 @@ impl EventLoop {
             return;
         }
         let now_ms = self.now_ms();
-        if guarded && !self.breakers.entry(peer).or_default().allow(now_ms) {
+        let breaker = self.breakers.entry(peer).or_default();
+        if guarded && !breaker.allow(now_ms) {
+            // Refused fast; but someone wants this peer, so probe it soon.
+            breaker.wanted(now_ms);
             let _ = reply.send(Err(NetError::CircuitOpen(peer)));
             return;
         }
