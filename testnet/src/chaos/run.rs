@@ -325,16 +325,25 @@ pub struct Tally {
     /// The longest a client waited for an error (a refusal at once is fast; a
     /// client held to its deadline is not).
     pub error_ms_max: u64,
+    /// The longest a client waited for a FAILED record (a task that ran out its
+    /// time, or gave up early).
+    pub failed_ms_max: u64,
+    /// Sum of every submission's latency, for the mean.
+    pub latency_ms_sum: u64,
 }
 
 impl Tally {
     fn add(&mut self, outcome: &Result<Finished, String>, latency_ms: u64) {
         self.submitted += 1;
+        self.latency_ms_sum += latency_ms;
         match outcome {
             Ok(finished) => match finished.state {
                 TaskState::Decided => self.decided += 1,
                 TaskState::Degraded => self.degraded += 1,
-                _ => self.failed += 1,
+                _ => {
+                    self.failed += 1;
+                    self.failed_ms_max = self.failed_ms_max.max(latency_ms);
+                }
             },
             Err(error) => {
                 self.errors += 1;
@@ -369,6 +378,12 @@ impl Tally {
                 .map(|(kind, n)| format!("{kind} {n}"))
                 .collect();
             line += &format!(" ({}; slowest {} ms)", kinds.join(", "), self.error_ms_max);
+        }
+        if self.failed > 0 {
+            line += &format!(" (slowest failure {} ms)", self.failed_ms_max);
+        }
+        if self.submitted > 0 {
+            line += &format!(" mean {} ms", self.latency_ms_sum / self.submitted);
         }
         line
     }
@@ -2054,6 +2069,8 @@ mod tests {
                     .into_iter()
                     .collect(),
                 error_ms_max: 15_000,
+                failed_ms_max: 10,
+                latency_ms_sum: 15_037,
             }
         );
         assert_eq!(tally.certified(), 2);
