@@ -382,8 +382,8 @@ impl Tally {
         if self.failed > 0 {
             line += &format!(" (slowest failure {} ms)", self.failed_ms_max);
         }
-        if self.submitted > 0 {
-            line += &format!(" mean {} ms", self.latency_ms_sum / self.submitted);
+        if let Some(mean_ms) = self.latency_ms_sum.checked_div(self.submitted) {
+            line += &format!(" mean {mean_ms} ms");
         }
         line
     }
