@@ -50,6 +50,9 @@ const BOOTSTRAP_REDIAL_INTERVAL: Duration = Duration::from_secs(2);
 const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 /// Breaker probes (dials and NodeInfo requests) out at once at most.
 const PROBES_MAX: usize = 256;
+/// Dials the loop's breaker probes start per [`PROBE_INTERVAL`] at most: a stranger
+/// that gossips many unreachable peers cannot make the node dial without bound.
+const PROBE_DIALS_PER_TICK: usize = 16;
 
 /// A node's answer to an inbound request, on its way back to the swarm.
 type PendingResponse = BoxFuture<'static, (AppProtocol, ResponseChannel<Frame>, Option<Vec<u8>>)>;
@@ -271,6 +274,12 @@ impl EventLoop {
     /// task happened to send it a message.
     pub(crate) fn probe_breakers(&mut self) {
         let now_ms = self.now_ms();
+        // A breaker lives as long as its peer's record (the peer table is bounded)
+        // or its connection: the map cannot outgrow what the node keeps of peers.
+        let (peers, swarm) = (&self.peers, &self.swarm);
+        self.breakers
+            .retain(|peer, _| peers.get(peer).is_some() || swarm.is_connected(peer));
+        let mut dials = 0;
         let due: Vec<PeerId> = self
             .breakers
             .iter()
@@ -285,10 +294,14 @@ impl EventLoop {
                 self.send_probe(peer, now_ms);
                 continue;
             }
+            if dials >= PROBE_DIALS_PER_TICK {
+                continue;
+            }
             let Some(breaker) = self.breakers.get_mut(&peer) else {
                 continue;
             };
             breaker.start_probe(now_ms);
+            dials += 1;
             if !self.dial_known(peer) {
                 // Refused before any packet left (blocked, or no address).
                 self.breakers
@@ -712,13 +725,18 @@ impl EventLoop {
     /// probe's dial failed, or a peer whose breaker was closed is not reachable
     /// (its breaker opens at once).
     fn on_dial_failure(&mut self, peer: PeerId, error: &DialError, now_ms: u64) {
-        let about_the_peer = matches!(
-            error,
-            DialError::Transport(_)
-                | DialError::NoAddresses
-                | DialError::WrongPeerId { .. }
-                | DialError::Denied { .. }
-        );
+        // A dial denied by this node's own connection limits says nothing about the
+        // peer: counted, anyone who fills the limits (many inbound connections, dials
+        // to dead addresses) would open the breakers of honest members.
+        let about_the_peer = match error {
+            DialError::Transport(_) | DialError::NoAddresses | DialError::WrongPeerId { .. } => {
+                true
+            }
+            DialError::Denied { cause, .. } => cause
+                .downcast_ref::<libp2p::connection_limits::Exceeded>()
+                .is_none(),
+            _ => false,
+        };
         if !about_the_peer || self.swarm.is_connected(&peer) {
             return;
         }

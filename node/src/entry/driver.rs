@@ -14,7 +14,9 @@ use polity_proto::{TaskEvent, TaskRecord, TaskState, task_request};
 use tokio::sync::{broadcast, mpsc};
 
 use super::TaskEngine;
-use super::engine::{Command, Event, GroupEnd, LevelEngine, MEMBER_PROBE_INTERVAL_MS, SlotRef};
+use super::engine::{
+    AckError, Command, Event, GroupEnd, LevelEngine, MEMBER_PROBE_INTERVAL_MS, SlotRef,
+};
 use super::level_name;
 use super::plan::Plan;
 use crate::telemetry::metrics::LevelLabels;
@@ -24,7 +26,7 @@ use crate::telemetry::recovery::GROUP_DEGRADED;
 /// wait for room, so none is lost.
 const ACKS_QUEUED_MAX: usize = 256;
 
-type AckMessage = (SlotRef, PublicKey, Result<(), String>);
+type AckMessage = (SlotRef, PublicKey, Result<(), AckError>);
 
 /// Runs every level of the task, leaves first, and returns the finished record.
 pub(super) async fn orchestrate(
@@ -143,16 +145,16 @@ impl Driver<'_> {
                     let result = federation
                         .send_task(member, task_request::Request::Assign(*assign))
                         .await
-                        .map_err(|error| error.to_string())
+                        .map_err(|error| AckError::Unreachable(error.to_string()))
                         .and_then(|ack| {
                             if ack.accepted {
                                 Ok(())
                             } else {
-                                Err(ack.reason)
+                                Err(AckError::Refused(ack.reason))
                             }
                         });
                     if let Err(reason) = &result {
-                        tracing::info!(%member, reason, "member did not take the assignment");
+                        tracing::info!(%member, %reason, "member did not take the assignment");
                     }
                     let _ = acks.send((slot, member, result)).await;
                 });

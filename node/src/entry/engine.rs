@@ -60,6 +60,19 @@ pub(crate) struct SlotRef {
     pub group: GroupName,
 }
 
+/// Why a member did not take its assignment.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum AckError {
+    /// The request failed: the member could not be reached. Not held against it.
+    #[error("{0}")]
+    Unreachable(String),
+    /// The member answered and refused. Held against it (as silence) when its group
+    /// then does not decide: a member that takes seats only to refuse them costs
+    /// every group it is drawn into a replacement.
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
 /// What the engine is told.
 #[derive(Debug)]
 pub(crate) enum Event {
@@ -70,7 +83,7 @@ pub(crate) enum Event {
     Acked {
         slot: SlotRef,
         member: PublicKey,
-        result: Result<(), String>,
+        result: Result<(), AckError>,
     },
     /// A member's outcome for its group.
     Outcome {
@@ -193,6 +206,10 @@ struct GroupState {
     resolution: Option<Resolution>,
     /// Members that refused the assignment or could not be reached, and why.
     lost: BTreeMap<PublicKey, String>,
+    /// The lost members that were unreachable (a failed request, a closed
+    /// connection): not blamed. A member that refused, or did not acknowledge while
+    /// connected, is lost but not excused.
+    excused: BTreeSet<PublicKey>,
     /// Members whose round gave up, and why.
     gave_up: BTreeMap<PublicKey, String>,
     /// Members that sent any outcome (alive and talking).
@@ -330,6 +347,7 @@ impl LevelEngine {
                 group,
                 resolution: None,
                 lost: BTreeMap::new(),
+                excused: BTreeSet::new(),
                 gave_up: BTreeMap::new(),
                 answered: BTreeSet::new(),
                 acked: BTreeSet::new(),
@@ -383,7 +401,7 @@ impl LevelEngine {
         ));
     }
 
-    fn on_ack(&mut self, slot: &SlotRef, member: PublicKey, result: Result<(), String>) {
+    fn on_ack(&mut self, slot: &SlotRef, member: PublicKey, result: Result<(), AckError>) {
         let (plan, replacements_max) = (&self.plan, self.limits.extra_replicas_max);
         let Some(state) = self.run.as_mut().and_then(|run| run.state_mut(slot)) else {
             return; // an earlier level or attempt
@@ -395,8 +413,11 @@ impl LevelEngine {
             Ok(()) => {
                 state.acked.insert(member);
             }
-            Err(reason) => {
-                state.lost.insert(member, bounded(reason));
+            Err(error) => {
+                if matches!(error, AckError::Unreachable(_)) {
+                    state.excused.insert(member);
+                }
+                state.lost.insert(member, bounded(error.to_string()));
                 state.replace_if_possible(plan, replacements_max);
                 state.check_all_out(plan.path);
             }
@@ -507,6 +528,7 @@ impl LevelEngine {
             for key in silent {
                 if !connected.contains(&key) {
                     state.lost.insert(key, "its connection closed".into());
+                    state.excused.insert(key);
                 } else if ack_overdue && !state.acked.contains(&key) {
                     state
                         .lost
@@ -691,7 +713,7 @@ impl LevelEngine {
         let votes = self.votes(&state, &resolution);
         let stats = self.group_stats(&state, &resolution, &votes, latency_ms);
         let decided = matches!(resolution, Resolution::Decided(_));
-        self.move_trust(&votes, decided, &state.lost, commands);
+        self.move_trust(&votes, decided, &state.excused, commands);
         commands.push(Command::GroupEnded(GroupEnd {
             level,
             place: state.group.name.place.clone(),
@@ -779,16 +801,18 @@ impl LevelEngine {
     /// A member left out of a decided certificate is not blamed: the fast path
     /// decides on the first quorum, and the rest may simply have been slower. Only
     /// silence in a group that could not decide counts as a timeout, and only from
-    /// a member that was there to answer: a *lost* member (unreachable, its
-    /// connection closed, refused, never acknowledged) is not blamed. Being cut off
-    /// by a partition or a crash is not lying; the breaker keeps an unreachable peer
+    /// a member that was there to answer: an *excused* member (a failed request, its
+    /// connection closed) is not blamed, but one that refused its seat or never
+    /// acknowledged it while connected is (a hostile member could otherwise take
+    /// seats only to refuse them, free). Being cut off by a partition or a crash is
+    /// not lying; the breaker keeps an unreachable peer
     /// out of seats while it lasts, and trust would otherwise keep it out (below
     /// the floor after two timeouts from the prior) for over half an hour after the heal.
     fn move_trust(
         &self,
         votes: &Votes,
         decided: bool,
-        lost: &BTreeMap<PublicKey, String>,
+        excused: &BTreeSet<PublicKey>,
         commands: &mut Vec<Command>,
     ) {
         let silent: Vec<PublicKey> = match decided {
@@ -796,7 +820,7 @@ impl LevelEngine {
             false => votes
                 .timed_out
                 .iter()
-                .filter(|key| !lost.contains_key(key))
+                .filter(|key| !excused.contains(key))
                 .copied()
                 .collect(),
         };

@@ -36,6 +36,8 @@ enum Behaviour {
     Hung,
     /// Its assignment fails at once and it is not connected.
     Crashed,
+    /// Connected, but refuses every assignment.
+    Refuses,
 }
 
 const HONEST_ANSWER: &[u8] = b"right";
@@ -233,7 +235,8 @@ impl World {
     fn on_assign(&mut self, slot: SlotRef, member: PublicKey, assign: Assign) {
         let behaviour = self.members[&member].behaviour;
         let result = match behaviour {
-            Behaviour::Crashed => Some(Err("connection closed".to_string())),
+            Behaviour::Crashed => Some(Err(AckError::Unreachable("connection closed".into()))),
+            Behaviour::Refuses => Some(Err(AckError::Refused("busy".into()))),
             Behaviour::Hung => None,
             _ => Some(Ok(())),
         };
@@ -267,7 +270,10 @@ impl World {
         for (key, assign) in &assigned {
             let member = &self.members[key];
             let answer = match (member.behaviour, slot.level) {
-                (Behaviour::Silent | Behaviour::Hung | Behaviour::Crashed, _) => continue,
+                (
+                    Behaviour::Silent | Behaviour::Hung | Behaviour::Crashed | Behaviour::Refuses,
+                    _,
+                ) => continue,
                 (Behaviour::Wrong, Level::Region) => WRONG_ANSWER.to_vec(),
                 (_, Level::Region) => HONEST_ANSWER.to_vec(),
                 (_, _) => {
@@ -628,6 +634,24 @@ fn a_group_that_lost_its_quorum_with_no_spare_gives_up_at_once_and_blames_nobody
     assert_eq!(world.trust_moves(TrustEvent::Timeout), BTreeSet::new());
 }
 
+/// A member that takes seats only to refuse them is not excused as an unreachable
+/// one is: when its group cannot decide, its refusal costs it as silence would.
+#[test]
+fn a_member_that_refuses_its_seat_is_blamed_when_the_group_fails() {
+    let spec = [
+        ("r1", "c1", Refuses),
+        ("r1", "c1", Honest),
+        ("r1", "c1", Honest),
+    ];
+    let world = check(&spec, Level::Region, 3);
+    assert_eq!(world.record().state, TaskState::Failed as i32);
+    let refuser = world.key_of(Refuses);
+    assert_eq!(
+        world.trust_moves(TrustEvent::Timeout),
+        BTreeSet::from([refuser])
+    );
+}
+
 #[test]
 fn a_hung_member_is_found_by_its_missing_acknowledgement() {
     let spec = [
@@ -800,7 +824,7 @@ fn a_retried_group_gets_a_probe_interval_before_connections_judge_it() {
         Event::Acked {
             slot: slot(),
             member: public(&members[0].key),
-            result: Err("busy".into()),
+            result: Err(AckError::Refused("busy".into())),
         },
     );
     assert!(
@@ -946,7 +970,7 @@ fn a_stale_acknowledgement_is_ignored() {
         Event::Acked {
             slot: stale,
             member: public(&members[0].key),
-            result: Err("gone".into()),
+            result: Err(AckError::Refused("gone".into())),
         },
     );
     assert!(commands.is_empty());
