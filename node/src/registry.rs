@@ -6,7 +6,7 @@
 //! The registry is the only source of who may sit, where, and with which stake: a
 //! peer's NodeInfo says how to reach it, never what it weighs.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -14,7 +14,7 @@ use anyhow::Context;
 use polity_consensus::registry::{
     Anchor, Change, Epoch, REGISTRY_CAPABILITY, check_proposal, sign_genesis,
 };
-use polity_proto::{Admission, EpochChain, EpochChange, Registry, RegistryMember};
+use polity_proto::{Admission, EpochChain, EpochChange, Level, Registry, RegistryMember};
 use prost::Message;
 
 use crate::raft::PlaceGroup;
@@ -46,7 +46,14 @@ pub struct RegistryState {
     /// The next registry this member approved, if any: it approves no other for
     /// the same epoch, so two changes of one epoch cannot both gather its stake.
     approved: Mutex<Option<(u64, [u8; 32])>>,
+    /// Place groups of the current epoch already computed (a raft task asks for its
+    /// place's on every `Assign`; computing one walks the epoch chain), with the
+    /// epoch they belong to. Only places that have a group are kept.
+    place_groups: Mutex<(u64, PlaceGroups)>,
 }
+
+/// Place groups by (level, place).
+type PlaceGroups = HashMap<(Level, String), PlaceGroup>;
 
 /// Who this node is in a one-member dev federation.
 pub struct DevMember {
@@ -96,6 +103,7 @@ impl RegistryState {
             apply: Mutex::new(()),
             ballots: Mutex::new(VecDeque::new()),
             approved: Mutex::new(None),
+            place_groups: Mutex::new((0, HashMap::new())),
         };
         state.persist()?;
         Ok(state)
@@ -108,15 +116,30 @@ impl RegistryState {
 
     /// The raft group of `place` at `level` in the current epoch
     /// ([`crate::raft::place::place_group`]).
-    pub fn place_group(&self, level: polity_proto::Level, place: &str) -> Option<PlaceGroup> {
+    pub fn place_group(&self, level: Level, place: &str) -> Option<PlaceGroup> {
+        let mut cache = self.place_groups.lock().expect("place groups lock");
         let anchor = self.anchor.read().expect("registry lock");
-        crate::raft::place::place_group(&anchor, level, place)
+        let epoch = anchor.current().number();
+        if cache.0 != epoch {
+            *cache = (epoch, HashMap::new());
+        }
+        if let Some(group) = cache.1.get(&(level, place.to_string())) {
+            return Some(group.clone());
+        }
+        let group = crate::raft::place::place_group(&anchor, level, place)?;
+        cache.1.insert((level, place.to_string()), group.clone());
+        Some(group)
     }
 
     /// The place groups `key` belongs to in the current epoch.
     pub fn own_place_groups(&self, key: &PublicKey) -> Vec<PlaceGroup> {
-        let anchor = self.anchor.read().expect("registry lock");
-        crate::raft::place::own_place_groups(&anchor, key)
+        let Some(member) = self.current().member(key).cloned() else {
+            return Vec::new();
+        };
+        crate::raft::place::places_of(&member)
+            .into_iter()
+            .filter_map(|(level, place)| self.place_group(level, place))
+            .collect()
     }
 
     /// The (epoch, digest) cell NodeInfo reads.

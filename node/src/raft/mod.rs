@@ -18,7 +18,7 @@
 //!   waits for a quorum, and a raft RPC may wait on disk. **Always respond**, even with
 //!   a refusal: a dropped responder counts as a failure in the sender's circuit breaker.
 //! - Every second, and so soon after each registry epoch change: `groups.follow(&own)`
-//!   with this node's place groups ([`place::own_place_groups`]): starts them, and the
+//!   with this node's place groups (`RegistryState::own_place_groups`): starts them, and the
 //!   leader of each moves its voters to the place's current registry members.
 //! - Before committing a task group's decision: `groups.ensure(&place)` with the task
 //!   group's place ([`place::place_group`]), then `groups.commit(&place.name, entry,
@@ -194,9 +194,10 @@ pub enum RaftNetError {
     /// The group does not run here: call [`RaftGroups::ensure`] first.
     #[error("raft group {0} does not run on this node")]
     NotRunning(GroupName),
-    /// The entry is over a limit or malformed; nothing was proposed.
+    /// The entry is over a limit or malformed, or not one this group commits; nothing
+    /// was proposed.
     #[error("invalid ledger entry: {0}")]
-    InvalidEntry(String),
+    InvalidEntry(#[from] EntryError),
     /// Another report for the task was committed first: the decision is final and it is
     /// not this one. `stored` is the committed entry when this node has it.
     #[error("another report for the task was committed first (term {term}, index {commit_index})")]
@@ -225,6 +226,35 @@ pub enum RaftNetError {
     /// [`RaftGroups::shutdown`] was called.
     #[error("raft groups are shut down")]
     ShutDown,
+}
+
+/// Why a ledger entry is not one a group commits ([`check_entry_for`]).
+#[derive(Debug, thiserror::Error)]
+pub enum EntryError {
+    #[error("{0}")]
+    Ledger(#[from] polity_raft::types::LedgerEntryError),
+    #[error("entry of {bytes} bytes exceeds the node's {NODE_LEDGER_ENTRY_BYTES_MAX}")]
+    TooLarge { bytes: usize },
+    #[error("encoding the entry: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("report statement: {0}")]
+    Undecodable(#[from] prost::DecodeError),
+    #[error("report: {0}")]
+    Report(#[from] polity_consensus::StatementError),
+    #[error("report without a slot")]
+    NoSlot,
+    #[error("a report for {group:?} at level {level} is not for this group's place {place:?}")]
+    OtherPlace {
+        group: String,
+        level: i32,
+        place: String,
+    },
+    #[error("the entry's key is not its report's slot")]
+    WrongKey,
+    #[error("the report is signed by {0}, not a member of the group")]
+    NotMember(PublicKey),
+    #[error("raft group {0} does not run here")]
+    NotRunning(GroupName),
 }
 
 /// Where a committed entry sits in the group's log, in the word of the leader that
@@ -788,8 +818,7 @@ impl RaftGroups {
         entry: LedgerEntry,
         timeout: Duration,
     ) -> Result<Committed, RaftNetError> {
-        self.check_entry_here(name, &entry)
-            .map_err(RaftNetError::InvalidEntry)?;
+        self.check_entry_here(name, &entry)?;
         let mut attempts = 0;
         let mut last = String::from("timed out before the first attempt");
         let attempt_loop = async {
@@ -873,7 +902,7 @@ impl RaftGroups {
         };
         let entry_json = match serde_json::to_vec(entry) {
             Ok(json) => json,
-            Err(error) => return Attempt::Done(Err(RaftNetError::InvalidEntry(error.to_string()))),
+            Err(error) => return Attempt::Done(Err(EntryError::from(error).into())),
         };
         let request = ConsensusRequest {
             request: Some(ConsensusRequestKind::Propose(RaftPropose {
@@ -1001,7 +1030,7 @@ impl RaftGroups {
             Err(error) => return refused(format!("undecodable ledger entry: {error}")),
         };
         if let Err(reason) = self.check_entry_here(&name, &entry) {
-            return refused(reason);
+            return refused(reason.to_string());
         }
         let leader_reply = |leader: Option<NodeId>| ProposeReply {
             error: "not the leader".to_string(),
@@ -1081,13 +1110,13 @@ impl RaftGroups {
 
     /// [`check_entry_for`] against group `name` as it runs here: its place, its
     /// members (the raft's membership, or the ones `ensure` was given).
-    fn check_entry_here(&self, name: &GroupName, entry: &LedgerEntry) -> Result<(), String> {
+    fn check_entry_here(&self, name: &GroupName, entry: &LedgerEntry) -> Result<(), EntryError> {
         let (group, level, place, known) = {
             let inner = self.lock();
             let running = inner
                 .running
                 .get(name)
-                .ok_or_else(|| format!("raft group {name} does not run here"))?;
+                .ok_or_else(|| EntryError::NotRunning(name.clone()))?;
             (
                 Arc::clone(&running.group),
                 running.level,
@@ -1281,14 +1310,10 @@ impl RaftGroups {
 }
 
 /// The slot and digest of the report an entry carries (a signed report statement).
-fn report_of(entry: &LedgerEntry) -> Result<(polity_proto::Slot, [u8; 32]), RaftNetError> {
-    let statement = SignedStatement::decode(entry.report.as_slice())
-        .map_err(|error| RaftNetError::InvalidEntry(format!("report statement: {error}")))?;
-    let report = Report::decode(statement.body.as_slice())
-        .map_err(|error| RaftNetError::InvalidEntry(format!("report: {error}")))?;
-    let slot = report
-        .slot
-        .ok_or_else(|| RaftNetError::InvalidEntry("report without a slot".into()))?;
+fn report_of(entry: &LedgerEntry) -> Result<(polity_proto::Slot, [u8; 32]), EntryError> {
+    let statement = SignedStatement::decode(entry.report.as_slice())?;
+    let report = Report::decode(statement.body.as_slice())?;
+    let slot = report.slot.ok_or(EntryError::NoSlot)?;
     Ok((slot, polity_consensus::report_digest(&statement.body)))
 }
 
@@ -1440,43 +1465,39 @@ fn check_entry_for(
     level: polity_proto::Level,
     place: &str,
     is_member: impl Fn(&PublicKey) -> bool,
-) -> Result<(), String> {
+) -> Result<(), EntryError> {
     check_entry(entry)?;
-    let statement = SignedStatement::decode(entry.report.as_slice())
-        .map_err(|error| format!("report statement: {error}"))?;
+    let statement = SignedStatement::decode(entry.report.as_slice())?;
     let (signer, report) =
-        polity_consensus::statement::open::<Report>(&statement, StatementKind::Report)
-            .map_err(|error| format!("report: {error}"))?;
-    let slot = report.slot.ok_or("report without a slot")?;
-    let slot_place =
-        polity_consensus::binding::place_of(&slot.group).map_err(|error| error.to_string())?;
-    if slot.level != level as i32 || slot_place != place {
-        return Err(format!(
-            "a report for {:?} at level {} is not for this group's place {place:?}",
-            slot.group, slot.level
-        ));
+        polity_consensus::statement::open::<Report>(&statement, StatementKind::Report)?;
+    let slot = report.slot.ok_or(EntryError::NoSlot)?;
+    let in_place = polity_consensus::binding::place_of(&slot.group)
+        .is_ok_and(|slot_place| slot.level == level as i32 && slot_place == place);
+    if !in_place {
+        return Err(EntryError::OtherPlace {
+            group: slot.group,
+            level: slot.level,
+            place: place.to_string(),
+        });
     }
     if entry.task_id != ledger_key(&slot) {
-        return Err("the entry's key is not its report's slot".into());
+        return Err(EntryError::WrongKey);
     }
     if !is_member(&signer) {
-        return Err(format!(
-            "the report is signed by {signer}, not a member of the group"
-        ));
+        return Err(EntryError::NotMember(signer));
     }
     Ok(())
 }
 
 /// The consensus crate's entry checks, the node's size limit, and a report the leader
 /// can sign a commit for (a signed report statement with a slot).
-fn check_entry(entry: &LedgerEntry) -> Result<(), String> {
-    entry.check().map_err(|error| error.to_string())?;
-    report_of(entry).map_err(|error| error.to_string())?;
+fn check_entry(entry: &LedgerEntry) -> Result<(), EntryError> {
+    entry.check()?;
+    report_of(entry)?;
     if entry.payload_bytes() > NODE_LEDGER_ENTRY_BYTES_MAX {
-        return Err(format!(
-            "entry of {} bytes exceeds the node's {NODE_LEDGER_ENTRY_BYTES_MAX}",
-            entry.payload_bytes()
-        ));
+        return Err(EntryError::TooLarge {
+            bytes: entry.payload_bytes(),
+        });
     }
     Ok(())
 }
@@ -1734,22 +1755,22 @@ mod tests {
         let good = report_entry(1, 9);
         check_entry_for(&good, polity_proto::Level::Region, "a", member).unwrap();
         let other_place = check_entry_for(&good, polity_proto::Level::Region, "b", member);
-        assert!(other_place.unwrap_err().contains("place"));
+        assert!(other_place.unwrap_err().to_string().contains("place"));
         let other_level = check_entry_for(&good, polity_proto::Level::Continent, "a", member);
         assert!(other_level.is_err());
         let stranger = report_entry(1, 8);
         let refused = check_entry_for(&stranger, polity_proto::Level::Region, "a", member);
-        assert!(refused.unwrap_err().contains("not a member"));
+        assert!(refused.unwrap_err().to_string().contains("not a member"));
         let mut rekeyed = good.clone();
         rekeyed.task_id = polity_consensus::TaskId([1; 32]);
         let refused = check_entry_for(&rekeyed, polity_proto::Level::Region, "a", member);
-        assert!(refused.unwrap_err().contains("key"));
+        assert!(refused.unwrap_err().to_string().contains("key"));
         let mut forged = good;
         let mut statement = SignedStatement::decode(forged.report.as_slice()).unwrap();
         statement.signature[0] ^= 1;
         forged.report = statement.encode_to_vec();
         let refused = check_entry_for(&forged, polity_proto::Level::Region, "a", member);
-        assert!(refused.unwrap_err().contains("report"));
+        assert!(refused.unwrap_err().to_string().contains("report"));
     }
 
     /// A member takes a forwarded commit only on the word of the leader that appended

@@ -13,7 +13,7 @@
 
 use polity_consensus::ids::PublicKey;
 use polity_consensus::registry::{Anchor, Epoch};
-use polity_proto::Level;
+use polity_proto::{Level, RegistryMember};
 use polity_raft::GroupName;
 
 /// A place's raft group as the registry defines it.
@@ -75,18 +75,12 @@ pub fn place_group(anchor: &Anchor, level: Level, place: &str) -> Option<PlaceGr
     })
 }
 
-/// The place groups `key` belongs to in the current epoch: its region's, its
-/// continent's and the global one (none when it is not a registry member).
-pub fn own_place_groups(anchor: &Anchor, key: &PublicKey) -> Vec<PlaceGroup> {
-    let Some(member) = anchor.current().member(key) else {
-        return Vec::new();
-    };
+/// The places a member stands for: its region, its continent and the global level
+/// (the place groups it belongs to).
+pub fn places_of(member: &RegistryMember) -> [(Level, &str); 3] {
     [
         (Level::Region, member.region.as_str()),
         (Level::Continent, member.continent.as_str()),
         (Level::Global, polity_consensus::binding::GLOBAL_GROUP),
     ]
-    .into_iter()
-    .filter_map(|(level, place)| place_group(anchor, level, place))
-    .collect()
 }
