@@ -103,6 +103,81 @@ async fn epoch_of(node: &NodeProcess) -> usize {
         .len()
 }
 
+/// A testnet of `count` nodes in region-0 (its genesis in `dir/genesis.pb`).
+async fn launch_region(dir: &Path, count: usize) -> Vec<NodeProcess> {
+    let args = UpArgs {
+        nodes: count,
+        regions: 1,
+        continents: 1,
+        capabilities: Vec::new(),
+        dir: dir.to_path_buf(),
+        detach: false,
+        measure: false,
+        timeout_s: 120,
+        node_args: Vec::new(),
+    };
+    let Launched { nodes, .. } = launch(&args, &default_capabilities()).await.unwrap();
+    nodes
+}
+
+/// A node in region-0 that is not in the genesis (data in `dir/name`), started with
+/// the testnet's genesis, bootstrapping to `bootstrap`, with `extra` flags.
+fn start_newcomer(dir: &Path, name: &str, bootstrap: &NodeProcess, extra: &[&str]) -> NodeProcess {
+    let mut extra_args = vec![
+        "--genesis".to_string(),
+        dir.join("genesis.pb").display().to_string(),
+        "--bootstrap".into(),
+        bootstrap.endpoints.p2p[0].clone(),
+    ];
+    extra_args.extend(extra.iter().map(|flag| flag.to_string()));
+    for capability in default_capabilities() {
+        extra_args.extend(["--capability".to_string(), capability]);
+    }
+    NodeProcess::start(
+        &polity_binary().unwrap(),
+        NodeSpec {
+            name: name.into(),
+            data_dir: dir.join(name),
+            region: "region-0".into(),
+            continent: "continent-0".into(),
+            extra_args,
+        },
+    )
+    .unwrap()
+}
+
+/// `polity propose join` for the node whose data is in `data_dir`, through `entry`.
+fn propose_join(entry: &NodeProcess, data_dir: &Path) -> (i32, String) {
+    polity(&[
+        "propose",
+        "join",
+        "--addr",
+        &entry.endpoints.grpc,
+        "--data-dir",
+        &data_dir.display().to_string(),
+        "--region",
+        "region-0",
+        "--continent",
+        "continent-0",
+        "--capability",
+        "sha256",
+    ])
+}
+
+/// Waits until every node of `nodes` is at registry epoch 1.
+async fn wait_for_epoch_1<'a>(nodes: impl Iterator<Item = &'a NodeProcess>) {
+    let started = Instant::now();
+    for node in nodes {
+        while epoch_of(node).await < 1 {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "epoch 1 not pushed"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 fn write(path: &Path, bytes: &[u8]) -> String {
     std::fs::write(path, bytes).unwrap();
     path.display().to_string()
@@ -111,44 +186,16 @@ fn write(path: &Path, bytes: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_registry_decides_who_sits_and_moves_only_by_proposals() {
     let dir = tempfile::tempdir().unwrap();
-    let args = UpArgs {
-        nodes: 4,
-        regions: 1,
-        continents: 1,
-        capabilities: Vec::new(),
-        dir: dir.path().to_path_buf(),
-        detach: false,
-        measure: false,
-        timeout_s: 120,
-        node_args: Vec::new(),
-    };
-    let Launched { mut nodes, .. } = launch(&args, &default_capabilities()).await.unwrap();
+    let mut nodes = launch_region(dir.path(), 4).await;
     let genesis = dir.path().join("genesis.pb");
 
     // An outsider in the same region, always wrong, with the testnet's genesis.
-    let mut extra_args = vec![
-        "--genesis".to_string(),
-        genesis.display().to_string(),
-        "--bootstrap".into(),
-        nodes[0].endpoints.p2p[0].clone(),
-        "--fault-error-rate".into(),
-        "1.0".into(),
-        "--fault-distinct-wrong".into(),
-    ];
-    for capability in default_capabilities() {
-        extra_args.extend(["--capability".to_string(), capability]);
-    }
-    let outsider = NodeProcess::start(
-        &polity_binary().unwrap(),
-        NodeSpec {
-            name: "outsider".into(),
-            data_dir: dir.path().join("outsider"),
-            region: "region-0".into(),
-            continent: "continent-0".into(),
-            extra_args,
-        },
-    )
-    .unwrap();
+    let outsider = start_newcomer(
+        dir.path(),
+        "outsider",
+        &nodes[0],
+        &["--fault-error-rate", "1.0", "--fault-distinct-wrong"],
+    );
     let outsider_key = hex::decode(&outsider.endpoints.public_key).unwrap();
     let truth = hex::encode(Sha256::digest(b"who may vote")).into_bytes();
     tokio::time::sleep(Duration::from_secs(2)).await; // let it be discovered
@@ -197,33 +244,10 @@ async fn the_registry_decides_who_sits_and_moves_only_by_proposals() {
 
     // The outsider asks to join; the members (admission open) approve.
     let entry = &nodes[0].endpoints.grpc.clone();
-    let outsider_dir = dir.path().join("outsider").display().to_string();
-    let (code, text) = polity(&[
-        "propose",
-        "join",
-        "--addr",
-        entry,
-        "--data-dir",
-        &outsider_dir,
-        "--region",
-        "region-0",
-        "--continent",
-        "continent-0",
-        "--capability",
-        "sha256",
-    ]);
+    let (code, text) = propose_join(&nodes[0], &dir.path().join("outsider"));
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("epoch 1"), "{text}");
-    let started = Instant::now();
-    for node in nodes.iter().chain([&outsider]) {
-        while epoch_of(node).await < 1 {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "epoch 1 not pushed"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    wait_for_epoch_1(nodes.iter().chain([&outsider])).await;
 
     // node-3 comes back at epoch 0 and pulls the change from a peer that announces
     // epoch 1.
@@ -287,18 +311,7 @@ fn raft_task(nonce: u64) -> SubmitTaskRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raft_groups_follow_the_registry() {
     let dir = tempfile::tempdir().unwrap();
-    let args = UpArgs {
-        nodes: 2,
-        regions: 1,
-        continents: 1,
-        capabilities: Vec::new(),
-        dir: dir.path().to_path_buf(),
-        detach: false,
-        measure: false,
-        timeout_s: 120,
-        node_args: Vec::new(),
-    };
-    let Launched { mut nodes, .. } = launch(&args, &default_capabilities()).await.unwrap();
+    let mut nodes = launch_region(dir.path(), 2).await;
     let genesis = dir.path().join("genesis.pb").display().to_string();
     let truth = hex::encode(Sha256::digest(b"who may vote")).into_bytes();
     let key_of = |node: &NodeProcess| hex::decode(&node.endpoints.public_key).unwrap();
@@ -315,52 +328,10 @@ async fn raft_groups_follow_the_registry() {
     assert_eq!(code, 0, "{text}");
 
     // A third member joins region-0 (admission open: both members approve).
-    let mut extra_args = vec![
-        "--genesis".to_string(),
-        genesis.clone(),
-        "--bootstrap".into(),
-        nodes[0].endpoints.p2p[0].clone(),
-    ];
-    for capability in default_capabilities() {
-        extra_args.extend(["--capability".to_string(), capability]);
-    }
-    let joiner = NodeProcess::start(
-        &polity_binary().unwrap(),
-        NodeSpec {
-            name: "joiner".into(),
-            data_dir: dir.path().join("joiner"),
-            region: "region-0".into(),
-            continent: "continent-0".into(),
-            extra_args,
-        },
-    )
-    .unwrap();
-    let joiner_dir = dir.path().join("joiner").display().to_string();
-    let (code, text) = polity(&[
-        "propose",
-        "join",
-        "--addr",
-        &nodes[0].endpoints.grpc.clone(),
-        "--data-dir",
-        &joiner_dir,
-        "--region",
-        "region-0",
-        "--continent",
-        "continent-0",
-        "--capability",
-        "sha256",
-    ]);
+    let joiner = start_newcomer(dir.path(), "joiner", &nodes[0], &[]);
+    let (code, text) = propose_join(&nodes[0], &dir.path().join("joiner"));
     assert_eq!(code, 0, "{text}");
-    let started = Instant::now();
-    for node in nodes.iter().chain([&joiner]) {
-        while epoch_of(node).await < 1 {
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "epoch 1 not pushed"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    wait_for_epoch_1(nodes.iter().chain([&joiner])).await;
 
     // The region's raft group moves to three voters (a membership change needs the
     // old majority, so node-1 stays up until it is done) ...
