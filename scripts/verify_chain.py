@@ -135,7 +135,13 @@ REPORT_SCHEMA: Schema = {
     7: ("degraded_reason", "string", False),
     8: ("group_digest", "bytes", False),
 }
-ATTESTATION_SCHEMA: Schema = {1: ("slot", SLOT, False), 2: ("report_digest", "bytes", False)}
+ATTESTATION_SCHEMA: Schema = {
+    1: ("slot", SLOT, False),
+    2: ("report_digest", "bytes", False),
+    3: ("raft_term", "uint64", False),
+    4: ("raft_index", "uint64", False),
+    5: ("raft_leader", "bytes", False),
+}
 RAFT_COMMIT_SCHEMA: Schema = {
     1: ("slot", SLOT, False),
     2: ("report_digest", "bytes", False),
@@ -1030,12 +1036,11 @@ def check_quorum(
     observations: List[Tuple[int, Message]],
     attesters: List[int],
 ) -> None:
-    """Fast path or attested (bft, stake); a commit and a majority (raft)."""
+    """Fast path or attested (bft, stake); a commit, a majority of observations and a
+    majority of attestations of the commit (raft)."""
     path, members, slot = header.path, header.members, header.slot
     observed = [index for index, _ in observations]
     if path == RAFT:
-        if certificate.attestations:
-            raise Invalid("attestations not allowed on raft")
         if certificate.raft_commit is None:
             raise Invalid("raft_commit missing")
         commit = decode(RAFT_COMMIT_SCHEMA, certificate.raft_commit.body, "raft_commit")
@@ -1047,6 +1052,9 @@ def check_quorum(
             raise Invalid(f"invalid raft_commit term and index: term {commit.term}, index {commit.commit_index}")
         if not is_quorum(path, members, observed):
             raise Invalid(f"no quorum: {len(observed)} observations of {len(members)} members on raft")
+        check_attestations(certificate, path, slot, digest, attesters, commit)
+        if not is_quorum(path, members, attesters):
+            raise Invalid(f"no quorum: {len(attesters)} attestations of the raft commit of {len(members)} members")
         return
     if certificate.raft_commit is not None:
         raise Invalid("raft_commit not allowed on bft or stake")
@@ -1055,6 +1063,17 @@ def check_quorum(
         if not is_quorum(path, members, agreeing):
             raise Invalid(f"no quorum: {len(agreeing)} of {len(members)} identical observations")
         return
+    check_attestations(certificate, path, slot, digest, attesters, None)
+    if not is_quorum(path, members, observed) or not is_quorum(path, members, attesters):
+        raise Invalid(f"no quorum: {len(observed)} observations and {len(attesters)} attestations")
+
+
+def check_attestations(
+    certificate: Message, path: int, slot: Message, digest: bytes, attesters: List[int], commit: Optional[Message]
+) -> None:
+    """Each attestation from a member not counted before, for this slot and report;
+    its raft fields all set and naming the commit's term, index and signer on raft,
+    all zero or empty on bft and stake."""
     seen = set()
     for statement, index in zip(certificate.attestations, attesters):
         if index in seen:
@@ -1065,8 +1084,12 @@ def check_quorum(
             raise Invalid("attestation is for another slot")
         if attestation.report_digest != digest:
             raise Invalid("attestation names another report")
-    if not is_quorum(path, members, observed) or not is_quorum(path, members, attesters):
-        raise Invalid(f"no quorum: {len(observed)} observations and {len(attesters)} attestations")
+        mark = (attestation.raft_term, attestation.raft_index, attestation.raft_leader)
+        if commit is None:
+            if mark != (0, 0, b""):
+                raise Invalid("attestation raft fields set on bft or stake")
+        elif mark != (commit.term, commit.commit_index, certificate.raft_commit.signer):
+            raise Invalid("attestation names another raft term, index or leader than the raft commit")
 
 
 def verify_children(

@@ -748,7 +748,7 @@ fn check_quorum(
             if certificate.attestations.is_empty() {
                 return check_fast_quorum(&rule, path, value, observations);
             }
-            check_attestations(certificate, slot, digest, attestation_signers)?;
+            check_attestations(certificate, path, slot, digest, attestation_signers)?;
             if !rule.is_quorum(&observed) || !rule.is_quorum(attestation_signers) {
                 return Err(VerifyError::NoQuorum {
                     detail: format!(
@@ -761,7 +761,20 @@ fn check_quorum(
             }
             Ok(())
         }
-        ConsensusPath::Raft => check_raft_quorum(certificate, &rule, slot, digest, &observed),
+        ConsensusPath::Raft => {
+            check_raft_quorum(certificate, &rule, slot, digest, &observed)?;
+            check_attestations(certificate, path, slot, digest, attestation_signers)?;
+            if !rule.is_quorum(attestation_signers) {
+                return Err(VerifyError::NoQuorum {
+                    detail: format!(
+                        "{} attestations of the raft commit of {} members",
+                        attestation_signers.len(),
+                        rule.members()
+                    ),
+                });
+            }
+            Ok(())
+        }
         ConsensusPath::Unspecified => Err(VerifyError::Invalid {
             what: "path",
             value: "0".into(),
@@ -793,9 +806,11 @@ fn check_fast_quorum(
     Ok(())
 }
 
-/// Each attestation: from a member not counted before, for this slot and this report.
+/// Each attestation: from a member not counted before, for this slot and this report;
+/// on the raft path, of the certificate's raft commit (its term, index and signer).
 fn check_attestations(
     certificate: &Certificate,
+    path: ConsensusPath,
     slot: &Slot,
     digest: &[u8; 32],
     attestation_signers: &[usize],
@@ -815,12 +830,76 @@ fn check_attestations(
                 what: "attestation",
             });
         }
+        check_raft_mark(&attestation, path)?;
+        if let Some(commit) = &certificate.raft_commit
+            && !attests_commit(statement, commit)
+        {
+            return Err(VerifyError::Invalid {
+                what: "attestation",
+                value: "names another raft term, index or leader than the raft commit".into(),
+            });
+        }
     }
     Ok(())
 }
 
-/// Raft: no attestations, a commit statement for this slot and report, and a majority
-/// of observations.
+/// An attestation's raft fields fit its path: all set on raft (a term and index from
+/// 1, a 32-byte leader key), all zero or empty on bft and stake.
+pub(crate) fn check_raft_mark(
+    attestation: &Attestation,
+    path: ConsensusPath,
+) -> Result<(), VerifyError> {
+    let fits = if path == ConsensusPath::Raft {
+        attestation.raft_term != 0
+            && attestation.raft_index != 0
+            && attestation.raft_leader.len() == 32
+    } else {
+        attestation.raft_term == 0
+            && attestation.raft_index == 0
+            && attestation.raft_leader.is_empty()
+    };
+    if fits {
+        return Ok(());
+    }
+    Err(VerifyError::Invalid {
+        what: "attestation raft fields",
+        value: format!(
+            "term {}, index {}, leader of {} bytes on {path:?}",
+            attestation.raft_term,
+            attestation.raft_index,
+            attestation.raft_leader.len()
+        ),
+    })
+}
+
+/// A raft commit's own rule: raft's first term is 1, and index 0 is before the first
+/// entry.
+pub(crate) fn check_commit_fields(commit: &RaftCommit) -> Result<(), VerifyError> {
+    if commit.term == 0 || commit.commit_index == 0 {
+        return Err(VerifyError::Invalid {
+            what: "raft_commit term and index",
+            value: format!("term {}, index {}", commit.term, commit.commit_index),
+        });
+    }
+    Ok(())
+}
+
+/// Whether a signed attestation names the signed raft commit's term, index and signer
+/// (the statements' signatures are checked elsewhere; undecodable ones never match).
+pub(crate) fn attests_commit(attestation: &SignedStatement, commit: &SignedStatement) -> bool {
+    let (Ok(attestation), Ok(body)) = (
+        Attestation::decode(attestation.body.as_slice()),
+        RaftCommit::decode(commit.body.as_slice()),
+    ) else {
+        return false;
+    };
+    attestation.raft_term == body.term
+        && attestation.raft_index == body.commit_index
+        && attestation.raft_leader == commit.signer
+}
+
+/// Raft: a commit statement for this slot and report, and a majority of observations
+/// (the caller checks the attestations of the commit).
 fn check_raft_quorum(
     certificate: &Certificate,
     rule: &QuorumRule,
@@ -828,11 +907,6 @@ fn check_raft_quorum(
     digest: &[u8; 32],
     observed: &[usize],
 ) -> Result<(), VerifyError> {
-    if !certificate.attestations.is_empty() {
-        return Err(VerifyError::Unexpected {
-            what: "attestations",
-        });
-    }
     let statement = certificate
         .raft_commit
         .as_ref()
@@ -846,13 +920,7 @@ fn check_raft_quorum(
             what: "raft_commit",
         });
     }
-    if commit.term == 0 || commit.commit_index == 0 {
-        // Raft's first term is 1, and index 0 is before the first entry.
-        return Err(VerifyError::Invalid {
-            what: "raft_commit term and index",
-            value: format!("term {}, index {}", commit.term, commit.commit_index),
-        });
-    }
+    check_commit_fields(&commit)?;
     if !rule.is_quorum(observed) {
         return Err(VerifyError::NoQuorum {
             detail: format!(
@@ -1171,6 +1239,7 @@ pub(crate) mod tests {
                     let attestation = Attestation {
                         slot: Some(self.slot()),
                         report_digest: digest.to_vec(),
+                        ..Attestation::default()
                     };
                     sign_message(&self.keys[i], StatementKind::Attestation, &attestation)
                 })
@@ -1189,6 +1258,44 @@ pub(crate) mod tests {
                 children: Vec::new(),
                 registry_digest: self.registry.to_vec(),
             }
+        }
+    }
+
+    impl Fixture {
+        /// Raft: `leader` commits the certificate's report at term 1, index 9, and
+        /// `attesters` attest that commit with `term`, `index` and `leader` (as they
+        /// found it in their logs; the honest values are 1, 9 and the leader's key).
+        pub fn commit(
+            &self,
+            certificate: &mut Certificate,
+            leader: usize,
+            attesters: &[usize],
+            mark: (u64, u64, usize),
+        ) {
+            let digest = report_digest(&certificate.report.as_ref().unwrap().body);
+            let commit = RaftCommit {
+                slot: Some(self.slot()),
+                report_digest: digest.to_vec(),
+                term: 1,
+                commit_index: 9,
+            };
+            let (term, index, named) = mark;
+            let attestation = Attestation {
+                slot: Some(self.slot()),
+                report_digest: digest.to_vec(),
+                raft_term: term,
+                raft_index: index,
+                raft_leader: self.keys[named].verifying_key().to_bytes().to_vec(),
+            };
+            certificate.raft_commit = Some(sign_message(
+                &self.keys[leader],
+                StatementKind::RaftCommit,
+                &commit,
+            ));
+            certificate.attestations = attesters
+                .iter()
+                .map(|&i| sign_message(&self.keys[i], StatementKind::Attestation, &attestation))
+                .collect();
         }
     }
 
@@ -1360,29 +1467,71 @@ pub(crate) mod tests {
     fn raft_needs_a_commit_and_a_majority() {
         let fixture = Fixture::new(3, ConsensusPath::Raft);
         let observations: Vec<SignedStatement> = (0..2).map(|i| fixture.observe(i, "v")).collect();
+        let honest = (1, 9, 2);
         let mut certificate = fixture.certify(observations.clone(), &[], None);
         check(&certificate, Err("raft_commit missing"));
-        let digest = report_digest(&certificate.report.as_ref().unwrap().body);
-        let commit = |digest: &[u8]| {
-            let commit = RaftCommit {
-                slot: Some(fixture.slot()),
-                report_digest: digest.to_vec(),
-                term: 1,
-                commit_index: 9,
-            };
-            Some(sign_message(
-                &fixture.keys[2],
-                StatementKind::RaftCommit,
-                &commit,
-            ))
-        };
-        certificate.raft_commit = commit(&digest);
+        fixture.commit(&mut certificate, 2, &[0, 1], honest);
         check(&certificate, Ok("v"));
-        certificate.raft_commit = commit(&[0; 32]);
-        check(&certificate, Err("names another report"));
+        let mut moved = certificate.clone();
+        let RaftCommit {
+            slot,
+            term,
+            commit_index,
+            ..
+        } = decode_body(&moved.raft_commit.as_ref().unwrap().body).unwrap();
+        let elsewhere = RaftCommit {
+            slot,
+            report_digest: vec![0; 32],
+            term,
+            commit_index,
+        };
+        moved.raft_commit = Some(sign_message(
+            &fixture.keys[2],
+            StatementKind::RaftCommit,
+            &elsewhere,
+        ));
+        check(&moved, Err("names another report"));
         let mut minority = fixture.certify(observations[..1].to_vec(), &[], None);
-        minority.raft_commit = commit(&report_digest(&minority.report.as_ref().unwrap().body));
+        fixture.commit(&mut minority, 2, &[0, 1], honest);
         check(&minority, Err("no quorum"));
+    }
+
+    #[test]
+    fn a_raft_commit_needs_a_majority_attesting_its_term_index_and_leader() {
+        let fixture = Fixture::new(3, ConsensusPath::Raft);
+        let observations: Vec<SignedStatement> = (0..3).map(|i| fixture.observe(i, "v")).collect();
+        let mut certificate = fixture.certify(observations, &[], None);
+        let honest = (1, 9, 2);
+        fixture.commit(&mut certificate, 2, &[0, 1, 2], honest);
+        check(&certificate, Ok("v"));
+        // Member 2 signs a commit it did not append as leader: the others' logs name
+        // member 0 as the appender, and one forged attestation is no majority.
+        fixture.commit(&mut certificate, 2, &[2], honest);
+        check(&certificate, Err("1 attestations of the raft commit of 3"));
+        fixture.commit(&mut certificate, 2, &[], honest);
+        check(&certificate, Err("0 attestations"));
+        for (mark, why) in [
+            ((1, 9, 0), "another raft term, index or leader"),
+            ((2, 9, 2), "another raft term, index or leader"),
+            ((1, 8, 2), "another raft term, index or leader"),
+            ((0, 9, 2), "attestation raft fields"),
+        ] {
+            fixture.commit(&mut certificate, 2, &[0, 1], mark);
+            check(&certificate, Err(why));
+        }
+        // Attestations without raft fields attest no commit.
+        let plain = fixture.certify(certificate.observations.clone(), &[0, 1], None);
+        let mut unmarked = certificate.clone();
+        unmarked.attestations = plain.attestations;
+        check(&unmarked, Err("attestation raft fields"));
+        // And raft fields have no place on bft.
+        let bft = Fixture::new(3, ConsensusPath::Bft);
+        let observations: Vec<SignedStatement> = (0..3).map(|i| bft.observe(i, "v")).collect();
+        let mut attested = bft.certify(observations, &[0, 1, 2], None);
+        check(&attested, Ok("v"));
+        bft.commit(&mut attested, 2, &[0, 1, 2], honest);
+        attested.raft_commit = None;
+        check(&attested, Err("attestation raft fields"));
     }
 
     #[test]

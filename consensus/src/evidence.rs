@@ -196,6 +196,7 @@ mod tests {
             &Attestation {
                 slot: Some(slot(0)),
                 report_digest: vec![1; 32],
+                ..Attestation::default()
             },
         );
         check(

@@ -118,7 +118,13 @@ pub fn statement_json(statement: &SignedStatement) -> Value {
             })
         }),
         StatementKind::Attestation => Attestation::decode(body).ok().map(|a| {
-            json!({ "slot": slot_json(a.slot.as_ref()), "report_digest": hex::encode(&a.report_digest) })
+            json!({
+                "slot": slot_json(a.slot.as_ref()),
+                "report_digest": hex::encode(&a.report_digest),
+                "raft_term": a.raft_term,
+                "raft_index": a.raft_index,
+                "raft_leader": hex::encode(&a.raft_leader),
+            })
         }),
         StatementKind::RaftCommit => RaftCommit::decode(body).ok().map(|c| {
             json!({

@@ -27,11 +27,15 @@
 //!    broadcasts it. Every member verifies a certificate it receives with
 //!    [`crate::verify_chain`] before adopting it.
 //! 6. **Raft.** On the raft path the collector, holding a majority of observations,
-//!    emits [`Action::Commit`]; the node writes the report to the group's openraft log
+//!    emits [`Action::Commit`]; the node writes the report to the place's openraft log
 //!    and, once it is committed, feeds [`Input::Committed`] with the `RaftCommit` the
-//!    place's raft leader signed; the certificate carries it and is final. The group's raft state machine must
-//!    keep only the first report committed per (task, level, group) and feed
-//!    `Committed` only for that one.
+//!    place's raft leader signed. The collector broadcasts that commit; every other
+//!    member asks its node to confirm it ([`Action::ConfirmCommit`]: its own copy of
+//!    the log holds the report at that index, appended in that term by the signer) and,
+//!    once confirmed, attests the report with the commit's term, index and leader. A
+//!    majority of such attestations and the commit make the certificate. The group's
+//!    raft state machine must keep only the first report committed per (task, level,
+//!    group) and feed `Committed` only for that one; a member attests one commit.
 //! 7. **Time.** Round `r` runs over `[start + r·T, start + (r+1)·T)` with
 //!    `T = round_timeout_ms`. At `start + rounds_max·T` an undecided round gives up:
 //!    it emits [`Action::DegradedCertificate`] (a report marked degraded, signed by
@@ -74,8 +78,9 @@ use prost::Message;
 
 use crate::aggregate::{AnswerVerifier, aggregate, normalize};
 use crate::certificate::{
-    GROUP_BYTES_MAX, MEMBERS_MAX, PATH_REASON_BYTES_MAX, ROUNDS_MAX, VerifyError, ballots,
-    certificate_digest, group_digest, member_keys, report_digest, verify_chain_with,
+    GROUP_BYTES_MAX, MEMBERS_MAX, PATH_REASON_BYTES_MAX, ROUNDS_MAX, VerifyError, attests_commit,
+    ballots, certificate_digest, check_commit_fields, check_raft_mark, group_digest, member_keys,
+    report_digest, verify_chain_with,
 };
 use crate::evidence::evidence_from;
 use crate::ids::{PublicKey, TaskId};
@@ -192,9 +197,11 @@ pub enum Input {
         certificate: Box<Certificate>,
     },
     /// Raft path: the place's raft leader says the report is committed in its log: a
-    /// `RaftCommit` it signed. The driver checks that the signer led the term of the
-    /// entry (by its own copy of the log); the round checks the signature, the slot and
-    /// the report digest.
+    /// `RaftCommit` it signed. The driver feeds it only once this member's own copy of
+    /// the log confirms it (the entry at its index holds its report and was appended in
+    /// its term by its signer): after its own [`Action::Commit`], or when asked by
+    /// [`Action::ConfirmCommit`]. The round checks the signature, the slot and the
+    /// report digest.
     Committed { commit: SignedStatement },
     /// Time passes; the round compares `now_ms` to its deadlines.
     Tick,
@@ -213,6 +220,10 @@ pub enum Action {
         report: SignedStatement,
         report_digest: [u8; 32],
     },
+    /// Raft path: the round's collector relayed this leader-signed `RaftCommit`; feed
+    /// [`Input::Committed`] with it if this member's own copy of the log confirms it,
+    /// nothing otherwise.
+    ConfirmCommit { commit: SignedStatement },
     /// The group decided; the certificate verifies with [`crate::verify_chain`].
     Decided(Box<Certificate>),
     /// The best effort of a round that gave up (see the module doc).
@@ -345,6 +356,10 @@ pub struct Round {
     own_reports: BTreeMap<u32, OwnReport>,
     /// Raft path: reports proposed for commit, by digest.
     proposed: BTreeMap<[u8; 32], u32>,
+    /// Raft path: the leader-signed commit of each round's report, one per round: the
+    /// one this member's node confirmed (as collector), or the first the round's
+    /// collector relayed (awaiting confirmation).
+    commits: BTreeMap<u32, SignedStatement>,
     /// Members already caught up with the decided certificate.
     caught_up: BTreeSet<usize>,
     decided: Option<Box<Certificate>>,
@@ -465,6 +480,7 @@ impl Round {
             attestations: BTreeMap::new(),
             own_reports: BTreeMap::new(),
             proposed: BTreeMap::new(),
+            commits: BTreeMap::new(),
             caught_up: BTreeSet::new(),
             decided: None,
             degraded: false,
@@ -702,6 +718,13 @@ impl Round {
                 return;
             }
         };
+        if statement.kind == StatementKind::RaftCommit as i32 {
+            // The place's leader signs commits, and need not be a member.
+            if let Err(reason) = self.on_relayed_commit(from, statement, actions) {
+                actions.push(Action::Rejected { from, reason });
+            }
+            return;
+        }
         let Some(&index) = self.index_of.get(&signer) else {
             actions.push(Action::Rejected {
                 from,
@@ -713,7 +736,7 @@ impl Round {
             Ok(StatementKind::Observation) => self.on_observation(index, statement, actions),
             Ok(StatementKind::Report) => self.on_report(index, statement, actions),
             Ok(StatementKind::Attestation) => self.on_attestation(index, statement, actions),
-            // Raft commits travel inside certificates; node info is not a round's business.
+            // Node info is not a round's business.
             _ => Ok(()),
         };
         if let Err(reason) = result {
@@ -822,6 +845,7 @@ impl Round {
             .as_slice()
             .try_into()
             .map_err(|_| "attestation's report digest is not 32 bytes".to_string())?;
+        check_raft_mark(&attestation, self.config.path).map_err(|e| e.to_string())?;
         if let Some((first, _)) = self.attestations.get(&(round, index)) {
             if *first != statement {
                 actions.extend(evidence_from(first, &statement).map(Action::Evidence));
@@ -884,8 +908,40 @@ impl Round {
         Ok(())
     }
 
+    /// Raft path: a leader-signed commit relayed by a round's collector, for this
+    /// member to confirm against its own copy of the log. Only the collector of the
+    /// commit's round may relay it, and only its first commit for that round counts.
+    fn on_relayed_commit(
+        &mut self,
+        from: PublicKey,
+        statement: SignedStatement,
+        actions: &mut Vec<Action>,
+    ) -> Result<(), String> {
+        if self.config.path != ConsensusPath::Raft {
+            return Err(format!("raft commit on the {:?} path", self.config.path));
+        }
+        let commit: RaftCommit = decode_body(&statement.body).map_err(|e| e.to_string())?;
+        let Some(round) = self.is_my_slot(commit.slot.as_ref()) else {
+            return Ok(());
+        };
+        if from != self.collector(round) {
+            return Err(format!(
+                "raft commit for round {round} relayed by a member that is not its collector"
+            ));
+        }
+        check_commit_fields(&commit).map_err(|e| e.to_string())?;
+        if self.commits.contains_key(&round) || !self.attested.is_empty() {
+            return Ok(());
+        }
+        self.commits.insert(round, statement.clone());
+        actions.push(Action::ConfirmCommit { commit: statement });
+        Ok(())
+    }
+
+    /// Raft path: this member's node confirmed a commit against its own log. The
+    /// collector whose report it is relays it to the group; every member attests it.
     fn on_committed(&mut self, statement: SignedStatement, actions: &mut Vec<Action>) {
-        let Ok((_leader, commit)) =
+        let Ok((leader, commit)) =
             crate::statement::open::<RaftCommit>(&statement, StatementKind::RaftCommit)
         else {
             return;
@@ -893,21 +949,56 @@ impl Round {
         let Ok(digest) = <[u8; 32]>::try_from(commit.report_digest.as_slice()) else {
             return;
         };
-        let Some(&round) = self.proposed.get(&digest) else {
+        let Some(round) = self.is_my_slot(commit.slot.as_ref()) else {
             return;
         };
-        let Some(own) = self.own_reports.get(&round) else {
-            return;
-        };
-        debug_assert_eq!(own.report.digest, digest);
-        if commit.slot.as_ref() != Some(&self.slot(round))
-            || commit.term == 0
-            || commit.commit_index == 0
-        {
+        if check_commit_fields(&commit).is_err() {
             return;
         }
-        let certificate = self.certificate(own, Vec::new(), Some(statement));
-        self.decide(certificate, true, actions);
+        if self.proposed.get(&digest) == Some(&round) {
+            debug_assert!(self.own_reports.contains_key(&round));
+            if self.commits.contains_key(&round) {
+                return;
+            }
+            self.commits.insert(round, statement.clone());
+            actions.push(Action::Broadcast(RoundMessage::Statement(statement)));
+        } else if self.commits.get(&round) != Some(&statement) {
+            return;
+        }
+        self.attest_commit(round, digest, leader, &commit, actions);
+    }
+
+    /// Raft path: attests the report of `round` with the commit's term, index and
+    /// leader, once for the whole group (raft commits one report per group).
+    fn attest_commit(
+        &mut self,
+        round: u32,
+        digest: [u8; 32],
+        leader: PublicKey,
+        commit: &RaftCommit,
+        actions: &mut Vec<Action>,
+    ) {
+        if !self.attested.is_empty() {
+            return;
+        }
+        let attestation = Attestation {
+            slot: Some(self.slot(round)),
+            report_digest: digest.to_vec(),
+            raft_term: commit.term,
+            raft_index: commit.commit_index,
+            raft_leader: leader.0.to_vec(),
+        };
+        self.attested.insert(round, digest);
+        let statement = sign_message(&self.key, StatementKind::Attestation, &attestation);
+        let collector = self.collector(round);
+        if collector != self.me {
+            actions.push(Action::SendTo(
+                collector,
+                RoundMessage::Statement(statement.clone()),
+            ));
+        }
+        self.attestations
+            .insert((round, self.my_index), (statement, digest));
     }
 
     /// Does whatever the state now allows: observe, build or propose a report, attest,
@@ -924,8 +1015,8 @@ impl Round {
         }
         if self.config.path != ConsensusPath::Raft {
             self.attest_reports(actions);
-            self.certify(actions);
         }
+        self.certify(actions);
     }
 
     /// Signs and sends this member's observation for the current round, once.
@@ -1215,6 +1306,7 @@ impl Round {
                     let attestation = Attestation {
                         slot: Some(self.slot(round)),
                         report_digest: stored.digest.to_vec(),
+                        ..Attestation::default()
                     };
                     let digest = stored.digest;
                     self.locked_value = Some(stored.report.value.clone());
@@ -1291,20 +1383,29 @@ impl Round {
         Judgement::Attest
     }
 
-    /// Collector: a quorum of attestations on one of its reports makes the certificate.
+    /// Collector: a quorum of attestations on one of its reports makes the certificate
+    /// (raft: attestations of the round's confirmed commit, which the certificate
+    /// carries).
     fn certify(&mut self, actions: &mut Vec<Action>) {
         let mut ready = None;
         for (&round, own) in &self.own_reports {
+            let commit = self.commits.get(&round);
+            if self.config.path == ConsensusPath::Raft && commit.is_none() {
+                continue;
+            }
             let attesting: Vec<(usize, &SignedStatement)> = self
                 .attestations
                 .range((round, 0)..(round, usize::MAX))
-                .filter(|(_, (_, digest))| *digest == own.report.digest)
+                .filter(|(_, (statement, digest))| {
+                    *digest == own.report.digest
+                        && commit.is_none_or(|commit| attests_commit(statement, commit))
+                })
                 .map(|(&(_, index), (statement, _))| (index, statement))
                 .collect();
             let indices: Vec<usize> = attesting.iter().map(|(index, _)| *index).collect();
             if self.rule.is_quorum(&indices) {
                 let statements = attesting.into_iter().map(|(_, s)| s.clone()).collect();
-                ready = Some(self.certificate(own, statements, None));
+                ready = Some(self.certificate(own, statements, commit.cloned()));
                 break;
             }
         }

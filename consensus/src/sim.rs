@@ -505,6 +505,7 @@ impl World<'_> {
         let attestation = Attestation {
             slot: Some(slot),
             report_digest: crate::certificate::report_digest(&statement.body).to_vec(),
+            ..Attestation::default()
         };
         let signed = sign_message(&self.keys[me], StatementKind::Attestation, &attestation);
         self.send(now_ms, me, collector, RoundMessage::Statement(signed), rng);
@@ -552,6 +553,7 @@ impl World<'_> {
             } => {
                 self.commit(now_ms, index, &report, report_digest, rng);
             }
+            Action::ConfirmCommit { commit } => self.confirm(now_ms, index, commit, rng),
             Action::Decided(certificate) => {
                 let value = self.check_certificate(now_ms, &certificate)?;
                 self.outcome.decided[index] = Some(value);
@@ -610,6 +612,26 @@ impl World<'_> {
         let commit =
             sign_message(&self.keys[0], StatementKind::RaftCommit, &commit).encode_to_vec();
         let delay_ms = rng.random_range(1..=self.scenario.network.delay_ms_max.max(1));
+        self.push(now_ms + delay_ms, Event::Committed { to: index, commit });
+    }
+
+    /// Member `index` checks a relayed commit against its own copy of the log: the
+    /// log holds the one committed report, so a commit of it is confirmed after a
+    /// replication delay, and any other is not.
+    fn confirm<R: Rng>(&mut self, now_ms: u64, index: usize, commit: SignedStatement, rng: &mut R) {
+        let committed = crate::statement::open::<RaftCommit>(&commit, StatementKind::RaftCommit)
+            .ok()
+            .filter(|(signer, body)| {
+                *signer == self.publics[0]
+                    && self
+                        .committed
+                        .is_some_and(|digest| body.report_digest == digest)
+            });
+        if committed.is_none() {
+            return;
+        }
+        let delay_ms = rng.random_range(1..=self.scenario.network.delay_ms_max.max(1));
+        let commit = commit.encode_to_vec();
         self.push(now_ms + delay_ms, Event::Committed { to: index, commit });
     }
 

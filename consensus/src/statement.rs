@@ -313,6 +313,7 @@ mod tests {
                 round: 0,
             }),
             report_digest: vec![2; 32],
+            ..Attestation::default()
         }
     }
 

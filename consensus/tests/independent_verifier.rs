@@ -156,7 +156,8 @@ fn config_in(
 }
 
 /// Runs every seat's round over a perfect network (the test plays the raft log,
-/// committing the first proposal) until one decides; returns its certificate.
+/// committing the first proposal, and every member's copy of it confirms that commit)
+/// until one decides; returns its certificate.
 fn decide(config: &RoundConfig, seats: &[Seat]) -> Certificate {
     let mut rounds: Vec<Round> = seats
         .iter()
@@ -206,6 +207,10 @@ fn decide(config: &RoundConfig, seats: &[Seat]) -> Certificate {
                         };
                         let commit =
                             sign_message(&key(seats[to].seed), StatementKind::RaftCommit, &commit);
+                        queue.push_back((to, Input::Committed { commit }));
+                    }
+                    // Every member's log holds the one committed report.
+                    Action::ConfirmCommit { commit } => {
                         queue.push_back((to, Input::Committed { commit }));
                     }
                     Action::Decided(certificate) => return *certificate,
@@ -304,6 +309,30 @@ fn resign_report(
         let mut body: RaftCommit = decoded(commit);
         body.report_digest = digest;
         *commit = sign_message(&key_of(&commit.signer), StatementKind::RaftCommit, &body);
+    }
+    forged
+}
+
+/// `certificate` (raft) with its commit edited and re-signed by `leader`, and its
+/// attestations re-signed to name the new commit, so that only the check the edit
+/// breaks can refuse it.
+fn relead(
+    certificate: &Certificate,
+    leader: &SigningKey,
+    edit: impl Fn(&mut RaftCommit),
+) -> Certificate {
+    let mut forged = certificate.clone();
+    let commit = forged.raft_commit.as_mut().unwrap();
+    let mut body: RaftCommit = decoded(commit);
+    edit(&mut body);
+    *commit = sign_message(leader, StatementKind::RaftCommit, &body);
+    let leader_key = leader.verifying_key().to_bytes().to_vec();
+    for attestation in &mut forged.attestations {
+        let mut mark: Attestation = decoded(attestation);
+        (mark.raft_term, mark.raft_index) = (body.term, body.commit_index);
+        mark.raft_leader = leader_key.clone();
+        let signer = key_of(&attestation.signer);
+        *attestation = sign_message(&signer, StatementKind::Attestation, &mark);
     }
     forged
 }
@@ -611,9 +640,19 @@ fn forged_stake(stake: &Certificate) -> Vec<Case> {
 /// Forged variants of the raft tally region and of the global chain.
 fn forged_raft_and_global(raft: &Certificate, global: &Certificate) -> Vec<Case> {
     let report = raft.report.as_ref().unwrap();
+    let leader = key_of(&raft.raft_commit.as_ref().unwrap().signer);
+    let other = raft
+        .members
+        .iter()
+        .map(|member| key_of(&member.public_key))
+        .find(|member| member.verifying_key() != leader.verifying_key())
+        .unwrap();
+    let mut other_term = relead(raft, &leader, |body| body.term += 1);
+    other_term.raft_commit = raft.raft_commit.clone();
     let attestation = Attestation {
         slot: decoded::<Report>(report).slot,
         report_digest: report_digest(&report.body).to_vec(),
+        ..Attestation::default()
     };
     let attestation = sign_message(&key(31), StatementKind::Attestation, &attestation);
     let europe = child(global, 0);
@@ -630,11 +669,31 @@ fn forged_raft_and_global(raft: &Certificate, global: &Certificate) -> Vec<Case>
         ),
         forged(
             "raft commit at term 0",
+            relead(raft, &leader, |body| body.term = 0),
+        ),
+        forged(
+            "raft commit signed by a member its attesters do not name as leader",
             edited(raft, |c| {
                 let commit = c.raft_commit.as_mut().unwrap();
-                let mut body: RaftCommit = decoded(commit);
-                body.term = 0;
-                *commit = sign_message(&key_of(&commit.signer), StatementKind::RaftCommit, &body);
+                let body: RaftCommit = decoded(commit);
+                *commit = sign_message(&other, StatementKind::RaftCommit, &body);
+            }),
+        ),
+        forged("raft commit whose attesters name another term", other_term),
+        forged(
+            "raft commit attested by one member of three",
+            edited(raft, |c| c.attestations.truncate(1)),
+        ),
+        forged(
+            "raft attestation without raft fields",
+            edited(raft, |c| {
+                let mut body: Attestation = decoded(&c.attestations[0]);
+                (body.raft_term, body.raft_index, body.raft_leader) = (0, 0, Vec::new());
+                c.attestations[0] = sign_message(
+                    &key_of(&c.attestations[0].signer),
+                    StatementKind::Attestation,
+                    &body,
+                );
             }),
         ),
         forged(
@@ -1235,13 +1294,7 @@ fn anchored_cases() -> Vec<AnchoredCase> {
         ConsensusPath::Raft,
         &staked_seats(&epoch, &raft_order[..2], "v"),
     );
-    let led_by = |seed: u8| {
-        edited(&raft_region, |c| {
-            let commit = c.raft_commit.as_mut().unwrap();
-            let body: RaftCommit = decoded(commit);
-            *commit = sign_message(&key(seed), StatementKind::RaftCommit, &body);
-        })
-    };
+    let led_by = |seed: u8| relead(&raft_region, &key(seed), |_| {});
     let america_seed = drawn_seeds(&epoch, &raft_task, "echo", "us-east")[0];
 
     let mut broken_genesis = genesis.clone();

@@ -125,6 +125,7 @@ pub fn certificate(attesters: &[usize]) -> Certificate {
     let attestation = Attestation {
         slot: Some(slot.clone()),
         report_digest: report_digest(&report.body).to_vec(),
+        ..Attestation::default()
     };
     let attestations = attesters
         .iter()

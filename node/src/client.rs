@@ -725,11 +725,13 @@ fn describe_chain(certificate: &Certificate, epoch: Option<&Epoch>, depth: usize
         && let Ok(commit) = polity_proto::RaftCommit::decode(statement.body.as_slice())
     {
         println!(
-            "{}  raft commit by leader {}, term {}, index {}",
+            "{}  raft commit by leader {}, term {}, index {}, attested by {} of {} members",
             "  ".repeat(depth),
             short(&hex::encode(&statement.signer)),
             commit.term,
-            commit.commit_index
+            commit.commit_index,
+            certificate.attestations.len(),
+            certificate.members.len()
         );
     }
     if depth + 1 < polity_consensus::certificate::LEVELS_MAX {

@@ -263,6 +263,44 @@ async fn three_nodes_commit_an_entry_forwarded_by_a_follower() {
         wait_for_entry(node, &name, &entry).await;
     }
 
+    // The other follower confirms the leader's word from its own log; the same body
+    // signed by a non-leader, or naming another index, it refuses.
+    let confirmed = followers[1]
+        .groups
+        .confirm(&name, committed.commit.clone())
+        .await
+        .expect("the other follower's log confirms the commit");
+    assert_eq!(confirmed, committed);
+    let seed = [11, 12, 13]
+        .into_iter()
+        .find(|&seed| public_key(seed) == followers[0].key)
+        .unwrap();
+    let impostor = SigningKey::from_bytes(&[seed; 32]);
+    let forged = polity_consensus::sign_message(&impostor, StatementKind::RaftCommit, &commit);
+    let refused = followers[1].groups.confirm(&name, forged).await;
+    assert!(
+        matches!(&refused, Err(RaftNetError::LeaderWord(reason)) if reason.contains("appended in term")),
+        "{refused:?}"
+    );
+    let elsewhere = RaftCommit {
+        commit_index: 1,
+        ..commit.clone()
+    };
+    let leader_seed = [11, 12, 13]
+        .into_iter()
+        .find(|&seed| public_key(seed) == leader)
+        .unwrap();
+    let moved = polity_consensus::sign_message(
+        &SigningKey::from_bytes(&[leader_seed; 32]),
+        StatementKind::RaftCommit,
+        &elsewhere,
+    );
+    let refused = followers[1].groups.confirm(&name, moved).await;
+    assert!(
+        matches!(refused, Err(RaftNetError::LeaderWord(_))),
+        "{refused:?}"
+    );
+
     // Committing the same entry again is accepted (unchanged); a certificate attaches.
     let again = followers[1]
         .groups

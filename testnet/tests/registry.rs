@@ -393,4 +393,56 @@ async fn raft_groups_follow_the_registry() {
     let (code, text) = polity(&["verify", &file, "--federation", &chain]);
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("raft commit by leader"), "{text}");
+    let attested = format!(
+        "attested by {} of {} members",
+        certificate.attestations.len(),
+        certificate.members.len()
+    );
+    assert!(text.contains(&attested), "{text}");
+
+    // The member that did not lead signs the commit anew, and its own attestation to
+    // match: the other member's attestation still names the real leader, so the
+    // verifier refuses it.
+    let impostor = [&nodes[0], &joiner]
+        .into_iter()
+        .find(|node| key_of(node) != *signer)
+        .unwrap();
+    let forged = resign_commit(&certificate, &identity(impostor));
+    let file = write(&dir.path().join("raft-forged.pb"), &forged.encode_to_vec());
+    let (code, text) = polity(&["verify", &file, "--federation", &chain]);
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("another raft term, index or leader"),
+        "{text}"
+    );
+}
+
+/// A node's secret key, as it keeps it in its data directory.
+fn identity(node: &NodeProcess) -> SigningKey {
+    let secret = std::fs::read(node.spec.data_dir.join("identity.key")).unwrap();
+    SigningKey::from_bytes(&secret.try_into().unwrap())
+}
+
+/// `certificate` (raft) with its commit re-signed by `impostor`, and the impostor's own
+/// attestation re-signed to name itself as the leader.
+fn resign_commit(certificate: &Certificate, impostor: &SigningKey) -> Certificate {
+    use polity_proto::{Attestation, RaftCommit, StatementKind};
+    let mut forged = certificate.clone();
+    let impostor_key = impostor.verifying_key().to_bytes().to_vec();
+    let commit = forged.raft_commit.as_mut().unwrap();
+    let body = RaftCommit::decode(commit.body.as_slice()).unwrap();
+    *commit = polity_consensus::sign_message(impostor, StatementKind::RaftCommit, &body);
+    for attestation in &mut forged.attestations {
+        if attestation.signer == impostor_key {
+            let mut mark = Attestation::decode(attestation.body.as_slice()).unwrap();
+            mark.raft_leader = impostor_key.clone();
+            *attestation =
+                polity_consensus::sign_message(impostor, StatementKind::Attestation, &mark);
+        }
+    }
+    assert_ne!(
+        &forged, certificate,
+        "the impostor attested the real commit"
+    );
+    forged
 }

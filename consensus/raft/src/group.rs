@@ -106,11 +106,13 @@ pub struct Proposed {
 }
 
 /// Who appended a log entry: the leader's term and raft id (openraft's committed leader
-/// id, which names the node).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// id, which names the node), and what the entry carries.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AppendedBy {
     pub term: u64,
     pub leader: NodeId,
+    /// The ledger entry, or `None` for a blank or membership entry.
+    pub entry: Option<LedgerEntry>,
 }
 
 /// One raft group this node is a member of. The node owns it (one owner per raft
@@ -211,9 +213,13 @@ impl RaftGroup {
         if applied.is_err() {
             return Ok(None);
         }
-        Ok(self.log.log_id_at(index)?.map(|log_id| AppendedBy {
-            term: log_id.leader_id.term,
-            leader: log_id.leader_id.node_id,
+        Ok(self.log.entry_at(index)?.map(|entry| AppendedBy {
+            term: entry.log_id.leader_id.term,
+            leader: entry.log_id.leader_id.node_id,
+            entry: match entry.payload {
+                openraft::EntryPayload::Normal(entry) => Some(entry),
+                openraft::EntryPayload::Blank | openraft::EntryPayload::Membership(_) => None,
+            },
         }))
     }
 

@@ -223,9 +223,9 @@ impl SledLogStore {
         Ok(entries)
     }
 
-    /// The log id of the entry at `index`, if this member's log still holds it (not yet
-    /// purged behind a snapshot). Its leader id names the leader that appended it.
-    pub fn log_id_at(&self, index: u64) -> Result<Option<LogId<NodeId>>, StoreError> {
+    /// The entry at `index`, if this member's log still holds it (not yet purged behind
+    /// a snapshot). Its log id's leader id names the leader that appended it.
+    pub fn entry_at(&self, index: u64) -> Result<Option<Entry<TypeConfig>>, StoreError> {
         let Some(value) = self.log.get(index.to_be_bytes())? else {
             return Ok(None);
         };
@@ -235,7 +235,7 @@ impl SledLogStore {
                 detail: error.to_string(),
             }
         })?;
-        Ok(Some(entry.log_id))
+        Ok(Some(entry))
     }
 
     fn remove_range(&self, range: impl RangeBounds<[u8; 8]>) -> StorageResult<()> {

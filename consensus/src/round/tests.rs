@@ -62,6 +62,10 @@ struct Group {
     keys: Vec<SigningKey>,
     rounds: Vec<Round>,
     in_flight: Vec<(usize, usize, RoundMessage)>,
+    /// Raft: relayed commits a member asked to confirm; the test's log confirms every
+    /// one it is asked about unless `refuse_confirm` is set.
+    to_confirm: Vec<(usize, SignedStatement)>,
+    refuse_confirm: bool,
     actions: Vec<Vec<Action>>,
 }
 
@@ -84,6 +88,8 @@ impl Group {
             keys,
             rounds,
             in_flight: Vec::new(),
+            to_confirm: Vec::new(),
+            refuse_confirm: false,
         }
     }
 
@@ -105,6 +111,9 @@ impl Group {
                     let to = self.index(key);
                     self.in_flight.push((to, index, message.clone()));
                 }
+                Action::ConfirmCommit { commit } => {
+                    self.to_confirm.push((index, commit.clone()));
+                }
                 _ => {}
             }
         }
@@ -125,7 +134,12 @@ impl Group {
     fn deliver_all(&mut self, now_ms: u64, drop: &dyn Fn(usize, usize, &RoundMessage) -> bool) {
         for _ in 0..10_000 {
             if self.in_flight.is_empty() {
-                return;
+                if self.to_confirm.is_empty() || self.refuse_confirm {
+                    return;
+                }
+                let (index, commit) = self.to_confirm.remove(0);
+                self.step(index, now_ms, Input::Committed { commit });
+                continue;
             }
             let (to, from, message) = self.in_flight.remove(0);
             if !drop(to, from, &message) {
@@ -187,6 +201,20 @@ fn check(
     expected: Option<&str>,
 ) -> Group {
     let mut group = Group::new(answers.len(), path, aggregation);
+    play(&mut group, answers);
+    for index in 0..answers.len() {
+        assert_eq!(
+            group.decided(index).as_deref(),
+            expected.map(str::as_bytes),
+            "member {index} on {path:?}/{aggregation:?} with {answers:?}"
+        );
+    }
+    group
+}
+
+/// Gives each member its answer, then runs the group over a perfect network, ticking
+/// every 100 ms, until every member is finished or the rounds run out.
+fn play(group: &mut Group, answers: &[Option<&str>]) {
     for (index, answer) in answers.iter().enumerate() {
         if let Some(answer) = answer {
             group.answer(index, START_MS, answer);
@@ -226,14 +254,6 @@ fn check(
         now_ms += 100;
         group.tick_all(now_ms);
     }
-    for index in 0..answers.len() {
-        assert_eq!(
-            group.decided(index).as_deref(),
-            expected.map(str::as_bytes),
-            "member {index} on {path:?}/{aggregation:?} with {answers:?}"
-        );
-    }
-    group
 }
 
 #[test]
@@ -366,13 +386,54 @@ fn raft_commits_then_certifies() {
         Some("x"),
     );
     let certificate = group.rounds[0].decided().unwrap();
-    assert!(certificate.raft_commit.is_some() && certificate.attestations.is_empty());
+    assert!(certificate.raft_commit.is_some() && certificate.attestations.len() >= 2);
     let (_, commit): (PublicKey, RaftCommit) = crate::statement::open(
         certificate.raft_commit.as_ref().unwrap(),
         StatementKind::RaftCommit,
     )
     .unwrap();
     assert_eq!((commit.term, commit.commit_index), (2, 5));
+}
+
+#[test]
+fn a_raft_commit_no_other_member_confirms_decides_nothing() {
+    // The collector's own word (its report and a leader's commit) is not enough: the
+    // other members' logs must confirm the commit, and here none does.
+    let mut group = Group::new(3, ConsensusPath::Raft, Aggregation::Majority);
+    group.refuse_confirm = true;
+    play(&mut group, &[Some("x"), Some("x"), Some("x")]);
+    assert!(
+        !group.to_confirm.is_empty(),
+        "the commit was relayed for confirmation"
+    );
+    assert!((0..3).all(|index| group.decided(index).is_none()));
+    assert!(group.certificates().is_empty());
+}
+
+#[test]
+fn only_a_round_s_collector_may_relay_its_raft_commit() {
+    let mut group = Group::new(3, ConsensusPath::Raft, Aggregation::Majority);
+    let commit = RaftCommit {
+        slot: Some(group.rounds[1].slot(0)),
+        report_digest: vec![7; 32],
+        term: 1,
+        commit_index: 1,
+    };
+    let leader = SigningKey::from_bytes(&[99; 32]);
+    let statement = crate::statement::sign_message(&leader, StatementKind::RaftCommit, &commit);
+    // Round 0's collector is member 0; member 2 relays instead.
+    let from = public(&group.keys[2]);
+    let input = Input::Message {
+        from,
+        statement: statement.clone(),
+    };
+    let actions = group.step(1, START_MS, input);
+    assert!(
+        matches!(&actions[..], [Action::Rejected { reason, .. }] if reason.contains("not its collector"))
+    );
+    let from = public(&group.keys[0]);
+    let actions = group.step(1, START_MS, Input::Message { from, statement });
+    assert!(matches!(&actions[..], [Action::ConfirmCommit { .. }]));
 }
 
 #[test]
@@ -729,6 +790,7 @@ fn a_fast_certificate_and_an_attested_one_cannot_disagree() {
     let attestation = Attestation {
         slot: Some(group.rounds[0].slot(1)),
         report_digest: report.report.digest.to_vec(),
+        ..Attestation::default()
     };
     let statement = sign_message(&byzantine, StatementKind::Attestation, &attestation);
     group.step(1, half_ms, Input::Message { from, statement });

@@ -184,6 +184,7 @@ impl RoundDriver {
                     self.commit(report, report_digest);
                 }
             }
+            Action::ConfirmCommit { commit } => self.confirm(commit),
             Action::Decided(certificate) => {
                 self.on_decided(*certificate).await;
                 return true;
@@ -359,6 +360,30 @@ impl RoundDriver {
                         .await;
                 }
                 Err(error) => tracing::info!(group = %place.name, %error, "report not committed"),
+            }
+        });
+    }
+
+    /// Raft path: checks a commit the collector relayed against this member's own copy
+    /// of the place's log in the background, and feeds `Committed` back when it holds.
+    fn confirm(&self, commit: SignedStatement) {
+        let Some(place) = self.raft_group.clone() else {
+            return;
+        };
+        let raft = Arc::clone(&self.federation.raft);
+        let inbox = self.inbox.clone();
+        tokio::spawn(async move {
+            if let Err(error) = raft.ensure(&place).await {
+                tracing::warn!(group = %place.name, %error, "raft group unavailable");
+                return;
+            }
+            match raft.confirm(&place.name, commit.clone()).await {
+                Ok(_) => {
+                    let _ = inbox.send(Input::Committed { commit }).await;
+                }
+                Err(error) => {
+                    tracing::info!(group = %place.name, %error, "relayed raft commit not confirmed");
+                }
             }
         });
     }

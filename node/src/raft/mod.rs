@@ -166,6 +166,9 @@ pub const PROPOSE_REFUSED: &str = "refused: ";
 /// How long a member that forwarded an entry waits to apply it itself before it checks
 /// the leader's word against its own log (and retries the commit when it has not).
 const LEADER_CHECK_WAIT: Duration = Duration::from_secs(2);
+/// How long a member waits to apply the entry of a relayed commit before it refuses to
+/// attest it ([`RaftGroups::confirm`]).
+const CONFIRM_WAIT: Duration = Duration::from_secs(5);
 /// How [`RaftNetError::LeaderWord`] starts when this member has not applied the entry
 /// yet (retryable).
 const NOT_APPLIED: &str = "this member has not applied";
@@ -849,6 +852,18 @@ impl RaftGroups {
         }
     }
 
+    /// Whether this member's own copy of `name`'s log confirms a `RaftCommit` another
+    /// member relayed ([`confirm_commit`]), waiting up to [`CONFIRM_WAIT`] to apply the
+    /// entry.
+    pub async fn confirm(
+        &self,
+        name: &GroupName,
+        commit: SignedStatement,
+    ) -> Result<Committed, RaftNetError> {
+        let group = self.group(name)?;
+        confirm_commit(&group, commit, CONFIRM_WAIT).await
+    }
+
     /// One attempt of [`Self::commit`].
     async fn commit_once(&self, name: &GroupName, entry: &LedgerEntry) -> Attempt {
         let group = match self.group(name) {
@@ -1319,37 +1334,51 @@ fn report_of(entry: &LedgerEntry) -> Result<(polity_proto::Slot, [u8; 32]), Entr
 
 /// A forwarded entry's commit, as the leader's `reply` tells it, checked against this
 /// member's own copy of the log: the signed `RaftCommit` is for this entry's report at
-/// the reply's term and index, and the signer is the member whose leadership appended
-/// the entry at that index here. Anything else is [`RaftNetError::LeaderWord`].
+/// the reply's term and index, and [`confirm_commit`] holds. Anything else is
+/// [`RaftNetError::LeaderWord`].
 async fn check_leader_word(
     group: &RaftGroup,
     entry: &LedgerEntry,
     reply: &ProposeReply,
 ) -> Result<Committed, RaftNetError> {
-    let refuse = |reason: String| Err(RaftNetError::LeaderWord(reason));
-    let statement = match SignedStatement::decode(reply.commit.as_slice()) {
-        Ok(statement) => statement,
-        Err(error) => return refuse(format!("undecodable commit: {error}")),
-    };
-    let (signer, commit) = match polity_consensus::statement::open::<RaftCommit>(
-        &statement,
-        StatementKind::RaftCommit,
-    ) {
-        Ok(opened) => opened,
-        Err(error) => return refuse(format!("bad commit statement: {error}")),
-    };
+    let statement = SignedStatement::decode(reply.commit.as_slice())
+        .map_err(|error| RaftNetError::LeaderWord(format!("undecodable commit: {error}")))?;
+    let (_, commit) = open_commit(&statement)?;
     let (slot, digest) = report_of(entry)?;
     if commit.slot.as_ref() != Some(&slot)
         || commit.report_digest != digest
         || commit.term != reply.term
         || commit.commit_index != reply.commit_index
     {
-        return refuse("the commit names another report, term or index".into());
+        return Err(RaftNetError::LeaderWord(
+            "the commit names another report, term or index".into(),
+        ));
     }
-    let appended = group
-        .appended_by(commit.commit_index, LEADER_CHECK_WAIT)
-        .await?;
-    let Some(appended) = appended else {
+    confirm_commit(group, statement, LEADER_CHECK_WAIT).await
+}
+
+/// The signer and body of a signed `RaftCommit`.
+fn open_commit(statement: &SignedStatement) -> Result<(PublicKey, RaftCommit), RaftNetError> {
+    polity_consensus::statement::open::<RaftCommit>(statement, StatementKind::RaftCommit)
+        .map_err(|error| RaftNetError::LeaderWord(format!("bad commit statement: {error}")))
+}
+
+/// Whether this member's own copy of the log confirms a leader's signed `RaftCommit`:
+/// it applied the entry at the commit's index (waiting up to `wait`), that entry carries
+/// the commit's report and was appended in the commit's term by the commit's signer, and
+/// the ledger kept that report under the slot's key (the first committed for it). Anything else is [`RaftNetError::LeaderWord`]
+/// (starting with [`NOT_APPLIED`] when this member has not applied the index yet).
+async fn confirm_commit(
+    group: &RaftGroup,
+    statement: SignedStatement,
+    wait: Duration,
+) -> Result<Committed, RaftNetError> {
+    let refuse = |reason: String| Err(RaftNetError::LeaderWord(reason));
+    let (signer, commit) = open_commit(&statement)?;
+    let Some(slot) = commit.slot.as_ref() else {
+        return refuse("the commit names no slot".into());
+    };
+    let Some(appended) = group.appended_by(commit.commit_index, wait).await? else {
         return refuse(format!("{NOT_APPLIED} index {}", commit.commit_index));
     };
     let appender = member_of(group, appended.leader).map(|member| member.public_key);
@@ -1359,12 +1388,20 @@ async fn check_leader_word(
             commit.commit_index, appended.term, appended.leader, commit.term
         ));
     }
+    let appended_report = appended.entry.as_ref().map(report_of).transpose()?;
+    if appended_report.map(|(_, digest)| digest.to_vec()) != Some(commit.report_digest.clone()) {
+        return refuse(format!(
+            "index {} of this member's log holds another report, or none",
+            commit.commit_index
+        ));
+    }
     let stored = group
         .ledger()
-        .get(&entry.task_id)
+        .get(&ledger_key(slot))
         .map_err(RaftGroupError::from)?;
-    if stored.map(|stored| stored.report).as_ref() != Some(&entry.report) {
-        return refuse("this member's ledger holds another report for the task".into());
+    let stored_digest = stored.as_ref().map(report_of).transpose()?;
+    if stored_digest.map(|(_, digest)| digest.to_vec()) != Some(commit.report_digest.clone()) {
+        return refuse("this member's ledger holds another report for the slot".into());
     }
     Ok(Committed {
         term: commit.term,
