@@ -424,6 +424,88 @@ async fn an_entry_node_that_cannot_reach_a_quorum_refuses_and_decides_once_they_
     }
 }
 
+/// A global task whose entry node cannot reach one region (here: an injected block;
+/// in the field: a NAT nobody crossed) is not decided as if that region did not
+/// exist: the region comes from the registry, and the task ends DEGRADED with a
+/// reason naming it. What could be seated still decides, and its chain verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_out_of_reach_degrades_a_global_task_by_name() {
+    let _turn = TURN.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = Token::create(dir.path()).unwrap();
+    let up = UpArgs {
+        nodes: 4,
+        regions: 2,
+        continents: 1,
+        capabilities: Vec::new(),
+        dir: dir.path().to_path_buf(),
+        detach: false,
+        measure: false,
+        timeout_s: 120,
+        node_args: vec![token.node_arg()],
+    };
+    let Launched { nodes, .. } = launch(&up, &default_capabilities())
+        .await
+        .expect("the nodes start and converge");
+    let entry = &nodes[0];
+    let region = |node: &NodeProcess| node.spec.region.clone();
+    let cut_off: Vec<Vec<u8>> = nodes
+        .iter()
+        .filter(|node| region(node) != region(entry))
+        .map(|node| hex::decode(&node.endpoints.public_key).unwrap())
+        .collect();
+    assert_eq!(cut_off.len(), 2);
+    let faults = Faults {
+        blocked_peers: cut_off,
+        ..Faults::default()
+    };
+    polity_testnet::rpc::set_faults(&entry.endpoints.grpc, &token, faults)
+        .await
+        .expect("the block is in force");
+    let mut client = federation(&entry.endpoints.grpc, Some(&token.value))
+        .await
+        .unwrap();
+    let request = SubmitTaskRequest {
+        scope: Some(Scope {
+            level: Level::Global as i32,
+            name: String::new(),
+        }),
+        replication: 2,
+        ..region_task("across two regions")
+    };
+    let record = client.submit_task(request).await.unwrap().into_inner();
+    let other = nodes
+        .iter()
+        .map(region)
+        .find(|r| *r != region(entry))
+        .unwrap();
+    assert_eq!(
+        record.state,
+        TaskState::Degraded as i32,
+        "{:?}: {}{}",
+        record.state(),
+        record.error,
+        record.degraded_reason
+    );
+    assert!(
+        record
+            .degraded_reason
+            .contains(&format!("region {other}: not seated")),
+        "{}",
+        record.degraded_reason
+    );
+    verify_chain(
+        record
+            .certificate
+            .as_ref()
+            .expect("the reachable region decided"),
+    )
+    .unwrap();
+    for node in nodes {
+        node.stop().unwrap();
+    }
+}
+
 /// A node's trust table: peer id to score.
 async fn trust_table(node: &NodeProcess, token: &Token) -> std::collections::BTreeMap<String, f64> {
     let mut client = federation(&node.endpoints.grpc, Some(&token.value))

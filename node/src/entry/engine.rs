@@ -312,6 +312,17 @@ impl LevelEngine {
             return;
         }
         self.deadline_ms = now_ms.saturating_add(self.plan.spec.deadline_ms);
+        for (region, reason) in &self.plan.unseated {
+            let line = format!("region {region}: {reason}");
+            commands.push(Command::Emit(Box::new(TaskEvent {
+                kind: TaskEventKind::GroupDegraded as i32,
+                level: Level::Region as i32,
+                group: region.clone(),
+                detail: reason.clone(),
+                ..TaskEvent::default()
+            })));
+            self.degraded.push(line);
+        }
         let replication = self.plan.spec.replication as usize;
         let groups = self
             .plan

@@ -41,6 +41,10 @@ pub(crate) struct Plan {
     /// The capable seats of every region in scope, in the seat rule's order and
     /// within its allowed prefix; every region listed can field its group.
     pub regions: BTreeMap<String, Vec<Seat>>,
+    /// Regions in scope whose registry members could field the group, but too few of
+    /// them are reachable from here now: region -> why. They are not silently left
+    /// out: each one degrades the task, named.
+    pub unseated: BTreeMap<String, String>,
     /// The registry epoch the seats were drawn from.
     pub registry_digest: [u8; 32],
 }
@@ -120,7 +124,9 @@ pub(crate) fn plan(
     let drawn = draw(epoch, &id, &spec, seats);
     let eligible = eligible_in_scope(epoch, &spec, top, &scope, distrusted);
     let regions = regions_in_scope(&spec, top, &scope, drawn, &eligible)?;
+    let unseated = unseated_regions(&spec, &regions, &eligible);
     Ok(Plan {
+        unseated,
         id,
         spec,
         spec_bytes,
@@ -349,6 +355,34 @@ fn regions_in_scope(
     Ok(regions)
 }
 
+/// The regions in scope that the registry says can field the group (enough eligible
+/// members) but that have no group in `regions` (too few reachable), with why. The
+/// registry task is judged by the stake approving it, not by the regions it covers,
+/// and has none.
+fn unseated_regions(
+    spec: &TaskSpec,
+    regions: &BTreeMap<String, Vec<Seat>>,
+    eligible: &Eligible,
+) -> BTreeMap<String, String> {
+    if spec.capability == REGISTRY_CAPABILITY {
+        return BTreeMap::new();
+    }
+    let needed = spec.replication as usize;
+    eligible
+        .regions
+        .iter()
+        .filter(|(region, count)| **count >= needed && !regions.contains_key(*region))
+        .map(|(region, count)| {
+            let reason = format!(
+                "not seated: fewer than {needed} of its {count} eligible registry members \
+                 serving {:?} are reachable from the entry node",
+                spec.capability
+            );
+            (region.clone(), reason)
+        })
+        .collect()
+}
+
 /// Resolves a requested scope. An empty name means the entry node's own region or
 /// continent.
 fn resolve_scope(scope: Option<Scope>, config: &NodeConfig) -> Result<Scope, SubmitError> {
@@ -538,6 +572,45 @@ mod tests {
         // The default scope is the entry node's own region.
         let regions = check(request(1, None), seats).unwrap();
         assert_eq!(regions, BTreeMap::from([("r1".into(), 2)]));
+    }
+
+    /// A region the registry can seat but that is out of reach is named, not dropped.
+    #[test]
+    fn a_registered_region_out_of_reach_is_unseated_not_forgotten() {
+        let registry = vec![
+            seat(1, "r1", "c1"),
+            seat(2, "r1", "c1"),
+            seat(3, "r2", "c1"),
+            seat(4, "r3", "c2"),
+            seat(5, "r3", "c2"),
+        ];
+        let epoch = epoch_of(&registry);
+        let global = Some(Scope {
+            level: Level::Global as i32,
+            name: String::new(),
+        });
+        // r3's two members are behind a NAT nobody crossed: only r1 and r2 are seen.
+        let reachable = registry[..3].to_vec();
+        let config = NodeConfig {
+            region: "r1".into(),
+            continent: "c1".into(),
+            ..NodeConfig::default()
+        };
+        let serves = ["sha256".to_string()];
+        let none = BTreeSet::new();
+        let plan = plan(
+            request(2, global),
+            &config,
+            &epoch,
+            reachable,
+            &none,
+            &serves,
+        )
+        .unwrap();
+        assert_eq!(plan.regions.keys().collect::<Vec<_>>(), ["r1"]);
+        // r2 has one member: it can never field replication 2 and is no omission.
+        assert_eq!(plan.unseated.keys().collect::<Vec<_>>(), ["r3"]);
+        assert!(plan.unseated["r3"].contains("fewer than 2 of its 2 eligible"));
     }
 
     /// Enough registry members, too few reachable: refused at once as UNAVAILABLE

@@ -117,6 +117,7 @@ fn plan_for(members: &[Member], top: Level, replication: u32, path: ConsensusPat
         path,
         path_reason: "test".into(),
         regions,
+        unseated: BTreeMap::new(),
         registry_digest: [0x5e; 32],
     }
 }
@@ -550,6 +551,27 @@ fn a_silent_region_degrades_without_holding_back_its_siblings() {
     assert!(world.log.contains(&Command::CascadePrevented));
     // Silence in a group that did not decide is a timeout for each silent member.
     assert_eq!(world.trust_moves(TrustEvent::Timeout).len(), 3);
+}
+
+#[test]
+fn a_region_that_could_not_be_seated_degrades_the_task_by_name() {
+    // Only r1 could be seated; the plan names r2 as out of reach (behind a NAT, say).
+    let members = members(&[("r1", "c1", Honest); 3]);
+    let mut plan = plan_for(&members, Level::Continent, 3, ConsensusPath::Bft);
+    plan.unseated
+        .insert("r2".into(), "not seated: fewer than 3 reachable".into());
+    let world = World::new(members, plan, limits()).run();
+    let record = world.record();
+    assert_eq!(record.state, TaskState::Degraded as i32, "{}", record.error);
+    assert_eq!(
+        record.degraded_reason,
+        "region r2: not seated: fewer than 3 reachable"
+    );
+    let degraded = world.events(TaskEventKind::GroupDegraded);
+    assert_eq!(degraded.len(), 1, "{degraded:?}");
+    assert_eq!((degraded[0].0, degraded[0].1.as_str()), (1, "r2"));
+    // What could be seated still decided, and its chain verifies.
+    assert!(verify_chain(record.certificate.as_ref().unwrap()).is_ok());
 }
 
 #[test]
