@@ -53,8 +53,12 @@ fn same_message(kind: StatementKind, first: &[u8], second: &[u8]) -> Result<bool
         StatementKind::Attestation => {
             decode_body::<Attestation>(first)? == decode_body::<Attestation>(second)?
         }
+        // An honest leader signs a commit again, at a new index, whenever the same
+        // report is proposed again (the ledger answers "unchanged"): only another
+        // report for the slot is a lie.
         StatementKind::RaftCommit => {
-            decode_body::<RaftCommit>(first)? == decode_body::<RaftCommit>(second)?
+            decode_body::<RaftCommit>(first)?.report_digest
+                == decode_body::<RaftCommit>(second)?.report_digest
         }
         StatementKind::NodeInfo | StatementKind::Unspecified => true,
     })
@@ -62,7 +66,8 @@ fn same_message(kind: StatementKind, first: &[u8], second: &[u8]) -> Result<bool
 
 /// Checks that `evidence` proves equivocation and returns the culprit: both
 /// statements verify, have one signer and one slotted kind (observation, report,
-/// attestation, raft commit), name the same slot, and decode to different messages.
+/// attestation, raft commit), name the same slot, and decode to different messages
+/// (raft commits: name different reports).
 pub fn verify_evidence(evidence: &Evidence) -> Result<PublicKey, EvidenceError> {
     let first = evidence
         .first
@@ -204,6 +209,19 @@ mod tests {
             attestation,
             Err(EvidenceError::DifferentKinds),
         );
+        // A leader signs an identical report again at a later index when it is
+        // proposed again: no lie. Another report for the slot is one.
+        let commit = |digest: u8, index: u64| {
+            let body = RaftCommit {
+                slot: Some(slot(0)),
+                report_digest: vec![digest; 32],
+                term: 2,
+                commit_index: index,
+            };
+            sign_message(&key, StatementKind::RaftCommit, &body)
+        };
+        check(commit(1, 5), commit(1, 9), Err(EvidenceError::NoConflict));
+        check(commit(1, 5), commit(2, 9), Ok(()));
         let mut forged = observation(&key, 0, b"b");
         forged.signature[0] ^= 1;
         check(

@@ -93,6 +93,8 @@ use crate::task::{TASK_BYTES_MAX, task_id};
 
 /// Longest round budget accepted: one hour.
 pub const ROUND_TIMEOUT_MS_MAX: u64 = 3_600_000;
+/// Largest relayed `RaftCommit` body accepted (an honest one is under 200 bytes).
+pub const RAFT_COMMIT_BYTES_MAX: usize = 1024;
 /// Longest executor error text kept in an observation.
 pub const ERROR_BYTES_MAX: usize = 1024;
 
@@ -203,6 +205,10 @@ pub enum Input {
     /// [`Action::ConfirmCommit`]. The round checks the signature, the slot and the
     /// report digest.
     Committed { commit: SignedStatement },
+    /// Raft path: this member's own copy of the log did not confirm a relayed commit
+    /// (in time); the round forgets it, so that the collector's next relay of it is
+    /// checked again.
+    NotConfirmed { commit: SignedStatement },
     /// Time passes; the round compares `now_ms` to its deadlines.
     Tick,
 }
@@ -581,6 +587,7 @@ impl Round {
                 self.on_certificate(from, *certificate, &mut actions)
             }
             Input::Committed { commit } => self.on_committed(commit, &mut actions),
+            Input::NotConfirmed { commit } => self.on_not_confirmed(&commit),
             Input::Tick => {}
         }
         self.progress(now_ms, &mut actions);
@@ -617,6 +624,13 @@ impl Round {
         let round = round.min(self.config.rounds_max - 1);
         if round > self.round {
             self.round = round;
+            // A relay may have been lost, or a member's log was late: say it again
+            // once a round while undecided.
+            for (round, commit) in &self.commits {
+                if self.own_reports.contains_key(round) {
+                    actions.push(Action::Broadcast(RoundMessage::Statement(commit.clone())));
+                }
+            }
         }
         debug_assert!(self.round < self.config.rounds_max);
     }
@@ -920,6 +934,12 @@ impl Round {
         if self.config.path != ConsensusPath::Raft {
             return Err(format!("raft commit on the {:?} path", self.config.path));
         }
+        if statement.body.len() > RAFT_COMMIT_BYTES_MAX {
+            return Err(format!(
+                "raft commit of {} bytes, over {RAFT_COMMIT_BYTES_MAX}",
+                statement.body.len()
+            ));
+        }
         let commit: RaftCommit = decode_body(&statement.body).map_err(|e| e.to_string())?;
         let Some(round) = self.is_my_slot(commit.slot.as_ref()) else {
             return Ok(());
@@ -966,6 +986,19 @@ impl Round {
             return;
         }
         self.attest_commit(round, digest, leader, &commit, actions);
+    }
+
+    /// Raft path: a relayed commit this member's log did not confirm is forgotten, so
+    /// that the collector's next relay is checked again (its own commits stay).
+    fn on_not_confirmed(&mut self, statement: &SignedStatement) {
+        let relayed = self
+            .commits
+            .iter()
+            .find(|(round, commit)| *commit == statement && !self.own_reports.contains_key(round))
+            .map(|(round, _)| *round);
+        if let Some(round) = relayed {
+            self.commits.remove(&round);
+        }
     }
 
     /// Raft path: attests the report of `round` with the commit's term, index and

@@ -300,6 +300,20 @@ async fn three_nodes_commit_an_entry_forwarded_by_a_follower() {
         matches!(refused, Err(RaftNetError::LeaderWord(_))),
         "{refused:?}"
     );
+    // The leader's own signature on the right index and report, but for another
+    // round's slot: the logged report is not that slot's, so nobody attests it.
+    let mut other_round = commit.clone();
+    other_round.slot.as_mut().unwrap().round += 1;
+    let reslotted = polity_consensus::sign_message(
+        &SigningKey::from_bytes(&[leader_seed; 32]),
+        StatementKind::RaftCommit,
+        &other_round,
+    );
+    let refused = followers[1].groups.confirm(&name, reslotted).await;
+    assert!(
+        matches!(&refused, Err(RaftNetError::LeaderWord(reason)) if reason.contains("another report or slot")),
+        "{refused:?}"
+    );
 
     // Committing the same entry again is accepted (unchanged); a certificate attaches.
     let again = followers[1]

@@ -213,6 +213,29 @@ impl RaftGroup {
         if applied.is_err() {
             return Ok(None);
         }
+        self.entry_by(index)
+    }
+
+    /// Who appended the entry at `index` of this member's log, once this member's log
+    /// holds it, applied or not (waiting up to `wait`); `None` when it did not arrive in
+    /// time or was purged behind a snapshot.
+    pub async fn logged_by(
+        &self,
+        index: u64,
+        wait: std::time::Duration,
+    ) -> Result<Option<AppendedBy>, RaftGroupError> {
+        let logged = self
+            .raft
+            .wait(Some(wait))
+            .log_index_at_least(Some(index), "the entry to check")
+            .await;
+        if logged.is_err() {
+            return Ok(None);
+        }
+        self.entry_by(index)
+    }
+
+    fn entry_by(&self, index: u64) -> Result<Option<AppendedBy>, RaftGroupError> {
         Ok(self.log.entry_at(index)?.map(|entry| AppendedBy {
             term: entry.log_id.leader_id.term,
             leader: entry.log_id.leader_id.node_id,

@@ -220,8 +220,13 @@ fn play(group: &mut Group, answers: &[Option<&str>]) {
             group.answer(index, START_MS, answer);
         }
     }
-    let mut now_ms = START_MS;
-    while now_ms <= START_MS + 3 * ROUND_MS && !group.rounds.iter().all(Round::is_finished) {
+    run(group, START_MS, START_MS + 3 * ROUND_MS);
+}
+
+/// Runs the group from `from_ms` to `until_ms` (see [`play`]).
+fn run(group: &mut Group, from_ms: u64, until_ms: u64) {
+    let mut now_ms = from_ms;
+    while now_ms <= until_ms && !group.rounds.iter().all(Round::is_finished) {
         group.deliver_all(now_ms, &no_drop);
         // Raft: the test plays the group's log, committing the first proposal.
         let proposals: Vec<(usize, [u8; 32])> = group
@@ -408,6 +413,35 @@ fn a_raft_commit_no_other_member_confirms_decides_nothing() {
     );
     assert!((0..3).all(|index| group.decided(index).is_none()));
     assert!(group.certificates().is_empty());
+}
+
+#[test]
+fn a_commit_a_member_could_not_confirm_is_relayed_again_next_round() {
+    // Round 0: no member's log has the entry yet, and each says so.
+    let mut group = Group::new(3, ConsensusPath::Raft, Aggregation::Majority);
+    group.refuse_confirm = true;
+    for index in 0..3 {
+        group.answer(index, START_MS, "x");
+    }
+    run(&mut group, START_MS, START_MS + ROUND_MS / 2);
+    assert!((0..3).all(|index| group.decided(index).is_none()));
+    for (index, commit) in std::mem::take(&mut group.to_confirm) {
+        group.step(
+            index,
+            START_MS + ROUND_MS / 2,
+            Input::NotConfirmed { commit },
+        );
+    }
+    // Round 1: the collector of round 0 relays its commit again; now the logs hold it.
+    group.refuse_confirm = false;
+    run(&mut group, START_MS + ROUND_MS / 2, START_MS + 3 * ROUND_MS);
+    for index in 0..3 {
+        assert_eq!(
+            group.decided(index).as_deref(),
+            Some(&b"x"[..]),
+            "member {index}"
+        );
+    }
 }
 
 #[test]

@@ -50,6 +50,8 @@ pub const MEMBER_PROBE_INTERVAL_MS: u64 = 250;
 /// Longest reason a member's refusal or give-up may put into events and the record;
 /// the rest is cut (peer-supplied text gets a byte budget like everything else).
 pub const REASON_BYTES_MAX: usize = 256;
+/// Unseated regions named one by one in the record; the rest are counted.
+const UNSEATED_NAMED_MAX: usize = 16;
 /// A re-formed group is only worth it with this much of the task's deadline left.
 const RETRY_TIME_LEFT_MS_MIN: u64 = 1_000;
 
@@ -312,7 +314,14 @@ impl LevelEngine {
             return;
         }
         self.deadline_ms = now_ms.saturating_add(self.plan.spec.deadline_ms);
-        for (region, reason) in &self.plan.unseated {
+        let unseated = self.plan.unseated.len();
+        for (named, (region, reason)) in self.plan.unseated.iter().enumerate() {
+            if named == UNSEATED_NAMED_MAX {
+                let rest = unseated - UNSEATED_NAMED_MAX;
+                self.degraded
+                    .push(format!("{rest} more regions not seated"));
+                break;
+            }
             let line = format!("region {region}: {reason}");
             commands.push(Command::Emit(Box::new(TaskEvent {
                 kind: TaskEventKind::GroupDegraded as i32,

@@ -247,6 +247,8 @@ struct Eligible {
     regions: BTreeMap<String, usize>,
     /// Members in scope serving the capability that this node distrusts.
     distrusted: usize,
+    /// The same, per region.
+    distrusted_in: BTreeMap<String, usize>,
 }
 
 fn eligible_in_scope(
@@ -269,6 +271,10 @@ fn eligible_in_scope(
         }
         if PublicKey::from_slice(&member.public_key).is_ok_and(|key| distrusted.contains(&key)) {
             eligible.distrusted += 1;
+            *eligible
+                .distrusted_in
+                .entry(member.region.clone())
+                .or_default() += 1;
             continue;
         }
         let count = eligible.regions.entry(member.region.clone()).or_default();
@@ -355,10 +361,11 @@ fn regions_in_scope(
     Ok(regions)
 }
 
-/// The regions in scope that the registry says can field the group (enough eligible
-/// members) but that have no group in `regions` (too few reachable), with why. The
-/// registry task is judged by the stake approving it, not by the regions it covers,
-/// and has none.
+/// The regions in scope that the registry says can field the group (enough members
+/// serving the capability, distrusted ones counted) but that have no group in
+/// `regions`, with why: too few reachable (connected, compatible, circuit closed), or
+/// too many distrusted. The registry task is judged by the stake approving it, not by
+/// the regions it covers, and has none.
 fn unseated_regions(
     spec: &TaskSpec,
     regions: &BTreeMap<String, Vec<Seat>>,
@@ -368,17 +375,30 @@ fn unseated_regions(
         return BTreeMap::new();
     }
     let needed = spec.replication as usize;
-    eligible
-        .regions
-        .iter()
-        .filter(|(region, count)| **count >= needed && !regions.contains_key(*region))
-        .map(|(region, count)| {
-            let reason = format!(
-                "not seated: fewer than {needed} of its {count} eligible registry members \
-                 serving {:?} are reachable from the entry node",
-                spec.capability
-            );
-            (region.clone(), reason)
+    let mut places: BTreeSet<&String> = eligible.regions.keys().collect();
+    places.extend(eligible.distrusted_in.keys());
+    places
+        .into_iter()
+        .filter(|region| !regions.contains_key(*region))
+        .filter_map(|region| {
+            let trusted = eligible.regions.get(region).copied().unwrap_or(0);
+            let distrusted = eligible.distrusted_in.get(region).copied().unwrap_or(0);
+            let capability = &spec.capability;
+            let reason = if trusted >= needed {
+                format!(
+                    "not seated: fewer than {needed} of its {trusted} trusted registry members \
+                     serving {capability:?} are reachable from the entry node"
+                )
+            } else if trusted + distrusted >= needed {
+                format!(
+                    "not seated: {distrusted} of its {} registry members serving \
+                     {capability:?} are distrusted, {trusted} are too few for {needed}",
+                    trusted + distrusted
+                )
+            } else {
+                return None; // the registry never gave it enough members
+            };
+            Some((region.clone(), reason))
         })
         .collect()
 }
@@ -598,7 +618,7 @@ mod tests {
         };
         let serves = ["sha256".to_string()];
         let none = BTreeSet::new();
-        let plan = plan(
+        let planned = plan(
             request(2, global),
             &config,
             &epoch,
@@ -607,10 +627,30 @@ mod tests {
             &serves,
         )
         .unwrap();
-        assert_eq!(plan.regions.keys().collect::<Vec<_>>(), ["r1"]);
+        assert_eq!(planned.regions.keys().collect::<Vec<_>>(), ["r1"]);
         // r2 has one member: it can never field replication 2 and is no omission.
-        assert_eq!(plan.unseated.keys().collect::<Vec<_>>(), ["r3"]);
-        assert!(plan.unseated["r3"].contains("fewer than 2 of its 2 eligible"));
+        assert_eq!(planned.unseated.keys().collect::<Vec<_>>(), ["r3"]);
+        assert!(planned.unseated["r3"].contains("fewer than 2 of its 2 trusted"));
+        // Distrusting one of r3's members is no excuse to forget r3 either.
+        let distrusted = BTreeSet::from([registry[3].key]);
+        let global = Some(Scope {
+            level: Level::Global as i32,
+            name: String::new(),
+        });
+        let planned = plan(
+            request(2, global),
+            &config,
+            &epoch,
+            registry[..4].to_vec(),
+            &distrusted,
+            &serves,
+        )
+        .unwrap();
+        assert!(
+            planned.unseated["r3"].contains("1 of its 2 registry members"),
+            "{:?}",
+            planned.unseated
+        );
     }
 
     /// Enough registry members, too few reachable: refused at once as UNAVAILABLE

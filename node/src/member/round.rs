@@ -373,16 +373,17 @@ impl RoundDriver {
         let raft = Arc::clone(&self.federation.raft);
         let inbox = self.inbox.clone();
         tokio::spawn(async move {
-            if let Err(error) = raft.ensure(&place).await {
-                tracing::warn!(group = %place.name, %error, "raft group unavailable");
-                return;
-            }
-            match raft.confirm(&place.name, commit.clone()).await {
+            let confirmed = match raft.ensure(&place).await {
+                Ok(()) => raft.confirm(&place.name, commit.clone()).await,
+                Err(error) => Err(error),
+            };
+            match confirmed {
                 Ok(_) => {
                     let _ = inbox.send(Input::Committed { commit }).await;
                 }
                 Err(error) => {
                     tracing::info!(group = %place.name, %error, "relayed raft commit not confirmed");
+                    let _ = inbox.send(Input::NotConfirmed { commit }).await;
                 }
             }
         });

@@ -166,8 +166,8 @@ pub const PROPOSE_REFUSED: &str = "refused: ";
 /// How long a member that forwarded an entry waits to apply it itself before it checks
 /// the leader's word against its own log (and retries the commit when it has not).
 const LEADER_CHECK_WAIT: Duration = Duration::from_secs(2);
-/// How long a member waits to apply the entry of a relayed commit before it refuses to
-/// attest it ([`RaftGroups::confirm`]).
+/// How long a member waits for the entry of a relayed commit to reach its log before
+/// it refuses to attest it ([`RaftGroups::confirm`]).
 const CONFIRM_WAIT: Duration = Duration::from_secs(5);
 /// How [`RaftNetError::LeaderWord`] starts when this member has not applied the entry
 /// yet (retryable).
@@ -853,15 +853,15 @@ impl RaftGroups {
     }
 
     /// Whether this member's own copy of `name`'s log confirms a `RaftCommit` another
-    /// member relayed ([`confirm_commit`]), waiting up to [`CONFIRM_WAIT`] to apply the
-    /// entry.
+    /// member relayed ([`confirm_commit`]): the entry is in its log (applied or not),
+    /// waiting up to [`CONFIRM_WAIT`] for it.
     pub async fn confirm(
         &self,
         name: &GroupName,
         commit: SignedStatement,
     ) -> Result<Committed, RaftNetError> {
         let group = self.group(name)?;
-        confirm_commit(&group, commit, CONFIRM_WAIT).await
+        confirm_commit(&group, commit, CONFIRM_WAIT, Settled::Logged).await
     }
 
     /// One attempt of [`Self::commit`].
@@ -1354,7 +1354,7 @@ async fn check_leader_word(
             "the commit names another report, term or index".into(),
         ));
     }
-    confirm_commit(group, statement, LEADER_CHECK_WAIT).await
+    confirm_commit(group, statement, LEADER_CHECK_WAIT, Settled::Applied).await
 }
 
 /// The signer and body of a signed `RaftCommit`.
@@ -1363,22 +1363,42 @@ fn open_commit(statement: &SignedStatement) -> Result<(PublicKey, RaftCommit), R
         .map_err(|error| RaftNetError::LeaderWord(format!("bad commit statement: {error}")))
 }
 
+/// How far a commit must have settled in this member's own log for
+/// [`confirm_commit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Settled {
+    /// The entry is in the log: enough to attest who appended it in which term (raft
+    /// commits rest on the leader's signed word; an attester vouches for its
+    /// leadership).
+    Logged,
+    /// The entry is applied, and the ledger kept its report: the forwarding member
+    /// builds its certificate on it.
+    Applied,
+}
+
 /// Whether this member's own copy of the log confirms a leader's signed `RaftCommit`:
-/// it applied the entry at the commit's index (waiting up to `wait`), that entry carries
-/// the commit's report and was appended in the commit's term by the commit's signer, and
-/// the ledger kept that report under the slot's key (the first committed for it). Anything else is [`RaftNetError::LeaderWord`]
-/// (starting with [`NOT_APPLIED`] when this member has not applied the index yet).
+/// the entry at the commit's index (once logged or applied here, waiting up to `wait`)
+/// carries the commit's report, for the commit's slot, and was appended in the
+/// commit's term by the commit's signer; when `Applied`, the ledger also kept that
+/// report under the slot's key (the first committed for it). Anything else is
+/// [`RaftNetError::LeaderWord`] (starting with [`NOT_APPLIED`] when the entry has not
+/// reached this member yet).
 async fn confirm_commit(
     group: &RaftGroup,
     statement: SignedStatement,
     wait: Duration,
+    settled: Settled,
 ) -> Result<Committed, RaftNetError> {
     let refuse = |reason: String| Err(RaftNetError::LeaderWord(reason));
     let (signer, commit) = open_commit(&statement)?;
     let Some(slot) = commit.slot.as_ref() else {
         return refuse("the commit names no slot".into());
     };
-    let Some(appended) = group.appended_by(commit.commit_index, wait).await? else {
+    let appended = match settled {
+        Settled::Logged => group.logged_by(commit.commit_index, wait).await?,
+        Settled::Applied => group.appended_by(commit.commit_index, wait).await?,
+    };
+    let Some(appended) = appended else {
         return refuse(format!("{NOT_APPLIED} index {}", commit.commit_index));
     };
     let appender = member_of(group, appended.leader).map(|member| member.public_key);
@@ -1388,20 +1408,23 @@ async fn confirm_commit(
             commit.commit_index, appended.term, appended.leader, commit.term
         ));
     }
-    let appended_report = appended.entry.as_ref().map(report_of).transpose()?;
-    if appended_report.map(|(_, digest)| digest.to_vec()) != Some(commit.report_digest.clone()) {
+    let names_commit = |report: Option<(polity_proto::Slot, [u8; 32])>| {
+        report.is_some_and(|(at, digest)| at == *slot && digest[..] == commit.report_digest[..])
+    };
+    if !names_commit(appended.entry.as_ref().map(report_of).transpose()?) {
         return refuse(format!(
-            "index {} of this member's log holds another report, or none",
+            "index {} of this member's log holds another report or slot, or none",
             commit.commit_index
         ));
     }
-    let stored = group
-        .ledger()
-        .get(&ledger_key(slot))
-        .map_err(RaftGroupError::from)?;
-    let stored_digest = stored.as_ref().map(report_of).transpose()?;
-    if stored_digest.map(|(_, digest)| digest.to_vec()) != Some(commit.report_digest.clone()) {
-        return refuse("this member's ledger holds another report for the slot".into());
+    if settled == Settled::Applied {
+        let stored = group
+            .ledger()
+            .get(&ledger_key(slot))
+            .map_err(RaftGroupError::from)?;
+        if !names_commit(stored.as_ref().map(report_of).transpose()?) {
+            return refuse("this member's ledger holds another report for the slot".into());
+        }
     }
     Ok(Committed {
         term: commit.term,
