@@ -67,8 +67,8 @@ pub use reliability::ReliabilityTable;
 pub use round::{Action, ConfigError, DegradedReason, Input, Round, RoundConfig, RoundMessage};
 pub use select::{PathChoice, select};
 pub use statement::{
-    StatementError, Verified, domain_tag, open, sign_message, sign_statement, statement_digest,
-    verify_statement, verify_statements_batch,
+    SignatureCounts, StatementError, Verified, domain_tag, open, sign_message, sign_statement,
+    signature_counts, statement_digest, verify_statement, verify_statements_batch,
 };
 pub use task::{encode_task, task_id};
 pub use trust::{TRUST_FLOOR, TRUST_PRIOR, TrustEvent, TrustScore};

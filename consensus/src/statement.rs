@@ -5,6 +5,8 @@
 //! *before* anything decodes them, so no verifier depends on re-encoding being
 //! canonical, and a signature made for one kind can never be replayed as another.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use polity_proto::{SignedStatement, StatementKind};
 use sha2::{Digest, Sha256};
@@ -68,10 +70,39 @@ pub fn signed_message(kind: StatementKind, body: &[u8]) -> Vec<u8> {
     message
 }
 
+/// Signatures made and checked by this process, for the signature-bound limit of a
+/// decision (`polity_signatures_signed_total`, `polity_signatures_verified_total`).
+/// Process-wide: one node per process in production; tests that run several nodes in
+/// one process see their sum.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SignatureCounts {
+    /// Statements signed.
+    pub signed: u64,
+    /// Signatures checked one at a time (a statement, a registry signature).
+    pub verified_single: u64,
+    /// Signatures checked as part of a set (a certificate's statements), each still
+    /// under the strict rule (see [`batch_verify`]).
+    pub verified_batch: u64,
+}
+
+static SIGNED: AtomicU64 = AtomicU64::new(0);
+static VERIFIED_SINGLE: AtomicU64 = AtomicU64::new(0);
+static VERIFIED_BATCH: AtomicU64 = AtomicU64::new(0);
+
+/// The process's [`SignatureCounts`] so far.
+pub fn signature_counts() -> SignatureCounts {
+    SignatureCounts {
+        signed: SIGNED.load(Ordering::Relaxed),
+        verified_single: VERIFIED_SINGLE.load(Ordering::Relaxed),
+        verified_batch: VERIFIED_BATCH.load(Ordering::Relaxed),
+    }
+}
+
 /// Signs `body` as a statement of `kind`.
 pub fn sign_statement(key: &SigningKey, kind: StatementKind, body: Vec<u8>) -> SignedStatement {
     debug_assert!(kind != StatementKind::Unspecified, "statements have a kind");
     debug_assert!(body.len() <= STATEMENT_BODY_BYTES_MAX, "body within limit");
+    SIGNED.fetch_add(1, Ordering::Relaxed);
     let signature = key.sign(&signed_message(kind, &body));
     SignedStatement {
         kind: kind as i32,
@@ -160,6 +191,15 @@ pub fn verify_signature(
     message: &[u8],
     signature: &Signature,
 ) -> Result<(), StatementError> {
+    VERIFIED_SINGLE.fetch_add(1, Ordering::Relaxed);
+    verify_strict(verifying_key, message, signature)
+}
+
+fn verify_strict(
+    verifying_key: &VerifyingKey,
+    message: &[u8],
+    signature: &Signature,
+) -> Result<(), StatementError> {
     verifying_key
         .verify_strict(message, signature)
         .map_err(|_| StatementError::BadSignature)
@@ -235,7 +275,8 @@ pub fn batch_verify(
         .zip(signatures)
         .zip(verifying_keys)
         .try_for_each(|((message, signature), verifying_key)| {
-            verify_signature(verifying_key, message, signature)
+            VERIFIED_BATCH.fetch_add(1, Ordering::Relaxed);
+            verify_strict(verifying_key, message, signature)
         })
 }
 

@@ -725,11 +725,29 @@ pub async fn cli(args: BenchArgs) -> anyhow::Result<()> {
             config.endpoints.len()
         );
     }
+    // The nodes' signature counters, when the nodes are a recorded testnet.
+    let http = match &args.dir {
+        Some(dir) if !args.json => TestnetState::read(dir)?
+            .map(|state| state.nodes.into_iter().map(|node| node.http).collect())
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    let before = crate::limit::scrape(&http).await;
     let report = run(config).await?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
-    } else {
-        print!("{}", report.table());
+        return Ok(());
+    }
+    print!("{}", report.table());
+    if let (Ok(before), false) = (before, http.is_empty()) {
+        let after = crate::limit::scrape(&http).await?;
+        // Warm-up tasks signed too: they count as decisions here.
+        let decisions = report.outcomes.decided + report.warmup_requests;
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let cost = crate::limit::measure_cost();
+        if let Some(limit) = crate::limit::limit(before, after, decisions, cost, cores) {
+            print!("{}", limit.table(report.decisions_per_s));
+        }
     }
     Ok(())
 }

@@ -22,6 +22,8 @@
 //! - [`show`]: printing certificate chains for people.
 //! - [`demo`]: the `polity-testnet demo` walk-through.
 //! - [`bench`]: `polity-testnet bench`, a gRPC load generator.
+//! - [`limit`]: the signature-bound limit `bench` prints: signatures per decision
+//!   from the nodes' `/metrics`, their cost measured here.
 //! - [`flood`]: `polity-testnet flood`, hostile peers against one node, with an
 //!   honest probe and the node's peak memory.
 //! - [`chaos`]: `polity-testnet chaos`, fault injection, crash and partition
@@ -41,6 +43,7 @@ pub mod cluster;
 pub mod demo;
 pub mod flood;
 pub mod genesis;
+pub mod limit;
 pub mod load;
 pub mod process;
 pub mod rpc;

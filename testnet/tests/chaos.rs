@@ -501,6 +501,15 @@ async fn a_region_out_of_reach_degrades_a_global_task_by_name() {
             .expect("the reachable region decided"),
     )
     .unwrap();
+    // The entry node signed and checked statements for it, and its /metrics says so
+    // (what `bench` reads for the signature-bound limit).
+    let counts = polity_testnet::limit::scrape(std::slice::from_ref(&entry.endpoints.http))
+        .await
+        .unwrap();
+    assert!(
+        counts.signed > 0.0 && counts.verified > counts.signed,
+        "{counts:?}"
+    );
     for node in nodes {
         node.stop().unwrap();
     }

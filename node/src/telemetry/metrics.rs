@@ -42,6 +42,13 @@ pub struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModeLabels {
+    /// single (one statement) or batch (a certificate's statements, each under the
+    /// strict rule).
+    pub mode: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RaftGroupLabels {
     /// The raft group's name (`crate::raft::RaftGroups::name_for`).
     pub group: String,
@@ -95,6 +102,12 @@ pub struct Metrics {
     pub scale_signal: Gauge,
     /// Recovery learning per failure kind (`crate::telemetry::recovery`).
     pub recovery: crate::telemetry::recovery::Recovery,
+    /// Statements this process signed, and signatures it checked by mode: brought up
+    /// to `polity_consensus::signature_counts` at each exposition.
+    pub signatures_signed: Counter,
+    pub signatures_verified: Family<ModeLabels, Counter>,
+    /// One catch-up at a time: two concurrent scrapes must not both add a delta.
+    signature_sync: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -157,7 +170,22 @@ impl Metrics {
         } = WorkerMetrics::register(&mut registry);
         let recovery = crate::telemetry::recovery::Recovery::default();
         recovery.register(&mut registry);
+        let signatures_signed = registered(
+            &mut registry,
+            "polity_signatures_signed",
+            "Statements this process signed",
+            Counter::default(),
+        );
+        let signatures_verified = registered(
+            &mut registry,
+            "polity_signatures_verified",
+            "Signatures this process checked under the strict rule, by mode",
+            Family::<ModeLabels, Counter>::default(),
+        );
         Metrics {
+            signatures_signed,
+            signatures_verified,
+            signature_sync: std::sync::Mutex::new(()),
             faults_injected,
             worker_slots,
             workers_busy,
@@ -226,8 +254,31 @@ impl Metrics {
             .inc();
     }
 
+    /// Brings the signature counters up to the process's counts (they only grow).
+    fn sync_signature_counts(&self) {
+        let _one_at_a_time = self
+            .signature_sync
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let counts = polity_consensus::signature_counts();
+        let catch_up = |counter: &Counter, total: u64| {
+            counter.inc_by(total.saturating_sub(counter.get()));
+        };
+        catch_up(&self.signatures_signed, counts.signed);
+        for (mode, total) in [
+            ("single", counts.verified_single),
+            ("batch", counts.verified_batch),
+        ] {
+            let labels = ModeLabels {
+                mode: mode.to_string(),
+            };
+            catch_up(&self.signatures_verified.get_or_create(&labels), total);
+        }
+    }
+
     /// The OpenMetrics exposition of every metric.
     pub fn encode_openmetrics(&self) -> String {
+        self.sync_signature_counts();
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .expect("writing to a String cannot fail");
