@@ -170,18 +170,7 @@ impl Metrics {
         } = WorkerMetrics::register(&mut registry);
         let recovery = crate::telemetry::recovery::Recovery::default();
         recovery.register(&mut registry);
-        let signatures_signed = registered(
-            &mut registry,
-            "polity_signatures_signed",
-            "Statements this process signed",
-            Counter::default(),
-        );
-        let signatures_verified = registered(
-            &mut registry,
-            "polity_signatures_verified",
-            "Signatures this process checked under the strict rule, by mode",
-            Family::<ModeLabels, Counter>::default(),
-        );
+        let (signatures_signed, signatures_verified) = register_signature_metrics(&mut registry);
         Metrics {
             signatures_signed,
             signatures_verified,
@@ -289,6 +278,23 @@ impl Metrics {
     pub fn encode_prometheus(&self) -> String {
         openmetrics_to_prometheus(&self.encode_openmetrics())
     }
+}
+
+/// The signature counters (`Metrics::signatures_signed`, `signatures_verified`).
+fn register_signature_metrics(registry: &mut Registry) -> (Counter, Family<ModeLabels, Counter>) {
+    let signed = registered(
+        registry,
+        "polity_signatures_signed",
+        "Statements this process signed",
+        Counter::default(),
+    );
+    let verified = registered(
+        registry,
+        "polity_signatures_verified",
+        "Signatures this process checked under the strict rule, by mode",
+        Family::<ModeLabels, Counter>::default(),
+    );
+    (signed, verified)
 }
 
 /// Registers `metric` under `name` with `help` and returns it (a metric is a shared
