@@ -197,6 +197,10 @@ fn build_swarm(keypair: Keypair, config: &NetConfig) -> Result<Swarm<Behaviour>,
         )
         .map_err(|e| e.to_string())?
         .with_quic()
+        // `/dns4/NAME/tcp/PORT` bootstrap addresses (containers reach each other by
+        // service name), resolved by the system's resolver at each dial.
+        .with_dns()
+        .map_err(|e| format!("reading the system's DNS configuration: {e}"))?
         .with_behaviour(|key| Behaviour::new(key, &config.local.version, config.mdns))
         .map_err(|e| e.to_string())?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
