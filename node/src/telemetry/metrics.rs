@@ -37,6 +37,16 @@ pub struct RejectLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TrustBandLabels {
+    /// A tenth of the trust range, "0.0-0.1" .. "0.9-1.0" (lower bound included;
+    /// a trust of exactly 1 counts in the top band).
+    pub band: String,
+}
+
+/// Bands of `federation_trust_peers`: ten, so the family has ten series at most.
+pub const TRUST_BANDS: usize = 10;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: String,
 }
@@ -81,6 +91,9 @@ pub struct Metrics {
     pub raft_voters: Family<RaftGroupLabels, Gauge>,
     /// The network layer's counters (malformed frames, rejected infos, ...).
     pub net: polity_net::NetMetrics,
+    /// Known peers by this node's trust in them, in [`TRUST_BANDS`] bands; set
+    /// whenever the peers are listed (seats, ListPeers), like `agents`.
+    pub trust_peers: Family<TrustBandLabels, Gauge>,
     /// Faults injected on purpose, by kind (see `crate::chaos`).
     pub faults_injected: Family<KindLabels, Counter>,
     /// Worker slots, busy slots, smoothed load (per mille) and slot changes.
@@ -140,6 +153,12 @@ impl Metrics {
         } = RaftMetrics::register(&mut registry);
         let net = polity_net::NetMetrics::default();
         net.register(&mut registry);
+        let trust_peers = registered(
+            &mut registry,
+            "federation_trust_peers",
+            "Known peers by this node's trust in them, in bands of 0.1",
+            Family::<TrustBandLabels, Gauge>::default(),
+        );
         let faults_injected = registered(
             &mut registry,
             "polity_faults_injected",
@@ -157,7 +176,8 @@ impl Metrics {
         } = WorkerMetrics::register(&mut registry);
         let recovery = crate::telemetry::recovery::Recovery::default();
         recovery.register(&mut registry);
-        Metrics {
+        let metrics = Metrics {
+            trust_peers,
             faults_injected,
             worker_slots,
             workers_busy,
@@ -184,6 +204,24 @@ impl Metrics {
             raft_leader,
             raft_term,
             raft_voters,
+        };
+        // Every band exists from the start, at 0: a dashboard sees the whole range.
+        metrics.set_trust_distribution(std::iter::empty());
+        metrics
+    }
+
+    /// Publishes how many known peers fall in each trust band.
+    pub fn set_trust_distribution(&self, trust: impl Iterator<Item = f64>) {
+        let mut peers = [0i64; TRUST_BANDS];
+        for score in trust {
+            peers[trust_band(score)] += 1;
+        }
+        for (band, count) in peers.iter().enumerate() {
+            self.trust_peers
+                .get_or_create(&TrustBandLabels {
+                    band: format!("{:.1}-{:.1}", band as f64 / 10.0, (band + 1) as f64 / 10.0),
+                })
+                .set(*count);
         }
     }
 
@@ -238,6 +276,12 @@ impl Metrics {
     pub fn encode_prometheus(&self) -> String {
         openmetrics_to_prometheus(&self.encode_openmetrics())
     }
+}
+
+/// The band of a trust score: [0.0, 0.1) is 0, ..., [0.9, 1.0] is 9; scores
+/// outside [0, 1] (never expected) count in the nearest band.
+fn trust_band(score: f64) -> usize {
+    ((score * TRUST_BANDS as f64).floor().max(0.0) as usize).min(TRUST_BANDS - 1)
 }
 
 /// Registers `metric` under `name` with `help` and returns it (a metric is a shared
@@ -499,5 +543,32 @@ mod tests {
         );
         assert!(!text.contains("# EOF"));
         assert!(metrics.encode_openmetrics().ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn trust_is_published_in_ten_bands() {
+        assert_eq!(trust_band(0.0), 0);
+        assert_eq!(trust_band(0.69), 6);
+        assert_eq!(trust_band(0.7), 7);
+        assert_eq!(trust_band(1.0), 9);
+        assert_eq!(trust_band(-0.5), 0);
+        assert_eq!(trust_band(7.0), 9);
+        let metrics = Metrics::new();
+        let text = metrics.encode_prometheus();
+        assert!(
+            text.contains("federation_trust_peers{band=\"0.0-0.1\"} 0\n"),
+            "{text}"
+        );
+        metrics.set_trust_distribution([0.8, 0.85, 0.0, 1.0].into_iter());
+        let text = metrics.encode_prometheus();
+        for line in [
+            "federation_trust_peers{band=\"0.8-0.9\"} 2\n",
+            "federation_trust_peers{band=\"0.0-0.1\"} 1\n",
+            "federation_trust_peers{band=\"0.9-1.0\"} 1\n",
+            "federation_trust_peers{band=\"0.5-0.6\"} 0\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        assert_eq!(text.matches("federation_trust_peers{").count(), TRUST_BANDS);
     }
 }
