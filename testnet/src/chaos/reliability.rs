@@ -461,7 +461,8 @@ impl ReliabilityArgs {
             deadline_ms: self.deadline_ms,
             nodes: regions * self.replicas as usize,
             regions,
-            trust_floor_kept: self.keep_trust_floor,
+            // An attached cluster keeps its own configuration, trust floor included.
+            trust_floor_kept: self.keep_trust_floor || self.attach.is_some(),
         }
     }
 }
