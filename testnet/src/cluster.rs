@@ -98,6 +98,19 @@ impl NodeRecord {
     pub fn local_pid(&self) -> Option<u32> {
         (!self.remote).then_some(self.pid)
     }
+
+    /// The pid column of `status`.
+    fn pid_text(&self) -> String {
+        match self.local_pid() {
+            Some(pid) => pid.to_string(),
+            None => "remote".to_string(),
+        }
+    }
+
+    /// The local process's resident memory; `None` for a remote node.
+    fn rss_bytes(&self) -> Option<u64> {
+        self.local_pid().and_then(rss_bytes)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -554,13 +567,10 @@ pub async fn status(args: DirArgs) -> anyhow::Result<()> {
         println!(
             "{:<9} {:<8} {:<8} {:>6} {:>9} {:<10} {:<12} {:<8} {:>5} {:>5} {:>7} {}",
             node.name,
-            node.local_pid()
-                .map(|pid| pid.to_string())
-                .unwrap_or_else(|| "remote".to_string()),
+            node.pid_text(),
             state,
             peers.map(|n| n.to_string()).unwrap_or_else(dash),
-            node.local_pid()
-                .and_then(rss_bytes)
+            node.rss_bytes()
                 .map(|b| format!("{:.1}", b as f64 / 1048576.0))
                 .unwrap_or_else(dash),
             node.region,

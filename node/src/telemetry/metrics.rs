@@ -153,12 +153,7 @@ impl Metrics {
         } = RaftMetrics::register(&mut registry);
         let net = polity_net::NetMetrics::default();
         net.register(&mut registry);
-        let trust_peers = registered(
-            &mut registry,
-            "federation_trust_peers",
-            "Known peers by this node's trust in them, in bands of 0.1",
-            Family::<TrustBandLabels, Gauge>::default(),
-        );
+        let trust_peers = register_trust_peers(&mut registry);
         let faults_injected = registered(
             &mut registry,
             "polity_faults_injected",
@@ -176,7 +171,7 @@ impl Metrics {
         } = WorkerMetrics::register(&mut registry);
         let recovery = crate::telemetry::recovery::Recovery::default();
         recovery.register(&mut registry);
-        let metrics = Metrics {
+        Metrics {
             trust_peers,
             faults_injected,
             worker_slots,
@@ -204,10 +199,7 @@ impl Metrics {
             raft_leader,
             raft_term,
             raft_voters,
-        };
-        // Every band exists from the start, at 0: a dashboard sees the whole range.
-        metrics.set_trust_distribution(std::iter::empty());
-        metrics
+        }
     }
 
     /// Publishes how many known peers fall in each trust band.
@@ -216,13 +208,7 @@ impl Metrics {
         for score in trust {
             peers[trust_band(score)] += 1;
         }
-        for (band, count) in peers.iter().enumerate() {
-            self.trust_peers
-                .get_or_create(&TrustBandLabels {
-                    band: format!("{:.1}-{:.1}", band as f64 / 10.0, (band + 1) as f64 / 10.0),
-                })
-                .set(*count);
-        }
+        set_trust_bands(&self.trust_peers, &peers);
     }
 
     pub fn peer_message_dropped(&self, reason: &str) {
@@ -275,6 +261,29 @@ impl Metrics {
     /// The classic Prometheus text exposition (format 0.0.4) of every metric.
     pub fn encode_prometheus(&self) -> String {
         openmetrics_to_prometheus(&self.encode_openmetrics())
+    }
+}
+
+/// Registers `federation_trust_peers` with every band at 0, so a dashboard sees the
+/// whole range before the first count.
+fn register_trust_peers(registry: &mut Registry) -> Family<TrustBandLabels, Gauge> {
+    let family = registered(
+        registry,
+        "federation_trust_peers",
+        "Known peers by this node's trust in them, in bands of 0.1",
+        Family::<TrustBandLabels, Gauge>::default(),
+    );
+    set_trust_bands(&family, &[0; TRUST_BANDS]);
+    family
+}
+
+fn set_trust_bands(family: &Family<TrustBandLabels, Gauge>, peers: &[i64; TRUST_BANDS]) {
+    for (band, count) in peers.iter().enumerate() {
+        family
+            .get_or_create(&TrustBandLabels {
+                band: format!("{:.1}-{:.1}", band as f64 / 10.0, (band + 1) as f64 / 10.0),
+            })
+            .set(*count);
     }
 }
 
