@@ -188,6 +188,7 @@ pub fn start(
 }
 
 fn build_swarm(keypair: Keypair, config: &NetConfig) -> Result<Swarm<Behaviour>, StartError> {
+    let resolver_config = system_resolver_config();
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
@@ -197,11 +198,30 @@ fn build_swarm(keypair: Keypair, config: &NetConfig) -> Result<Swarm<Behaviour>,
         )
         .map_err(|e| e.to_string())?
         .with_quic()
+        // `/dns4/NAME/tcp/PORT` bootstrap addresses (containers reach each other by
+        // service name), resolved by the system's resolver at each dial.
+        .with_dns_config(resolver_config.0, resolver_config.1)
         .with_behaviour(|key| Behaviour::new(key, &config.local.version, config.mdns))
         .map_err(|e| e.to_string())?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
         .build();
     Ok(swarm)
+}
+
+/// The system's resolver configuration (`/etc/resolv.conf`), or one with no name
+/// server when there is none: the node still starts, and only `/dns` addresses
+/// fail to resolve (each dial says why).
+fn system_resolver_config() -> (libp2p::dns::ResolverConfig, libp2p::dns::ResolverOpts) {
+    match hickory_resolver::system_conf::read_system_conf() {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::warn!(%error, "no system DNS configuration: /dns addresses will not resolve");
+            (
+                libp2p::dns::ResolverConfig::from_parts(None, Vec::new(), Vec::new()),
+                libp2p::dns::ResolverOpts::default(),
+            )
+        }
+    }
 }
 
 /// Subscribes to the announce and evidence topics and opens the listeners.

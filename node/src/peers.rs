@@ -175,6 +175,12 @@ impl Peers {
         self.metrics
             .agents
             .set(1 + candidates.iter().filter(|c| c.view.info.is_some()).count() as i64);
+        self.metrics.set_trust_distribution(
+            candidates
+                .iter()
+                .filter(|c| c.view.info.is_some())
+                .map(|c| c.trust),
+        );
         Ok(candidates)
     }
 

@@ -45,7 +45,6 @@ use serde::Serialize;
 
 use crate::cluster::TestnetState;
 use crate::load::{self, Load, Reply, Step, Submission};
-use crate::process::process_alive;
 use crate::rpc::{self, SubmitError};
 
 /// Client tasks at most.
@@ -285,7 +284,7 @@ pub fn testnet_endpoints(dir: &std::path::Path) -> anyhow::Result<Vec<String>> {
     let endpoints: Vec<String> = state
         .nodes
         .iter()
-        .filter(|node| process_alive(node.pid))
+        .filter(|node| node.maybe_alive())
         .map(|node| node.grpc.clone())
         .collect();
     if endpoints.is_empty() {
@@ -1039,12 +1038,18 @@ mod tests {
             p2p: Vec::new(),
             public_key: String::new(),
             spawned: false,
+            remote: false,
         };
         let state = TestnetState {
             nodes: vec![
                 node("node-0", std::process::id(), "http://127.0.0.1:7001"),
                 // No such process: skipped.
                 node("node-1", u32::MAX - 1, "http://127.0.0.1:7002"),
+                // A container's node: no local process to look for, always asked.
+                crate::cluster::NodeRecord {
+                    remote: true,
+                    ..node("node-2", 0, "http://127.0.0.1:7003")
+                },
             ],
             token_file: None,
         };
@@ -1055,7 +1060,10 @@ mod tests {
         .unwrap();
         assert_eq!(
             testnet_endpoints(dir.path()).unwrap(),
-            vec!["http://127.0.0.1:7001".to_string()]
+            vec![
+                "http://127.0.0.1:7001".to_string(),
+                "http://127.0.0.1:7003".to_string()
+            ]
         );
         assert!(testnet_endpoints(&dir.path().join("missing")).is_err());
     }

@@ -5,7 +5,9 @@
 //! discovered every other node's signed info, and prints a table. It then either
 //! watches the nodes until Ctrl-C (reporting any that die) or, with `--detach`,
 //! leaves them running and records them in `<dir>/testnet.json` for `status` and
-//! `down`.
+//! `down`. A state file may also record a cluster that runs elsewhere (nodes marked
+//! `remote`, e.g. the compose cluster's containers): `status`, `bench --dir` and
+//! `chaos reliability --attach` then reach it over gRPC, and `down` refuses it.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -79,6 +81,36 @@ pub struct NodeRecord {
     /// Started by a supervisor (`chaos run --autoscale`) rather than by `up`.
     #[serde(default)]
     pub spawned: bool,
+    /// Not a process of this machine (a container of `scripts/compose-up.sh`,
+    /// another host): no pid to watch or signal. Whether it is up is asked over
+    /// gRPC, and `down` leaves it to whoever runs it.
+    #[serde(default)]
+    pub remote: bool,
+}
+
+impl NodeRecord {
+    /// Worth asking over gRPC: remote, or a local process still alive.
+    pub fn maybe_alive(&self) -> bool {
+        self.remote || process_alive(self.pid)
+    }
+
+    /// The local process's pid; `None` for a remote node.
+    pub fn local_pid(&self) -> Option<u32> {
+        (!self.remote).then_some(self.pid)
+    }
+
+    /// The pid column of `status`.
+    fn pid_text(&self) -> String {
+        match self.local_pid() {
+            Some(pid) => pid.to_string(),
+            None => "remote".to_string(),
+        }
+    }
+
+    /// The local process's resident memory; `None` for a remote node.
+    fn rss_bytes(&self) -> Option<u64> {
+        self.local_pid().and_then(rss_bytes)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -224,7 +256,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
 /// would be wiped under it).
 pub fn ensure_no_testnet(dir: &Path) -> anyhow::Result<()> {
     if let Some(state) = TestnetState::read(dir)?
-        && state.nodes.iter().any(|node| process_alive(node.pid))
+        && state.nodes.iter().any(NodeRecord::maybe_alive)
     {
         bail!(
             "a testnet is already running in {} (polity-testnet down --dir {} first)",
@@ -439,6 +471,7 @@ pub fn record_of(node: &NodeProcess) -> NodeRecord {
         p2p: node.endpoints.p2p.clone(),
         public_key: node.endpoints.public_key.clone(),
         spawned: false,
+        remote: false,
     }
 }
 
@@ -510,7 +543,7 @@ pub async fn status(args: DirArgs) -> anyhow::Result<()> {
     );
     let mut dead = 0;
     for node in &state.nodes {
-        let alive = process_alive(node.pid);
+        let alive = node.maybe_alive();
         let peers = if alive {
             known_peers(&node.grpc, token.as_ref()).await
         } else {
@@ -534,10 +567,10 @@ pub async fn status(args: DirArgs) -> anyhow::Result<()> {
         println!(
             "{:<9} {:<8} {:<8} {:>6} {:>9} {:<10} {:<12} {:<8} {:>5} {:>5} {:>7} {}",
             node.name,
-            node.pid,
+            node.pid_text(),
             state,
             peers.map(|n| n.to_string()).unwrap_or_else(dash),
-            rss_bytes(node.pid)
+            node.rss_bytes()
                 .map(|b| format!("{:.1}", b as f64 / 1048576.0))
                 .unwrap_or_else(dash),
             node.region,
@@ -589,6 +622,13 @@ pub async fn down(args: DirArgs) -> anyhow::Result<()> {
         println!("no testnet recorded in {}", args.dir.display());
         return Ok(());
     };
+    if state.nodes.iter().any(|node| node.remote) {
+        bail!(
+            "the cluster recorded in {} runs elsewhere (containers or other hosts): \
+             stop it where it runs, e.g. scripts/compose-up.sh --down",
+            args.dir.display()
+        );
+    }
     for node in &state.nodes {
         if process_alive(node.pid) {
             terminate(node.pid);

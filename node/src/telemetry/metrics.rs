@@ -37,6 +37,16 @@ pub struct RejectLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TrustBandLabels {
+    /// A tenth of the trust range, "0.0-0.1" .. "0.9-1.0" (lower bound included;
+    /// a trust of exactly 1 counts in the top band).
+    pub band: String,
+}
+
+/// Bands of `federation_trust_peers`: ten, so the family has ten series at most.
+pub const TRUST_BANDS: usize = 10;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: String,
 }
@@ -88,6 +98,9 @@ pub struct Metrics {
     pub raft_voters: Family<RaftGroupLabels, Gauge>,
     /// The network layer's counters (malformed frames, rejected infos, ...).
     pub net: polity_net::NetMetrics,
+    /// Known peers by this node's trust in them, in [`TRUST_BANDS`] bands; set
+    /// whenever the peers are listed (seats, ListPeers), like `agents`.
+    pub trust_peers: Family<TrustBandLabels, Gauge>,
     /// Faults injected on purpose, by kind (see `crate::chaos`).
     pub faults_injected: Family<KindLabels, Counter>,
     /// Worker slots, busy slots, smoothed load (per mille) and slot changes.
@@ -153,6 +166,7 @@ impl Metrics {
         } = RaftMetrics::register(&mut registry);
         let net = polity_net::NetMetrics::default();
         net.register(&mut registry);
+        let trust_peers = register_trust_peers(&mut registry);
         let faults_injected = registered(
             &mut registry,
             "polity_faults_injected",
@@ -175,6 +189,7 @@ impl Metrics {
             signatures_signed,
             signatures_verified,
             signature_sync: std::sync::Mutex::new(()),
+            trust_peers,
             faults_injected,
             worker_slots,
             workers_busy,
@@ -202,6 +217,15 @@ impl Metrics {
             raft_term,
             raft_voters,
         }
+    }
+
+    /// Publishes how many known peers fall in each trust band.
+    pub fn set_trust_distribution(&self, trust: impl Iterator<Item = f64>) {
+        let mut peers = [0i64; TRUST_BANDS];
+        for score in trust {
+            peers[trust_band(score)] += 1;
+        }
+        set_trust_bands(&self.trust_peers, &peers);
     }
 
     pub fn peer_message_dropped(&self, reason: &str) {
@@ -295,6 +319,35 @@ fn register_signature_metrics(registry: &mut Registry) -> (Counter, Family<ModeL
         Family::<ModeLabels, Counter>::default(),
     );
     (signed, verified)
+}
+
+/// Registers `federation_trust_peers` with every band at 0, so a dashboard sees the
+/// whole range before the first count.
+fn register_trust_peers(registry: &mut Registry) -> Family<TrustBandLabels, Gauge> {
+    let family = registered(
+        registry,
+        "federation_trust_peers",
+        "Known peers by this node's trust in them, in bands of 0.1",
+        Family::<TrustBandLabels, Gauge>::default(),
+    );
+    set_trust_bands(&family, &[0; TRUST_BANDS]);
+    family
+}
+
+fn set_trust_bands(family: &Family<TrustBandLabels, Gauge>, peers: &[i64; TRUST_BANDS]) {
+    for (band, count) in peers.iter().enumerate() {
+        family
+            .get_or_create(&TrustBandLabels {
+                band: format!("{:.1}-{:.1}", band as f64 / 10.0, (band + 1) as f64 / 10.0),
+            })
+            .set(*count);
+    }
+}
+
+/// The band of a trust score: [0.0, 0.1) is 0, ..., [0.9, 1.0] is 9; scores
+/// outside [0, 1] (never expected) count in the nearest band.
+fn trust_band(score: f64) -> usize {
+    ((score * TRUST_BANDS as f64).floor().max(0.0) as usize).min(TRUST_BANDS - 1)
 }
 
 /// Registers `metric` under `name` with `help` and returns it (a metric is a shared
@@ -556,5 +609,32 @@ mod tests {
         );
         assert!(!text.contains("# EOF"));
         assert!(metrics.encode_openmetrics().ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn trust_is_published_in_ten_bands() {
+        assert_eq!(trust_band(0.0), 0);
+        assert_eq!(trust_band(0.69), 6);
+        assert_eq!(trust_band(0.7), 7);
+        assert_eq!(trust_band(1.0), 9);
+        assert_eq!(trust_band(-0.5), 0);
+        assert_eq!(trust_band(7.0), 9);
+        let metrics = Metrics::new();
+        let text = metrics.encode_prometheus();
+        assert!(
+            text.contains("federation_trust_peers{band=\"0.0-0.1\"} 0\n"),
+            "{text}"
+        );
+        metrics.set_trust_distribution([0.8, 0.85, 0.0, 1.0].into_iter());
+        let text = metrics.encode_prometheus();
+        for line in [
+            "federation_trust_peers{band=\"0.8-0.9\"} 2\n",
+            "federation_trust_peers{band=\"0.0-0.1\"} 1\n",
+            "federation_trust_peers{band=\"0.9-1.0\"} 1\n",
+            "federation_trust_peers{band=\"0.5-0.6\"} 0\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        assert_eq!(text.matches("federation_trust_peers{").count(), TRUST_BANDS);
     }
 }

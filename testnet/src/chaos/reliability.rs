@@ -16,6 +16,11 @@
 //! - **invalid**: a certificate that does not verify or does not carry the
 //!   record's value (never expected: the entry node verifies before it stores).
 //!
+//! With `--attach DIR` it launches nothing: it measures on the running cluster
+//! recorded in `DIR/testnet.json` (the compose cluster writes one, with its API
+//! token), whose nodes keep their own configuration, and clears their faults at
+//! the end.
+//!
 //! The four add up to K. Measured reliability is correct / K with a Wilson 95 %
 //! interval, and so is the wrong-certificate rate.
 //!
@@ -137,6 +142,19 @@ pub struct ReliabilityArgs {
     /// Where the node data dirs and the token go (old data there is removed).
     #[arg(long, default_value = "polity-chaos")]
     pub dir: PathBuf,
+    /// Instead of launching a cluster, measure on the running one recorded in this
+    /// dir's `testnet.json` (e.g. the compose cluster's `deploy/compose/generated`,
+    /// whose state names its API token). Its nodes keep their own configuration,
+    /// trust floor included; their faults are cleared at the end.
+    #[arg(long, value_name = "DIR", conflicts_with = "keep_trust_floor")]
+    pub attach: Option<PathBuf>,
+}
+
+/// A node the measurement talks to.
+#[derive(Debug, Clone)]
+struct Target {
+    name: String,
+    grpc: String,
 }
 
 /// How one task ended, judged against the ground truth.
@@ -443,7 +461,8 @@ impl ReliabilityArgs {
             deadline_ms: self.deadline_ms,
             nodes: regions * self.replicas as usize,
             regions,
-            trust_floor_kept: self.keep_trust_floor,
+            // An attached cluster keeps its own configuration, trust floor included.
+            trust_floor_kept: self.keep_trust_floor || self.attach.is_some(),
         }
     }
 }
@@ -458,6 +477,9 @@ pub fn payload(seed: u64, k: u32) -> Vec<u8> {
 pub async fn measure(args: &ReliabilityArgs) -> anyhow::Result<ReliabilityReport> {
     let path = args.validate()?;
     let config = args.run_config();
+    if let Some(dir) = &args.attach {
+        return measure_attached(args, &config, path, dir).await;
+    }
     crate::cluster::ensure_no_testnet(&args.dir)?;
     let token = Token::create(&args.dir)?;
     let mut node_args = vec![token.node_arg()];
@@ -479,10 +501,51 @@ pub async fn measure(args: &ReliabilityArgs) -> anyhow::Result<ReliabilityReport
         node_args,
     };
     let Launched { nodes, .. } = launch(&up, &default_capabilities()).await?;
-    let result = measure_on(args, &config, path, &token, &nodes).await;
+    let targets: Vec<Target> = nodes
+        .iter()
+        .map(|node| Target {
+            name: node.spec.name.clone(),
+            grpc: node.endpoints.grpc.clone(),
+        })
+        .collect();
+    let result = measure_on(args, &config, path, &token, &targets).await;
     for node in nodes {
         if let Err(error) = node.stop() {
             eprintln!("{error:#}");
+        }
+    }
+    result
+}
+
+/// The measurement on a running cluster recorded in `dir`; every node's faults are
+/// cleared afterwards, whatever the measurement gave.
+async fn measure_attached(
+    args: &ReliabilityArgs,
+    config: &RunConfig,
+    path: ConsensusPath,
+    dir: &std::path::Path,
+) -> anyhow::Result<ReliabilityReport> {
+    let state = crate::cluster::TestnetState::read(dir)?
+        .with_context(|| format!("no cluster recorded in {}", dir.display()))?;
+    let token_file = state.token_file.as_ref().with_context(|| {
+        format!(
+            "the cluster in {} records no API token: Admin/SetFaults needs one",
+            dir.display()
+        )
+    })?;
+    let token = Token::read(token_file)?;
+    let targets: Vec<Target> = state
+        .nodes
+        .iter()
+        .map(|node| Target {
+            name: node.name.clone(),
+            grpc: node.grpc.clone(),
+        })
+        .collect();
+    let result = measure_on(args, config, path, &token, &targets).await;
+    for target in &targets {
+        if let Err(error) = rpc::set_faults(&target.grpc, &token, Faults::default()).await {
+            eprintln!("clearing the faults of {}: {error:#}", target.name);
         }
     }
     result
@@ -493,12 +556,12 @@ async fn measure_on(
     config: &RunConfig,
     path: ConsensusPath,
     token: &Token,
-    nodes: &[crate::process::NodeProcess],
+    nodes: &[Target],
 ) -> anyhow::Result<ReliabilityReport> {
     inject_faults(args, token, nodes).await?;
     let mut clients: Vec<Client> = Vec::with_capacity(nodes.len());
     for node in nodes {
-        clients.push(rpc::federation(&node.endpoints.grpc, Some(&token.value)).await?);
+        clients.push(rpc::federation(&node.grpc, Some(&token.value)).await?);
     }
     let bar = if args.json {
         ProgressBar::hidden()
@@ -529,9 +592,9 @@ async fn measure_on(
     let duration_s = started.elapsed().as_secs_f64();
     let mut node_reliability = Vec::with_capacity(nodes.len());
     for node in nodes {
-        match rpc::node_status(&node.endpoints.grpc, token).await {
+        match rpc::node_status(&node.grpc, token).await {
             Ok(status) => node_reliability.push(status.reliability),
-            Err(error) => bail!("Admin/GetStatus on {}: {error:#}", node.spec.name),
+            Err(error) => bail!("Admin/GetStatus on {}: {error:#}", node.name),
         }
     }
     let measured = Measured {
@@ -556,7 +619,7 @@ async fn measure_on(
 async fn inject_faults(
     args: &ReliabilityArgs,
     token: &Token,
-    nodes: &[crate::process::NodeProcess],
+    nodes: &[Target],
 ) -> anyhow::Result<()> {
     for (index, node) in nodes.iter().enumerate() {
         let faults = Faults {
@@ -565,7 +628,7 @@ async fn inject_faults(
             seed: node_seed(args.seed, index),
             ..Faults::default()
         };
-        rpc::set_faults(&node.endpoints.grpc, token, faults).await?;
+        rpc::set_faults(&node.grpc, token, faults).await?;
     }
     Ok(())
 }
@@ -1063,6 +1126,7 @@ mod tests {
             keep_trust_floor: false,
             json: true,
             dir: PathBuf::from("unused"),
+            attach: None,
         };
         assert_eq!(good.validate().unwrap(), ConsensusPath::Raft);
         for bad in [
