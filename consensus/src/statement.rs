@@ -5,7 +5,9 @@
 //! *before* anything decodes them, so no verifier depends on re-encoding being
 //! canonical, and a signature made for one kind can never be replayed as another.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use polity_proto::{SignedStatement, StatementKind};
@@ -83,11 +85,14 @@ pub struct SignatureCounts {
     /// Signatures checked as part of a set (a certificate's statements), each still
     /// under the strict rule (see [`batch_verify`]).
     pub verified_batch: u64,
+    /// Signatures found good before (no curve work; see [`verify_signature`]).
+    pub verified_cached: u64,
 }
 
 static SIGNED: AtomicU64 = AtomicU64::new(0);
 static VERIFIED_SINGLE: AtomicU64 = AtomicU64::new(0);
 static VERIFIED_BATCH: AtomicU64 = AtomicU64::new(0);
+static VERIFIED_CACHED: AtomicU64 = AtomicU64::new(0);
 
 /// The process's [`SignatureCounts`] so far.
 pub fn signature_counts() -> SignatureCounts {
@@ -95,6 +100,7 @@ pub fn signature_counts() -> SignatureCounts {
         signed: SIGNED.load(Ordering::Relaxed),
         verified_single: VERIFIED_SINGLE.load(Ordering::Relaxed),
         verified_batch: VERIFIED_BATCH.load(Ordering::Relaxed),
+        verified_cached: VERIFIED_CACHED.load(Ordering::Relaxed),
     }
 }
 
@@ -191,19 +197,51 @@ pub fn verify_signature(
     message: &[u8],
     signature: &Signature,
 ) -> Result<(), StatementError> {
-    VERIFIED_SINGLE.fetch_add(1, Ordering::Relaxed);
-    verify_strict(verifying_key, message, signature)
+    verify_strict(verifying_key, message, signature, &VERIFIED_SINGLE)
 }
 
+/// Checks one signature under the strict rule, or finds it among the signatures this
+/// process already found good, and counts the work in `counter` (or as cached).
+///
+/// A member sees the same statements again and again: its own round's observations,
+/// then each in the certificate it adopts, then in the parent's copy of that
+/// certificate. The rule is a pure function of `(A, message, signature)`, so a good
+/// verdict is remembered under `SHA-256(A || signature || message)` in a process-wide
+/// table of at most [`VERIFIED_CACHE_ENTRIES_MAX`] entries (emptied when full, like the
+/// key cache): only the time changes. Bad verdicts are not remembered; a peer filling
+/// the table must pay a good signature (a full check here) per entry.
 fn verify_strict(
     verifying_key: &VerifyingKey,
     message: &[u8],
     signature: &Signature,
+    counter: &AtomicU64,
 ) -> Result<(), StatementError> {
+    static CACHE: OnceLock<Mutex<HashSet<[u8; 32]>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| Mutex::new(HashSet::new()));
+    let mut hasher = Sha256::new();
+    hasher.update(verifying_key.as_bytes());
+    hasher.update(signature.to_bytes());
+    hasher.update(message);
+    let seen: [u8; 32] = hasher.finalize().into();
+    if cache.lock().is_ok_and(|cache| cache.contains(&seen)) {
+        VERIFIED_CACHED.fetch_add(1, Ordering::Relaxed);
+        return Ok(());
+    }
+    counter.fetch_add(1, Ordering::Relaxed);
     verifying_key
         .verify_strict(message, signature)
-        .map_err(|_| StatementError::BadSignature)
+        .map_err(|_| StatementError::BadSignature)?;
+    if let Ok(mut cache) = cache.lock() {
+        if cache.len() >= VERIFIED_CACHE_ENTRIES_MAX {
+            cache.clear();
+        }
+        cache.insert(seen);
+    }
+    Ok(())
 }
+
+/// Good signatures remembered by [`verify_signature`] and [`batch_verify`] at most.
+pub const VERIFIED_CACHE_ENTRIES_MAX: usize = 65_536;
 
 /// Verifies one statement (lengths, kind, the key checks, then [`verify_signature`])
 /// and returns its signer. The body is not decoded.
@@ -275,8 +313,7 @@ pub fn batch_verify(
         .zip(signatures)
         .zip(verifying_keys)
         .try_for_each(|((message, signature), verifying_key)| {
-            VERIFIED_BATCH.fetch_add(1, Ordering::Relaxed);
-            verify_strict(verifying_key, message, signature)
+            verify_strict(verifying_key, message, signature, &VERIFIED_BATCH)
         })
 }
 
@@ -356,6 +393,25 @@ mod tests {
             report_digest: vec![2; 32],
             ..Attestation::default()
         }
+    }
+
+    #[test]
+    fn a_good_signature_seen_again_costs_no_curve_work_and_a_bad_one_still_fails() {
+        let statement = sign_message(&key(41), StatementKind::Attestation, &attestation());
+        assert!(verify_statement(&statement).is_ok());
+        let cached = signature_counts().verified_cached;
+        assert!(verify_statement(&statement).is_ok());
+        // Other tests run alongside: the count only grows.
+        assert!(signature_counts().verified_cached > cached);
+        let mut forged = statement.clone();
+        forged.signature[5] ^= 1;
+        assert_eq!(verify_statement(&forged), Err(StatementError::BadSignature));
+        let mut other_body = statement;
+        other_body.body.push(0);
+        assert_eq!(
+            verify_statement(&other_body),
+            Err(StatementError::BadSignature)
+        );
     }
 
     fn check(statement: &SignedStatement, expected: Result<PublicKey, StatementError>) {

@@ -106,7 +106,9 @@ pub fn parse(text: &str) -> Counts {
     };
     Counts {
         signed: sum("polity_signatures_signed_total"),
-        verified: sum("polity_signatures_verified_total"),
+        // Checks answered from the cache did no curve work.
+        verified: sum("polity_signatures_verified_total{mode=\"single\"}")
+            + sum("polity_signatures_verified_total{mode=\"batch\"}"),
     }
 }
 
@@ -190,6 +192,7 @@ mod tests {
                     polity_signatures_signed_total 12\n\
                     polity_signatures_verified_total{mode=\"single\"} 30\n\
                     polity_signatures_verified_total{mode=\"batch\"} 70\n\
+                    polity_signatures_verified_total{mode=\"cached\"} 900\n\
                     polity_other_total 5\n";
         assert_eq!(
             parse(text),

@@ -53,8 +53,8 @@ pub struct KindLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModeLabels {
-    /// single (one statement) or batch (a certificate's statements, each under the
-    /// strict rule).
+    /// single (one statement), batch (a certificate's statements, each under the
+    /// strict rule), or cached (found good before: no curve work).
     pub mode: String,
 }
 
@@ -281,6 +281,7 @@ impl Metrics {
         for (mode, total) in [
             ("single", counts.verified_single),
             ("batch", counts.verified_batch),
+            ("cached", counts.verified_cached),
         ] {
             let labels = ModeLabels {
                 mode: mode.to_string(),
