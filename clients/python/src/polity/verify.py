@@ -1,7 +1,8 @@
-#!/usr/bin/env python3
 """An independent verifier of Polity certificate chains, written from SIGNING.md.
 
-Usage: python3 scripts/verify_chain.py [--federation FILE.pb] [certificate.json]
+Usage: polity-verify [--federation FILE.pb] [certificate.json]
+       python3 -m polity.verify ...   (the same)
+       python3 scripts/verify_chain.py ...   (the same, from a checkout, uninstalled)
        (the certificate from stdin when no path is given, or the path is `-`)
 
 Reads the JSON form of a certificate (`polity_consensus::certificate_json`,
@@ -26,6 +27,14 @@ members were checked against) and exits 0, or prints `invalid: <reason>` and exi
 decode as a Certificate, fields that disagree with `bytes`, a file that cannot be
 read) or PyNaCl is missing. Needs Python 3.9+ and PyNaCl (python3 -m pip install
 pynacl).
+
+As a library (`polity.verify`): `verify_export(json_text_or_dict, federation=None)`
+for the JSON form and `verify_certificate_bytes(certificate_bytes, federation=None)` for a
+certificate's protobuf encoding (what `polity submit --certificate-out` writes, or
+`Record.certificate_bytes` of the Python client) return a `Verdict`; both raise
+`Unusable` for input they cannot judge. This module needs only the standard library
+and PyNaCl (not grpcio or protobuf): it decodes the wire format itself, so it stays
+independent of the code that produced the certificate.
 """
 
 from __future__ import annotations
@@ -39,12 +48,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-try:
-    import nacl.exceptions
-    import nacl.signing
-except ImportError:
-    print("PyNaCl is not installed (python3 -m pip install pynacl)", file=sys.stderr)
-    sys.exit(2)
+import nacl.exceptions  # PyNaCl; scripts/verify_chain.py says so when it is missing
+import nacl.signing
 
 
 class Invalid(Exception):
@@ -1317,30 +1322,75 @@ def root_epoch(epochs: List[Epoch], root: Message) -> Optional[Epoch]:
     return next((epoch for epoch in reversed(epochs) if epoch.digest == root.registry_digest), None)
 
 
-def judge(text: str, federation: Optional[bytes] = None) -> Tuple[int, str]:
-    """(exit code, the lines to print) for one JSON export, against the federation
-    file's bytes when given (SIGNING.md "The registry")."""
+@dataclass(frozen=True)
+class Verdict:
+    """What the verifier decided about one chain."""
+
+    valid: bool
+    #: Why the chain is invalid ("" when valid).
+    reason: str = ""
+    #: The root's level, group, path, value and counts (None when invalid).
+    summary: Optional[Summary] = None
+    #: SHA-256 certificate digest of the root's bytes.
+    root_digest: bytes = b""
+    #: The registry epoch the members were checked against (None: not checked).
+    epoch: Optional[Epoch] = None
+
+    def __bool__(self) -> bool:
+        return self.valid
+
+    @property
+    def value(self) -> Optional[bytes]:
+        """The decided value of a valid chain."""
+        return self.summary.value if self.summary is not None else None
+
+    @property
+    def membership_checked(self) -> bool:
+        return self.epoch is not None
+
+    def describe(self) -> str:
+        """The lines the command line prints for this verdict."""
+        if not self.valid:
+            return f"invalid: {self.reason}"
+        summary = self.summary
+        assert summary is not None
+        line = (
+            f"valid\n{LEVEL_WORDS[summary.level]} {summary.group!r} decided {show(summary.value)} "
+            f"on {PATH_WORDS[summary.path]} ({summary.members} members; {summary.certificates} "
+            f"certificates, {summary.signatures} signatures; root {self.root_digest.hex()})"
+        )
+        if self.epoch is not None:
+            line += (
+                f"\nmembers checked against federation {self.epoch.registry.federation!r}, "
+                f"registry epoch {self.epoch.number} ({self.epoch.digest.hex()})"
+            )
+        return line
+
+
+def decode_certificate(certificate_bytes: bytes) -> Message:
+    """The root certificate, decoded; `Unusable` when the bytes are no Certificate."""
     try:
-        export = json.loads(text)
-    except ValueError as error:
-        return 2, f"unusable input: not JSON ({error})"
-    try:
-        if not isinstance(export, dict) or export.get("format") != JSON_FORMAT:
-            raise Unusable(f"not a {JSON_FORMAT} document")
-        root_bytes = hex_field(export, "bytes")
-        check_export(export, root_bytes)
-        root = decode_into(CERTIFICATE, root_bytes, empty(CERTIFICATE))
+        return decode_into(CERTIFICATE, certificate_bytes, empty(CERTIFICATE))
     except DecodeError as error:
-        return 2, f"unusable input: bytes do not decode as a Certificate: {error}"
-    except Unusable as error:
-        return 2, f"unusable input: {error}"
+        raise Unusable(f"bytes do not decode as a Certificate: {error}") from error
+
+
+def verify_certificate_bytes(certificate_bytes: bytes, federation: Optional[bytes] = None) -> Verdict:
+    """Verifies a chain given as the root certificate's protobuf encoding, against the
+    federation file's bytes when given (SIGNING.md "The registry"). Raises `Unusable`
+    when the bytes do not decode as a Certificate."""
+    if not isinstance(certificate_bytes, (bytes, bytearray)):
+        raise Unusable("a certificate is bytes (its protobuf encoding)")
+    root_bytes = bytes(certificate_bytes)
+    root = decode_certificate(root_bytes)
+    digest = certificate_digest(root_bytes)
     epoch = None
     try:
         if federation is None:
             summary = verify_task_chain(root, root_bytes, Context())
         else:
             try:
-                epochs = load_federation(federation)
+                epochs = load_federation(bytes(federation))
             except Invalid as error:
                 raise Invalid(f"federation: {error}") from error
             epoch = root_epoch(epochs, root)
@@ -1351,18 +1401,34 @@ def judge(text: str, federation: Optional[bytes] = None) -> Tuple[int, str]:
                     f"drawn from registry epoch {root.registry_digest.hex()}, which the federation does not know"
                 )
     except Invalid as error:
-        return 1, f"invalid: {error}"
-    line = (
-        f"valid\n{LEVEL_WORDS[summary.level]} {summary.group!r} decided {show(summary.value)} "
-        f"on {PATH_WORDS[summary.path]} ({summary.members} members; {summary.certificates} "
-        f"certificates, {summary.signatures} signatures; root {certificate_digest(root_bytes).hex()})"
-    )
-    if epoch is not None:
-        line += (
-            f"\nmembers checked against federation {epoch.registry.federation!r}, "
-            f"registry epoch {epoch.number} ({epoch.digest.hex()})"
-        )
-    return 0, line
+        return Verdict(valid=False, reason=str(error), root_digest=digest)
+    return Verdict(valid=True, summary=summary, root_digest=digest, epoch=epoch)
+
+
+def verify_export(export: Any, federation: Optional[bytes] = None) -> Verdict:
+    """Verifies a chain given in the JSON form (its text, or the parsed object), from
+    its root's `bytes`, after checking that every other byte field agrees with them.
+    Raises `Unusable` for anything that is not such a document."""
+    if isinstance(export, (str, bytes, bytearray)):
+        try:
+            export = json.loads(export)
+        except ValueError as error:
+            raise Unusable(f"not JSON ({error})") from error
+    if not isinstance(export, dict) or export.get("format") != JSON_FORMAT:
+        raise Unusable(f"not a {JSON_FORMAT} document")
+    root_bytes = hex_field(export, "bytes")
+    check_export(export, root_bytes)
+    return verify_certificate_bytes(root_bytes, federation)
+
+
+def judge(text: str, federation: Optional[bytes] = None) -> Tuple[int, str]:
+    """(exit code, the lines to print) for one JSON export, against the federation
+    file's bytes when given (SIGNING.md "The registry")."""
+    try:
+        verdict = verify_export(text, federation)
+    except Unusable as error:
+        return 2, f"unusable input: {error}"
+    return (0 if verdict.valid else 1), verdict.describe()
 
 
 def parse_args(argv: List[str]) -> Optional[Tuple[Optional[str], Optional[str]]]:
@@ -1383,7 +1449,9 @@ def parse_args(argv: List[str]) -> Optional[Tuple[Optional[str], Optional[str]]]
     return federation, export
 
 
-def main(argv: List[str]) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
+    if argv is None:
+        argv = sys.argv
     args = parse_args(argv)
     if args is None:
         print(__doc__, file=sys.stderr)
