@@ -30,6 +30,10 @@ from fractions import Fraction
 PAYLOAD_BYTES_MAX = 64 << 10
 #: Exponents beyond this are refused (2 ** 10**9 would not finish).
 EXPONENT_MAX = 512
+#: No number (numerator or denominator, intermediate results too) grows beyond this
+#: many bits: `((9 ** 512) ** 512) ** 512` is refused before it is computed, not
+#: left to eat the member's memory.
+BITS_MAX = 1 << 16
 EXPRESSION = re.compile(r"[-+(]*\s*[0-9.][0-9.+\-*/%()\s]*")
 
 OPERATORS = {
@@ -46,7 +50,21 @@ class Refused(Exception):
     """The question has no answer this agent will give."""
 
 
+def bits(value: Fraction) -> int:
+    return max(value.numerator.bit_length(), value.denominator.bit_length())
+
+
+def bounded(value: Fraction) -> Fraction:
+    if bits(value) > BITS_MAX:
+        raise Refused(f"a number in the computation exceeds {BITS_MAX} bits")
+    return value
+
+
 def evaluate(node: ast.AST) -> Fraction:
+    return bounded(evaluate_unbounded(node))
+
+
+def evaluate_unbounded(node: ast.AST) -> Fraction:
     if isinstance(node, ast.Expression):
         return evaluate(node.body)
     if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool):
@@ -60,6 +78,8 @@ def evaluate(node: ast.AST) -> Fraction:
             raise Refused(f"exponent {exponent} is not an integer of at most {EXPONENT_MAX}")
         if base == 0 and exponent < 0:
             raise Refused("division by zero")
+        if bits(base) * abs(int(exponent)) > BITS_MAX:
+            raise Refused(f"the power exceeds {BITS_MAX} bits")
         return base ** int(exponent)
     if isinstance(node, ast.BinOp) and type(node.op) in OPERATORS:
         left, right = evaluate(node.left), evaluate(node.right)
@@ -76,9 +96,12 @@ def answer(question: str) -> str:
     text = match.group(0).strip().rstrip("?.")
     try:
         tree = ast.parse(text, mode="eval")
+        value = evaluate(tree)
     except SyntaxError as error:
-        raise Refused(f"cannot parse {text!r}: {error.msg}") from None
-    value = evaluate(tree)
+        raise Refused(f"cannot parse {text[:80]!r}: {error.msg}") from None
+    except (RecursionError, MemoryError, ValueError) as error:
+        # Nesting too deep, a literal with too many digits: not a question to answer.
+        raise Refused(f"too large to answer: {type(error).__name__}") from None
     return str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
 
 
