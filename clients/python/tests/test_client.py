@@ -72,6 +72,7 @@ def test_a_global_task_is_decided_and_its_chain_verifies_against_the_federation(
     assert verdict.membership_checked and verdict.epoch.number == 0
     assert (verdict.summary.level, verdict.summary.certificates) == (3, 5)  # global, 2 continents, 2 regions
     assert verdict.value == record.value
+    assert record.verify(testnet.dir / "node-0" / "federation.pb").membership_checked
     # The offline verdict without the anchor: valid, membership not checked.
     assert record.verify().valid and not record.verify().membership_checked
 

@@ -266,15 +266,19 @@ class Record:
         """The reported value as text (undecodable bytes replaced)."""
         return self.value.decode("utf-8", errors="replace")
 
-    def verify(self, federation: Optional[bytes] = None) -> verifier.Verdict:
+    def verify(self, federation: Union[None, bytes, str, os.PathLike] = None) -> verifier.Verdict:
         """Verifies the chain offline (`polity.verify`; membership too, against a
         federation file's bytes when given), and that it answers what was asked: its
         task id is the record's (and the one asked for), its task is the one
         submitted (capability, payload, nonce, scope, replication, aggregation,
-        policy), and its value is the value reported. Raises `verify.Unusable` when
-        there is no certificate or it does not decode."""
+        policy), and its value is the value reported. `federation` is a federation
+        file's bytes or its path. Raises `verify.Unusable` when there is no
+        certificate or it does not decode."""
         if not self.certificate_bytes:
             raise verifier.Unusable(f"task {self.task_id_hex} has no certificate (state {self.state})")
+        if isinstance(federation, (str, os.PathLike)):
+            with open(federation, "rb") as file:
+                federation = file.read(verifier.FEDERATION_BYTES_MAX + 1)
         verdict = verifier.verify_certificate_bytes(self.certificate_bytes, federation)
         if not verdict.valid:
             return verdict
