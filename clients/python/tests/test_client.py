@@ -58,6 +58,24 @@ def test_requests_carry_the_options_as_polity_submit_does():
         task_id_bytes("ab" * 31)
 
 
+def test_the_installed_stubs_are_the_checkouts_protos():
+    # The stubs are generated when the package is built: a stale install (built from
+    # older protos) would miss what the checkout's protos declare.
+    import re
+
+    from polity.v1 import federation_pb2, wire_pb2
+
+    from conftest import REPO
+
+    text = (REPO / "proto" / "polity" / "v1" / "federation.proto").read_text()
+    methods = set(re.findall(r"^\s*rpc (\w+)\(", text, re.M))
+    service = federation_pb2.DESCRIPTOR.services_by_name["Federation"]
+    assert methods and methods == {method.name for method in service.methods}
+    wire = (REPO / "proto" / "polity" / "v1" / "wire.proto").read_text()
+    messages = set(re.findall(r"^message (\w+) \{", wire, re.M))
+    assert messages == set(wire_pb2.DESCRIPTOR.message_types_by_name)
+
+
 # --- Against the testnet -------------------------------------------------------------
 
 
