@@ -25,7 +25,18 @@ REPO = CLIENT.parent.parent
 AGENT = CLIENT / "examples" / "agent.py"
 TOKEN = "pytest-token-7f3a"
 #: Every RPC a test makes gives up after this many seconds.
-RPC_TIMEOUT_S = 60.0
+RPC_TIMEOUT_S = 120.0
+#: The deadline of tasks that run the Python agent: a busy 2-core CI machine starts
+#: Python slowly, so the agent's tasks get time (and the nodes longer levels, below).
+AGENT_DEADLINE_MS = 60_000
+#: Per-level budgets of the nodes (`[tasks]` of node.toml), longer than the defaults
+#: (4 s, 3 s, 3 s) for the same reason; the sum stays below AGENT_DEADLINE_MS.
+NODE_CONFIG = """
+[tasks]
+region_timeout_ms = 20000
+continent_timeout_ms = 12000
+global_timeout_ms = 12000
+"""
 UP_TIMEOUT_S = 180
 
 
@@ -69,6 +80,8 @@ def testnet(tmp_path_factory: pytest.TempPathFactory) -> LiveTestnet:
     root = tmp_path_factory.mktemp("testnet")
     token_file = root / "token"
     token_file.write_text(TOKEN + "\n")
+    node_config = root / "node.toml"
+    node_config.write_text(NODE_CONFIG)
     directory = root / "net"
     up = [
         str(testnet_binary), "up", "--detach", "--dir", str(directory),
@@ -77,6 +90,7 @@ def testnet(tmp_path_factory: pytest.TempPathFactory) -> LiveTestnet:
         "--capability", "echo=builtin:echo",
         "--capability", f"arith=exec:{sys.executable} {AGENT}",
         f"--node-arg=--api-token-file={token_file}",
+        f"--node-arg=--config={node_config}",
     ]
     result = subprocess.run(up, capture_output=True, text=True, timeout=UP_TIMEOUT_S)
     try:

@@ -13,7 +13,7 @@ from polity import AsyncClient, Client, PolityError, Tls
 from polity.client import endpoint, submit_request, task_id_bytes
 from polity.verify import Unusable
 
-from conftest import RPC_TIMEOUT_S, TOKEN, LiveTestnet
+from conftest import AGENT_DEADLINE_MS, RPC_TIMEOUT_S, TOKEN, LiveTestnet
 
 
 def client(testnet: LiveTestnet, index: int = 0, **options) -> Client:
@@ -112,7 +112,10 @@ def test_get_and_watch_return_the_decided_record(testnet: LiveTestnet):
 
 def test_watch_follows_a_running_task_to_its_end(testnet: LiveTestnet):
     with client(testnet, index=2) as node:
-        running = node.submit("arith", "What is 6 * 7?", scope="global", replication=3, nonce=2, wait=False)
+        running = node.submit(
+            "arith", "What is 6 * 7?", scope="global", replication=3, nonce=2, wait=False,
+            deadline_ms=AGENT_DEADLINE_MS,
+        )
         assert running.state in ("RUNNING", "DECIDED")
         assert running.certificate_bytes == b"" or running.decided
         kinds = []
@@ -196,7 +199,12 @@ def test_the_asyncio_client_submits_and_watches(testnet: LiveTestnet):
     async def run():
         async with AsyncClient(testnet.nodes[3], token=TOKEN, timeout=RPC_TIMEOUT_S) as node:
             records = await asyncio.gather(
-                *(node.submit("arith", f"{n} * {n}", scope="global", replication=3, nonce=4) for n in range(4))
+                *(
+                    node.submit(
+                        "arith", f"{n} * {n}", scope="global", replication=3, nonce=4, deadline_ms=AGENT_DEADLINE_MS
+                    )
+                    for n in range(4)
+                )
             )
             events = [event async for event in node.watch(records[0].task_id)]
             peers = await node.peers()

@@ -42,7 +42,8 @@ def test_the_cli_takes_host_and_port(testnet: LiveTestnet):
     token = ["--token-file", str(testnet.token_file)]
     addr = testnet.nodes[2]
     assert "://" not in addr
-    submitted = testnet.polity_cli("submit", "--addr", addr, *token, "--capability", "arith", "--payload", "6*7")
+    submitted = testnet.polity_cli("submit", "--addr", addr, *token, "--capability", "arith", "--payload", "6*7",
+        "--deadline-ms", "60000")
     assert "DECIDED" in submitted.stdout and '"42"' in submitted.stdout, submitted.stdout
     info = testnet.polity_cli("info", "--addr", addr, *token)
     assert "region" in info.stdout

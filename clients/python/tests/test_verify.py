@@ -13,7 +13,7 @@ import pytest
 from polity import Client
 from polity.verify import Unusable, certificate_digest, verify_certificate_bytes, verify_export
 
-from conftest import CLIENT, REPO, RPC_TIMEOUT_S, TOKEN, LiveTestnet
+from conftest import AGENT_DEADLINE_MS, CLIENT, REPO, RPC_TIMEOUT_S, TOKEN, LiveTestnet
 
 SCRIPT = REPO / "scripts" / "verify_chain.py"
 
@@ -23,7 +23,9 @@ def exported(testnet: LiveTestnet, tmp_path_factory: pytest.TempPathFactory):
     """A raft chain over both continents, with its JSON export written by `polity get
     --certificate-json-out`, and the record the Python client read."""
     with Client(testnet.nodes[4], token=TOKEN, timeout=RPC_TIMEOUT_S) as node:
-        record = node.submit("arith", "(1 + 2) / 4", scope="global", replication=3, path="raft", nonce=5)
+        record = node.submit(
+            "arith", "(1 + 2) / 4", scope="global", replication=3, path="raft", nonce=5, deadline_ms=AGENT_DEADLINE_MS
+        )
     assert record.decided, record.error
     out = tmp_path_factory.mktemp("export") / "chain.json"
     testnet.polity_cli(
