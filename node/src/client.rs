@@ -32,7 +32,8 @@ pub mod propose;
 /// How to reach a node.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Connection {
-    /// The node's gRPC endpoint.
+    /// The node's gRPC endpoint: `host:port` (http://, or https:// when a TLS flag is
+    /// given) or a URL with its scheme.
     #[arg(
         long,
         env = "POLITY_ADDR",
@@ -80,6 +81,21 @@ pub type Client = FederationClient<InterceptedService<Channel, BearerToken>>;
 /// A client of a node's `polity.v1.Admin` service.
 pub type AdminApiClient = AdminClient<InterceptedService<Channel, BearerToken>>;
 
+/// An endpoint as given on a command line, as a URL: one with a scheme
+/// (`http://…`, `https://…`) stays as it is; a bare `host:port` (`127.0.0.1:7001`,
+/// `[::1]:7001`, `node.example:7001`) gets `https://` when `tls` (a TLS flag was
+/// given) and `http://` otherwise.
+pub fn endpoint_url(addr: &str, tls: bool) -> String {
+    let addr = addr.trim();
+    if addr.contains("://") {
+        addr.to_string()
+    } else if tls {
+        format!("https://{addr}")
+    } else {
+        format!("http://{addr}")
+    }
+}
+
 impl Connection {
     pub async fn connect(&self) -> anyhow::Result<Client> {
         let (channel, token) = self.channel().await?;
@@ -94,10 +110,21 @@ impl Connection {
         Ok(AdminClient::with_interceptor(channel, BearerToken(token)))
     }
 
+    /// Whether any TLS flag is given (then a bare `host:port` means https://).
+    fn tls_flags(&self) -> bool {
+        self.tls_ca.is_some() || self.tls_cert.is_some() || self.tls_domain.is_some()
+    }
+
+    /// `--addr` as a URL (see [`endpoint_url`]).
+    pub fn url(&self) -> String {
+        endpoint_url(&self.addr, self.tls_flags())
+    }
+
     async fn channel(&self) -> anyhow::Result<(Channel, Option<AsciiMetadataValue>)> {
-        let mut endpoint = Channel::from_shared(self.addr.clone())
-            .with_context(|| format!("bad --addr {:?}", self.addr))?;
-        if self.addr.starts_with("https://") || self.tls_ca.is_some() {
+        let url = self.url();
+        let mut endpoint =
+            Channel::from_shared(url.clone()).with_context(|| format!("bad --addr {url:?}"))?;
+        if url.starts_with("https://") || self.tls_ca.is_some() {
             let mut tls = ClientTlsConfig::new();
             if let Some(ca) = &self.tls_ca {
                 tls = tls.ca_certificate(TlsCertificate::from_pem(read(ca)?));
@@ -113,7 +140,7 @@ impl Connection {
         let channel = endpoint
             .connect()
             .await
-            .with_context(|| format!("connecting to {}", self.addr))?;
+            .with_context(|| format!("connecting to {url}"))?;
         let token = match &self.token_file {
             Some(path) => {
                 let token = std::fs::read_to_string(path)
@@ -1077,5 +1104,30 @@ mod tests {
         check_task_is_mine(&request, &spec(b"mine")).unwrap();
         let error = check_task_is_mine(&request, &spec(b"theirs")).unwrap_err();
         assert!(error.to_string().contains("another task"), "{error}");
+    }
+
+    #[test]
+    fn a_bare_host_and_port_is_an_http_url_or_https_with_tls_flags() {
+        let cases = [
+            ("127.0.0.1:7001", false, "http://127.0.0.1:7001"),
+            ("127.0.0.1:7001", true, "https://127.0.0.1:7001"),
+            ("[::1]:7001", false, "http://[::1]:7001"),
+            (" node.example:7001\n", true, "https://node.example:7001"),
+            ("http://127.0.0.1:7001", true, "http://127.0.0.1:7001"),
+            ("https://127.0.0.1:7001", false, "https://127.0.0.1:7001"),
+        ];
+        for (addr, tls, url) in cases {
+            assert_eq!(endpoint_url(addr, tls), url, "{addr:?} tls={tls}");
+        }
+        let connection = |tls_domain: Option<&str>| Connection {
+            addr: "127.0.0.1:7001".into(),
+            token_file: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_domain: tls_domain.map(String::from),
+        };
+        assert_eq!(connection(None).url(), "http://127.0.0.1:7001");
+        assert_eq!(connection(Some("node")).url(), "https://127.0.0.1:7001");
     }
 }

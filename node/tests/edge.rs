@@ -167,6 +167,46 @@ async fn reflection_lists_the_federation_and_health_services() {
     node.stop();
 }
 
+/// Clients that speak only the older protocol (Python's grpcio-reflection, older
+/// grpcurl) get the same list.
+#[tokio::test]
+async fn reflection_v1alpha_lists_them_too() {
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(&dir.path().join("node"), &[]);
+    let mut reflection = ServerReflectionClient::new(node.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().expect("one response");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection response {response:?}");
+    };
+    let names: Vec<String> = list
+        .service
+        .into_iter()
+        .map(|service| service.name)
+        .collect();
+    for service in [
+        "polity.v1.Federation",
+        "polity.v1.Admin",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(names.contains(&service.to_string()), "{names:?}");
+    }
+    node.stop();
+}
+
 #[tokio::test]
 async fn health_ready_and_metrics_over_http() {
     let dir = tempfile::tempdir().unwrap();

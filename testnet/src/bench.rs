@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
-use polity_node::client::{Client, parse_path, parse_scope};
+use polity_node::client::{Client, endpoint_url, parse_path, parse_scope};
 use polity_proto::{ConsensusPath, RiskPolicy, Scope, SubmitTaskRequest, TaskRecord, TaskState};
 use serde::Serialize;
 
@@ -68,8 +68,8 @@ const SAMPLE_CHARS_MAX: usize = 200;
 /// `polity-testnet bench` options.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// A node's gRPC endpoint, e.g. http://127.0.0.1:7001 (repeatable; requests are
-    /// spread round-robin over them).
+    /// A node's gRPC endpoint, e.g. 127.0.0.1:7001 or http://127.0.0.1:7001
+    /// (repeatable; requests are spread round-robin over them).
     #[arg(
         long = "endpoint",
         required_unless_present = "dir",
@@ -242,7 +242,12 @@ impl BenchArgs {
     pub fn config(&self) -> anyhow::Result<BenchConfig> {
         let endpoints = match &self.dir {
             Some(dir) => testnet_endpoints(dir)?,
-            None => self.endpoints.clone(),
+            // Plaintext only, so a bare host:port is http://.
+            None => self
+                .endpoints
+                .iter()
+                .map(|endpoint| endpoint_url(endpoint, false))
+                .collect(),
         };
         let stop = match (self.count, self.duration) {
             (Some(count), _) => StopAfter::Count(count),

@@ -480,11 +480,19 @@ async fn grpc_server(
     let federation = InterceptedService::new(federation, move |request| gate.check(request));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<FederationServer<Api>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(polity_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Both reflection protocols: v1, and v1alpha for the clients that speak only it
+    // (Python's grpcio-reflection, older grpcurl, Evans, Postman).
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(polity_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
-        .context("building the reflection service")?;
+        .context("building the reflection service (v1)")?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .context("building the reflection service (v1alpha)")?;
 
     let mut builder = Server::builder()
         .concurrency_limit_per_connection(config.api.concurrency_per_connection_max)
@@ -494,7 +502,8 @@ async fn grpc_server(
     }
     let grpc = builder
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(federation)
         .add_service(admin)
         .serve_with_incoming_shutdown(listener.into_stream(), wait_until_true(stop));
