@@ -595,13 +595,22 @@ impl Round {
     }
 
     /// After the decision: a member still sending valid statements gets the
-    /// certificate, once, addressed to its key (not to the transport peer).
+    /// certificate, once, addressed to its key (not to the transport peer); a
+    /// statement whose signature does not verify is still rejected.
     fn catch_up(&mut self, input: Input, actions: &mut Vec<Action>) {
-        let (Some(certificate), Input::Message { statement, .. }) = (&self.decided, input) else {
+        let (Some(certificate), Input::Message { from, statement }) = (&self.decided, input) else {
             return;
         };
-        let Ok(signer) = verify_statement(&statement) else {
-            return;
+        let signer = match verify_statement(&statement) {
+            Ok(signer) => signer,
+            // A forgery is one whenever it arrives.
+            Err(error) => {
+                actions.push(Action::Rejected {
+                    from,
+                    reason: error.to_string(),
+                });
+                return;
+            }
         };
         let Some(&index) = self.index_of.get(&signer) else {
             return;

@@ -262,6 +262,36 @@ fn run(group: &mut Group, from_ms: u64, until_ms: u64) {
 }
 
 #[test]
+fn a_forgery_arriving_after_the_decision_is_still_rejected() {
+    let mut group = check(
+        ConsensusPath::Bft,
+        Aggregation::Majority,
+        &[Some("x"), Some("x"), Some("x"), Some("x")],
+        Some("x"),
+    );
+    let observation = Observation {
+        slot: Some(group.rounds[0].slot(0)),
+        answer: b"y".to_vec(),
+        ..Observation::default()
+    };
+    let mut forged = sign_message(&group.keys[3], StatementKind::Observation, &observation);
+    forged.signature[0] ^= 1;
+    let from = public(&group.keys[3]);
+    let actions = group.step(
+        0,
+        START_MS + 3 * ROUND_MS,
+        Input::Message {
+            from,
+            statement: forged,
+        },
+    );
+    assert!(
+        matches!(&actions[..], [Action::Rejected { from: sender, .. }] if *sender == from),
+        "{actions:?}"
+    );
+}
+
+#[test]
 fn a_group_of_one_decides_alone_on_the_fast_path() {
     let me = key(1);
     let mut round = Round::new(
