@@ -24,21 +24,7 @@ static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 async fn a_lying_equivocating_member_never_gets_a_wrong_certificate_and_loses_trust() {
     let _turn = TURN.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let token = Token::create(dir.path()).unwrap();
-    let up = UpArgs {
-        nodes: 4,
-        regions: 1,
-        continents: 1,
-        capabilities: Vec::new(),
-        dir: dir.path().to_path_buf(),
-        detach: false,
-        measure: false,
-        timeout_s: 120,
-        node_args: vec![token.node_arg()],
-    };
-    let Launched { nodes, .. } = launch(&up, &default_capabilities())
-        .await
-        .expect("four nodes start and converge");
+    let (token, nodes) = one_region(4, dir.path()).await;
     let byzantine = &nodes[3];
     polity_testnet::rpc::set_faults(
         &byzantine.endpoints.grpc,
@@ -229,10 +215,16 @@ fn region_task(payload: &str) -> SubmitTaskRequest {
 
 /// Launches `nodes` nodes in one region with the test's API token.
 async fn one_region(nodes: usize, dir: &std::path::Path) -> (Token, Vec<NodeProcess>) {
+    regions(nodes, 1, dir).await
+}
+
+/// Launches `nodes` nodes in `regions` regions of one continent with the test's API
+/// token.
+async fn regions(nodes: usize, regions: usize, dir: &std::path::Path) -> (Token, Vec<NodeProcess>) {
     let token = Token::create(dir).unwrap();
     let up = UpArgs {
         nodes,
-        regions: 1,
+        regions,
         continents: 1,
         capabilities: Vec::new(),
         dir: dir.to_path_buf(),
@@ -413,21 +405,7 @@ async fn an_entry_node_that_cannot_reach_a_quorum_refuses_and_decides_once_they_
 async fn a_region_out_of_reach_degrades_a_global_task_by_name() {
     let _turn = TURN.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let token = Token::create(dir.path()).unwrap();
-    let up = UpArgs {
-        nodes: 4,
-        regions: 2,
-        continents: 1,
-        capabilities: Vec::new(),
-        dir: dir.path().to_path_buf(),
-        detach: false,
-        measure: false,
-        timeout_s: 120,
-        node_args: vec![token.node_arg()],
-    };
-    let Launched { nodes, .. } = launch(&up, &default_capabilities())
-        .await
-        .expect("the nodes start and converge");
+    let (token, nodes) = regions(4, 2, dir.path()).await;
     let entry = &nodes[0];
     let region = |node: &NodeProcess| node.spec.region.clone();
     let cut_off: Vec<Vec<u8>> = nodes
