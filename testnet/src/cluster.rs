@@ -518,15 +518,56 @@ pub struct DirArgs {
     pub dir: PathBuf,
 }
 
-pub async fn status(args: DirArgs) -> anyhow::Result<()> {
-    let Some(state) = TestnetState::read(&args.dir)? else {
-        bail!("no testnet recorded in {}", args.dir.display());
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub dir: DirArgs,
+    /// Print one JSON document (`{"nodes": [...], "dead": N}`) instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One node as `status` sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusRow {
+    pub name: String,
+    /// The local pid, or "remote".
+    pub pid: String,
+    /// up, UNREACHABLE or DEAD.
+    pub state: &'static str,
+    /// Peers it knows with their info; `None` when it did not answer.
+    pub peers: Option<usize>,
+    pub rss_mib: Option<f64>,
+    pub region: String,
+    pub continent: String,
+    /// original or spawned.
+    pub origin: &'static str,
+    /// From its Admin status (only with the testnet's token).
+    pub worker_slots: Option<u32>,
+    pub load: Option<f64>,
+    pub reliability: Option<f64>,
+    pub grpc: String,
+}
+
+pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let Some(state) = TestnetState::read(&args.dir.dir)? else {
+        bail!("no testnet recorded in {}", args.dir.dir.display());
     };
     // A token in the state: the nodes require it, and it opens their Admin status.
     let token = match &state.token_file {
         Some(path) => Some(Token::read(path)?),
         None => None,
     };
+    let mut rows = Vec::with_capacity(state.nodes.len());
+    for node in &state.nodes {
+        rows.push(status_row(node, token.as_ref()).await);
+    }
+    let dead = rows.iter().filter(|row| row.state == "DEAD").count();
+    if args.json {
+        let document = serde_json::json!({ "nodes": rows, "dead": dead });
+        println!("{}", serde_json::to_string_pretty(&document)?);
+        return Ok(());
+    }
     println!(
         "{:<9} {:<8} {:<8} {:>6} {:>9} {:<10} {:<12} {:<8} {:>5} {:>5} {:>7} gRPC",
         "node",
@@ -541,60 +582,65 @@ pub async fn status(args: DirArgs) -> anyhow::Result<()> {
         "load",
         "reliab"
     );
-    let mut dead = 0;
-    for node in &state.nodes {
-        let alive = node.maybe_alive();
-        let peers = if alive {
-            known_peers(&node.grpc, token.as_ref()).await
-        } else {
-            None
-        };
-        let admin = match (&token, alive) {
-            (Some(token), true) => {
-                rpc::node_status_within(&node.grpc, token, Duration::from_secs(3)).await
-            }
-            _ => None,
-        };
-        let state = match (alive, peers) {
-            (false, _) => {
-                dead += 1;
-                "DEAD"
-            }
-            (true, None) => "UNREACHABLE",
-            (true, Some(_)) => "up",
-        };
-        let dash = || "-".to_string();
+    let dash = || "-".to_string();
+    for row in &rows {
         println!(
             "{:<9} {:<8} {:<8} {:>6} {:>9} {:<10} {:<12} {:<8} {:>5} {:>5} {:>7} {}",
-            node.name,
-            node.pid_text(),
-            state,
-            peers.map(|n| n.to_string()).unwrap_or_else(dash),
-            node.rss_bytes()
-                .map(|b| format!("{:.1}", b as f64 / 1048576.0))
+            row.name,
+            row.pid,
+            row.state,
+            row.peers.map(|n| n.to_string()).unwrap_or_else(dash),
+            row.rss_mib.map(|m| format!("{m:.1}")).unwrap_or_else(dash),
+            row.region,
+            row.continent,
+            row.origin,
+            row.worker_slots.map(|n| n.to_string()).unwrap_or_else(dash),
+            row.load.map(|l| format!("{l:.2}")).unwrap_or_else(dash),
+            row.reliability
+                .map(|r| format!("{r:.3}"))
                 .unwrap_or_else(dash),
-            node.region,
-            node.continent,
-            if node.spawned { "spawned" } else { "original" },
-            admin
-                .as_ref()
-                .map(|s| s.worker_slots.to_string())
-                .unwrap_or_else(dash),
-            admin
-                .as_ref()
-                .map(|s| format!("{:.2}", s.load))
-                .unwrap_or_else(dash),
-            admin
-                .as_ref()
-                .map(|s| format!("{:.3}", s.reliability))
-                .unwrap_or_else(dash),
-            node.grpc
+            row.grpc
         );
     }
     if dead > 0 {
         println!("{dead} node(s) are dead.");
     }
     Ok(())
+}
+
+/// Asks one node how it is (peers, and its Admin status when there is a token).
+async fn status_row(node: &NodeRecord, token: Option<&Token>) -> StatusRow {
+    let alive = node.maybe_alive();
+    let peers = if alive {
+        known_peers(&node.grpc, token).await
+    } else {
+        None
+    };
+    let admin = match (token, alive) {
+        (Some(token), true) => {
+            rpc::node_status_within(&node.grpc, token, Duration::from_secs(3)).await
+        }
+        _ => None,
+    };
+    let state = match (alive, peers) {
+        (false, _) => "DEAD",
+        (true, None) => "UNREACHABLE",
+        (true, Some(_)) => "up",
+    };
+    StatusRow {
+        name: node.name.clone(),
+        pid: node.pid_text(),
+        state,
+        peers,
+        rss_mib: node.rss_bytes().map(|b| b as f64 / 1048576.0),
+        region: node.region.clone(),
+        continent: node.continent.clone(),
+        origin: if node.spawned { "spawned" } else { "original" },
+        worker_slots: admin.as_ref().map(|s| s.worker_slots),
+        load: admin.as_ref().map(|s| s.load),
+        reliability: admin.as_ref().map(|s| s.reliability),
+        grpc: node.grpc.clone(),
+    }
 }
 
 async fn known_peers(grpc: &str, token: Option<&Token>) -> Option<usize> {

@@ -25,13 +25,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Start a node, decide tasks at every scope, show and verify the certificate
-    /// chains, restart the node and read them back.
+    /// Start a 9-node testnet (3 regions on 2 continents), decide one global task on
+    /// each consensus path (raft, bft, stake), print each certificate tree with who
+    /// voted what, and verify every chain offline against the testnet's genesis.
     Demo(DemoArgs),
     /// Start a local cluster of node processes and wait until discovery converges.
     Up(UpArgs),
-    /// Show the nodes of a detached cluster.
-    Status(DirArgs),
+    /// Show the nodes of a detached cluster (`--json` for scripts).
+    Status(cluster::StatusArgs),
     /// Stop a detached cluster.
     Down(DirArgs),
     /// Load a running cluster with tasks over gRPC and report throughput, latency

@@ -74,6 +74,22 @@ fn five_nodes_in_two_regions_discover_each_other() {
             assert_eq!(columns[3], "4", "every node knows the 4 others: {row}");
         }
 
+        // The same, for scripts.
+        let output = testnet(&["status", "--json"], dir.path());
+        assert!(output.status.success(), "{}", text(&output));
+        let document: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let nodes = document["nodes"].as_array().unwrap();
+        assert_eq!(nodes.len(), 5, "{document}");
+        assert!(
+            nodes
+                .iter()
+                .all(|node| node["state"] == "up" && node["peers"] == 4)
+        );
+        assert_eq!(document["dead"], 0);
+        // Logs written to a file carry no terminal colour codes.
+        let log = std::fs::read_to_string(dir.path().join("node-0/node.log")).unwrap();
+        assert!(!log.is_empty() && !log.contains('\u{1b}'), "{log}");
+
         if attempt == 0 {
             check_topology_and_compatible_peers(dir.path());
         }
