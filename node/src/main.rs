@@ -125,12 +125,18 @@ enum Command {
         command: client::genesis::GenesisCommand,
     },
     /// Verify a certificate chain: offline from a file, or by task id on a node.
+    /// Exits 0 when valid, 2 when invalid, 3 when valid but membership was not
+    /// checked (no --federation).
     Verify {
         #[command(flatten)]
         connection: Connection,
         #[command(flatten)]
         args: VerifyArgs,
     },
+    /// Print a shell completion script: `polity completions bash > /etc/bash_completion.d/polity`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff): `polity man | man -l -`.
+    Man,
 }
 
 #[derive(Debug, clap::Args)]
@@ -293,6 +299,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             client::Verdict::Invalid => return Ok(ExitCode::from(2)),
             client::Verdict::Unanchored => return Ok(ExitCode::from(3)),
         },
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "polity", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)?;
+        }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(command).render(&mut std::io::stdout())?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
