@@ -14,7 +14,11 @@
 #  7. `docker-compose start node-4`: its ledger is intact (the same certificate
 #     bytes, verifying), it rediscovers everyone, and a global task with all three
 #     regions is decided again.
-#  8. `docker-compose down -v`, whatever happened.
+#  8. The Kubernetes pod's container settings (deploy/k8s) under Docker: read-only
+#     root filesystem, uid 10001, no capabilities, no privilege escalation, the key
+#     from a group-readable secret-like file, /tmp a tmpfs: the node gets ready and
+#     joins the cluster's network.
+#  9. `docker-compose down -v`, whatever happened.
 #
 # It prints what BENCHMARKS.md reports: image sizes, time from `up` to a decided
 # global task, per-container RSS. Uses its own project (polity-test) and federation
@@ -55,6 +59,7 @@ cleanup() {
     compose ps >&2 || true
     compose logs --tail=15 --no-color >&2 || true
   fi
+  docker rm -f -v polity-test-pod >/dev/null 2>&1 || true
   compose down -v --remove-orphans >/dev/null 2>&1 || true
   # The keys belong to the image's user: remove them as root, from a container.
   docker run --rm --user 0 --entrypoint /bin/rm -v "$POLITY_GENERATED:/gen" \
@@ -207,6 +212,37 @@ state_is global-2 DECIDED
 [ "$(json "$work/global-2.json" 'len({g["group"] for g in d["groups"] if g["level"] == "region"})')" -ge 3 ] \
   || fail "global-2 does not have all three regions"
 verify global-2
+
+step "the Kubernetes pod's container settings, under Docker"
+pod="$POLITY_GENERATED/pod"
+mkdir -p "$pod/keys"
+head -c 32 /dev/urandom > "$pod/keys/polity-region-0-3.key"
+# As a Secret mounted with defaultMode 0440 and fsGroup 10001.
+chgrp -R 10001 "$pod/keys" && chmod 0440 "$pod/keys/polity-region-0-3.key"
+network=$(docker inspect --format '{{range $name, $_ := .NetworkSettings.Networks}}{{$name}}{{end}}' "$(compose ps -q node-0)")
+docker run -d --name polity-test-pod --network "$network" --read-only --tmpfs /tmp \
+  --user 10001:10001 --cap-drop ALL --security-opt no-new-privileges \
+  -e POD_NAME=polity-region-0-3 -e POLITY_IDENTITY_KEY=/run/polity/keys/polity-region-0-3.key \
+  -v "$pod/keys:/run/polity/keys:ro" -v "$genesis:/etc/polity/genesis/genesis.pb:ro" \
+  -v "$token:/run/polity/token/token:ro" "${POLITY_IMAGE:-polity:latest}" \
+  polity node --config=/etc/polity/node.toml --region=region-0 --continent=continent-0 \
+  --genesis=/etc/polity/genesis/genesis.pb --api-token-file=/run/polity/token/token \
+  --bootstrap=/dns4/node-0/tcp/7100 >/dev/null
+deadline=$((SECONDS + 60))
+until [ "$(docker inspect --format '{{.State.Health.Status}}' polity-test-pod)" = healthy ] \
+      && docker exec polity-test-pod busybox wget -q -O /dev/null http://127.0.0.1:7002/ready; do
+  [ $SECONDS -lt $deadline ] || { docker logs polity-test-pod 2>&1 | tail -n 5 >&2; fail "the pod-like container is not ready"; }
+  sleep 1
+done
+[ "$(docker exec polity-test-pod stat -c %a /var/lib/polity/identity.key)" = 600 ] \
+  || fail "the pod-like container's key was not installed with mode 0600"
+until [ "$(docker exec polity-test-pod busybox wget -q -O - http://127.0.0.1:7002/metrics \
+          | awk '/^polity_p2p_connected_peers / { print $2 }')" -ge 1 ] 2>/dev/null; do
+  [ $SECONDS -lt $deadline ] || fail "the pod-like container connected to no peer"
+  sleep 1
+done
+echo "read-only root, uid 10001, no capabilities: ready, key installed 0600, connected to the cluster"
+docker rm -f -v polity-test-pod >/dev/null
 
 step "results"
 printf 'images        '; docker image inspect --format '{{.Size}}' "${POLITY_IMAGE:-polity:latest}" \

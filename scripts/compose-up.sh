@@ -54,7 +54,8 @@ continent_of() { echo "continent-$(($1 % 3 % 2))"; }
 make_federation() {
   mkdir -p "$POLITY_GENERATED"
   docker_log "making the federation in $POLITY_GENERATED"
-  local script="set -eu; cd /gen
+  local script
+  script="set -eu; cd /gen
 caps='--capability echo --capability sha256 --capability wordcount --capability sum'
 polity genesis init --out genesis.pb --federation compose --authority-dir authority \
   --member-dir keys/node-0 --region $(region_of 0) --continent $(continent_of 0) \$caps >/dev/null"

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by scripts/docker-image.sh, compose-up.sh and compose-test.sh (sourced).
 # Docker is installed and started when missing, and any failure to get it running
 # stops the caller with the reason: these scripts never skip.
