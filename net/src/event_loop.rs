@@ -33,10 +33,17 @@ use crate::network::{
     provider_keys,
 };
 use crate::peers::{PeerTable, PeerView};
+use crate::reach::ReachState;
 
 /// Peers we dial on our own (learned through gossip, Kademlia or mDNS) while we have
-/// fewer connections than this.
+/// fewer connections than this...
 const DIAL_TARGET: usize = 128;
+/// ...and, of those, peers of other regions (or of a region we do not know yet)
+/// only while fewer than this are connected: a node keeps its own region (its
+/// seats) connected and a sample of the rest, so the connection set, and the pings
+/// and gossip heartbeats that go with it, does not grow with the federation.
+/// Seats elsewhere are dialed when wanted (requests, provider queries).
+const OTHER_REGIONS_DIAL_TARGET: usize = 16;
 /// Outbound requests and provider queries in flight at most.
 const PENDING_REQUESTS_MAX: usize = 4_096;
 const PENDING_QUERIES_MAX: usize = 256;
@@ -99,6 +106,8 @@ pub(crate) struct EventLoop {
     injected_blocks: HashSet<PeerId>,
     /// Banned peers and when each ban ends (`now_ms`); at most [`BANS_MAX`].
     bans: HashMap<PeerId, u64>,
+    /// Observed addresses, relays, relayed connections (see [`crate::reach`]).
+    pub(crate) reach: ReachState,
 }
 
 /// Bans held at once; a new ban past this replaces the one ending soonest.
@@ -133,6 +142,7 @@ impl EventLoop {
             started: Instant::now(),
             injected_blocks: HashSet::new(),
             bans: HashMap::new(),
+            reach: ReachState::default(),
         }
     }
 
@@ -218,6 +228,9 @@ impl EventLoop {
             }
             Command::ListenAddresses(reply) => {
                 let _ = reply.send(self.swarm.listeners().cloned().collect());
+            }
+            Command::Reachability(reply) => {
+                let _ = reply.send(self.reachability());
             }
             Command::SetBlocked(peers) => {
                 let unblocked: Vec<PeerId> =
@@ -444,16 +457,29 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
+                connection_id,
                 endpoint,
                 num_established,
                 ..
-            } => self.on_connection_established(peer_id, &endpoint, num_established.get(), now_ms),
+            } => {
+                self.track_path(peer_id, connection_id, endpoint.is_relayed(), now_ms);
+                self.on_connection_established(peer_id, &endpoint, num_established.get(), now_ms)
+            }
+            SwarmEvent::ListenerClosed { listener_id, .. } => {
+                self.on_listener_closed(listener_id);
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                tracing::info!(%address, "external address confirmed");
+                self.announce.newcomer(now_ms);
+            }
             SwarmEvent::ConnectionClosed {
                 peer_id,
+                connection_id,
                 num_established,
                 cause,
                 ..
             } => {
+                self.forget_path(connection_id);
                 self.peers.entry(peer_id, now_ms).connections = num_established;
                 self.metrics
                     .connected_peers
@@ -509,6 +535,7 @@ impl EventLoop {
     fn on_behaviour_event(&mut self, event: BehaviourEvent, now_ms: u64) {
         match event {
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                self.on_identified(peer_id, &info, now_ms);
                 for address in info.listen_addrs {
                     if is_dialable(&address) {
                         self.learn_address(peer_id, address, now_ms);
@@ -550,6 +577,9 @@ impl EventLoop {
                 self.on_gossip_message(message)
             }
             BehaviourEvent::Info(event) => self.on_info_event(event, now_ms),
+            BehaviourEvent::RelayClient(event) => self.on_relay_client_event(event),
+            BehaviourEvent::Dcutr(event) => self.on_dcutr_event(event, now_ms),
+            BehaviourEvent::Autonat(event) => self.on_autonat_event(event),
             BehaviourEvent::Task(event) => self.on_rpc_event(AppProtocol::Task, event, now_ms),
             BehaviourEvent::Consensus(event) => {
                 self.on_rpc_event(AppProtocol::Consensus, event, now_ms)
@@ -612,13 +642,17 @@ impl EventLoop {
         match event {
             Event::Message {
                 peer,
+                connection_id,
                 message:
                     RpcMessage::Request {
                         request, channel, ..
                     },
-                ..
-            } => self.on_inbound_request(peer, protocol, request, channel),
+            } => {
+                self.count_path(connection_id);
+                self.on_inbound_request(peer, protocol, request, channel)
+            }
             Event::Message {
+                connection_id,
                 message:
                     RpcMessage::Response {
                         request_id,
@@ -626,6 +660,7 @@ impl EventLoop {
                     },
                 ..
             } => {
+                self.count_path(connection_id);
                 if let Some((peer, reply, guarded)) =
                     self.pending_requests.remove(&(protocol, request_id))
                 {
@@ -775,6 +810,19 @@ impl EventLoop {
         if peer == *self.swarm.local_peer_id()
             || self.swarm.is_connected(&peer)
             || self.peers.connected_count() >= DIAL_TARGET
+        {
+            return;
+        }
+        let region = self.local.region.as_str();
+        let of_our_region = |record: &crate::peers::PeerRecord| {
+            record
+                .info
+                .as_ref()
+                .is_some_and(|info| info.region == region)
+        };
+        if !self.peers.get(&peer).is_some_and(of_our_region)
+            && self.peers.connected_where(|record| !of_our_region(record))
+                >= OTHER_REGIONS_DIAL_TARGET
         {
             return;
         }

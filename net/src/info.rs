@@ -74,7 +74,7 @@ impl EventLoop {
             grpc_endpoint: self.local.grpc_endpoint.clone(),
             version: self.local.version.clone(),
             issued_at_ms: unix_ms(),
-            listen_addrs: self.swarm.listeners().map(ToString::to_string).collect(),
+            listen_addrs: self.advertised_addresses(),
             registry_epoch: self.local.registry.read().map_or(0, |mark| mark.0),
             registry_digest: self
                 .local
