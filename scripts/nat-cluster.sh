@@ -21,7 +21,10 @@
 # took direct paths. Last line on success: "OK: ...".
 #
 # NAT_MODE=route (default: masquerade) makes the routers plain routers (no NAT),
-# for a direct baseline. TASKS=N decides N tasks and prints their p50.
+# for a direct baseline; NAT_MODE=symmetric makes them symmetric NATs
+# (MASQUERADE --random-fully: a new public port per connection), where hole
+# punching cannot work and the members must stay on the relay. TASKS=N decides N
+# tasks and prints their p50.
 #
 # Needs root, iproute2 and iptables. Traffic stays inside the namespaces this
 # script creates; everything is removed on exit, also on failure or Ctrl-C.
@@ -92,13 +95,15 @@ for s in $(seq 1 $SITES); do
   plug "$router" "${P}s${s}lan" lan
   ip -n "$router" addr add "10.$s.0.1/24" dev lan
   ip netns exec "$router" sysctl -qw net.ipv4.ip_forward=1
-  if [ "$NAT_MODE" = masquerade ]; then
+  if [ "$NAT_MODE" != route ]; then
+    random=""
+    [ "$NAT_MODE" = symmetric ] && random=--random-fully
     # A home router: the site leaves under the router's address; only replies
     # (conntrack) come back in. Linux keeps a connection's source port when it is
     # free, so a node that dials from its listen port (libp2p reuses it) gets the
     # same public port toward every peer: endpoint-independent mapping, what hole
     # punching needs.
-    ip netns exec "$router" iptables -t nat -A POSTROUTING -o wan -j MASQUERADE
+    ip netns exec "$router" iptables -t nat -A POSTROUTING -o wan -j MASQUERADE $random
     ip netns exec "$router" iptables -A FORWARD -i wan -o lan -m conntrack \
       --ctstate ESTABLISHED,RELATED -j ACCEPT
     ip netns exec "$router" iptables -A FORWARD -i wan -o lan -j DROP
@@ -122,6 +127,7 @@ if [ "$NAT_MODE" = route ]; then
   # The baseline: every site routed, no NAT.
   for s in $(seq 1 $SITES); do
     ip -n "${P}relay" route add "10.$s.0.0/24" via "$NET.$((10 + s))"
+    ip -n "${P}public" route add "10.$s.0.0/24" via "$NET.$((10 + s))"
     for t in $(seq 1 $SITES); do
       [ "$s" = "$t" ] || ip -n "${P}r$s" route add "10.$t.0.0/24" via "$NET.$((10 + t))"
     done
@@ -228,7 +234,7 @@ public_confirmed() { [ -n "$(confirmed public)" ]; }
 wait_for "AutoNAT confirms the public node's address" public_confirmed
 echo "confirmed reachable: relay (--external-address): $(confirmed relay)"
 echo "confirmed reachable: public node (AutoNAT v2): $(confirmed public)"
-if [ "$NAT_MODE" = masquerade ]; then
+if [ "$NAT_MODE" != route ]; then
   for n in "${SITE_NODES[@]}"; do
     [ -z "$(confirmed "$n")" ] || {
       echo "FAILED: $n behind NAT claims a reachable address: $(confirmed "$n")" >&2; exit 1; }
@@ -240,18 +246,26 @@ all_direct() {
   for n in "${SITE_NODES[@]}"; do
     [ "$(members_connected "$n")" -ge $((MEMBERS - 1)) ] || return 1
   done
-  [ "$(sum_metric polity_p2p_relayed_connections)" -eq 0 ]
+  [ "$NAT_MODE" = symmetric ] || [ "$(sum_metric polity_p2p_relayed_connections)" -eq 0 ]
 }
-wait_for "every member connected directly to the five others" all_direct
+if [ "$NAT_MODE" = symmetric ]; then
+  wait_for "every member connected to the five others" all_direct
+  sleep 5 # the hole punches' attempts
+else
+  wait_for "every member connected directly to the five others" all_direct
+fi
 CONVERGED_S=$((SECONDS - START_S))
 
 punched=$(sum_metric polity_p2p_hole_punches_succeeded)
 failed=$(sum_metric polity_p2p_hole_punches_failed)
 punch_sum=$(sum_metric polity_p2p_hole_punch_ms_sum)
 punch_count=$(sum_metric polity_p2p_hole_punch_ms_count)
-echo "members connected directly after ${CONVERGED_S} s; hole punches: $punched succeeded, $failed failed"
+echo "members connected ($NAT_MODE) after ${CONVERGED_S} s; hole punches: $punched succeeded, $failed failed"
 if [ "$punch_count" -gt 0 ]; then
   echo "relayed -> direct: mean $((punch_sum / punch_count)) ms over $punch_count hole punches"
+fi
+if [ "$NAT_MODE" = symmetric ]; then
+  echo "relayed connections open: $(sum_metric polity_p2p_relayed_connections)"
 fi
 if [ "$NAT_MODE" = masquerade ]; then
   [ "$punched" -ge $((PER_SITE * PER_SITE)) ] || {
@@ -288,5 +302,12 @@ direct=$(( $(sum_metric polity_p2p_messages_direct) - direct_before ))
 p50=$(sort -n "$WORK/latencies.txt" | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')
 echo "global tasks: $TASKS decided and verified, p50 ${p50} ms; their messages: $direct direct, $relayed relayed"
 cat "$WORK/verify.txt"
-[ "$relayed" -eq 0 ] || { echo "FAILED: $relayed task messages went through the relay" >&2; exit 1; }
-echo "OK: $MEMBERS members at $SITES sites behind NAT ($NAT_MODE) federated through a relay, hole-punched to direct connections, and decided a global task"
+case $NAT_MODE in
+  masquerade)
+    [ "$relayed" -eq 0 ] || { echo "FAILED: $relayed task messages went through the relay" >&2; exit 1; }
+    echo "OK: $MEMBERS members at $SITES sites behind NAT ($NAT_MODE) federated through a relay, hole-punched to direct connections, and decided a global task" ;;
+  symmetric)
+    echo "OK: $MEMBERS members at $SITES sites behind symmetric NATs stayed on the relay ($relayed task messages relayed) and decided a global task" ;;
+  route)
+    echo "OK: $MEMBERS members at $SITES routed sites (no NAT) connected directly and decided a global task" ;;
+esac

@@ -118,7 +118,7 @@ pub async fn run_until(config: NodeConfig, mut stop: watch::Receiver<bool>) -> a
         grpc: grpc_listener,
         http: http_listener,
         tls,
-        mut endpoints,
+        endpoints,
     } = listeners;
     let services = GrpcServices {
         api: Api::new(
@@ -156,18 +156,8 @@ pub async fn run_until(config: NodeConfig, mut stop: watch::Receiver<bool>) -> a
         },
         stop.clone(),
     );
-    announce(
-        &config,
-        &mut endpoints,
-        &network.p2p_addresses,
-        &capabilities,
-    )?;
-    tokio::spawn(keep_endpoints_current(
-        network.net.clone(),
-        endpoints,
-        config.data_dir.clone(),
-        stop.clone(),
-    ));
+    let p2p = (&network.net, network.p2p_addresses.as_slice());
+    announce(&config, endpoints, p2p, &capabilities, stop.clone())?;
     listeners_bound.store(true, Ordering::Release);
 
     let started = Started {
@@ -532,19 +522,21 @@ fn http_server(
     async move { http.await }
 }
 
-/// Writes `endpoints.json` with the p2p addresses filled in. Called only once every
+/// Writes `endpoints.json` with the p2p addresses filled in, and keeps its
+/// reachable and relayed addresses current from then on. Called only once every
 /// listener is bound, so whoever reads the file can connect.
 fn announce(
     config: &NodeConfig,
-    endpoints: &mut EndpointsFile,
-    p2p_addresses: &[Multiaddr],
+    mut endpoints: EndpointsFile,
+    (net, p2p_addresses): (&NetHandle, &[Multiaddr]),
     capabilities: &[String],
+    stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     endpoints.p2p = p2p_addresses
         .iter()
         .map(|address| format!("{address}/p2p/{}", endpoints.peer_id))
         .collect();
-    write_endpoints(&config.data_dir, endpoints)?;
+    write_endpoints(&config.data_dir, &endpoints)?;
     tracing::info!(
         peer_id = %endpoints.peer_id,
         grpc = %endpoints.grpc,
@@ -555,6 +547,13 @@ fn announce(
         p2p = ?endpoints.p2p,
         "node ready"
     );
+    let data_dir = config.data_dir.clone();
+    tokio::spawn(keep_endpoints_current(
+        net.clone(),
+        endpoints,
+        data_dir,
+        stop,
+    ));
     Ok(())
 }
 
