@@ -267,6 +267,8 @@ fi
 if [ "$NAT_MODE" = symmetric ]; then
   echo "relayed connections open: $(sum_metric polity_p2p_relayed_connections)"
 fi
+upgrades() { cat "$WORK"/s*.log | grep "direct connection next to a relayed one" | grep -c "$1" || true; }
+echo "direct connections that replaced relayed ones: $(upgrades /tcp/) over TCP, $(upgrades /quic-v1) over QUIC"
 if [ "$NAT_MODE" = masquerade ]; then
   [ "$punched" -ge $((PER_SITE * PER_SITE)) ] || {
     echo "FAILED: expected at least $((PER_SITE * PER_SITE)) hole punches, saw $punched" >&2; exit 1; }

@@ -235,7 +235,7 @@ pub fn start_with(
     let signing_key = SigningKey::from_bytes(&config.secret_key);
     let peer_id = keypair.public().to_peer_id();
     let mut swarm = build_swarm(keypair, &config, &reach)?;
-    subscribe_and_listen(&mut swarm, &config.listen)?;
+    subscribe_and_listen(&mut swarm, &config.listen, &config.local.region)?;
     for address in &reach.external_addresses {
         // The operator's word: confirmed without a probe.
         swarm.add_external_address(address.clone());
@@ -293,12 +293,15 @@ fn build_swarm(
     Ok(swarm)
 }
 
-/// Subscribes to the announce and evidence topics and opens the listeners.
+/// Subscribes to the announce topics (everyone's and the region's) and the
+/// evidence topic, and opens the listeners.
 fn subscribe_and_listen(
     swarm: &mut Swarm<Behaviour>,
     listen: &[Multiaddr],
+    region: &str,
 ) -> Result<(), StartError> {
-    for topic in [ANNOUNCE_TOPIC, EVIDENCE_TOPIC] {
+    let region_topic = crate::network::region_announce_topic(region);
+    for topic in [ANNOUNCE_TOPIC, EVIDENCE_TOPIC, region_topic.as_str()] {
         swarm
             .behaviour_mut()
             .gossipsub

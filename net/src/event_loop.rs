@@ -108,6 +108,10 @@ pub(crate) struct EventLoop {
     bans: HashMap<PeerId, u64>,
     /// Observed addresses, relays, relayed connections (see [`crate::reach`]).
     pub(crate) reach: ReachState,
+    /// Announcements made so far (one in [`GLOBAL_ANNOUNCE_EVERY`] goes to all).
+    ///
+    /// [`GLOBAL_ANNOUNCE_EVERY`]: crate::network::GLOBAL_ANNOUNCE_EVERY
+    pub(crate) announcements: u64,
 }
 
 /// Bans held at once; a new ban past this replaces the one ending soonest.
@@ -143,6 +147,7 @@ impl EventLoop {
             injected_blocks: HashSet::new(),
             bans: HashMap::new(),
             reach: ReachState::default(),
+            announcements: 0,
         }
     }
 
@@ -462,7 +467,8 @@ impl EventLoop {
                 num_established,
                 ..
             } => {
-                self.track_path(peer_id, connection_id, endpoint.is_relayed(), now_ms);
+                let connections = num_established.get();
+                self.track_path(peer_id, connection_id, &endpoint, connections, now_ms);
                 self.on_connection_established(peer_id, &endpoint, num_established.get(), now_ms)
             }
             SwarmEvent::ListenerClosed { listener_id, .. } => {
@@ -593,7 +599,10 @@ impl EventLoop {
             self.metrics.malformed_messages.inc();
             return;
         }
-        if message.topic == IdentTopic::new(ANNOUNCE_TOPIC).hash() {
+        let region_topic = crate::network::region_announce_topic(&self.local.region);
+        if message.topic == IdentTopic::new(ANNOUNCE_TOPIC).hash()
+            || message.topic == IdentTopic::new(region_topic).hash()
+        {
             self.on_announcement(message.source, &message.data);
         } else if message.topic == IdentTopic::new(EVIDENCE_TOPIC).hash() {
             let source = message.source.unwrap_or(*self.swarm.local_peer_id());

@@ -29,6 +29,15 @@ pub const INFO_PROTOCOL: StreamProtocol = StreamProtocol::new("/polity/info/1");
 pub const TASK_PROTOCOL: StreamProtocol = StreamProtocol::new("/polity/task/1");
 pub const CONSENSUS_PROTOCOL: StreamProtocol = StreamProtocol::new("/polity/consensus/1");
 pub const ANNOUNCE_TOPIC: &str = "polity/announce/1";
+/// Every announcement goes to the node's region's topic; one in this many also
+/// goes to [`ANNOUNCE_TOPIC`], which every node hears (sampled gossip: see
+/// ARCHITECTURE.md, "How discovery traffic grows with N").
+pub const GLOBAL_ANNOUNCE_EVERY: u64 = 4;
+
+/// The announce topic of one region (labels are validated: no `/`).
+pub fn region_announce_topic(region: &str) -> String {
+    format!("{ANNOUNCE_TOPIC}/region/{region}")
+}
 pub const EVIDENCE_TOPIC: &str = "polity/evidence/1";
 
 /// What the node's own NodeInfo says; the loop adds `issued_at_ms`, the peer id, the

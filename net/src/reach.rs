@@ -409,21 +409,28 @@ impl EventLoop {
         }
     }
 
-    /// Tracks a new connection's path; a direct one makes the relayed ones to the
-    /// same peer redundant.
+    /// Tracks a new connection's path (`connections`: the peer's established
+    /// connections, this one included); a direct one makes the relayed ones to
+    /// the same peer redundant, whichever came first.
     pub(crate) fn track_path(
         &mut self,
         peer: PeerId,
         connection: ConnectionId,
-        relayed: bool,
+        endpoint: &libp2p::core::ConnectedPoint,
+        connections: u32,
         now_ms: u64,
     ) {
-        if relayed {
+        if endpoint.is_relayed() {
             if self.reach.relayed_connections.len() < RELAYED_CONNECTIONS_MAX {
                 self.reach
                     .relayed_connections
                     .insert(connection, (peer, now_ms));
                 self.update_relayed_gauge();
+            }
+            let relayed = self.relayed_count(peer);
+            if connections as usize > relayed {
+                // Already directly connected: this one is not needed.
+                self.close_relayed(peer);
             }
         } else if self
             .reach
@@ -431,6 +438,8 @@ impl EventLoop {
             .values()
             .any(|(p, _)| *p == peer)
         {
+            let address = endpoint.get_remote_address();
+            tracing::info!(%peer, %address, "direct connection next to a relayed one");
             self.close_relayed(peer);
         }
     }
@@ -445,6 +454,14 @@ impl EventLoop {
     pub(crate) fn forget_path(&mut self, connection: ConnectionId) {
         self.reach.relayed_connections.remove(&connection);
         self.update_relayed_gauge();
+    }
+
+    fn relayed_count(&self, peer: PeerId) -> usize {
+        self.reach
+            .relayed_connections
+            .values()
+            .filter(|(p, _)| *p == peer)
+            .count()
     }
 
     fn close_relayed(&mut self, peer: PeerId) {

@@ -702,6 +702,53 @@ rate_limit_per_second = 7
     }
 
     #[test]
+    fn reachability_flags_and_relay_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(
+            &file,
+            "[relay]\ncircuits_max = 3\n[discovery]\npeers_max = 50\n",
+        )
+        .unwrap();
+        let flags = NodeFlags {
+            config: Some(file),
+            external_addresses: vec!["/ip4/203.0.113.5/tcp/7100".into()],
+            relay_server: true,
+            ..Default::default()
+        };
+        let config = NodeConfig::load(&flags).unwrap();
+        assert_eq!(config.external_addresses, ["/ip4/203.0.113.5/tcp/7100"]);
+        assert_eq!(config.discovery.peers_max, 50);
+        let limits = config.relay.limits().unwrap();
+        assert_eq!(limits.circuits_max, 3);
+        assert_eq!(
+            limits.reservations_max,
+            polity_net::RelayLimits::default().reservations_max
+        );
+        // Not a relay unless asked.
+        assert!(NodeConfig::default().relay.limits().is_none());
+        for (flags, expected) in [
+            (
+                NodeFlags {
+                    external_addresses: vec!["203.0.113.5:7100".into()],
+                    ..Default::default()
+                },
+                "external address",
+            ),
+            (
+                NodeFlags {
+                    peers_max: Some(3),
+                    ..Default::default()
+                },
+                "peers_max",
+            ),
+        ] {
+            let error = format!("{:#}", NodeConfig::load(&flags).unwrap_err());
+            assert!(error.contains(expected), "{error}");
+        }
+    }
+
+    #[test]
     fn unknown_file_keys_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("node.toml");
