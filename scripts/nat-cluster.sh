@@ -193,7 +193,8 @@ metric() { # name, metric -> value (0 when absent)
     | awk -v m="$2" '$1 == m || $1 == m"_total" { print $2; found=1 } END { if (!found) print 0 }' \
     | head -1
 }
-sum_metric() { local total=0 v; for n in "${SITE_NODES[@]}"; do v=$(metric "$n" "$1"); total=$(python3 -c "print(int($total + float('$v')))"); done; echo "$total"; }
+sum_float() { local total=0 v; for n in "${SITE_NODES[@]}"; do v=$(metric "$n" "$1"); total=$(python3 -c "print($total + float('$v'))"); done; echo "$total"; }
+sum_metric() { python3 -c "print(int($(sum_float "$1")))"; }
 # Peers of node $1 that are members (region site-*), connected, with info.
 members_connected() {
   in_ns "$1" "$POLITY" peers --addr http://127.0.0.1:7001 --json 2>/dev/null \
@@ -258,11 +259,11 @@ CONVERGED_S=$((SECONDS - START_S))
 
 punched=$(sum_metric polity_p2p_hole_punches_succeeded)
 failed=$(sum_metric polity_p2p_hole_punches_failed)
-punch_sum=$(sum_metric polity_p2p_hole_punch_ms_sum)
-punch_count=$(sum_metric polity_p2p_hole_punch_ms_count)
+punch_sum=$(sum_float polity_p2p_hole_punch_seconds_sum)
+punch_count=$(sum_metric polity_p2p_hole_punch_seconds_count)
 echo "members connected ($NAT_MODE) after ${CONVERGED_S} s; hole punches: $punched succeeded, $failed failed"
 if [ "$punch_count" -gt 0 ]; then
-  echo "relayed -> direct: mean $((punch_sum / punch_count)) ms over $punch_count hole punches"
+  echo "relayed -> direct: mean $(python3 -c "print(round($punch_sum * 1000 / $punch_count))") ms over $punch_count hole punches"
 fi
 if [ "$NAT_MODE" = symmetric ]; then
   echo "relayed connections open: $(sum_metric polity_p2p_relayed_connections)"

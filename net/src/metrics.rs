@@ -5,10 +5,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-/// Buckets of the relayed-to-direct time, in milliseconds.
-const HOLE_PUNCH_MS_BUCKETS: [f64; 10] = [
-    10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1_000.0, 2_500.0, 5_000.0, 10_000.0,
-];
+/// Buckets of the relayed-to-direct time, in seconds.
+const HOLE_PUNCH_SECONDS_BUCKETS: [f64; 10] =
+    [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// Shared counters (cloning shares the values).
 #[derive(Debug, Clone)]
@@ -32,7 +31,7 @@ pub struct NetMetrics {
     pub hole_punches_succeeded: Counter,
     pub hole_punches_failed: Counter,
     /// From a peer's first relayed connection to the direct one a hole punch gave.
-    pub hole_punch_ms: Histogram,
+    pub hole_punch_seconds: Histogram,
     /// Reservations relays accepted for us (renewals not counted).
     pub relay_reservations: Counter,
     /// Relayed connections open now.
@@ -52,7 +51,7 @@ impl Default for NetMetrics {
             messages_relayed: Counter::default(),
             hole_punches_succeeded: Counter::default(),
             hole_punches_failed: Counter::default(),
-            hole_punch_ms: Histogram::new(HOLE_PUNCH_MS_BUCKETS),
+            hole_punch_seconds: Histogram::new(HOLE_PUNCH_SECONDS_BUCKETS),
             relay_reservations: Counter::default(),
             relayed_connections: Gauge::default(),
         }
@@ -117,9 +116,9 @@ impl NetMetrics {
             self.hole_punches_failed.clone(),
         );
         registry.register(
-            "polity_p2p_hole_punch_ms",
-            "Milliseconds from a peer's first relayed connection to a punched direct one",
-            self.hole_punch_ms.clone(),
+            "polity_p2p_hole_punch_seconds",
+            "Seconds from a peer's first relayed connection to a punched direct one",
+            self.hole_punch_seconds.clone(),
         );
         registry.register(
             "polity_p2p_relay_reservations",

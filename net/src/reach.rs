@@ -383,7 +383,8 @@ impl EventLoop {
                     .min();
                 if let Some(since) = relayed_since {
                     let elapsed_ms = now_ms.saturating_sub(since);
-                    self.metrics.hole_punch_ms.observe(elapsed_ms as f64);
+                    let elapsed_s = elapsed_ms as f64 / 1_000.0;
+                    self.metrics.hole_punch_seconds.observe(elapsed_s);
                 }
                 self.metrics.hole_punches_succeeded.inc();
                 tracing::info!(%peer, ?connection, "hole punched: direct connection");
