@@ -13,7 +13,10 @@ use libp2p::identity::Keypair;
 use libp2p::kad::{self, store::MemoryStore};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::{NetworkBehaviour, behaviour::toggle::Toggle};
-use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identify, mdns, noise, ping, tcp, yamux};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, autonat, dcutr, identify, mdns, noise, ping, relay,
+    tcp, yamux,
+};
 use tokio::sync::mpsc;
 
 use crate::codec::{FrameCodec, INBOUND_READING_BYTES_MAX, ReadingBudget};
@@ -22,14 +25,19 @@ use crate::handle::NetHandle;
 use crate::metrics::NetMetrics;
 use crate::network::{
     ANNOUNCE_TOPIC, CONSENSUS_PROTOCOL, EVIDENCE_TOPIC, IDENTIFY_PROTOCOL, INFO_PROTOCOL,
-    KADEMLIA_PROTOCOL, LocalInfo, NetConfig, NetEvent, TASK_PROTOCOL,
+    KADEMLIA_PROTOCOL, LocalInfo, NetConfig, NetEvent, ReachConfig, RelayLimits, TASK_PROTOCOL,
 };
+use crate::peers::PeerTable;
+use crate::reach::GatedCandidates;
 
 /// Largest gossip message.
 pub(crate) const GOSSIP_BYTES_MAX: usize = 64 * 1024;
-/// Connections at most, in total and per peer; pending handshakes at most.
+/// Connections at most, in total and per peer; pending handshakes at most. Four
+/// per peer: TCP and QUIC to a bootstrap peer, plus an AutoNAT dial-back or a
+/// hole-punched connection next to a relayed one (with two, a node connected to
+/// its bootstrap peer over both transports could never be dialed back by it).
 const CONNECTIONS_MAX: u32 = 512;
-const CONNECTIONS_PER_PEER_MAX: u32 = 2;
+const CONNECTIONS_PER_PEER_MAX: u32 = 4;
 const PENDING_CONNECTIONS_MAX: u32 = 128;
 /// Request-response timeout and concurrent streams per connection.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,11 +74,27 @@ pub(crate) struct Behaviour {
     pub(crate) info: request_response::Behaviour<FrameCodec>,
     pub(crate) task: request_response::Behaviour<FrameCodec>,
     pub(crate) consensus: request_response::Behaviour<FrameCodec>,
+    /// Circuit relay v2: the client side (reservations, relayed dials) always...
+    pub(crate) relay_client: relay::client::Behaviour,
+    /// ...the relay itself only with `--relay-server`.
+    pub(crate) relay: Toggle<relay::Behaviour>,
+    /// Hole punching over a relayed connection.
+    pub(crate) dcutr: dcutr::Behaviour,
+    /// AutoNAT v2: asks peers to dial our candidate addresses back; candidates come
+    /// from the loop (see `reach`), not straight from identify.
+    pub(crate) autonat: GatedCandidates<autonat::v2::client::Behaviour>,
+    pub(crate) autonat_server: autonat::v2::server::Behaviour,
 }
 
 impl Behaviour {
-    fn new(key: &Keypair, version: &str, mdns_enabled: bool) -> Result<Behaviour, BuildError> {
+    fn new(
+        key: &Keypair,
+        config: &NetConfig,
+        reach: &ReachConfig,
+        relay_client: relay::client::Behaviour,
+    ) -> Result<Behaviour, BuildError> {
         let local_peer_id = key.public().to_peer_id();
+        let (version, mdns_enabled) = (&config.local.version, config.mdns);
         let mdns = if mdns_enabled {
             Some(mdns::tokio::Behaviour::new(
                 mdns::Config::default(),
@@ -92,6 +116,15 @@ impl Behaviour {
             info: rpc_behaviour(INFO_PROTOCOL, &reading),
             task: rpc_behaviour(TASK_PROTOCOL, &reading),
             consensus: rpc_behaviour(CONSENSUS_PROTOCOL, &reading),
+            relay_client,
+            relay: Toggle::from(
+                reach
+                    .relay_server
+                    .map(|limits| relay(local_peer_id, limits)),
+            ),
+            dcutr: dcutr::Behaviour::new(local_peer_id),
+            autonat: GatedCandidates::new(autonat::v2::client::Behaviour::default()),
+            autonat_server: autonat::v2::server::Behaviour::default(),
         })
     }
 }
@@ -104,6 +137,22 @@ fn connection_limits() -> connection_limits::Behaviour {
             .with_max_pending_incoming(Some(PENDING_CONNECTIONS_MAX))
             .with_max_pending_outgoing(Some(PENDING_CONNECTIONS_MAX)),
     )
+}
+
+/// A circuit relay with the operator's limits, and libp2p's default rate limits
+/// (per peer and per IP) on reservations and circuits.
+fn relay(local_peer_id: PeerId, limits: RelayLimits) -> relay::Behaviour {
+    let config = relay::Config {
+        max_reservations: limits.reservations_max,
+        max_reservations_per_peer: limits.reservations_per_peer_max,
+        reservation_duration: Duration::from_secs(limits.reservation_duration_s),
+        max_circuits: limits.circuits_max,
+        max_circuits_per_peer: limits.circuits_per_peer_max,
+        max_circuit_duration: Duration::from_secs(limits.circuit_duration_s),
+        max_circuit_bytes: limits.circuit_bytes_max,
+        ..relay::Config::default()
+    };
+    relay::Behaviour::new(local_peer_id, config)
 }
 
 fn identify(key: &Keypair, version: &str) -> identify::Behaviour {
@@ -152,10 +201,27 @@ fn rpc_behaviour(
     )
 }
 
-/// Starts the swarm and its event loop on the current tokio runtime. Returns the
-/// handle, the event stream for the node, and the loop's task.
+/// Starts the swarm and its event loop on the current tokio runtime, with the
+/// default [`ReachConfig`]. Returns the handle, the event stream for the node, and
+/// the loop's task.
 pub fn start(
     config: NetConfig,
+    metrics: NetMetrics,
+) -> Result<
+    (
+        NetHandle,
+        mpsc::Receiver<NetEvent>,
+        tokio::task::JoinHandle<()>,
+    ),
+    StartError,
+> {
+    start_with(config, ReachConfig::default(), metrics)
+}
+
+/// [`start`] with the node's reachability settings.
+pub fn start_with(
+    config: NetConfig,
+    reach: ReachConfig,
     metrics: NetMetrics,
 ) -> Result<
     (
@@ -168,13 +234,27 @@ pub fn start(
     let keypair = Keypair::ed25519_from_bytes(config.secret_key).map_err(|e| e.to_string())?;
     let signing_key = SigningKey::from_bytes(&config.secret_key);
     let peer_id = keypair.public().to_peer_id();
-    let mut swarm = build_swarm(keypair, &config)?;
-    subscribe_and_listen(&mut swarm, &config.listen)?;
+    let mut swarm = build_swarm(keypair, &config, &reach)?;
+    subscribe_and_listen(&mut swarm, &config.listen, &config.local.region)?;
+    for address in &reach.external_addresses {
+        // The operator's word: confirmed without a probe.
+        swarm.add_external_address(address.clone());
+    }
     // Bootstrap peers are dialed by the event loop's first redial tick, right away.
 
+    let bootstrap_peers = config
+        .bootstrap
+        .iter()
+        .filter_map(|address| {
+            address.iter().find_map(|protocol| match protocol {
+                libp2p::multiaddr::Protocol::P2p(peer) => Some(peer),
+                _ => None,
+            })
+        })
+        .collect();
     let (handle, commands) = NetHandle::channel(peer_id);
     let (events, events_rx) = mpsc::channel(EVENTS_MAX);
-    let event_loop = EventLoop::new(
+    let mut event_loop = EventLoop::new(
         swarm,
         signing_key,
         config.local,
@@ -183,11 +263,18 @@ pub fn start(
         events,
         metrics,
     );
+    event_loop.peers = PeerTable::with_capacity(reach.peers_max);
+    event_loop.reach.operator_reachable = !reach.external_addresses.is_empty();
+    event_loop.reach.trusted_relays = bootstrap_peers;
     let task = tokio::spawn(event_loop.run());
     Ok((handle, events_rx, task))
 }
 
-fn build_swarm(keypair: Keypair, config: &NetConfig) -> Result<Swarm<Behaviour>, StartError> {
+fn build_swarm(
+    keypair: Keypair,
+    config: &NetConfig,
+    reach: &ReachConfig,
+) -> Result<Swarm<Behaviour>, StartError> {
     let resolver_config = system_resolver_config();
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
@@ -201,7 +288,9 @@ fn build_swarm(keypair: Keypair, config: &NetConfig) -> Result<Swarm<Behaviour>,
         // `/dns4/NAME/tcp/PORT` bootstrap addresses (containers reach each other by
         // service name), resolved by the system's resolver at each dial.
         .with_dns_config(resolver_config.0, resolver_config.1)
-        .with_behaviour(|key| Behaviour::new(key, &config.local.version, config.mdns))
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| e.to_string())?
+        .with_behaviour(|key, relay_client| Behaviour::new(key, config, reach, relay_client))
         .map_err(|e| e.to_string())?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
         .build();
@@ -224,12 +313,15 @@ fn system_resolver_config() -> (libp2p::dns::ResolverConfig, libp2p::dns::Resolv
     }
 }
 
-/// Subscribes to the announce and evidence topics and opens the listeners.
+/// Subscribes to the announce topics (everyone's and the region's) and the
+/// evidence topic, and opens the listeners.
 fn subscribe_and_listen(
     swarm: &mut Swarm<Behaviour>,
     listen: &[Multiaddr],
+    region: &str,
 ) -> Result<(), StartError> {
-    for topic in [ANNOUNCE_TOPIC, EVIDENCE_TOPIC] {
+    let region_topic = crate::network::region_announce_topic(region);
+    for topic in [ANNOUNCE_TOPIC, EVIDENCE_TOPIC, region_topic.as_str()] {
         swarm
             .behaviour_mut()
             .gossipsub

@@ -33,10 +33,17 @@ use crate::network::{
     provider_keys,
 };
 use crate::peers::{PeerTable, PeerView};
+use crate::reach::ReachState;
 
 /// Peers we dial on our own (learned through gossip, Kademlia or mDNS) while we have
-/// fewer connections than this.
+/// fewer connections than this...
 const DIAL_TARGET: usize = 128;
+/// ...and, of those, peers of other regions (or of a region we do not know yet)
+/// only while fewer than this are connected: a node keeps its own region (its
+/// seats) connected and a sample of the rest, so the connection set, and the pings
+/// and gossip heartbeats that go with it, does not grow with the federation.
+/// Seats elsewhere are dialed when wanted (requests, provider queries).
+const OTHER_REGIONS_DIAL_TARGET: usize = 16;
 /// Outbound requests and provider queries in flight at most.
 const PENDING_REQUESTS_MAX: usize = 4_096;
 const PENDING_QUERIES_MAX: usize = 256;
@@ -99,6 +106,12 @@ pub(crate) struct EventLoop {
     injected_blocks: HashSet<PeerId>,
     /// Banned peers and when each ban ends (`now_ms`); at most [`BANS_MAX`].
     bans: HashMap<PeerId, u64>,
+    /// Observed addresses, relays, relayed connections (see [`crate::reach`]).
+    pub(crate) reach: ReachState,
+    /// Announcements made so far (one in [`GLOBAL_ANNOUNCE_EVERY`] goes to all).
+    ///
+    /// [`GLOBAL_ANNOUNCE_EVERY`]: crate::network::GLOBAL_ANNOUNCE_EVERY
+    pub(crate) announcements: u64,
 }
 
 /// Bans held at once; a new ban past this replaces the one ending soonest.
@@ -133,6 +146,8 @@ impl EventLoop {
             started: Instant::now(),
             injected_blocks: HashSet::new(),
             bans: HashMap::new(),
+            reach: ReachState::default(),
+            announcements: 0,
         }
     }
 
@@ -218,6 +233,9 @@ impl EventLoop {
             }
             Command::ListenAddresses(reply) => {
                 let _ = reply.send(self.swarm.listeners().cloned().collect());
+            }
+            Command::Reachability(reply) => {
+                let _ = reply.send(self.reachability());
             }
             Command::SetBlocked(peers) => {
                 let unblocked: Vec<PeerId> =
@@ -444,16 +462,30 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
+                connection_id,
                 endpoint,
                 num_established,
                 ..
-            } => self.on_connection_established(peer_id, &endpoint, num_established.get(), now_ms),
+            } => {
+                let connections = num_established.get();
+                self.track_path(peer_id, connection_id, &endpoint, connections, now_ms);
+                self.on_connection_established(peer_id, &endpoint, num_established.get(), now_ms)
+            }
+            SwarmEvent::ListenerClosed { listener_id, .. } => {
+                self.on_listener_closed(listener_id);
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                tracing::info!(%address, "external address confirmed");
+                self.announce.newcomer(now_ms);
+            }
             SwarmEvent::ConnectionClosed {
                 peer_id,
+                connection_id,
                 num_established,
                 cause,
                 ..
             } => {
+                self.forget_path(connection_id);
                 self.peers.entry(peer_id, now_ms).connections = num_established;
                 self.metrics
                     .connected_peers
@@ -509,6 +541,7 @@ impl EventLoop {
     fn on_behaviour_event(&mut self, event: BehaviourEvent, now_ms: u64) {
         match event {
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                self.on_identified(peer_id, &info, now_ms);
                 for address in info.listen_addrs {
                     if is_dialable(&address) {
                         self.learn_address(peer_id, address, now_ms);
@@ -550,6 +583,9 @@ impl EventLoop {
                 self.on_gossip_message(message)
             }
             BehaviourEvent::Info(event) => self.on_info_event(event, now_ms),
+            BehaviourEvent::RelayClient(event) => self.on_relay_client_event(event),
+            BehaviourEvent::Dcutr(event) => self.on_dcutr_event(event, now_ms),
+            BehaviourEvent::Autonat(event) => self.on_autonat_event(event),
             BehaviourEvent::Task(event) => self.on_rpc_event(AppProtocol::Task, event, now_ms),
             BehaviourEvent::Consensus(event) => {
                 self.on_rpc_event(AppProtocol::Consensus, event, now_ms)
@@ -563,7 +599,10 @@ impl EventLoop {
             self.metrics.malformed_messages.inc();
             return;
         }
-        if message.topic == IdentTopic::new(ANNOUNCE_TOPIC).hash() {
+        let region_topic = crate::network::region_announce_topic(&self.local.region);
+        if message.topic == IdentTopic::new(ANNOUNCE_TOPIC).hash()
+            || message.topic == IdentTopic::new(region_topic).hash()
+        {
             self.on_announcement(message.source, &message.data);
         } else if message.topic == IdentTopic::new(EVIDENCE_TOPIC).hash() {
             let source = message.source.unwrap_or(*self.swarm.local_peer_id());
@@ -612,13 +651,17 @@ impl EventLoop {
         match event {
             Event::Message {
                 peer,
+                connection_id,
                 message:
                     RpcMessage::Request {
                         request, channel, ..
                     },
-                ..
-            } => self.on_inbound_request(peer, protocol, request, channel),
+            } => {
+                self.count_path(connection_id);
+                self.on_inbound_request(peer, protocol, request, channel)
+            }
             Event::Message {
+                connection_id,
                 message:
                     RpcMessage::Response {
                         request_id,
@@ -626,6 +669,7 @@ impl EventLoop {
                     },
                 ..
             } => {
+                self.count_path(connection_id);
                 if let Some((peer, reply, guarded)) =
                     self.pending_requests.remove(&(protocol, request_id))
                 {
@@ -775,6 +819,19 @@ impl EventLoop {
         if peer == *self.swarm.local_peer_id()
             || self.swarm.is_connected(&peer)
             || self.peers.connected_count() >= DIAL_TARGET
+        {
+            return;
+        }
+        let region = self.local.region.as_str();
+        let of_our_region = |record: &crate::peers::PeerRecord| {
+            record
+                .info
+                .as_ref()
+                .is_some_and(|info| info.region == region)
+        };
+        if !self.peers.get(&peer).is_some_and(of_our_region)
+            && self.peers.connected_where(|record| !of_our_region(record))
+                >= OTHER_REGIONS_DIAL_TARGET
         {
             return;
         }

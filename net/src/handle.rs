@@ -37,6 +37,7 @@ pub(crate) enum Command {
     },
     PublishEvidence(Vec<u8>),
     ListenAddresses(oneshot::Sender<Vec<Multiaddr>>),
+    Reachability(oneshot::Sender<crate::reach::Reachability>),
     SetBlocked(HashSet<PeerId>),
     Ban {
         peer: PeerId,
@@ -153,6 +154,11 @@ impl NetHandle {
 
     pub async fn listen_addresses(&self) -> Result<Vec<Multiaddr>, NetError> {
         self.call(Command::ListenAddresses).await
+    }
+
+    /// Our addresses: bound, confirmed reachable (AutoNAT or the operator), relayed.
+    pub async fn reachability(&self) -> Result<crate::reach::Reachability, NetError> {
+        self.call(Command::Reachability).await
     }
 
     /// Fault injection: from now on, drop each outbound request with probability

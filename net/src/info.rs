@@ -18,7 +18,7 @@ use prost::Message;
 use crate::NotAnEd25519Key;
 use crate::codec::Frame;
 use crate::event_loop::EventLoop;
-use crate::network::{ANNOUNCE_TOPIC, NetEvent};
+use crate::network::{ANNOUNCE_TOPIC, GLOBAL_ANNOUNCE_EVERY, NetEvent, region_announce_topic};
 
 /// Why a NodeInfo is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -74,7 +74,7 @@ impl EventLoop {
             grpc_endpoint: self.local.grpc_endpoint.clone(),
             version: self.local.version.clone(),
             issued_at_ms: unix_ms(),
-            listen_addrs: self.swarm.listeners().map(ToString::to_string).collect(),
+            listen_addrs: self.advertised_addresses(),
             registry_epoch: self.local.registry.read().map_or(0, |mark| mark.0),
             registry_digest: self
                 .local
@@ -91,16 +91,21 @@ impl EventLoop {
         tokio::time::Instant::from_std(due)
     }
 
-    /// Gossips our signed NodeInfo and tells the schedule whether anyone took it.
+    /// Gossips our signed NodeInfo to our region, and one time in
+    /// [`GLOBAL_ANNOUNCE_EVERY`] (the first included) to everyone, and tells the
+    /// schedule whether anyone took it.
     pub(crate) fn announce(&mut self) {
         let bytes = self.signed_info().encode_to_vec();
+        let region_topic = IdentTopic::new(region_announce_topic(&self.local.region));
+        let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
         // No subscribed peer yet is normal right after start: retried soon.
-        let reached = self
-            .swarm
-            .behaviour_mut()
-            .gossipsub
-            .publish(IdentTopic::new(ANNOUNCE_TOPIC), bytes)
-            .is_ok();
+        let mut reached = gossipsub.publish(region_topic, bytes.clone()).is_ok();
+        if self.announcements.is_multiple_of(GLOBAL_ANNOUNCE_EVERY) || !reached {
+            reached |= gossipsub
+                .publish(IdentTopic::new(ANNOUNCE_TOPIC), bytes)
+                .is_ok();
+        }
+        self.announcements = self.announcements.wrapping_add(1);
         let now_ms = self.now_ms();
         self.announce.published(now_ms, reached);
     }

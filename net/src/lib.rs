@@ -1,8 +1,8 @@
 //! # polity-net
 //!
 //! Polity's peer-to-peer layer: a libp2p swarm over TCP and QUIC (Noise, Yamux) with
-//! identify, ping, Kademlia, mDNS, gossipsub and Polity's own request-response
-//! protocols; signed NodeInfo exchange; discovery by capability; per-peer circuit
+//! identify, ping, Kademlia, mDNS, gossipsub, circuit relay v2, DCUtR, AutoNAT v2
+//! and Polity's own request-response protocols; signed NodeInfo exchange; discovery by capability; per-peer circuit
 //! breakers.
 //!
 //! This crate must never decide anything: it moves bytes between nodes, bounded in
@@ -21,6 +21,8 @@
 //! - [`peers`]: the peer table (verified info, connections, RTT).
 //! - [`announce`]: when the node gossips its NodeInfo again (backs off while quiet).
 //! - [`breaker`]: the per-peer circuit breaker.
+//! - [`reach`]: reachability: observed addresses confirmed by AutoNAT v2, relay
+//!   reservations, DCUtR hole punching, direct-versus-relayed paths.
 //! - [`metrics`]: counters of dropped and rejected input.
 
 // Production code handles its errors; `unwrap` is for tests (`expect` with a reason
@@ -38,11 +40,13 @@ mod link_faults;
 pub mod metrics;
 pub mod network;
 pub mod peers;
+pub mod reach;
 
 pub use libp2p::Multiaddr;
 pub use metrics::NetMetrics;
 pub use network::{
-    AppProtocol, LocalInfo, NetConfig, NetError, NetEvent, NetHandle, Responder, StartError, start,
+    AppProtocol, LocalInfo, NetConfig, NetError, NetEvent, NetHandle, PEERS_MAX_DEFAULT,
+    ReachConfig, Reachability, RelayLimits, Responder, StartError, start, start_with,
 };
 pub use peers::PeerView;
 

@@ -9,6 +9,8 @@
 //! - identify, ping, Kademlia (`/polity/kad/1.0.0`, server mode, provider records
 //!   for `capability/<name>`, `region/<r>`, `continent/<c>`), mDNS (optional),
 //!   gossipsub (topics `polity/announce/1` for signed NodeInfo, `polity/evidence/1`);
+//! - circuit relay v2 (client always, server with `--relay-server`), DCUtR hole
+//!   punching, AutoNAT v2 (client and server): see `reach`;
 //! - request-response over [`FrameCodec`](crate::codec::FrameCodec): `/polity/info/1`
 //!   (answered by the event loop with the signed NodeInfo), `/polity/task/1` and
 //!   `/polity/consensus/1` (handed to the node).
@@ -16,9 +18,10 @@
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use tokio::sync::oneshot;
 
-pub use crate::behaviour::{StartError, provider_keys, start};
+pub use crate::behaviour::{StartError, provider_keys, start, start_with};
 pub use crate::handle::NetHandle;
 pub use crate::info::{InvalidInfo, verify_node_info};
+pub use crate::reach::Reachability;
 
 pub const KADEMLIA_PROTOCOL: StreamProtocol = StreamProtocol::new("/polity/kad/1.0.0");
 pub const IDENTIFY_PROTOCOL: &str = "/polity/id/1.0.0";
@@ -26,6 +29,15 @@ pub const INFO_PROTOCOL: StreamProtocol = StreamProtocol::new("/polity/info/1");
 pub const TASK_PROTOCOL: StreamProtocol = StreamProtocol::new("/polity/task/1");
 pub const CONSENSUS_PROTOCOL: StreamProtocol = StreamProtocol::new("/polity/consensus/1");
 pub const ANNOUNCE_TOPIC: &str = "polity/announce/1";
+/// Every announcement goes to the node's region's topic; one in this many also
+/// goes to [`ANNOUNCE_TOPIC`], which every node hears (sampled gossip: see
+/// ARCHITECTURE.md, "How discovery traffic grows with N").
+pub const GLOBAL_ANNOUNCE_EVERY: u64 = 4;
+
+/// The announce topic of one region (labels are validated: no `/`).
+pub fn region_announce_topic(region: &str) -> String {
+    format!("{ANNOUNCE_TOPIC}/region/{region}")
+}
 pub const EVIDENCE_TOPIC: &str = "polity/evidence/1";
 
 /// What the node's own NodeInfo says; the loop adds `issued_at_ms`, the peer id, the
@@ -50,6 +62,64 @@ pub struct NetConfig {
     pub bootstrap: Vec<Multiaddr>,
     pub mdns: bool,
     pub local: LocalInfo,
+}
+
+/// How the node makes itself reachable, and how much of the network it keeps in
+/// mind. Separate from [`NetConfig`] so callers that want the defaults (tests,
+/// tools) need not name them: [`start`] uses the defaults, [`start_with`] these.
+#[derive(Debug, Clone)]
+pub struct ReachConfig {
+    /// Addresses the operator says the node is reachable at (`--external-address`):
+    /// confirmed without a probe, announced in the NodeInfo.
+    pub external_addresses: Vec<Multiaddr>,
+    /// Serve as a circuit relay v2 with these limits (`--relay-server`); none: not
+    /// a relay (the node still uses relays as a client).
+    pub relay_server: Option<RelayLimits>,
+    /// Peers the peer table keeps at most.
+    pub peers_max: usize,
+}
+
+impl Default for ReachConfig {
+    fn default() -> Self {
+        ReachConfig {
+            external_addresses: Vec::new(),
+            relay_server: None,
+            peers_max: PEERS_MAX_DEFAULT,
+        }
+    }
+}
+
+/// Peers the peer table keeps by default.
+pub const PEERS_MAX_DEFAULT: usize = 1_000;
+
+/// What a relay (`--relay-server`) serves at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// Reservations held at once, in total and per peer.
+    pub reservations_max: usize,
+    pub reservations_per_peer_max: usize,
+    /// Circuits relayed at once, in total and per peer.
+    pub circuits_max: usize,
+    pub circuits_per_peer_max: usize,
+    /// A circuit is closed after this long or this many bytes (each direction).
+    pub circuit_duration_s: u64,
+    pub circuit_bytes_max: u64,
+    /// How long a reservation lasts before the client must renew it.
+    pub reservation_duration_s: u64,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        RelayLimits {
+            reservations_max: 128,
+            reservations_per_peer_max: 2,
+            circuits_max: 64,
+            circuits_per_peer_max: 8,
+            circuit_duration_s: 600,
+            circuit_bytes_max: 8 * 1024 * 1024,
+            reservation_duration_s: 3_600,
+        }
+    }
 }
 
 impl std::fmt::Debug for NetConfig {

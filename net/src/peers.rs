@@ -6,9 +6,11 @@ use std::collections::{HashMap, VecDeque};
 use libp2p::{Multiaddr, PeerId};
 use polity_proto::{NodeInfo, SignedStatement};
 
-/// Peers remembered at most; beyond it, the least recently seen unconnected peer
-/// is forgotten.
-pub const PEERS_MAX: usize = 4_096;
+/// Peers remembered at most unless configured (`NetConfig::peers_max`, default
+/// 1,000); beyond it, an unconnected peer is forgotten: first one we hold no
+/// verified info of, then one whose info names no registry epoch, then the least
+/// recently seen.
+pub const PEERS_MAX: usize = crate::network::PEERS_MAX_DEFAULT;
 /// Addresses remembered per peer.
 pub const ADDRESSES_PER_PEER_MAX: usize = 8;
 /// Ping samples a peer's round-trip time is judged on: 20 s at one ping per 5 s.
@@ -68,12 +70,31 @@ impl PeerView {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PeerTable {
     peers: HashMap<PeerId, PeerRecord>,
+    capacity: usize,
+}
+
+impl Default for PeerTable {
+    fn default() -> Self {
+        PeerTable::with_capacity(PEERS_MAX)
+    }
 }
 
 impl PeerTable {
+    /// A table of at most `capacity` peers (at least 1).
+    pub fn with_capacity(capacity: usize) -> PeerTable {
+        PeerTable {
+            peers: HashMap::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     pub fn len(&self) -> usize {
         self.peers.len()
     }
@@ -88,7 +109,7 @@ impl PeerTable {
 
     /// The record of `peer`, created if new (evicting to stay under [`PEERS_MAX`]).
     pub fn entry(&mut self, peer: PeerId, now_ms: u64) -> &mut PeerRecord {
-        if !self.peers.contains_key(&peer) && self.peers.len() >= PEERS_MAX {
+        if !self.peers.contains_key(&peer) && self.peers.len() >= self.capacity {
             self.evict_one();
         }
         let record = self.peers.entry(peer).or_default();
@@ -101,7 +122,16 @@ impl PeerTable {
             .peers
             .iter()
             .filter(|(_, record)| record.connections == 0)
-            .min_by_key(|(_, record)| record.last_seen_ms)
+            .min_by_key(|(_, record)| {
+                let info = record.info.as_ref();
+                (
+                    info.is_some(),
+                    info.is_some_and(|info| {
+                        info.registry_epoch > 0 || !info.registry_digest.is_empty()
+                    }),
+                    record.last_seen_ms,
+                )
+            })
             .map(|(peer, _)| *peer);
         if let Some(peer) = victim {
             self.peers.remove(&peer);
@@ -172,6 +202,14 @@ impl PeerTable {
             .count()
     }
 
+    /// Connected peers whose record satisfies `keep`.
+    pub fn connected_where(&self, keep: impl Fn(&PeerRecord) -> bool) -> usize {
+        self.peers
+            .values()
+            .filter(|record| record.connections > 0 && keep(record))
+            .count()
+    }
+
     pub fn records_mut(&mut self) -> impl Iterator<Item = (&PeerId, &mut PeerRecord)> {
         self.peers.iter_mut()
     }
@@ -231,6 +269,27 @@ mod tests {
         );
         assert!(table.views()[0].serves("sha256"));
         assert!(!table.views()[0].serves("md5"));
+    }
+
+    #[test]
+    fn eviction_keeps_verified_and_connected_peers_first() {
+        let mut table = PeerTable::with_capacity(3);
+        let (connected, verified, stranger) =
+            (PeerId::random(), PeerId::random(), PeerId::random());
+        table.entry(connected, 0).connections = 1;
+        table.offer_info(verified, info(1), SignedStatement::default(), 1);
+        table.entry(stranger, 5);
+        // A newer stranger pushes out the older one, not the verified peer.
+        let newcomer = PeerId::random();
+        table.entry(newcomer, 6);
+        assert!(table.get(&stranger).is_none());
+        assert!(table.get(&verified).is_some() && table.get(&connected).is_some());
+        // Among peers with info, the least recently seen goes.
+        table.offer_info(newcomer, info(2), SignedStatement::default(), 7);
+        table.entry(PeerId::random(), 8);
+        assert!(table.get(&verified).is_none());
+        assert!(table.get(&connected).is_some());
+        assert_eq!(table.len(), 3);
     }
 
     #[test]

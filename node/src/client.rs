@@ -11,9 +11,9 @@ use polity_consensus::{TaskId, certificate_json};
 use polity_proto::admin_client::AdminClient;
 use polity_proto::federation_client::FederationClient;
 use polity_proto::{
-    Aggregation, Certificate, ConsensusPath, GetNodeInfoRequest, GetTaskRequest,
-    GetTopologyRequest, GetTrustRequest, Level, ListPeersRequest, RiskPolicy, Scope,
-    SubmitTaskRequest, TaskEventKind, TaskRecord, TaskState, VerifyCertificateRequest,
+    Aggregation, Certificate, ConsensusPath, GetNodeInfoRequest, GetNodeInfoResponse,
+    GetTaskRequest, GetTopologyRequest, GetTrustRequest, Level, ListPeersRequest, RiskPolicy,
+    Scope, SubmitTaskRequest, TaskEventKind, TaskRecord, TaskState, VerifyCertificateRequest,
     VerifyCertificateResponse, WatchTaskRequest,
 };
 use prost::Message;
@@ -400,7 +400,7 @@ pub async fn info(connection: &Connection, json: bool) -> anyhow::Result<()> {
         .await
         .map_err(status_error)?
         .into_inner();
-    let info = response.info.unwrap_or_default();
+    let info = response.info.clone().unwrap_or_default();
     let value = json!({
         "peer_id": info.peer_id,
         "public_key": hex::encode(&info.public_key),
@@ -413,6 +413,9 @@ pub async fn info(connection: &Connection, json: bool) -> anyhow::Result<()> {
         "version": info.version,
         "uptime_ms": response.uptime_ms,
         "tasks_stored": response.tasks_stored,
+        "listen_addrs": info.listen_addrs,
+        "confirmed_addrs": response.confirmed_addrs,
+        "relayed_addrs": response.relayed_addrs,
     });
     if json {
         println!("{}", serde_json::to_string_pretty(&value)?);
@@ -429,8 +432,24 @@ pub async fn info(connection: &Connection, json: bool) -> anyhow::Result<()> {
         println!("version       {}", info.version);
         println!("uptime        {} s", response.uptime_ms / 1000);
         println!("tasks stored  {}", response.tasks_stored);
+        print_addresses(&info.listen_addrs, &response);
     }
     Ok(())
+}
+
+/// Each address with what is known of its reachability: confirmed from outside
+/// (AutoNAT or the operator), through a relay, or only bound locally.
+fn print_addresses(listen_addrs: &[String], response: &GetNodeInfoResponse) {
+    for address in listen_addrs {
+        let reach = if response.confirmed_addrs.contains(address) {
+            "confirmed reachable"
+        } else if response.relayed_addrs.contains(address) {
+            "through a relay"
+        } else {
+            "bound (not confirmed from outside)"
+        };
+        println!("address       {address}  [{reach}]");
+    }
 }
 
 /// `polity peers` filters.

@@ -13,6 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::member::executor::ExecutorSpec;
 
+/// The smallest peer table a node may be given: a region's seats and a few
+/// relays must fit.
+const PEERS_MAX_MIN: usize = 16;
+
 /// Everything a node needs to start, after merging defaults, file and flags.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -34,6 +38,11 @@ pub struct NodeConfig {
     pub bootstrap: Vec<String>,
     /// Find peers on the local network with mDNS.
     pub mdns: bool,
+    /// Multiaddrs others can dial this node at from outside its network (a public
+    /// IP and a forwarded port): announced as confirmed, without an AutoNAT probe.
+    pub external_addresses: Vec<String>,
+    /// Circuit relay v2: whether this node serves as a relay, and its limits.
+    pub relay: RelayConfig,
     /// Capability name → executor spec (`builtin:NAME`, `exec:COMMAND`, `http:URL`).
     pub capabilities: BTreeMap<String, String>,
     pub api: ApiConfig,
@@ -86,6 +95,57 @@ pub struct DiscoveryConfig {
     pub trust_min: f64,
     /// A peer's measured round-trip time must be below this.
     pub rtt_ms_max: u64,
+    /// Peers the network's peer table keeps at most (eviction: unverified first,
+    /// then least recently seen; connected peers are never evicted).
+    pub peers_max: usize,
+}
+
+/// Circuit relay v2 (`--relay-server`) and what a relay serves at most.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelayConfig {
+    /// Serve as a relay for nodes behind NAT.
+    pub serve: bool,
+    pub reservations_max: usize,
+    pub reservations_per_peer_max: usize,
+    pub circuits_max: usize,
+    pub circuits_per_peer_max: usize,
+    /// A relayed circuit is closed after this long...
+    pub circuit_duration_s: u64,
+    /// ...or after this many bytes in each direction.
+    pub circuit_bytes_max: u64,
+    pub reservation_duration_s: u64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        let limits = polity_net::RelayLimits::default();
+        RelayConfig {
+            serve: false,
+            reservations_max: limits.reservations_max,
+            reservations_per_peer_max: limits.reservations_per_peer_max,
+            circuits_max: limits.circuits_max,
+            circuits_per_peer_max: limits.circuits_per_peer_max,
+            circuit_duration_s: limits.circuit_duration_s,
+            circuit_bytes_max: limits.circuit_bytes_max,
+            reservation_duration_s: limits.reservation_duration_s,
+        }
+    }
+}
+
+impl RelayConfig {
+    /// The relay's limits, when this node serves as one.
+    pub fn limits(&self) -> Option<polity_net::RelayLimits> {
+        self.serve.then_some(polity_net::RelayLimits {
+            reservations_max: self.reservations_max,
+            reservations_per_peer_max: self.reservations_per_peer_max,
+            circuits_max: self.circuits_max,
+            circuits_per_peer_max: self.circuits_per_peer_max,
+            circuit_duration_s: self.circuit_duration_s,
+            circuit_bytes_max: self.circuit_bytes_max,
+            reservation_duration_s: self.reservation_duration_s,
+        })
+    }
 }
 
 impl Default for DiscoveryConfig {
@@ -94,6 +154,7 @@ impl Default for DiscoveryConfig {
             capability_overlap_min: 0.3,
             trust_min: polity_consensus::TRUST_FLOOR,
             rtt_ms_max: 100,
+            peers_max: polity_net::PEERS_MAX_DEFAULT,
         }
     }
 }
@@ -163,6 +224,8 @@ impl Default for NodeConfig {
             genesis: None,
             bootstrap: Vec::new(),
             mdns: true,
+            external_addresses: Vec::new(),
+            relay: RelayConfig::default(),
             capabilities,
             api: ApiConfig::default(),
             discovery: DiscoveryConfig::default(),
@@ -246,6 +309,17 @@ pub struct NodeFlags {
     /// Do not look for peers on the local network with mDNS.
     #[arg(long)]
     pub no_mdns: bool,
+    /// Multiaddr others reach this node at from outside its network, e.g.
+    /// /ip4/203.0.113.5/tcp/7100 (repeatable): announced as confirmed reachable.
+    #[arg(long = "external-address")]
+    pub external_addresses: Vec<String>,
+    /// Serve as a circuit relay for nodes behind NAT (limits: `[relay]` in the
+    /// config file).
+    #[arg(long)]
+    pub relay_server: bool,
+    /// Peers the peer table keeps at most (default 1,000).
+    #[arg(long)]
+    pub peers_max: Option<usize>,
     /// NAME=EXECUTOR, e.g. sha256=builtin:sha256 or grep=exec:'grep -c x' (repeatable).
     /// Given at least once, it replaces the file's and the default capabilities.
     #[arg(long = "capability")]
@@ -396,6 +470,15 @@ impl NodeConfig {
         if flags.no_mdns {
             self.mdns = false;
         }
+        if !flags.external_addresses.is_empty() {
+            self.external_addresses = flags.external_addresses.clone();
+        }
+        if flags.relay_server {
+            self.relay.serve = true;
+        }
+        if let Some(peers_max) = flags.peers_max {
+            self.discovery.peers_max = peers_max;
+        }
         if !flags.capabilities.is_empty() {
             self.capabilities.clear();
             for entry in &flags.capabilities {
@@ -406,6 +489,29 @@ impl NodeConfig {
                 };
                 self.capabilities.insert(name.to_string(), spec.to_string());
             }
+        }
+        Ok(())
+    }
+
+    /// The peer table's and the relay's limits.
+    fn validate_network(&self) -> anyhow::Result<()> {
+        if self.discovery.peers_max < PEERS_MAX_MIN {
+            bail!(
+                "discovery.peers_max must be at least {PEERS_MAX_MIN}, got {}",
+                self.discovery.peers_max
+            );
+        }
+        let relay = &self.relay;
+        if relay.serve
+            && [
+                relay.reservations_max,
+                relay.reservations_per_peer_max,
+                relay.circuits_max,
+                relay.circuits_per_peer_max,
+            ]
+            .contains(&0)
+        {
+            bail!("a relay needs at least one reservation and one circuit (relay.*_max)");
         }
         Ok(())
     }
@@ -421,7 +527,11 @@ impl NodeConfig {
             validate_label(value)
                 .map_err(|reason| anyhow::anyhow!("{what} {value:?}: {reason}"))?;
         }
-        for (what, addresses) in [("listen", &self.listen), ("bootstrap", &self.bootstrap)] {
+        for (what, addresses) in [
+            ("listen", &self.listen),
+            ("bootstrap", &self.bootstrap),
+            ("external", &self.external_addresses),
+        ] {
             for address in addresses {
                 address.parse::<polity_net::Multiaddr>().map_err(|e| {
                     anyhow::anyhow!("{what} address {address:?} is not a multiaddr: {e}")
@@ -448,6 +558,7 @@ impl NodeConfig {
                 bail!("{what} must be in [0,1], got {value}");
             }
         }
+        self.validate_network()?;
         if self.api.grpc_connections_max == 0 || self.api.http_connections_max == 0 {
             bail!("api.grpc_connections_max and api.http_connections_max must be at least 1");
         }
@@ -588,6 +699,53 @@ rate_limit_per_second = 7
             },
             "both a certificate and a key",
         );
+    }
+
+    #[test]
+    fn reachability_flags_and_relay_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("node.toml");
+        std::fs::write(
+            &file,
+            "[relay]\ncircuits_max = 3\n[discovery]\npeers_max = 50\n",
+        )
+        .unwrap();
+        let flags = NodeFlags {
+            config: Some(file),
+            external_addresses: vec!["/ip4/203.0.113.5/tcp/7100".into()],
+            relay_server: true,
+            ..Default::default()
+        };
+        let config = NodeConfig::load(&flags).unwrap();
+        assert_eq!(config.external_addresses, ["/ip4/203.0.113.5/tcp/7100"]);
+        assert_eq!(config.discovery.peers_max, 50);
+        let limits = config.relay.limits().unwrap();
+        assert_eq!(limits.circuits_max, 3);
+        assert_eq!(
+            limits.reservations_max,
+            polity_net::RelayLimits::default().reservations_max
+        );
+        // Not a relay unless asked.
+        assert!(NodeConfig::default().relay.limits().is_none());
+        for (flags, expected) in [
+            (
+                NodeFlags {
+                    external_addresses: vec!["203.0.113.5:7100".into()],
+                    ..Default::default()
+                },
+                "external address",
+            ),
+            (
+                NodeFlags {
+                    peers_max: Some(3),
+                    ..Default::default()
+                },
+                "peers_max",
+            ),
+        ] {
+            let error = format!("{:#}", NodeConfig::load(&flags).unwrap_err());
+            assert!(error.contains(expected), "{error}");
+        }
     }
 
     #[test]

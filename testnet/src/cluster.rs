@@ -63,6 +63,26 @@ pub struct UpArgs {
     pub node_args: Vec<String>,
 }
 
+/// What "converged" means: every node sees every other one as a compatible peer
+/// (`All`, the default), or every node of its own region (`Region`, with
+/// `POLITY_TESTNET_CONVERGE=region`: it can seat every capability of its region,
+/// which is what a bounded peer table promises at scale).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Converge {
+    #[default]
+    All,
+    Region,
+}
+
+impl Converge {
+    fn from_env() -> Converge {
+        match std::env::var("POLITY_TESTNET_CONVERGE").as_deref() {
+            Ok("region") => Converge::Region,
+            _ => Converge::All,
+        }
+    }
+}
+
 /// One node of a recorded testnet.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeRecord {
@@ -323,7 +343,9 @@ pub async fn launch(args: &UpArgs, capabilities: &[String]) -> anyhow::Result<La
         Some(path) => Some(Token::read(&path)?),
         None => None,
     };
-    if let Err(error) = wait_for_discovery(&nodes, capability, token.as_ref(), timeout).await {
+    let converge = Converge::from_env();
+    let waited = wait_for_discovery(&nodes, capability, token.as_ref(), timeout, converge);
+    if let Err(error) = waited.await {
         for node in nodes {
             let _ = node.stop();
         }
@@ -409,8 +431,20 @@ async fn wait_for_discovery(
     capability: &str,
     token: Option<&Token>,
     timeout: Duration,
+    converge: Converge,
 ) -> anyhow::Result<()> {
-    let expected = nodes.len() * (nodes.len() - 1);
+    // The views each node must hold: every other node, or every other of its region.
+    let wanted: Vec<usize> = nodes
+        .iter()
+        .map(|node| match converge {
+            Converge::All => nodes.len() - 1,
+            Converge::Region => {
+                let region = &node.spec.region;
+                nodes.iter().filter(|n| n.spec.region == *region).count() - 1
+            }
+        })
+        .collect();
+    let expected: usize = wanted.iter().sum();
     let bar = ProgressBar::new(expected as u64);
     bar.set_style(
         ProgressStyle::with_template("{msg:<22} [{bar:40}] {pos}/{len}").expect("valid template"),
@@ -426,12 +460,17 @@ async fn wait_for_discovery(
     let started = Instant::now();
     loop {
         let mut known = 0;
-        for client in &mut clients {
+        for ((client, node), wanted) in clients.iter_mut().zip(nodes).zip(&wanted) {
+            let region = match converge {
+                Converge::All => String::new(),
+                Converge::Region => node.spec.region.clone(),
+            };
             // Compatible: signed info known, trust above the floor, latency measured.
             let peers = client
                 .list_peers(ListPeersRequest {
                     capability: capability.to_string(),
                     compatible_only: true,
+                    region,
                     ..ListPeersRequest::default()
                 })
                 .await
@@ -441,7 +480,7 @@ async fn wait_for_discovery(
                 .iter()
                 .filter(|peer| peer.info.is_some())
                 .count()
-                .min(nodes.len() - 1);
+                .min(*wanted);
         }
         bar.set_position(known as u64);
         if known >= expected {

@@ -164,7 +164,14 @@ impl Federation for Api {
         &self,
         _request: Request<GetNodeInfoRequest>,
     ) -> Result<Response<GetNodeInfoResponse>, Status> {
-        let info = self.node_info();
+        let mut info = self.node_info();
+        let reach = self.peers.net().reachability().await.unwrap_or_default();
+        let mut addresses: Vec<String> = reach.listen.iter().map(ToString::to_string).collect();
+        addresses.extend(reach.relayed.iter().map(ToString::to_string));
+        addresses.extend(reach.confirmed.iter().map(ToString::to_string));
+        let mut seen = std::collections::HashSet::new();
+        addresses.retain(|address| seen.insert(address.clone()));
+        info.listen_addrs = addresses;
         let signed = sign_message(
             self.engine.identity().signing_key(),
             StatementKind::NodeInfo,
@@ -175,6 +182,8 @@ impl Federation for Api {
             signed: Some(signed),
             uptime_ms: self.started.elapsed().as_millis() as u64,
             tasks_stored: self.engine.store().task_count(),
+            confirmed_addrs: reach.confirmed.iter().map(ToString::to_string).collect(),
+            relayed_addrs: reach.relayed.iter().map(ToString::to_string).collect(),
         }))
     }
 

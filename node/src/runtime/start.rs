@@ -65,6 +65,14 @@ pub struct EndpointsFile {
     pub public_key: String,
     /// libp2p listen addresses with the /p2p/<peer id> suffix, ready for --bootstrap.
     pub p2p: Vec<String>,
+    /// The addresses confirmed reachable from outside the node's network (AutoNAT
+    /// dial-backs, `--external-address`), with the /p2p/ suffix; kept current
+    /// while the node runs.
+    #[serde(default)]
+    pub reachable: Vec<String>,
+    /// Circuit addresses reserved on relays, with the /p2p/ suffix.
+    #[serde(default)]
+    pub relayed: Vec<String>,
     /// e.g. "http://127.0.0.1:40123" (or https:// with TLS).
     pub grpc: String,
     pub http: String,
@@ -110,7 +118,7 @@ pub async fn run_until(config: NodeConfig, mut stop: watch::Receiver<bool>) -> a
         grpc: grpc_listener,
         http: http_listener,
         tls,
-        mut endpoints,
+        endpoints,
     } = listeners;
     let services = GrpcServices {
         api: Api::new(
@@ -148,12 +156,8 @@ pub async fn run_until(config: NodeConfig, mut stop: watch::Receiver<bool>) -> a
         },
         stop.clone(),
     );
-    announce(
-        &config,
-        &mut endpoints,
-        &network.p2p_addresses,
-        &capabilities,
-    )?;
+    let p2p = (&network.net, network.p2p_addresses.as_slice());
+    announce(&config, endpoints, p2p, &capabilities, stop.clone())?;
     listeners_bound.store(true, Ordering::Release);
 
     let started = Started {
@@ -250,6 +254,8 @@ impl Listeners {
             peer_id: identity.peer_id(),
             public_key: identity.public_key().to_string(),
             p2p: Vec::new(),
+            reachable: Vec::new(),
+            relayed: Vec::new(),
             grpc: format!("{scheme}://{}", display_addr(grpc_addr)),
             http: format!("http://{}", display_addr(http_addr)),
             pid: std::process::id(),
@@ -336,7 +342,12 @@ async fn start_network(
         mdns: config.mdns,
         local: local.clone(),
     };
-    let (net, events, task) = polity_net::start(net_config, metrics.net.clone())?;
+    let reach = polity_net::ReachConfig {
+        external_addresses: parse_multiaddrs(&config.external_addresses)?,
+        relay_server: config.relay.limits(),
+        peers_max: config.discovery.peers_max,
+    };
+    let (net, events, task) = polity_net::start_with(net_config, reach, metrics.net.clone())?;
     let p2p_addresses = wait_for_listen_addresses(&net).await;
     let peers = Peers::new(
         net.clone(),
@@ -520,19 +531,21 @@ fn http_server(
     async move { http.await }
 }
 
-/// Writes `endpoints.json` with the p2p addresses filled in. Called only once every
+/// Writes `endpoints.json` with the p2p addresses filled in, and keeps its
+/// reachable and relayed addresses current from then on. Called only once every
 /// listener is bound, so whoever reads the file can connect.
 fn announce(
     config: &NodeConfig,
-    endpoints: &mut EndpointsFile,
-    p2p_addresses: &[Multiaddr],
+    mut endpoints: EndpointsFile,
+    (net, p2p_addresses): (&NetHandle, &[Multiaddr]),
     capabilities: &[String],
+    stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     endpoints.p2p = p2p_addresses
         .iter()
         .map(|address| format!("{address}/p2p/{}", endpoints.peer_id))
         .collect();
-    write_endpoints(&config.data_dir, endpoints)?;
+    write_endpoints(&config.data_dir, &endpoints)?;
     tracing::info!(
         peer_id = %endpoints.peer_id,
         grpc = %endpoints.grpc,
@@ -543,7 +556,54 @@ fn announce(
         p2p = ?endpoints.p2p,
         "node ready"
     );
+    let data_dir = config.data_dir.clone();
+    tokio::spawn(keep_endpoints_current(
+        net.clone(),
+        endpoints,
+        data_dir,
+        stop,
+    ));
     Ok(())
+}
+
+/// How often `endpoints.json` is brought up to date with the node's reachability.
+const ENDPOINTS_REFRESH: Duration = Duration::from_secs(2);
+
+/// Rewrites `endpoints.json` whenever the confirmed or relayed addresses change
+/// (AutoNAT confirms one, a relay accepts a reservation), until the node stops.
+async fn keep_endpoints_current(
+    net: NetHandle,
+    mut endpoints: EndpointsFile,
+    data_dir: std::path::PathBuf,
+    mut stop: watch::Receiver<bool>,
+) {
+    let suffix = |address: &Multiaddr| {
+        let text = address.to_string();
+        if text.contains("/p2p/") && !text.ends_with("/p2p-circuit") {
+            text
+        } else {
+            format!("{text}/p2p/{}", endpoints.peer_id)
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(ENDPOINTS_REFRESH) => {}
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        }
+        let Ok(reach) = net.reachability().await else {
+            return;
+        };
+        let reachable: Vec<String> = reach.confirmed.iter().map(suffix).collect();
+        let relayed: Vec<String> = reach.relayed.iter().map(suffix).collect();
+        if reachable == endpoints.reachable && relayed == endpoints.relayed || *stop.borrow() {
+            continue;
+        }
+        endpoints.reachable = reachable;
+        endpoints.relayed = relayed;
+        if let Err(error) = write_endpoints(&data_dir, &endpoints) {
+            tracing::warn!(%error, "cannot update endpoints.json");
+        }
+    }
 }
 
 /// The tasks serving while the node runs; [`Started::shut_down`] stops them.
