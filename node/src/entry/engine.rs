@@ -209,8 +209,8 @@ struct GroupState {
     /// Members that refused the assignment or could not be reached, and why.
     lost: BTreeMap<PublicKey, String>,
     /// The lost members that were unreachable (a failed request, a closed
-    /// connection): not blamed. A member that refused, or did not acknowledge while
-    /// connected, is lost but not excused.
+    /// connection, no acknowledgement in time): not blamed. A member that answered
+    /// and refused is lost but not excused.
     excused: BTreeSet<PublicKey>,
     /// Members whose round gave up, and why.
     gave_up: BTreeMap<PublicKey, String>,
@@ -550,10 +550,14 @@ impl LevelEngine {
                     state.lost.insert(key, "its connection closed".into());
                     state.excused.insert(key);
                 } else if ack_overdue && !state.acked.contains(&key) {
+                    // As good as gone: a dead peer's QUIC connection looks open until
+                    // its idle timeout, and a member that wanted to dodge blame could
+                    // as well close its connection. Not held against it.
                     state
                         .lost
                         .entry(key)
                         .or_insert_with(|| "it did not acknowledge its assignment".into());
+                    state.excused.insert(key);
                 }
             }
             state.replace_if_possible(plan, replacements_max);
@@ -822,9 +826,11 @@ impl LevelEngine {
     /// decides on the first quorum, and the rest may simply have been slower. Only
     /// silence in a group that could not decide counts as a timeout, and only from
     /// a member that was there to answer: an *excused* member (a failed request, its
-    /// connection closed) is not blamed, but one that refused its seat or never
-    /// acknowledged it while connected is (a hostile member could otherwise take
-    /// seats only to refuse them, free). Being cut off by a partition or a crash is
+    /// connection closed, no acknowledgement in time: it may be dead behind a
+    /// connection that still looks open) is not blamed, but one that answered and
+    /// refused its seat is (a hostile member could otherwise take seats only to
+    /// refuse them, free; one that goes quiet instead is treated as gone, as a
+    /// crashed member must be). Being cut off by a partition or a crash is
     /// not lying; the breaker keeps an unreachable peer
     /// out of seats while it lasts, and trust would otherwise keep it out (below
     /// the floor after two timeouts from the prior) for over half an hour after the heal.

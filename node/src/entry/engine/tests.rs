@@ -694,6 +694,21 @@ fn a_hung_member_is_found_by_its_missing_acknowledgement() {
 }
 
 #[test]
+fn a_member_that_never_acknowledges_is_not_blamed_when_the_group_fails() {
+    // It may be dead behind a connection that still looks open (QUIC until its idle
+    // timeout): treated as gone, as a crashed member is.
+    let spec = [
+        ("r1", "c1", Hung),
+        ("r1", "c1", Honest),
+        ("r1", "c1", Honest),
+    ];
+    let world = check(&spec, Level::Region, 3);
+    assert_eq!(world.record().state, TaskState::Failed as i32);
+    let hung = world.key_of(Hung);
+    assert!(!world.trust_moves(TrustEvent::Timeout).contains(&hung));
+}
+
+#[test]
 fn a_level_that_decides_nothing_fails_the_task() {
     let world = check(&[("r1", "c1", Silent); 3], Level::Region, 3);
     let record = world.record();
