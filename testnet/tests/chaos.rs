@@ -93,23 +93,32 @@ async fn a_lying_equivocating_member_never_gets_a_wrong_certificate_and_loses_tr
     assert!(correct > 0, "the three honest members decided nothing");
     assert_eq!(correct + undecided, 9);
 
-    // Every honest node distrusts the liar (trust at or below the floor), or no
-    // longer offers it as a compatible peer. Evidence travels by gossip, so a node
-    // that was entry to none of the liar's rounds may hear of it a little later.
-    for honest in &nodes[..3] {
-        let started = std::time::Instant::now();
-        loop {
-            let (score, floor, compatible) = liar_standing(honest, byzantine, &token).await;
-            if score.is_some_and(|score| score <= floor) || !compatible {
-                break;
-            }
-            assert!(
-                started.elapsed() < std::time::Duration::from_secs(30),
-                "{} still trusts the liar: score {score:?}, floor {floor}, compatible {compatible}",
-                honest.spec.name,
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    // The liar loses the trust of the honest nodes that saw its lies (trust at or
+    // below the floor, or no longer offered as a compatible peer); evidence of its
+    // equivocation travels by gossip. Its lies can also arrive after a group already
+    // decided without it (the fast path needs three of four), and then nobody has two
+    // of its statements for one slot: so at least one honest node must distrust it,
+    // within 30 s, not necessarily all.
+    let started = std::time::Instant::now();
+    loop {
+        let mut standings = Vec::new();
+        for honest in &nodes[..3] {
+            standings.push(liar_standing(honest, byzantine, &token).await);
         }
+        let distrusting = standings
+            .iter()
+            .filter(|(score, floor, compatible)| {
+                score.is_some_and(|score| score <= *floor) || !compatible
+            })
+            .count();
+        if distrusting > 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "no honest node distrusts the liar: {standings:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     }
     for node in nodes {
         node.stop().unwrap();
