@@ -46,6 +46,8 @@ pub struct Limit {
     pub cost: Cost,
 }
 
+/// The most of one `/metrics` response read.
+const METRICS_BYTES_MAX: u64 = 16 << 20;
 /// How many statements are signed and checked per measurement.
 const SAMPLES: usize = 2_000;
 
@@ -176,8 +178,12 @@ async fn http_get(url: &str) -> anyhow::Result<String> {
     let mut stream = tokio::net::TcpStream::connect(host).await?;
     let request = format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
+    // A node's /metrics is a few tens of KiB; an endpoint that sends more is cut.
     let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
+    stream
+        .take(METRICS_BYTES_MAX)
+        .read_to_string(&mut response)
+        .await?;
     let (_, body) = response
         .split_once("\r\n\r\n")
         .with_context(|| format!("{url}: no HTTP body"))?;

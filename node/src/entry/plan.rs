@@ -245,9 +245,7 @@ struct Eligible {
     /// Per region: members serving the capability and not distrusted, at most the
     /// seat rule's allowed prefix.
     regions: BTreeMap<String, usize>,
-    /// Members in scope serving the capability that this node distrusts.
-    distrusted: usize,
-    /// The same, per region.
+    /// Per region: members in scope serving the capability that this node distrusts.
     distrusted_in: BTreeMap<String, usize>,
 }
 
@@ -270,7 +268,6 @@ fn eligible_in_scope(
             continue;
         }
         if PublicKey::from_slice(&member.public_key).is_ok_and(|key| distrusted.contains(&key)) {
-            eligible.distrusted += 1;
             *eligible
                 .distrusted_in
                 .entry(member.region.clone())
@@ -308,7 +305,7 @@ fn regions_in_scope(
         regions.entry(seat.region.clone()).or_default().push(seat);
     }
     let place = format!("{} {:?}", level_name(top), scope.name);
-    let distrusted = match eligible.distrusted {
+    let distrusted = match eligible.distrusted_in.values().sum::<usize>() {
         0 => String::new(),
         n => format!(" ({n} more distrusted: trust at or below the floor)"),
     };
