@@ -601,16 +601,9 @@ impl Round {
         let (Some(certificate), Input::Message { from, statement }) = (&self.decided, input) else {
             return;
         };
-        let signer = match verify_statement(&statement) {
-            Ok(signer) => signer,
-            // A forgery is one whenever it arrives.
-            Err(error) => {
-                actions.push(Action::Rejected {
-                    from,
-                    reason: error.to_string(),
-                });
-                return;
-            }
+        // A forgery is one whenever it arrives.
+        let Some(signer) = signer_or_reject(from, &statement, actions) else {
+            return;
         };
         let Some(&index) = self.index_of.get(&signer) else {
             return;
@@ -731,15 +724,9 @@ impl Round {
         statement: SignedStatement,
         actions: &mut Vec<Action>,
     ) {
-        let signer = match verify_statement(&statement) {
-            Ok(signer) => signer,
-            Err(error) => {
-                actions.push(Action::Rejected {
-                    from,
-                    reason: error.to_string(),
-                });
-                return;
-            }
+        // A forgery is one whenever it arrives.
+        let Some(signer) = signer_or_reject(from, &statement, actions) else {
+            return;
         };
         if statement.kind == StatementKind::RaftCommit as i32 {
             // The place's leader signs commits, and need not be a member.
@@ -1512,6 +1499,24 @@ enum Judgement {
     Attest,
     Wait,
     Refuse,
+}
+
+/// The statement's signer when its signature holds; otherwise `from` is rejected.
+fn signer_or_reject(
+    from: PublicKey,
+    statement: &SignedStatement,
+    actions: &mut Vec<Action>,
+) -> Option<PublicKey> {
+    match verify_statement(statement) {
+        Ok(signer) => Some(signer),
+        Err(error) => {
+            actions.push(Action::Rejected {
+                from,
+                reason: error.to_string(),
+            });
+            None
+        }
+    }
 }
 
 fn check_observation(observation: &Observation, level: Level) -> Result<(), String> {
